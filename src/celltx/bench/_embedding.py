@@ -1,0 +1,107 @@
+"""Scores of a cell embedding against known labels (scEval-style, on any AnnData)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+
+def knn_accuracy(
+    X: np.ndarray, labels, n_splits: int = 5, n_neighbors: int = 15, seed: int = 0
+) -> np.ndarray:
+    """Cross-validated accuracy of a kNN classifier on an embedding.
+
+    Stratified ``n_splits``-fold; returns one accuracy per fold. Classes with fewer cells
+    than folds are an error from scikit-learn's splitter, so the number of folds is capped
+    at the smallest class size.
+    """
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2:
+        raise ValueError("kNN accuracy needs at least two labels.")
+    n_splits = int(min(n_splits, counts.min()))
+    if n_splits < 2:
+        raise ValueError("Every label needs at least 2 cells for cross-validation.")
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    clf = KNeighborsClassifier(n_neighbors=n_neighbors)
+    return cross_val_score(clf, np.asarray(X), labels, cv=cv, scoring="accuracy")
+
+
+def leiden_scores(
+    X: np.ndarray, labels, resolution: float = 1.0, n_neighbors: int = 15, seed: int = 0
+) -> dict[str, float]:
+    """ARI and NMI of Leiden clusters (scanpy, on a kNN graph of ``X``) against labels."""
+    import scanpy as sc
+
+    tmp = AnnData(obsm={"X_emb": np.asarray(X, dtype=np.float32)}, obs=pd.DataFrame(index=np.arange(len(X)).astype(str)))
+    sc.pp.neighbors(tmp, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed)
+    sc.tl.leiden(
+        tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
+        directed=False,
+    )
+    clusters = tmp.obs["leiden"].to_numpy()
+    labels = np.asarray(labels)
+    return {
+        "leiden_ari": float(adjusted_rand_score(labels, clusters)),
+        "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "n_clusters": int(len(np.unique(clusters))),
+    }
+
+
+def embedding_scores(
+    adata: AnnData,
+    labels_key: str,
+    embeddings: Mapping[str, str | np.ndarray],
+    n_splits: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Compare cell embeddings by how well they recover known labels.
+
+    Parameters
+    ----------
+    adata
+        Cells with labels in ``obs[labels_key]``.
+    labels_key
+        Label column.
+    embeddings
+        ``{name: obsm key or array (n_obs, d)}``.
+    n_splits
+        Folds of the kNN accuracy.
+    seed
+        Seed of the folds and of Leiden.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per embedding: ``knn_accuracy`` (mean over folds), ``knn_accuracy_sd``,
+        ``leiden_ari``, ``leiden_nmi``, ``n_clusters``.
+
+    Examples
+    --------
+    >>> import celltx, scanpy as sc
+    >>> adata = celltx.datasets.pbmc68k()
+    >>> celltx.bench.embedding_scores(adata, "cell_type", {"PCA": "X_pca"}).index.tolist()
+    ['PCA']
+    """
+    if labels_key not in adata.obs:
+        raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
+    labels = adata.obs[labels_key]
+    keep = labels.notna().to_numpy()
+    labels = labels.to_numpy()[keep]
+    rows = {}
+    for name, emb in embeddings.items():
+        X = adata.obsm[emb] if isinstance(emb, str) else emb
+        X = np.asarray(X)[keep]
+        acc = knn_accuracy(X, labels, n_splits=n_splits, seed=seed)
+        rows[name] = {
+            "knn_accuracy": float(acc.mean()),
+            "knn_accuracy_sd": float(acc.std()),
+            **leiden_scores(X, labels, seed=seed),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,167 @@
+"""Matching AnnData genes to a vocabulary, and checking expression values."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from ._vocab import GeneVocab
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    """Result of :func:`match_genes`.
+
+    Attributes
+    ----------
+    ids
+        ``int64`` array with one vocabulary id per ``adata`` column, ``-1`` where unmatched.
+    names
+        The names that were looked up (``var_names`` or the symbol column).
+    """
+
+    ids: np.ndarray
+    names: pd.Index
+
+    @property
+    def n_matched(self) -> int:
+        """Number of columns that map to a vocabulary gene."""
+        return int((self.ids >= 0).sum())
+
+    @property
+    def unmatched(self) -> list[str]:
+        """Names of the columns that are not in the vocabulary."""
+        return self.names[self.ids < 0].tolist()
+
+
+def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
+    """Gene names of ``adata``: ``var_names`` or the ``var[gene_symbols]`` column.
+
+    Duplicate ``var_names`` are an error (they make columns ambiguous). Duplicate or
+    missing symbols in a ``gene_symbols`` column are allowed (several Ensembl IDs can share
+    a symbol): such entries are returned as empty strings after the first occurrence, so
+    they match no token, and a warning says how many.
+    """
+    if gene_symbols is None:
+        names = pd.Index(adata.var_names.astype(str))
+        if names.has_duplicates:
+            dup = names[names.duplicated()].unique().tolist()
+            raise ValueError(
+                f"adata.var_names has {len(dup)} duplicated gene name(s), e.g. {dup[:5]}. "
+                "Make them unique with adata.var_names_make_unique(), or pass "
+                "gene_symbols= naming a var column with unique symbols."
+            )
+        return names
+    if gene_symbols not in adata.var.columns:
+        raise ValueError(
+            f"gene_symbols={gene_symbols!r} is not a column of adata.var "
+            f"(columns: {list(adata.var.columns)[:20]}). Pass an existing column or "
+            "gene_symbols=None to use adata.var_names."
+        )
+    col = adata.var[gene_symbols]
+    missing = col.isna().to_numpy()
+    names = pd.Series(col.astype(str).to_numpy(), dtype=object)
+    names[missing] = ""
+    dup = names.duplicated(keep="first").to_numpy() & ~missing
+    if dup.any():
+        logger.warning(
+            "%d genes share a symbol in var[%r] with an earlier gene; only the first of each "
+            "is used.",
+            int(dup.sum()),
+            gene_symbols,
+        )
+        names[dup] = ""
+    return pd.Index(names.to_numpy())
+
+
+def match_genes(
+    adata: AnnData,
+    vocab: GeneVocab,
+    gene_symbols: str | None = None,
+    min_genes: int = 1,
+    min_fraction: float = 0.0,
+) -> GeneMatch:
+    """Map each column of ``adata`` to a vocabulary id.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    vocab
+        The model's vocabulary.
+    gene_symbols
+        ``var`` column holding gene symbols (e.g. when ``var_names`` are Ensembl IDs).
+    min_genes, min_fraction
+        Raise a :class:`ValueError` when fewer genes than this (count, or fraction of the
+        columns) are in the vocabulary.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> from celltx.data import GeneVocab, match_genes
+    >>> adata = ad.AnnData(np.ones((2, 3), dtype=np.float32))
+    >>> adata.var_names = ["CD3E", "XYZ", "LYZ"]
+    >>> m = match_genes(adata, GeneVocab.from_genes(["LYZ", "CD3E"]))
+    >>> m.ids.tolist(), m.n_matched
+    ([1, -1, 0], 2)
+    """
+    names = gene_names(adata, gene_symbols)
+    ids = vocab.lookup(names)
+    match = GeneMatch(ids=ids, names=names)
+    n = match.n_matched
+    need = max(int(min_genes), int(np.ceil(min_fraction * adata.n_vars)))
+    if n < need:
+        where = f"var[{gene_symbols!r}]" if gene_symbols else "var_names"
+        raise ValueError(
+            f"Only {n} of {adata.n_vars} genes in {where} are in the model's vocabulary "
+            f"({len(vocab.genes)} genes, e.g. {vocab.genes[:3]}); at least {need} are needed. "
+            "Check that the names are of the same kind (symbols vs Ensembl IDs); if symbols "
+            "are in a var column, pass gene_symbols='<column>'."
+        )
+    if n < adata.n_vars:
+        logger.info(
+            "%d of %d genes are not in the vocabulary and are ignored (e.g. %s).",
+            adata.n_vars - n,
+            adata.n_vars,
+            match.unmatched[:5],
+        )
+    return match
+
+
+def check_expression(x, what: str = "adata.X") -> None:
+    """Raise a :class:`ValueError` if ``x`` has NaN, infinite or negative values.
+
+    Works on dense arrays and scipy sparse matrices without densifying, in chunks for
+    backed / large data.
+    """
+    if sparse.issparse(x):
+        data = x.data
+        chunks = [data]
+    elif isinstance(x, np.ndarray):
+        chunks = [x]
+    else:  # backed dataset or other array-like: scan by rows
+        step = 10_000
+        chunks = (np.asarray(x[i : i + step]) for i in range(0, x.shape[0], step))
+    for chunk in chunks:
+        if sparse.issparse(chunk):
+            chunk = chunk.data
+        if chunk.size == 0:
+            continue
+        if not np.isfinite(chunk).all():
+            raise ValueError(
+                f"{what} contains NaN or infinite values. Remove or impute them first, e.g. "
+                "adata = adata[np.isfinite(adata.X.sum(1))]."
+            )
+        if (chunk < 0).any():
+            raise ValueError(
+                f"{what} contains negative values. celltx expects raw counts or "
+                "log-normalized expression (both non-negative); scaled / centred data "
+                "(sc.pp.scale) cannot be tokenized. Pass layer= with counts."
+            )

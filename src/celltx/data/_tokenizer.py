@@ -1,0 +1,260 @@
+"""Vectorized, on-device tokenization of expression rows into scGPT token sequences.
+
+This is the only place in celltx that turns expression values into tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+_MASK53 = (1 << 53) - 1
+
+
+@dataclass
+class TokenizedBatch:
+    """A batch of token sequences.
+
+    Attributes
+    ----------
+    gene_ids
+        ``(B, L)`` int64 vocabulary ids; ``<cls>`` first, ``<pad>`` at the end.
+    values
+        ``(B, L)`` float32 input values (bins ``0 … n_bins-1``, or raw values when binning
+        is off); ``pad_value`` at ``<cls>`` and at padding.
+    padding_mask
+        ``(B, L)`` bool, ``True`` at padding.
+    """
+
+    gene_ids: torch.Tensor
+    values: torch.Tensor
+    padding_mask: torch.Tensor
+
+    def to(self, device) -> TokenizedBatch:
+        return TokenizedBatch(
+            self.gene_ids.to(device), self.values.to(device), self.padding_mask.to(device)
+        )
+
+
+def _mix64(h: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finalizer on int64 tensors (wrap-around arithmetic); deterministic on
+    every device."""
+    h = h ^ ((h >> 30) & ((1 << 34) - 1))
+    h = h * -4658895280553007687  # 0xbf58476d1ce4e5b9 as signed int64
+    h = h ^ ((h >> 27) & ((1 << 37) - 1))
+    h = h * -7723592293110705685  # 0x94d049bb133111eb
+    h = h ^ ((h >> 31) & ((1 << 33) - 1))
+    return h
+
+
+def quantile_edges(x_sorted: torch.Tensor, n_nonzero: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Per-row bin edges over the non-zero values, exactly as ``numpy.quantile``.
+
+    Parameters
+    ----------
+    x_sorted
+        ``(B, G)`` rows sorted ascending (non-negative, so zeros come first).
+    n_nonzero
+        ``(B,)`` number of non-zero values per row.
+    n_bins
+        Number of bins including bin 0 (not expressed); ``n_bins - 1`` edges are returned.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, n_bins - 1)`` float64 edges: the ``linspace(0, 1, n_bins - 1)`` quantiles of
+        each row's non-zero values (linear interpolation, numpy's rounding).
+    """
+    B, G = x_sorted.shape
+    device = x_sorted.device
+    q = torch.from_numpy(np.linspace(0.0, 1.0, n_bins - 1)).to(device)  # exact numpy grid
+    last = (n_nonzero - 1).clamp(min=0).to(torch.float64)
+    h = last[:, None] * q[None, :]  # virtual index into the non-zero values
+    lo = torch.floor(h)
+    gamma = h - lo
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, (n_nonzero - 1).clamp(min=0)[:, None])
+    offset = (G - n_nonzero)[:, None]
+    a = x_sorted.gather(1, (offset + lo).clamp(max=G - 1))
+    b = x_sorted.gather(1, (offset + hi).clamp(max=G - 1))
+    diff = (b - a).double()  # numpy subtracts in the input dtype, then promotes
+    a, b = a.double(), b.double()
+    return torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+def digitize(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin index of each value: the number of edges below it, ties split at the midpoint.
+
+    ``values`` ``(B, K)``, ``edges`` ``(B, E)``. A value equal to several edges could fall
+    in any bin of ``(n_below, n_below_or_equal]``; it gets the middle one (rounded down),
+    deterministically, where scGPT draws one uniformly at random. A value equal to a single
+    edge, the case of tie-free data, has one possible bin and both rules agree. (A cell
+    with one expressed gene: all edges equal its value, so it gets the middle bin.)
+    """
+    v = values.double()[:, :, None]
+    e = edges[:, None, :]
+    n_le = (e <= v).sum(-1)
+    n_lt = (e < v).sum(-1)
+    return torch.div(n_le + n_lt + 1, 2, rounding_mode="floor")
+
+
+class Tokenizer:
+    """Turn expression rows into scGPT token sequences, vectorized on the data's device.
+
+    Per cell: choose up to ``max_seq_len - 1`` expressed genes (all of them when they
+    fit), bin their values per cell into ``n_bins`` quantile bins over the cell's non-zero
+    values (bin 0 = not expressed; the binning is rank based, so raw counts and
+    log-normalized values of the same cell give the same bins), put ``<cls>`` first with
+    ``pad_value`` and pad to the longest sequence in the batch.
+
+    Parameters
+    ----------
+    max_seq_len
+        Longest sequence, ``<cls>`` included.
+    pad_id, cls_id
+        Vocabulary ids of ``<pad>`` and ``<cls>``.
+    n_bins
+        Number of value bins including bin 0; ``None`` feeds the values unbinned.
+    pad_value
+        Value at ``<cls>`` and padding (scGPT: -2).
+    zero_fraction
+        Fraction of the ``max_seq_len - 1`` slots given to randomly chosen non-expressed
+        genes (value bin 0). 0 (default) tokenizes expressed genes only, as scGPT's
+        pretraining does.
+    seed
+        Seed of the deterministic gene choice (``sample="hash"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import Tokenizer
+    >>> tok = Tokenizer(max_seq_len=4, pad_id=0, cls_id=1, n_bins=5)
+    >>> x = torch.tensor([[0.0, 3.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0, 5.0]])
+    >>> batch = tok(x, torch.arange(2, 7), sample="hash")
+    >>> batch.gene_ids.shape, batch.padding_mask.sum(1).tolist()
+    (torch.Size([2, 4]), [0, 2])
+    """
+
+    def __init__(
+        self,
+        *,
+        max_seq_len: int,
+        pad_id: int,
+        cls_id: int,
+        n_bins: int | None = 51,
+        pad_value: float = -2.0,
+        zero_fraction: float = 0.0,
+        seed: int = 0,
+    ):
+        if max_seq_len < 2:
+            raise ValueError(
+                f"max_seq_len={max_seq_len} leaves no room for genes after <cls>; use >= 2."
+            )
+        if n_bins is not None and n_bins < 3:
+            raise ValueError(f"n_bins={n_bins} is too small; use >= 3 (scGPT uses 51).")
+        if not 0.0 <= zero_fraction < 1.0:
+            raise ValueError(f"zero_fraction={zero_fraction} must be in [0, 1).")
+        self.max_seq_len = int(max_seq_len)
+        self.pad_id = int(pad_id)
+        self.cls_id = int(cls_id)
+        self.n_bins = n_bins
+        self.pad_value = float(pad_value)
+        self.zero_fraction = float(zero_fraction)
+        self.seed = int(seed)
+
+    def bin(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell quantile bins of all genes of ``x`` ``(B, G)``; 0 where not expressed."""
+        x_sorted, _ = torch.sort(x, dim=1)
+        n_nz = (x > 0).sum(1)
+        edges = quantile_edges(x_sorted, n_nz, self.n_bins)
+        return torch.where(x > 0, digitize(x, edges), 0)
+
+    def _keys(self, x: torch.Tensor, gene_ids: torch.Tensor, sample: str) -> torch.Tensor:
+        B, G = x.shape
+        if sample == "random":
+            return torch.rand(B, G, device=x.device)
+        if sample == "first":
+            return -torch.arange(G, device=x.device, dtype=torch.float32).expand(B, G)
+        if sample == "hash":
+            # A pseudo-random order that depends only on the cell's expressed genes, the gene
+            # and the seed: the same cell gets the same tokens in any batch, on any device.
+            gh = _mix64(gene_ids.clamp(min=0) + 1 + self.seed * 1_000_003)
+            cell = torch.where(x > 0, gh[None, :], 0).sum(1)
+            h = _mix64(cell[:, None] ^ gh[None, :])
+            return (h & _MASK53).to(torch.float64) / float(1 << 53)
+        raise ValueError(f"sample={sample!r}; use 'random', 'hash' or 'first'.")
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        gene_ids: torch.Tensor,
+        *,
+        sample: Literal["random", "hash", "first"] = "random",
+        max_seq_len: int | None = None,
+    ) -> TokenizedBatch:
+        """Tokenize a batch.
+
+        Parameters
+        ----------
+        x
+            ``(B, G)`` non-negative expression (counts or log-normalized), dense.
+        gene_ids
+            ``(G,)`` vocabulary id of each column, ``-1`` for genes not in the vocabulary
+            (ignored, also for binning).
+        sample
+            How to choose genes when a cell has more than fit: ``"random"`` (training),
+            ``"hash"`` (reproducible: depends on the cell and :attr:`seed` only), or
+            ``"first"`` (column order).
+        max_seq_len
+            Override :attr:`max_seq_len` for this call.
+        """
+        L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
+        if L < 2:
+            raise ValueError(f"max_seq_len={L} leaves no room for genes after <cls>; use >= 2.")
+        B, G = x.shape
+        gene_ids = gene_ids.to(x.device)
+        known = gene_ids >= 0
+        x = torch.where(known[None, :], x.float(), 0.0)
+        expressed = x > 0
+
+        budget = L - 1
+        n_zero_slots = int(np.floor(self.zero_fraction * budget)) if self.zero_fraction else 0
+        keys = self._keys(x, gene_ids, sample)
+        neg = torch.finfo(keys.dtype).min
+        parts_idx, parts_valid = [], []
+        for cand, k in ((expressed, budget - n_zero_slots), (known & ~expressed, n_zero_slots)):
+            k = min(k, G)
+            if k <= 0:
+                continue
+            kk = torch.where(cand, keys, neg)
+            top, idx = torch.topk(kk, k, dim=1)
+            parts_idx.append(idx)
+            parts_valid.append(top > neg)
+        idx = torch.cat(parts_idx, 1) if parts_idx else x.new_zeros((B, 0), dtype=torch.long)
+        valid = torch.cat(parts_valid, 1) if parts_valid else x.new_zeros((B, 0), dtype=torch.bool)
+        # pack valid tokens to the front and trim to the longest cell of the batch
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+        idx, valid = idx.gather(1, order), valid.gather(1, order)
+        n_max = int(valid.sum(1).max()) if B and valid.numel() else 0
+        idx, valid = idx[:, :n_max], valid[:, :n_max]
+
+        if self.n_bins is None:
+            vals = x.gather(1, idx)
+        else:
+            x_sorted, _ = torch.sort(x, dim=1)
+            edges = quantile_edges(x_sorted, expressed.sum(1), self.n_bins)
+            xs = x.gather(1, idx)
+            vals = torch.where(xs > 0, digitize(xs, edges), 0).float()
+        tok = torch.where(valid, gene_ids[idx], self.pad_id)
+        vals = torch.where(valid, vals, self.pad_value)
+
+        cls_tok = torch.full((B, 1), self.cls_id, dtype=torch.long, device=x.device)
+        cls_val = torch.full((B, 1), self.pad_value, dtype=torch.float32, device=x.device)
+        return TokenizedBatch(
+            gene_ids=torch.cat([cls_tok, tok], 1),
+            values=torch.cat([cls_val, vals.float()], 1),
+            padding_mask=torch.cat([torch.zeros_like(valid[:, :1]), ~valid], 1),
+        )

@@ -1,0 +1,352 @@
+"""scGPT building blocks in plain ``torch.nn``.
+
+Parameter names equal scGPT's (``encoder.embedding``, ``value_encoder.linear1``,
+``transformer_encoder.layers.N.self_attn.Wqkv``, ``decoder.fc.0``, ``mvc_decoder.W``, …)
+so that published state dicts load with at most a rename of the attention keys (see
+:mod:`celltx.io`). Shapes in comments: B batch, L tokens, D model width, H heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# --- input encoders -------------------------------------------------------------------
+class GeneEncoder(nn.Module):
+    """Gene token embedding followed by LayerNorm (scGPT ``GeneEncoder``)."""
+
+    def __init__(self, n_tokens: int, d_model: int, padding_idx: int | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(n_tokens, d_model, padding_idx=padding_idx)
+        self.enc_norm = nn.LayerNorm(d_model)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
+        return self.enc_norm(self.embedding(ids))
+
+
+class ContinuousValueEncoder(nn.Module):
+    """Value -> Linear(1, D) -> ReLU -> Linear(D, D) -> LayerNorm -> Dropout; input clamped
+    at ``max_value`` (scGPT ``ContinuousValueEncoder``)."""
+
+    def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0):
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.linear1 = nn.Linear(1, d_model)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.max_value = max_value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
+        x = torch.clamp(x.unsqueeze(-1), max=self.max_value)
+        x = self.linear2(self.activation(self.linear1(x)))
+        return self.dropout(self.norm(x))
+
+
+class CategoryValueEncoder(nn.Module):
+    """Bin id -> embedding -> LayerNorm (scGPT ``CategoryValueEncoder``).
+
+    ``pad_value`` (negative) is mapped to an extra padding row ``n_bins``.
+    """
+
+    def __init__(self, n_bins: int, d_model: int):
+        super().__init__()
+        self.n_bins = n_bins
+        self.embedding = nn.Embedding(n_bins + 1, d_model, padding_idx=n_bins)
+        self.enc_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
+        ids = torch.where(x < 0, self.n_bins, x.round().long().clamp(0, self.n_bins - 1))
+        return self.enc_norm(self.embedding(ids))
+
+
+# --- transformer ----------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection through
+    :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
+    kernels on GPU). ``Wqkv`` rows are ``[q; k; v]``, heads contiguous within each — the
+    layout of both torch's ``in_proj_weight`` and flash-attn's ``Wqkv``."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()  # dropout: on the attention weights
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}.")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.Wqkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        qkv = self.Wqkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, Dh)
+        return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention + feed-forward block, post-norm by default (as
+    :class:`torch.nn.TransformerEncoderLayer` and scGPT), pre-norm optional."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_hid: int,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        attn_dropout: float | None = None,
+    ):
+        super().__init__()
+        attn_dropout = dropout if attn_dropout is None else attn_dropout
+        self.self_attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.linear1 = nn.Linear(d_model, d_hid)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_hid, d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation={activation!r}; use 'relu' or 'gelu'.")
+        self.activation = F.relu if activation == "relu" else F.gelu
+        self.norm_first = norm_first
+
+    def _ff(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.dropout1(self.self_attn(self.norm1(x), attn_mask))
+            return x + self._ff(self.norm2(x))
+        x = self.norm1(x + self.dropout1(self.self_attn(x, attn_mask)))
+        return self.norm2(x + self._ff(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerEncoderLayer` (``layers.N.*``)."""
+
+    def __init__(self, n_layers: int, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        return x
+
+
+# --- attention masks ------------------------------------------------------------------
+def padding_attn_mask(padding_mask: torch.Tensor) -> torch.Tensor:
+    """SDPA boolean mask ``(B, 1, 1, L)`` (True = may attend) from a key padding mask
+    ``(B, L)`` (True = pad)."""
+    return ~padding_mask[:, None, None, :]
+
+
+def generative_attn_mask(known: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """scGPT's generative attention mask, ``(B, 1, L, L)``, True = may attend.
+
+    ``known`` ``(B, L)`` is True at ``<cls>`` and at tokens whose value is given. Every
+    query attends to the known, non-pad keys; an unknown query also attends to itself and
+    to no other unknown token. So known outputs do not depend on the unknown set, and the
+    output at one unknown position does not depend on the other unknown genes.
+    """
+    L = known.shape[1]
+    keys = (known & ~padding_mask)[:, None, :]  # (B, 1, L)
+    eye = torch.eye(L, dtype=torch.bool, device=known.device)[None]  # (1, L, L)
+    return (keys | eye)[:, None]
+
+
+# --- decoders -------------------------------------------------------------------------
+class ExprDecoder(nn.Module):
+    """Per-token expression prediction: 3-layer MLP with LeakyReLU (``decoder.fc.*``)."""
+
+    def __init__(self, d_model: int, d_in: int | None = None):
+        super().__init__()
+        d_in = d_model if d_in is None else d_in
+        self.fc = nn.Sequential(
+            nn.Linear(d_in, d_model),
+            nn.LeakyReLU(),
+            nn.Linear(d_model, d_model),
+            nn.LeakyReLU(),
+            nn.Linear(d_model, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L)
+        return self.fc(x).squeeze(-1)
+
+
+class MVCDecoder(nn.Module):
+    """Cell-prompt ("inner product") decoder: predicts each gene's value from the cell
+    embedding, ``W(sigmoid(gene2query(gene_emb))) · cell_emb``."""
+
+    def __init__(self, d_model: int, d_in: int | None = None):
+        super().__init__()
+        d_in = d_model if d_in is None else d_in
+        self.gene2query = nn.Linear(d_model, d_model)
+        self.query_activation = nn.Sigmoid()
+        self.W = nn.Linear(d_model, d_in, bias=False)
+
+    def forward(self, cell_emb: torch.Tensor, gene_embs: torch.Tensor) -> torch.Tensor:
+        # cell_emb (B, D_in), gene_embs (B, L, D) -> (B, L)
+        query = self.query_activation(self.gene2query(gene_embs))
+        return torch.bmm(self.W(query), cell_emb.unsqueeze(2)).squeeze(2)
+
+
+class ClsDecoder(nn.Module):
+    """Classifier on the cell embedding: ``n_layers - 1`` × (Linear, ReLU, LayerNorm),
+    then a linear output (``cls_decoder._decoder.*``, ``cls_decoder.out_layer``)."""
+
+    def __init__(self, d_model: int, n_classes: int, n_layers: int = 3):
+        super().__init__()
+        self._decoder = nn.ModuleList()
+        for _ in range(n_layers - 1):
+            self._decoder.extend([nn.Linear(d_model, d_model), nn.ReLU(), nn.LayerNorm(d_model)])
+        self.out_layer = nn.Linear(d_model, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, n_classes)
+        for layer in self._decoder:
+            x = layer(x)
+        return self.out_layer(x)
+
+
+# --- the whole model ------------------------------------------------------------------
+class ScGPTTransformer(nn.Module):
+    """The scGPT transformer: embeddings, encoder stack and the generative heads.
+
+    Parameters
+    ----------
+    n_tokens
+        Vocabulary size.
+    d_model, n_heads, d_hid, n_layers
+        Width, heads, feed-forward width and depth (scGPT_human: 512, 8, 512, 12).
+    dropout
+        Dropout in value encoder, residual and feed-forward paths.
+    attn_dropout
+        Dropout on attention weights; ``None`` = ``dropout`` (as scGPT). It only acts in
+        training and keeps SDPA off its fused kernels, so celltx's model class defaults
+        to 0.
+    pad_id
+        Vocabulary id of ``<pad>`` (embedding padding index).
+    input_emb_style
+        ``"continuous"`` (scGPT default) or ``"category"`` value encoder.
+    n_bins
+        Number of bins (``"category"`` only).
+    norm_first
+        Pre-norm layers instead of scGPT's post-norm.
+    activation
+        Feed-forward activation, ``"relu"`` or ``"gelu"``.
+    do_mvc
+        Build the cell-prompt (MVC) decoder.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.nn import ScGPTTransformer
+    >>> net = ScGPTTransformer(n_tokens=10, d_model=16, n_heads=2, d_hid=16, n_layers=1, pad_id=0)
+    >>> ids = torch.tensor([[1, 5, 6, 0]]); vals = torch.tensor([[-2.0, 3.0, 1.0, -2.0]])
+    >>> net.encode(ids, vals, ids.eq(0)).shape
+    torch.Size([1, 4, 16])
+    """
+
+    def __init__(
+        self,
+        n_tokens: int,
+        d_model: int = 512,
+        n_heads: int = 8,
+        d_hid: int = 512,
+        n_layers: int = 12,
+        dropout: float = 0.2,
+        pad_id: int | None = None,
+        input_emb_style: str = "continuous",
+        n_bins: int | None = 51,
+        norm_first: bool = False,
+        activation: str = "relu",
+        do_mvc: bool = True,
+        attn_dropout: float | None = None,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.encoder = GeneEncoder(n_tokens, d_model, padding_idx=pad_id)
+        if input_emb_style == "continuous":
+            self.value_encoder = ContinuousValueEncoder(d_model, dropout)
+        elif input_emb_style == "category":
+            if n_bins is None:
+                raise ValueError("input_emb_style='category' needs n_bins.")
+            self.value_encoder = CategoryValueEncoder(n_bins, d_model)
+        else:
+            raise ValueError(
+                f"input_emb_style={input_emb_style!r}; use 'continuous' or 'category'."
+            )
+        self.transformer_encoder = TransformerEncoder(
+            n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_hid=d_hid,
+            dropout=dropout,
+            activation=activation,
+            norm_first=norm_first,
+            attn_dropout=attn_dropout,
+        )
+        self.decoder = ExprDecoder(d_model)
+        self.mvc_decoder = MVCDecoder(d_model) if do_mvc else None
+
+    def embed(
+        self, gene_ids: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings ``(B, L, D)`` and the gene embeddings alone.
+
+        Where ``known`` is False the value embedding is left out: the token is the gene
+        embedding only.
+        """
+        gene_emb = self.encoder(gene_ids)
+        val_emb = self.value_encoder(values)
+        if known is not None:
+            val_emb = val_emb * known.unsqueeze(-1).to(val_emb.dtype)
+        return gene_emb + val_emb, gene_emb
+
+    def _encode(self, gene_ids, values, padding_mask, known):
+        x, gene_emb = self.embed(gene_ids, values, known)
+        mask = (
+            padding_attn_mask(padding_mask)
+            if known is None
+            else generative_attn_mask(known, padding_mask)
+        )
+        return self.transformer_encoder(x, mask), gene_emb
+
+    def encode(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Transformer output ``(B, L, D)``.
+
+        Without ``known``: plain encoding with a key padding mask (embedding, fine-tuning).
+        With ``known`` ``(B, L)``: generative encoding — unknown tokens carry no value
+        embedding and attention follows :func:`generative_attn_mask`.
+        """
+        return self._encode(gene_ids, values, padding_mask, known)[0]
+
+    def forward(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        known: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Encode and decode; returns ``encoder_output``, ``cell_emb`` (``<cls>`` output),
+        ``expr`` (expression decoder, per token) and ``mvc`` (cell-prompt prediction per
+        token, when built)."""
+        h, gene_emb = self._encode(gene_ids, values, padding_mask, known)
+        out = {"encoder_output": h, "cell_emb": h[:, 0], "expr": self.decoder(h)}
+        if self.mvc_decoder is not None:
+            out["mvc"] = self.mvc_decoder(h[:, 0], gene_emb)
+        return out
