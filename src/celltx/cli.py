@@ -16,9 +16,10 @@ QUICKSTART_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 2
 
 def quickstart(
     out: str | os.PathLike = "celltx_quickstart",
-    epochs: int = 20,
+    epochs: int = 40,
     accelerator: str = "auto",
     batch_size: int = 32,
+    lr: float = 1e-2,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -49,6 +50,7 @@ def quickstart(
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,
+        lr=lr,
         accelerator=accelerator,
         enable_progress_bar=progress,
     )
@@ -71,8 +73,8 @@ def quickstart(
     model.save(str(out / "model"), overwrite=True)
     scores.to_csv(out / "scores.csv")
 
-    print(f"\nceltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, "
-          f"trained in {t_train:.0f} s on {model.device}")
+    print(f"\nceltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, lr {lr:g}, "
+          f"batch {batch_size}, trained in {t_train:.0f} s on {model.device}")
     print("\nHeld-out generation (validation cells, unknown-gene bins, MSE):")
     print(f"  gene prompt {gen['gep_mse']:.2f} | cell prompt (MVC) {gen['mvc_mse']:.2f} | "
           f"per-gene mean bin baseline {gen['gene_mean_mse']:.2f}  ({gen['n_tokens']} tokens)")
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         help="train a small ScGPT on bundled real PBMCs, embed, plot a UMAP, compare with PCA",
     )
     q.add_argument("--out", default="celltx_quickstart", help="output folder")
-    q.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    q.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     q.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--seed", type=int, default=0)
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             accelerator=args.accelerator,
             batch_size=args.batch_size,
+            lr=args.lr,
             seed=args.seed,
             progress=not args.no_progress,
         )

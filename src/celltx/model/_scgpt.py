@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
+import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup uses rich.pretty unimported)
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS

@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT
+from nbclient import NotebookClient
+
+from celltx.cli import main
+
+TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.name for p in TUTORIALS])
+def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLTX_TUTORIAL_EPOCHS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def test_cli_quickstart(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--epochs", "1", "--accelerator", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "celltx ScGPT" in printed and "PCA (50 PCs)" in printed and "per-gene mean" in printed
+    for f in ("pbmc68k_scgpt.h5ad", "umap_cell_type.png", "scores.csv", "model/model.pt"):
+        assert (out / f).exists(), f
+    import anndata as ad
+
+    a = ad.read_h5ad(out / "pbmc68k_scgpt.h5ad")
+    assert a.obsm["X_scgpt"].shape == (700, 64)
+
+
+def test_cli_rejects_bad_epochs():
+    with pytest.raises(SystemExit):
+        main(["quickstart", "--epochs", "0"])
