@@ -66,7 +66,7 @@ def test_view_setup_and_summary(trained, capsys):
     model, adata = trained
     model.view_anndata_setup()
     assert "cell_type" in capsys.readouterr().out
-    assert "765/765 genes matched" in repr(model)
+    assert "765/765 genes matched" in model._model_summary_string
 
 
 def test_gene_embeddings(trained):
