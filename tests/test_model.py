@@ -1,4 +1,3 @@
-import warnings
 
 import anndata as ad
 import numpy as np
@@ -6,7 +5,6 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scvi
-import torch
 from conftest import SMALL
 from scipy import sparse
 
