@@ -73,7 +73,7 @@ def quickstart(
     model.save(str(out / "model"), overwrite=True)
     scores.to_csv(out / "scores.csv")
 
-    print(f"\nceltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, lr {lr:g}, "
+    print(f"\ncelltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, lr {lr:g}, "
           f"batch {batch_size}, trained in {t_train:.0f} s on {model.device}")
     print("\nHeld-out generation (validation cells, unknown-gene bins, MSE):")
     print(f"  gene prompt {gen['gep_mse']:.2f} | cell prompt (MVC) {gen['mvc_mse']:.2f} | "
