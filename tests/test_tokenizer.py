@@ -111,10 +111,8 @@ def test_unknown_genes_are_ignored_also_for_binning():
     b = t(x, ids, sample="first")
     chosen = b.gene_ids[~b.padding_mask]
     assert ((chosen == 1001) | (chosen % 2 == 1)).all()
-    ref = t.bin(x[:, 1::2])
     b2 = t(x[:, 1::2], torch.arange(1, 50, 2), sample="first")
     assert torch.equal(b.gene_ids, b2.gene_ids) and torch.equal(b.values, b2.values)
-    assert ref.max() <= 50
 
 
 def test_zero_fraction():
