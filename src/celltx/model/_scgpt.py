@@ -20,7 +20,8 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from celltx.data import GeneVocab, check_expression, gene_names, match_genes
+from celltx import io
+from celltx.data import GeneMatch, GeneVocab, check_expression, gene_names, match_genes
 from celltx.module import ScGPTModule
 from celltx.train import PretrainingPlan
 
@@ -59,6 +60,12 @@ def _resolve_vocab(vocab) -> GeneVocab:
     raise ValueError(f"vocab must be a GeneVocab, a {{token: id}} dict or a path, not {type(vocab)}.")
 
 
+def _resolve_device(accelerator: str, device: int | str) -> str:
+    from scvi.model._utils import parse_device_args
+
+    return parse_device_args(accelerator, device, return_device="torch")[2]
+
+
 class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
     """scGPT foundation model as an scvi-tools model.
 
@@ -92,6 +99,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         and ``seed``) at inference.
     n_bins
         Value bins per cell, bin 0 = not expressed (scGPT: 51).
+    pad_value
+        Input value of ``<cls>`` and padding tokens (scGPT: -2).
     input_emb_style
         ``"continuous"`` (scGPT's value MLP) or ``"category"`` (bin embedding).
     norm_first
@@ -108,7 +117,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
     seed
         Seed of the reproducible gene choice at inference.
     min_genes
-        Fewest genes of the AnnData that must be in the vocabulary.
+        Fewest genes of an AnnData that must be in the vocabulary.
+    min_gene_fraction
+        Smallest fraction of an AnnData's genes that must be in the vocabulary.
 
     Examples
     --------
@@ -139,6 +150,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         attn_dropout: float = 0.0,
         max_seq_len: int = 1200,
         n_bins: int | None = 51,
+        pad_value: float = -2.0,
         input_emb_style: str = "continuous",
         norm_first: bool = False,
         activation: str = "relu",
@@ -148,6 +160,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         mvc_weight: float = 1.0,
         seed: int = 0,
         min_genes: int = 10,
+        min_gene_fraction: float = 0.0,
     ):
         if adata is None:
             raise ValueError(
@@ -165,7 +178,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             vocab = _resolve_vocab(vocab)
         self.vocab = vocab
         self.min_genes = min_genes
-        match = match_genes(self.adata, vocab, symbols, min_genes=min(min_genes, self.adata.n_vars))
+        self.min_gene_fraction = min_gene_fraction
+        match = self._match(self.adata, vocab)
         self.module = self._module_cls(
             n_tokens=len(vocab),
             pad_id=vocab.pad_id,
@@ -182,6 +196,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             activation=activation,
             max_seq_len=max_seq_len,
             n_bins=n_bins,
+            pad_value=pad_value,
             zero_fraction=zero_fraction,
             seed=seed,
             mask_ratio=mask_ratio,
@@ -267,12 +282,19 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
     def _setup_args(self, adata: AnnData) -> dict:
         return self.get_anndata_manager(adata, required=True).registry["setup_args"]
 
+    def _match(self, adata: AnnData, vocab: GeneVocab | None = None) -> GeneMatch:
+        """Match ``adata``'s genes to the vocabulary; raises if too few match."""
+        return match_genes(
+            adata,
+            self.vocab if vocab is None else vocab,
+            self._setup_args(adata).get("gene_symbols"),
+            min_genes=min(self.min_genes, adata.n_vars),
+            min_fraction=self.min_gene_fraction,
+        )
+
     def _gene_ids(self, adata: AnnData) -> np.ndarray:
         """Vocabulary id of each gene of ``adata`` (-1 if absent); raises if too few match."""
-        symbols = self._setup_args(adata).get("gene_symbols")
-        return match_genes(
-            adata, self.vocab, symbols, min_genes=min(self.min_genes, adata.n_vars)
-        ).ids
+        return self._match(adata).ids
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         adata = super()._validate_anndata(adata, copy_if_view=copy_if_view)
@@ -291,6 +313,200 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast(self.device.type, enabled=False)
+
+    # --- published checkpoints ----------------------------------------------------------
+    #: load_pretrained overrides that do not change the architecture
+    _PRETRAINED_OVERRIDES = (
+        "dropout",
+        "attn_dropout",
+        "max_seq_len",
+        "zero_fraction",
+        "mask_ratio",
+        "gep_weight",
+        "mvc_weight",
+        "seed",
+        "min_genes",
+    )
+
+    @classmethod
+    def load_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        adata: AnnData,
+        *,
+        gene_symbols: str | None = None,
+        min_gene_overlap: float | int = 0.5,
+        weights: str | os.PathLike | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        **overrides,
+    ) -> ScGPT:
+        """Build a model from a published scGPT model directory.
+
+        Reads ``args.json`` (architecture, binning, pad value, sequence length),
+        ``vocab.json`` and the weights (``best_model.pt`` via
+        ``torch.load(weights_only=True)``, or ``.safetensors``; no code in the file is
+        run), in any of the three attention layouts (official flash-attn ``Wqkv``, torch
+        ``in_proj_weight``, flash-attn 2 ``_impl.Wqkv``). No flash-attn or GPU is needed.
+        The AnnData's genes are matched to the checkpoint's vocabulary by name.
+
+        The returned model embeds cells right away (:meth:`get_latent_representation`) and
+        :meth:`train` continues from the loaded weights (fine-tuning).
+
+        Parameters
+        ----------
+        model_dir
+            Directory with ``args.json``, ``vocab.json`` and ``best_model.pt`` (e.g. the
+            unpacked ``scGPT_human`` folder).
+        adata
+            The data. If it is not registered yet, :meth:`setup_anndata` is called on it
+            (with ``gene_symbols``); to use a layer, batch or labels, call
+            :meth:`setup_anndata` first.
+        gene_symbols
+            ``var`` column with gene symbols, when ``var_names`` are e.g. Ensembl IDs
+            (scGPT vocabularies use HGNC symbols).
+        min_gene_overlap
+            Fewest of the AnnData's genes that must be in the vocabulary: a fraction
+            (``< 1``) or a count (``>= 1``). Below it a :class:`ValueError` says how many
+            matched.
+        weights
+            Weight file inside ``model_dir`` if not ``best_model.pt`` / ``*.safetensors``.
+        accelerator, device
+            Where to put the model (``"auto"``: a GPU when there is one).
+        **overrides
+            Settings that do not change the architecture: ``dropout``, ``attn_dropout``,
+            ``max_seq_len``, ``zero_fraction``, ``mask_ratio``, ``gep_weight``,
+            ``mvc_weight``, ``seed``, ``min_genes``.
+
+        Returns
+        -------
+        ScGPT
+            With ``checkpoint_report_`` (a :class:`celltx.io.LoadReport`: loaded, skipped and
+            initialised parts) and ``gene_match_`` (a :class:`celltx.data.GeneMatch`).
+
+        Examples
+        --------
+        >>> model = celltx.model.ScGPT.load_pretrained("scGPT_human", adata)  # doctest: +SKIP
+        >>> adata.obsm["X_scgpt"] = model.get_latent_representation()  # doctest: +SKIP
+        """
+        bad = sorted(set(overrides) - set(cls._PRETRAINED_OVERRIDES))
+        if bad:
+            raise ValueError(
+                f"load_pretrained cannot override {bad}: the architecture and binning come from "
+                f"the checkpoint's args.json. Allowed overrides: {list(cls._PRETRAINED_OVERRIDES)}."
+            )
+        if not isinstance(adata, AnnData):
+            raise ValueError(
+                f"load_pretrained expects an AnnData, not {type(adata).__name__}."
+            )
+        ckpt = io.read_scgpt_dir(model_dir, weights=weights)
+        from scvi.data._constants import _SCVI_UUID_KEY
+
+        manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+        if manager is None:
+            cls.setup_anndata(adata, gene_symbols=gene_symbols)
+        else:
+            setup_args = dict(manager.registry["setup_args"])
+            registered = setup_args.get("gene_symbols")
+            if gene_symbols is not None and gene_symbols != registered:
+                raise ValueError(
+                    f"adata is already set up with gene_symbols={registered!r}; pass "
+                    f"gene_symbols={gene_symbols!r} to ScGPT.setup_anndata instead."
+                )
+            if manager.adata is not adata:  # a copy of registered data: same registration
+                cls.setup_anndata(adata, **setup_args)
+        if min_gene_overlap < 0:
+            raise ValueError(f"min_gene_overlap={min_gene_overlap} must be >= 0.")
+        kwargs = {**ckpt.model_kwargs, **overrides}
+        if min_gene_overlap < 1:
+            kwargs["min_gene_fraction"] = float(min_gene_overlap)
+            kwargs.setdefault("min_genes", 1)
+        else:
+            kwargs["min_genes"] = int(min_gene_overlap)
+        model = cls(adata, vocab=ckpt.vocab, **kwargs)
+        report = io.load_into(
+            model.module.transformer, ckpt.state_dict, source=f"checkpoint {ckpt.weights_path}"
+        )
+        if report.initialised:
+            warnings.warn(
+                f"The checkpoint has no {report.initialised} weights; these heads are randomly "
+                "initialised (cell embeddings are unaffected; train before using them).",
+                UserWarning,
+                stacklevel=2,
+            )
+        model.checkpoint_report_ = report
+        model.gene_match_ = model._match(model.adata)
+        model.is_trained_ = True
+        m = model.gene_match_
+        logger.info(
+            "Loaded %s (%s layout): %s. %d/%d genes matched the vocabulary.",
+            ckpt.weights_path,
+            ckpt.layout,
+            report.summary(),
+            m.n_matched,
+            adata.n_vars,
+        )
+        model._model_summary_string += (
+            f"\nLoaded from {ckpt.path} ({ckpt.layout} layout): {report.summary()}"
+        )
+        model.to_device(_resolve_device(accelerator, device))
+        return model
+
+    def export_scgpt(
+        self,
+        out_dir: str | os.PathLike,
+        layout: str = "official",
+        *,
+        safetensors: bool = False,
+        overwrite: bool = False,
+    ) -> str:
+        """Write the model as a scGPT model directory (``args.json``, ``vocab.json``,
+        ``best_model.pt``) that the original scGPT package and :meth:`load_pretrained` read.
+
+        Parameters
+        ----------
+        out_dir
+            Directory to create (must be empty unless ``overwrite``).
+        layout
+            Attention-key names: ``"official"`` (flash-attn ``Wqkv``, as the published
+            checkpoints; scGPT with ``use_fast_transformer=True``), ``"torch"``
+            (``in_proj_weight``; scGPT without flash-attn) or ``"fa2"``.
+        safetensors
+            Write ``best_model.safetensors`` instead of a ``torch.save`` state dict.
+        overwrite
+            Replace files in a non-empty ``out_dir``.
+
+        Returns
+        -------
+        str
+            Path of the weight file.
+
+        Examples
+        --------
+        >>> model.export_scgpt("my_scgpt", layout="torch")  # doctest: +SKIP
+        >>> again = celltx.model.ScGPT.load_pretrained("my_scgpt", adata)  # doctest: +SKIP
+        """
+        if layout not in ("official", "torch", "fa2"):
+            raise ValueError(f"layout={layout!r}; use 'official', 'torch' or 'fa2'.")
+        kw = dict(self.init_params_["non_kwargs"])
+        if kw.get("activation", "relu") != "relu":
+            warnings.warn(
+                f"activation={kw['activation']!r}: the original scGPT only builds ReLU layers; "
+                "celltx reads the export back, scGPT would compute something else.",
+                UserWarning,
+                stacklevel=2,
+            )
+        args = io.kwargs_to_scgpt_args(kw, n_tokens=len(self.vocab))
+        path = io.write_scgpt_dir(
+            out_dir,
+            self.module.transformer.state_dict(),
+            self.vocab,
+            args,
+            layout=layout,
+            safetensors=safetensors,
+            overwrite=overwrite,
+        )
+        return str(path)
 
     # --- training ---------------------------------------------------------------------
     def train(
@@ -315,7 +531,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         Lightning arguments pass through (``accelerator``, ``devices``, ``strategy="ddp"``,
         ``precision``, ``gradient_clip_val``, ``accumulate_grad_batches``, …). On a GPU with
         bf16 support ``precision="bf16-mixed"`` is the default. Losses per epoch land in
-        ``model.history`` (``train_loss_epoch``, ``validation_loss``, ``gep_mse_*``,
+        ``model.history`` (``train_loss``, ``validation_loss``, ``gep_mse_*``,
         ``mvc_mse_*``).
 
         Parameters
@@ -354,6 +570,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs["precision"] = "bf16-mixed"
         if check_val_every_n_epoch is not None:
             trainer_kwargs["check_val_every_n_epoch"] = check_val_every_n_epoch
+        if self.is_trained_ and not isinstance(self.history_, dict):
+            # loaded weights (load_pretrained) have no history: let scvi start a fresh one
+            self.is_trained_ = False
         with self._panel(self.adata):
             return super().train(
                 max_epochs=max_epochs,

@@ -1,0 +1,380 @@
+"""scGPT model directories (``args.json`` + ``vocab.json`` + weights): read, check, write.
+
+A published scGPT model directory holds
+
+- ``args.json``: the training arguments, among them the architecture (``embsize``,
+  ``nheads``, ``nlayers``, ``d_hid``, ``n_bins``, ``pad_token``, ``pad_value``,
+  ``input_emb_style``, ``cell_emb_style``, ...);
+- ``vocab.json``: ``{token: id}``, ids ``0 … n-1``;
+- ``best_model.pt``: a plain state dict (attention keys in one of three layouts, see
+  :func:`celltx.io.detect_layout`).
+
+This module turns such a directory into :class:`celltx.nn.ScGPTTransformer` constructor
+arguments and a renamed, shape-checked state dict, and writes the reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from celltx.data import GeneVocab
+from celltx.data._vocab import PAD_TOKEN
+
+from ._state_dict import Layout, detect_layout, from_scgpt, read_weights, to_scgpt
+
+#: weight file names looked for in a model directory, in this order
+WEIGHT_FILES = ("best_model.safetensors", "model.safetensors", "best_model.pt", "model.pt")
+#: parameter groups every checkpoint must provide
+REQUIRED_GROUPS = ("encoder", "value_encoder", "transformer_encoder")
+#: output heads: loaded when present, initialised at random (with a warning) when absent
+HEAD_GROUPS = ("decoder", "mvc_decoder")
+
+_LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint's weights were put into a model.
+
+    Attributes
+    ----------
+    loaded
+        celltx parameter names filled from the file.
+    skipped
+        ``{group: n_tensors}`` of file tensors the model has no place for (e.g.
+        ``cls_decoder``, a batch discriminator), left out.
+    initialised
+        Model head groups absent from the file, kept at their random initialisation.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    initialised: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts, skipped and initialised groups."""
+        parts = [f"{len(self.loaded)} tensors loaded"]
+        if self.skipped:
+            parts.append(
+                "skipped (not in this model): "
+                + ", ".join(f"{g} ({n})" for g, n in sorted(self.skipped.items()))
+            )
+        if self.initialised:
+            parts.append("not in the file, randomly initialised: " + ", ".join(self.initialised))
+        return "; ".join(parts)
+
+
+@dataclass
+class ScGPTCheckpoint:
+    """A scGPT model directory read into memory (see :func:`read_scgpt_dir`).
+
+    Attributes
+    ----------
+    path
+        The directory.
+    weights_path
+        The weight file that was read.
+    args
+        ``args.json`` as a dict.
+    vocab
+        The vocabulary.
+    state_dict
+        Weights renamed to celltx names (:func:`celltx.io.from_scgpt`).
+    layout
+        Attention-key layout of the file (``"official"``, ``"torch"`` or ``"fa2"``).
+    model_kwargs
+        :class:`celltx.model.ScGPT` arguments implied by ``args.json``.
+    """
+
+    path: Path
+    weights_path: Path
+    args: dict
+    vocab: GeneVocab
+    state_dict: dict[str, torch.Tensor]
+    layout: Layout
+    model_kwargs: dict
+
+
+def _group(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+def scgpt_args_to_kwargs(args: Mapping) -> dict:
+    """Translate scGPT's ``args.json`` into :class:`celltx.model.ScGPT` arguments.
+
+    Only what defines the computation is taken: sizes, dropout, binning, pad value,
+    value-embedding style, norm placement, sequence length and generative mask ratios.
+    Settings celltx cannot reproduce (a ``cell_emb_style`` other than ``"cls"``, an
+    ``input_style`` other than ``"binned"``, a pad token other than ``<pad>``) raise.
+
+    Examples
+    --------
+    >>> from celltx.io import scgpt_args_to_kwargs
+    >>> scgpt_args_to_kwargs({"embsize": 512, "nheads": 8, "nlayers": 12, "d_hid": 512})["d_model"]
+    512
+    """
+    missing = [k for k in ("embsize", "nheads", "nlayers") if k not in args]
+    if missing:
+        raise ValueError(
+            f"args.json lacks {missing}; scGPT's args.json names the architecture with "
+            "'embsize', 'nheads', 'nlayers' (and 'd_hid'). Add them, or check that this is a "
+            "scGPT model directory."
+        )
+    unsupported = {
+        "cell_emb_style": ("cls",),
+        "input_style": ("binned",),
+        "pad_token": (PAD_TOKEN,),
+        "input_emb_style": ("continuous", "category"),
+        "norm_scheme": ("post", "pre"),
+    }
+    for key, ok in unsupported.items():
+        if key in args and args[key] not in ok:
+            raise ValueError(
+                f"args.json has {key}={args[key]!r}; celltx supports {key} in {list(ok)}."
+            )
+    kwargs = {
+        "d_model": int(args["embsize"]),
+        "n_heads": int(args["nheads"]),
+        "n_layers": int(args["nlayers"]),
+        "d_hid": int(args.get("d_hid", args["embsize"])),
+        "dropout": float(args.get("dropout", 0.2)),
+        "n_bins": int(args.get("n_bins", 51)),
+        "pad_value": float(args.get("pad_value", -2)),
+        "input_emb_style": str(args.get("input_emb_style", "continuous")),
+        "norm_first": args.get("norm_scheme", "post") == "pre",
+        "max_seq_len": int(args.get("max_seq_len", 1200)),
+    }
+    if "activation" in args:  # written by celltx's export, not by scGPT
+        kwargs["activation"] = str(args["activation"])
+    ratio = args.get("mask_ratio")
+    ratios = ratio if isinstance(ratio, list | tuple) else [ratio]
+    if ratio is not None and all(isinstance(r, int | float) and 0 < r < 1 for r in ratios):
+        kwargs["mask_ratio"] = tuple(float(r) for r in ratios)
+    return kwargs
+
+
+def kwargs_to_scgpt_args(kwargs: Mapping, n_tokens: int) -> dict:
+    """scGPT ``args.json`` content for a celltx model (inverse of :func:`scgpt_args_to_kwargs`).
+
+    Writes the keys scGPT's tutorials and ``load_pretrained`` helpers read, with scGPT's
+    defaults for the training-only settings.
+    """
+    d_model = int(kwargs["d_model"])
+    return {
+        "embsize": d_model,
+        "nheads": int(kwargs["n_heads"]),
+        "nlayers": int(kwargs["n_layers"]),
+        "d_hid": int(kwargs.get("d_hid") or d_model),
+        "dropout": float(kwargs.get("dropout", 0.2)),
+        "n_layers_cls": 3,
+        "n_bins": int(kwargs.get("n_bins") or 51),
+        "pad_token": PAD_TOKEN,
+        "pad_value": float(kwargs.get("pad_value", -2)),
+        "mask_value": -1,
+        "input_style": "binned",
+        "input_emb_style": kwargs.get("input_emb_style", "continuous"),
+        "cell_emb_style": "cls",
+        "norm_scheme": "pre" if kwargs.get("norm_first") else "post",
+        "activation": kwargs.get("activation", "relu"),
+        "max_seq_len": int(kwargs.get("max_seq_len", 1200)),
+        "mask_ratio": list(kwargs.get("mask_ratio", (0.25, 0.5, 0.75))),
+        "ntoken": int(n_tokens),
+        "USE_MVC": True,
+        "vocab_path": "vocab.json",
+        "data_source": "celltx",
+    }
+
+
+def find_weights(model_dir: Path, weights: str | os.PathLike | None = None) -> Path:
+    """The weight file of a model directory (``weights`` names it explicitly)."""
+    if weights is not None:
+        path = Path(weights)
+        return path if path.is_absolute() or path.exists() else model_dir / path
+    for name in WEIGHT_FILES:
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise ValueError(
+        f"No weights in {model_dir} (looked for {', '.join(WEIGHT_FILES)}; found "
+        f"{sorted(p.name for p in model_dir.iterdir())[:10]}). Pass weights='<file>'."
+    )
+
+
+def read_scgpt_dir(
+    model_dir: str | os.PathLike, weights: str | os.PathLike | None = None
+) -> ScGPTCheckpoint:
+    """Read a scGPT model directory: ``args.json``, ``vocab.json`` and the weights.
+
+    Weights are read without unpickling objects (:func:`celltx.io.read_weights`) and
+    renamed to celltx names whatever their layout. The vocabulary is checked against the
+    embedding matrix.
+
+    Parameters
+    ----------
+    model_dir
+        Directory with ``args.json``, ``vocab.json`` and ``best_model.pt`` (or a
+        ``.safetensors`` file).
+    weights
+        Weight file name inside ``model_dir`` (or a path), if not one of
+        ``best_model.safetensors``, ``model.safetensors``, ``best_model.pt``, ``model.pt``.
+
+    Examples
+    --------
+    >>> ckpt = celltx.io.read_scgpt_dir("scGPT_human")  # doctest: +SKIP
+    >>> ckpt.layout, ckpt.model_kwargs["d_model"], len(ckpt.vocab)  # doctest: +SKIP
+    ('official', 512, 60697)
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(
+            f"{model_dir} is not a directory. Pass the scGPT model directory (the folder with "
+            "args.json, vocab.json and best_model.pt)."
+        )
+    for name in ("args.json", "vocab.json"):
+        if not (model_dir / name).is_file():
+            raise ValueError(
+                f"{model_dir} has no {name}; a scGPT model directory holds args.json, "
+                "vocab.json and best_model.pt."
+            )
+    try:
+        args = json.loads((model_dir / "args.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{model_dir / 'args.json'} is not valid JSON: {e}") from e
+    if not isinstance(args, dict):
+        raise ValueError(f"{model_dir / 'args.json'} must hold a JSON object.")
+    kwargs = scgpt_args_to_kwargs(args)
+    vocab = GeneVocab.from_file(model_dir / "vocab.json")
+    wpath = find_weights(model_dir, weights)
+    raw = read_weights(wpath)
+    layout = detect_layout(raw)
+    sd = from_scgpt(raw)
+    emb = sd.get("encoder.embedding.weight")
+    if emb is None:
+        raise ValueError(
+            f"{wpath} has no 'encoder.embedding.weight' (gene embedding); this is not a scGPT "
+            "checkpoint or it is incomplete."
+        )
+    if emb.shape[0] != len(vocab):
+        raise ValueError(
+            f"vocab.json has {len(vocab)} tokens but the gene embedding in {wpath.name} has "
+            f"{emb.shape[0]} rows: the vocabulary does not belong to these weights. Use the "
+            "vocab.json shipped with the checkpoint."
+        )
+    return ScGPTCheckpoint(model_dir, wpath, args, vocab, sd, layout, kwargs)
+
+
+def load_into(
+    transformer: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> LoadReport:
+    """Copy checkpoint weights (celltx names) into ``transformer`` with checks.
+
+    - every parameter of the encoder groups (``encoder``, ``value_encoder``,
+      ``transformer_encoder``) must be in the file, with the model's shape;
+    - output heads (``decoder``, ``mvc_decoder``) are loaded when complete in the file and
+      left at their initialisation when wholly absent;
+    - file tensors the model has no place for (``cls_decoder``, batch / perturbation parts)
+      are skipped and counted in the report;
+    - any shape disagreement, a partly present head, or extra transformer layers raise a
+      :class:`ValueError` naming the key and both shapes.
+    """
+    own = transformer.state_dict()
+    file_keys = set(state_dict)
+    errors = []
+    extra_layers = sorted(
+        {int(m.group(1)) for k in file_keys if (m := _LAYER.match(k))}
+        - {int(m.group(1)) for k in own if (m := _LAYER.match(k))}
+    )
+    if extra_layers:
+        n_file = max(int(m.group(1)) for k in file_keys if (m := _LAYER.match(k))) + 1
+        n_own = len({k.split(".")[2] for k in own if _LAYER.match(k)})
+        raise ValueError(
+            f"The {source} has {n_file} transformer layers but the architecture "
+            f"(args.json nlayers) has {n_own}: fix 'nlayers' in args.json."
+        )
+    report = LoadReport()
+    for key, target in own.items():
+        group = _group(key)
+        if key not in state_dict:
+            if group in HEAD_GROUPS:
+                continue  # judged per group below
+            errors.append(f"missing required tensor {key!r} (model shape {tuple(target.shape)})")
+            continue
+        src = state_dict[key]
+        if tuple(src.shape) != tuple(target.shape):
+            errors.append(
+                f"{key!r}: the {source} has shape {tuple(src.shape)}, the architecture from "
+                f"args.json needs {tuple(target.shape)}"
+            )
+    for group in HEAD_GROUPS:
+        keys = [k for k in own if _group(k) == group]
+        present = [k for k in keys if k in state_dict]
+        if not keys:
+            continue
+        if not present:
+            report.initialised.append(group)
+        elif len(present) < len(keys):
+            absent = [k for k in keys if k not in state_dict]
+            errors.append(
+                f"head {group!r} is incomplete in the {source}: missing {absent} (a "
+                "different head style, or a damaged file)"
+            )
+    if errors:
+        raise ValueError(
+            f"The {source} does not fit the architecture described by args.json:\n  - "
+            + "\n  - ".join(errors[:20])
+            + (f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else "")
+        )
+    with torch.no_grad():
+        for key, target in own.items():
+            if key in state_dict:
+                target.copy_(state_dict[key].to(target.dtype))
+                report.loaded.append(key)
+    for key in sorted(file_keys - set(own)):
+        group = _group(key)
+        if group in REQUIRED_GROUPS:
+            # e.g. a batch-norm / extra encoder part the model does not build
+            group = key.rsplit(".", 1)[0]
+        report.skipped[group] = report.skipped.get(group, 0) + 1
+    return report
+
+
+def write_scgpt_dir(
+    out_dir: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    vocab: GeneVocab,
+    args: Mapping,
+    layout: Layout = "official",
+    safetensors: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write a scGPT model directory (``args.json``, ``vocab.json``, weights).
+
+    ``state_dict`` uses celltx names; it is renamed to ``layout`` and saved as
+    ``best_model.pt`` (a plain state dict: ``torch.load(weights_only=True)`` reads it) or
+    ``best_model.safetensors``. Returns the weight file's path.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; pass overwrite=True to replace files.")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in WEIGHT_FILES:  # a stale weight file could be picked up instead of the new one
+        (out / name).unlink(missing_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in to_scgpt(state_dict, layout).items()}
+    if safetensors:
+        from safetensors.torch import save_file
+
+        wpath = out / "best_model.safetensors"
+        save_file(sd, str(wpath))
+    else:
+        wpath = out / "best_model.pt"
+        torch.save(sd, wpath)
+    vocab.save(out / "vocab.json")
+    (out / "args.json").write_text(json.dumps(dict(args), indent=2), encoding="utf-8")
+    return wpath
