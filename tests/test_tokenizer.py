@@ -42,7 +42,9 @@ def test_binning_matches_scgpt_on_tie_free_data(n_bins):
     multi[4] = False  # one expressed gene equals every edge: a tie, scGPT's bin is random
     np.testing.assert_array_equal(ours[multi], ref[multi])
     assert ours.max() == n_bins - 1
-    assert ours[4, 7] == n_bins // 2 and (ours[3] == 0).all()
+    # the single value equals every edge: any bin 1 … n_bins-1, chosen reproducibly
+    assert 1 <= ours[4, 7] <= n_bins - 1 and (ours[3] == 0).all()
+    assert tok(n_bins=n_bins).bin(torch.from_numpy(x), ties="middle")[4, 7] == n_bins // 2
 
 
 def test_binning_is_rank_based_counts_vs_lognorm():
@@ -53,14 +55,43 @@ def test_binning_is_rank_based_counts_vs_lognorm():
     )
 
 
-def test_ties_get_the_midpoint_deterministically():
-    x = torch.tensor([[1.0] * 20 + [2.0, 3.0, 4.0, 5.0]])
+def test_tie_rules():
+    # 400 tied values of 1.0 and 100 distinct larger ones: 1.0 equals the first 40 of the
+    # 50 edges (quantile positions 0 … 399 of 500 values), so a tied value may take bins 1..40
+    x = torch.tensor([[1.0] * 400 + list(np.linspace(2, 50, 100))])
+    t = tok(n_bins=51)
+    mid = t.bin(x, ties="middle")
+    assert set(mid[0, :400].tolist()) == {20}  # the middle of 1..40, rounded down
+    h1, h2 = t.bin(x, ties="hash"), t.bin(x, ties="hash")
+    assert torch.equal(h1, h2)  # reproducible
+    r1, r2 = t.bin(x, ties="random"), t.bin(x, ties="random")
+    assert not torch.equal(r1, r2)  # scGPT's rule: a new draw each call
+    for b in (h1, r1):
+        tied = b[0, :400].numpy()
+        assert tied.min() >= 1 and tied.max() <= 40
+        # uniform over 40 bins: every bin used, mean near 20.5 (sd of the mean ~0.6)
+        assert len(np.unique(tied)) == 40 and abs(tied.mean() - 20.5) < 2.5
+        # the untied values get the same bins under every rule
+        assert torch.equal(b[0, 400:], mid[0, 400:])
+    # another seed, another reproducible draw
+    assert not torch.equal(tok(n_bins=51, seed=1).bin(x, ties="hash"), h1)
+    with pytest.raises(ValueError, match="ties="):
+        t.bin(x, ties="up")
+
+
+def test_tie_hash_ignores_batch_and_column_order():
+    x = torch.tensor([[1.0] * 30 + [2.0, 3.0], [0.0] * 10 + [4.0] * 22])
+    ids = torch.arange(32)
     t = tok(n_bins=11)
-    b1, b2 = t.bin(x), t.bin(x)
-    assert torch.equal(b1, b2)
-    # the 20 tied ones could take bins 1..8 (edges 0..7 equal 1.0): the middle, rounded down
-    assert set(b1[0, :20].tolist()) == {4}
-    assert b1[0, -1] == 10
+    both = t(x, ids, sample="hash")
+    alone = t(x[:1], ids, sample="hash")
+    n = alone.gene_ids.shape[1]
+    assert torch.equal(both.gene_ids[:1, :n], alone.gene_ids)
+    assert torch.equal(both.values[:1, :n], alone.values)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    shuffled = t(x[:1, perm], ids[perm], sample="hash")
+    key = lambda b: sorted(zip(b.gene_ids[0].tolist(), b.values[0].tolist(), strict=True))  # noqa: E731
+    assert key(shuffled) == key(alone)
 
 
 def test_sequence_layout():

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
 from nbclient import NotebookClient
 
 from celltx.cli import main
@@ -14,6 +14,8 @@ TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     monkeypatch.setenv("CELLTX_TUTORIAL_EPOCHS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    if (FIXTURES / "ckpt_small" / "args.json").exists():  # the scGPT-written reference checkpoint
+        monkeypatch.setenv("CELLTX_SCGPT_DIR", str(FIXTURES / "ckpt_small"))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]

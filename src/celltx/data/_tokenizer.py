@@ -12,6 +12,9 @@ import numpy as np
 import torch
 
 _MASK53 = (1 << 53) - 1
+_TIE_SALT = 0x5BD1E9955BD1E995  # decorrelates the tie hash from the gene-choice hash
+
+Ties = Literal["random", "hash", "middle"]
 
 
 @dataclass
@@ -50,6 +53,11 @@ def _mix64(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
+def _uniform(h: torch.Tensor) -> torch.Tensor:
+    """int64 hashes -> float64 uniform numbers in [0, 1) (53 random bits)."""
+    return (h & _MASK53).to(torch.float64) / float(1 << 53)
+
+
 def quantile_edges(x_sorted: torch.Tensor, n_nonzero: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Per-row bin edges over the non-zero values, exactly as ``numpy.quantile``.
 
@@ -85,20 +93,26 @@ def quantile_edges(x_sorted: torch.Tensor, n_nonzero: torch.Tensor, n_bins: int)
     return torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
-def digitize(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin index of each value: the number of edges below it, ties split at the midpoint.
+def digitize(
+    values: torch.Tensor, edges: torch.Tensor, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bin index of each value: the number of edges at or below it, ties broken by ``u``.
 
-    ``values`` ``(B, K)``, ``edges`` ``(B, E)``. A value equal to several edges could fall
-    in any bin of ``(n_below, n_below_or_equal]``; it gets the middle one (rounded down),
-    deterministically, where scGPT draws one uniformly at random. A value equal to a single
-    edge, the case of tie-free data, has one possible bin and both rules agree. (A cell
-    with one expressed gene: all edges equal its value, so it gets the middle bin.)
+    ``values`` ``(B, K)``, ``edges`` ``(B, E)``. A value equal to ``d > 1`` edges (a tie)
+    could fall in any bin of ``n_below + 1 … n_below + d``. With ``u`` ``(B, K)`` (uniform
+    numbers in ``[0, 1)``) it gets ``n_below + d - floor(u·d)``: a uniform choice, which is
+    scGPT's rule when ``u`` is random. Without ``u`` it gets the middle bin (rounded down).
+    A value equal to at most one edge, the case of tie-free data, has one possible bin
+    and every rule agrees.
     """
     v = values.double()[:, :, None]
     e = edges[:, None, :]
     n_le = (e <= v).sum(-1)
     n_lt = (e < v).sum(-1)
-    return torch.div(n_le + n_lt + 1, 2, rounding_mode="floor")
+    if u is None:
+        return torch.div(n_le + n_lt + 1, 2, rounding_mode="floor")
+    d = n_le - n_lt
+    return n_le - torch.floor(u.double() * d).long().clamp(max=(d - 1).clamp(min=0))
 
 
 class Tokenizer:
@@ -165,12 +179,35 @@ class Tokenizer:
         self.zero_fraction = float(zero_fraction)
         self.seed = int(seed)
 
-    def bin(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-cell quantile bins of all genes of ``x`` ``(B, G)``; 0 where not expressed."""
+    def bin(
+        self, x: torch.Tensor, gene_ids: torch.Tensor | None = None, ties: Ties = "hash"
+    ) -> torch.Tensor:
+        """Per-cell quantile bins of all genes of ``x`` ``(B, G)``; 0 where not expressed.
+
+        ``ties`` as in :meth:`__call__`; ``gene_ids`` (default ``0 … G-1``) feed the hash.
+        """
+        if gene_ids is None:
+            gene_ids = torch.arange(x.shape[1], device=x.device)
         x_sorted, _ = torch.sort(x, dim=1)
         n_nz = (x > 0).sum(1)
         edges = quantile_edges(x_sorted, n_nz, self.n_bins)
-        return torch.where(x > 0, digitize(x, edges), 0)
+        u = self._tie_u(x, gene_ids.to(x.device), ties)
+        return torch.where(x > 0, digitize(x, edges, u), 0)
+
+    def _cell_gene_hash(self, x: torch.Tensor, gene_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, G)`` int64 hash of (the cell's expressed genes, the gene, the seed)."""
+        gh = _mix64(gene_ids.clamp(min=0) + 1 + self.seed * 1_000_003)
+        cell = torch.where(x > 0, gh[None, :], 0).sum(1)
+        return _mix64(cell[:, None] ^ gh[None, :])
+
+    def _tie_u(self, x: torch.Tensor, gene_ids: torch.Tensor, ties: Ties) -> torch.Tensor | None:
+        if ties == "random":
+            return torch.rand(x.shape, device=x.device, dtype=torch.float64)
+        if ties == "hash":
+            return _uniform(_mix64(self._cell_gene_hash(x, gene_ids) ^ _TIE_SALT))
+        if ties == "middle":
+            return None
+        raise ValueError(f"ties={ties!r}; use 'random', 'hash' or 'middle'.")
 
     def _keys(self, x: torch.Tensor, gene_ids: torch.Tensor, sample: str) -> torch.Tensor:
         B, G = x.shape
@@ -181,10 +218,7 @@ class Tokenizer:
         if sample == "hash":
             # A pseudo-random order that depends only on the cell's expressed genes, the gene
             # and the seed: the same cell gets the same tokens in any batch, on any device.
-            gh = _mix64(gene_ids.clamp(min=0) + 1 + self.seed * 1_000_003)
-            cell = torch.where(x > 0, gh[None, :], 0).sum(1)
-            h = _mix64(cell[:, None] ^ gh[None, :])
-            return (h & _MASK53).to(torch.float64) / float(1 << 53)
+            return _uniform(self._cell_gene_hash(x, gene_ids))
         raise ValueError(f"sample={sample!r}; use 'random', 'hash' or 'first'.")
 
     def __call__(
@@ -194,6 +228,7 @@ class Tokenizer:
         *,
         sample: Literal["random", "hash", "first"] = "random",
         max_seq_len: int | None = None,
+        ties: Ties | None = None,
     ) -> TokenizedBatch:
         """Tokenize a batch.
 
@@ -210,6 +245,12 @@ class Tokenizer:
             ``"first"`` (column order).
         max_seq_len
             Override :attr:`max_seq_len` for this call.
+        ties
+            Bin of a value tied with several bin edges: ``"random"`` (uniform among its
+            possible bins, drawn anew each call: scGPT's rule), ``"hash"`` (the same
+            uniform choice, but drawn from a hash of the cell, the gene and :attr:`seed`:
+            reproducible) or ``"middle"`` (the middle bin). Default: ``"random"`` when
+            ``sample="random"``, else ``"hash"``.
         """
         L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
         if L < 2:
@@ -247,7 +288,11 @@ class Tokenizer:
             x_sorted, _ = torch.sort(x, dim=1)
             edges = quantile_edges(x_sorted, expressed.sum(1), self.n_bins)
             xs = x.gather(1, idx)
-            vals = torch.where(xs > 0, digitize(xs, edges), 0).float()
+            if ties is None:
+                ties = "random" if sample == "random" else "hash"
+            u = self._tie_u(x, gene_ids, ties)
+            u = None if u is None else u.gather(1, idx)
+            vals = torch.where(xs > 0, digitize(xs, edges, u), 0).float()
         tok = torch.where(valid, gene_ids[idx], self.pad_id)
         vals = torch.where(valid, vals, self.pad_value)
 
