@@ -2,7 +2,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import DATA, FIXTURES, ROOT
 from nbclient import NotebookClient
 
 from celltx.cli import main
@@ -16,6 +16,8 @@ def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     if (FIXTURES / "ckpt_small" / "args.json").exists():  # the scGPT-written reference checkpoint
         monkeypatch.setenv("CELLTX_SCGPT_DIR", str(FIXTURES / "ckpt_small"))
+    if DATA.exists():
+        monkeypatch.setenv("CELLTX_DATA_DIR", str(DATA))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]

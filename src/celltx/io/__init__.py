@@ -2,6 +2,8 @@
 loading, ``args.json`` translation."""
 
 from ._checkpoint import (
+    HEAD_GROUPS,
+    TASK_HEADS,
     LoadReport,
     ScGPTCheckpoint,
     kwargs_to_scgpt_args,
@@ -13,6 +15,8 @@ from ._checkpoint import (
 from ._state_dict import detect_layout, from_scgpt, read_weights, to_scgpt
 
 __all__ = [
+    "HEAD_GROUPS",
+    "TASK_HEADS",
     "detect_layout",
     "from_scgpt",
     "to_scgpt",

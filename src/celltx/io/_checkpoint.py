@@ -34,8 +34,10 @@ from ._state_dict import Layout, detect_layout, from_scgpt, read_weights, to_scg
 WEIGHT_FILES = ("best_model.safetensors", "model.safetensors", "best_model.pt", "model.pt")
 #: parameter groups every checkpoint must provide
 REQUIRED_GROUPS = ("encoder", "value_encoder", "transformer_encoder")
-#: output heads: loaded when present, initialised at random (with a warning) when absent
+#: generative output heads: loaded when present, randomly initialised (with a warning) when absent
 HEAD_GROUPS = ("decoder", "mvc_decoder")
+#: fine-tuning heads: loaded when present with the model's shapes, else randomly initialised
+TASK_HEADS = ("cls_decoder", "grad_reverse_discriminator", "dsbn", "batch_encoder")
 
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
 
@@ -53,11 +55,15 @@ class LoadReport:
         ``cls_decoder``, a batch discriminator), left out.
     initialised
         Model head groups absent from the file, kept at their random initialisation.
+    reasons
+        ``{group: why}`` for heads in ``initialised`` that the file has with other shapes
+        (e.g. a classifier for another number of classes).
     """
 
     loaded: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     initialised: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: counts, skipped and initialised groups."""
@@ -68,7 +74,12 @@ class LoadReport:
                 + ", ".join(f"{g} ({n})" for g, n in sorted(self.skipped.items()))
             )
         if self.initialised:
-            parts.append("not in the file, randomly initialised: " + ", ".join(self.initialised))
+            parts.append(
+                "randomly initialised: "
+                + ", ".join(
+                    f"{g} ({self.reasons.get(g, 'not in the file')})" for g in self.initialised
+                )
+            )
         return "; ".join(parts)
 
 
@@ -277,8 +288,11 @@ def load_into(
 
     - every parameter of the encoder groups (``encoder``, ``value_encoder``,
       ``transformer_encoder``) must be in the file, with the model's shape;
-    - output heads (``decoder``, ``mvc_decoder``) are loaded when complete in the file and
-      left at their initialisation when wholly absent;
+    - output heads (``decoder``, ``mvc_decoder``, and the fine-tuning heads
+      ``cls_decoder``, ``grad_reverse_discriminator``, ``dsbn``, ``batch_encoder``) are
+      loaded when complete in the file with the model's shapes, and left at their
+      initialisation when wholly absent or shaped differently (another number of classes
+      or batches; a batch token changes the decoders' input width);
     - file tensors the model has no place for (``cls_decoder``, batch / perturbation parts)
       are skipped and counted in the report;
     - any shape disagreement, a partly present head, or extra transformer layers raise a
@@ -299,11 +313,12 @@ def load_into(
             f"(args.json nlayers) has {n_own}: fix 'nlayers' in args.json."
         )
     report = LoadReport()
+    heads = HEAD_GROUPS + TASK_HEADS
     for key, target in own.items():
         group = _group(key)
+        if group in heads:
+            continue  # judged per group below
         if key not in state_dict:
-            if group in HEAD_GROUPS:
-                continue  # judged per group below
             errors.append(f"missing required tensor {key!r} (model shape {tuple(target.shape)})")
             continue
         src = state_dict[key]
@@ -312,14 +327,27 @@ def load_into(
                 f"{key!r}: the {source} has shape {tuple(src.shape)}, the architecture from "
                 f"args.json needs {tuple(target.shape)}"
             )
-    for group in HEAD_GROUPS:
+    take = set()
+    for group in heads:
         keys = [k for k in own if _group(k) == group]
         present = [k for k in keys if k in state_dict]
         if not keys:
             continue
         if not present:
             report.initialised.append(group)
-        elif len(present) < len(keys):
+        elif len(present) == len(keys):
+            diff = [
+                (k, tuple(state_dict[k].shape), tuple(own[k].shape))
+                for k in keys
+                if tuple(state_dict[k].shape) != tuple(own[k].shape)
+            ]
+            if diff:
+                report.initialised.append(group)
+                k, a, b = diff[0]
+                report.reasons[group] = f"shapes differ, e.g. {k} {a} in the file vs {b}"
+            else:
+                take.update(keys)
+        else:
             absent = [k for k in keys if k not in state_dict]
             errors.append(
                 f"head {group!r} is incomplete in the {source}: missing {absent} (a "
@@ -333,7 +361,7 @@ def load_into(
         )
     with torch.no_grad():
         for key, target in own.items():
-            if key in state_dict:
+            if key in state_dict and (_group(key) not in heads or key in take):
                 target.copy_(state_dict[key].to(target.dtype))
                 report.loaded.append(key)
     for key in sorted(file_keys - set(own)):

@@ -1,5 +1,5 @@
 """User-facing scvi-tools model classes."""
 
-from ._scgpt import GeneLayerField, ScGPT
+from ._scgpt import TASKS, GeneLayerField, LabelsField, ScGPT
 
-__all__ = ["ScGPT", "GeneLayerField"]
+__all__ = ["ScGPT", "GeneLayerField", "LabelsField", "TASKS"]

@@ -42,6 +42,48 @@ class GeneLayerField(LayerField):
         return self.register_field(adata_target)
 
 
+class LabelsField(CategoricalObsField):
+    """Cell-type labels in which missing values (NaN) mean *unlabelled*.
+
+    scvi-tools' :class:`~scvi.data.fields.CategoricalObsField` refuses NaN. Here NaN cells
+    get code ``-1`` and are left out of classification losses (semi-supervised data
+    works). A query AnnData may lack the column or hold labels unseen in training: those
+    cells are unlabelled too; the registered categories never change.
+    """
+
+    def register_field(self, adata: AnnData) -> dict:
+        if self.is_default:
+            return super().register_field(adata)
+        cat = adata.obs[self._original_attr_key].astype("category")
+        adata.obs[self.attr_key] = cat.cat.codes.to_numpy().astype(np.int64)
+        return {
+            self.CATEGORICAL_MAPPING_KEY: cat.cat.categories.to_numpy(copy=True),
+            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
+        }
+
+    def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
+        if self.is_default:
+            return super().transfer_field(state_registry, adata_target, **kwargs)
+        mapping = state_registry[self.CATEGORICAL_MAPPING_KEY]
+        if self._original_attr_key in adata_target.obs:
+            codes = pd.Categorical(adata_target.obs[self._original_attr_key], categories=mapping).codes
+        else:
+            codes = np.full(adata_target.n_obs, -1)
+        adata_target.obs[self.attr_key] = np.asarray(codes, dtype=np.int64)
+        return {
+            self.CATEGORICAL_MAPPING_KEY: mapping.copy(),
+            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
+        }
+
+
+#: loss-weight presets of ScGPT.train(task=...)
+TASKS = {
+    "generative": {"gep": 1.0, "mvc": 1.0},
+    "annotation": {"gep": 0.0, "mvc": 0.0, "cls": 1.0},
+    "integration": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
+}
+
+
 def _check_obs_key(adata: AnnData, key: str | None, arg: str) -> None:
     if key is not None and key not in adata.obs.columns:
         raise ValueError(
@@ -116,6 +158,19 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         Weights of the gene-prompt and cell-prompt (MVC) losses.
     seed
         Seed of the reproducible gene choice at inference.
+    n_layers_cls
+        Depth of the classifier head, built when the AnnData was set up with
+        ``labels_key`` (scGPT: 3), and of the batch discriminator.
+    dsbn
+        Domain-specific batch norm (one batch norm per batch on the token embeddings; needs
+        ``batch_key``). Part of scGPT's integration recipe.
+    dab
+        Adversarial batch discriminator on the cell embedding with gradient reversal
+        (needs ``batch_key``); weighted by ``dab`` in :meth:`train`'s ``loss_weights``.
+    batch_token
+        Batch embedding concatenated to the decoders' input (scGPT's ``use_batch_labels``;
+        needs ``batch_key``), so that generation accounts for batch and the cell embedding
+        need not.
     min_genes
         Fewest genes of an AnnData that must be in the vocabulary.
     min_gene_fraction
@@ -161,6 +216,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         seed: int = 0,
         min_genes: int = 10,
         min_gene_fraction: float = 0.0,
+        n_layers_cls: int = 3,
+        dsbn: bool = False,
+        dab: bool = False,
+        batch_token: bool = False,
     ):
         if adata is None:
             raise ValueError(
@@ -180,6 +239,14 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         self.min_genes = min_genes
         self.min_gene_fraction = min_gene_fraction
         match = self._match(self.adata, vocab)
+        setup = self._setup_args(self.adata)
+        n_labels = self.summary_stats.n_labels if setup.get("labels_key") else None
+        n_batch = self.summary_stats.n_batch if setup.get("batch_key") else 0
+        if (dsbn or dab or batch_token) and not n_batch:
+            raise ValueError(
+                "dsbn, dab and batch_token need batches: set up the AnnData with "
+                "ScGPT.setup_anndata(adata, batch_key='<obs column>')."
+            )
         self.module = self._module_cls(
             n_tokens=len(vocab),
             pad_id=vocab.pad_id,
@@ -202,6 +269,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             mask_ratio=mask_ratio,
             gep_weight=gep_weight,
             mvc_weight=mvc_weight,
+            n_labels=n_labels,
+            n_layers_cls=n_layers_cls,
+            n_batch=n_batch,
+            dsbn=dsbn,
+            dab=dab,
+            batch_token=batch_token,
         )
         n_params = sum(p.numel() for p in self.module.parameters())
         self._model_summary_string = (
@@ -209,6 +282,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             f"max_seq_len {max_seq_len}, n_bins {n_bins}, vocab {len(vocab)} tokens, "
             f"{match.n_matched}/{self.adata.n_vars} genes matched, {n_params / 1e6:.2f}M parameters"
         )
+        extras = [f"classifier ({n_labels} labels)"] if n_labels else []
+        extras += [name for name, on in (("DSBN", dsbn), ("DAB", dab), ("batch token", batch_token)) if on]
+        if extras:
+            self._model_summary_string += ", " + ", ".join(extras)
         self.init_params_ = self._get_init_params(locals())
         # store the vocabulary itself, so that ScGPT.load(dir, other_adata) rebuilds it exactly
         self.init_params_["non_kwargs"]["vocab"] = vocab.to_dict()
@@ -273,7 +350,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         anndata_fields = [
             GeneLayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -326,6 +403,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         "mvc_weight",
         "seed",
         "min_genes",
+        "n_layers_cls",
+        "dsbn",
+        "dab",
+        "batch_token",
     )
 
     @classmethod
@@ -376,7 +457,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         **overrides
             Settings that do not change the architecture: ``dropout``, ``attn_dropout``,
             ``max_seq_len``, ``zero_fraction``, ``mask_ratio``, ``gep_weight``,
-            ``mvc_weight``, ``seed``, ``min_genes``.
+            ``mvc_weight``, ``seed``, ``min_genes``, and the fine-tuning heads
+            ``n_layers_cls``, ``dsbn``, ``dab``, ``batch_token`` (new heads, and heads whose
+            shape differs from the file's, e.g. a classifier for other classes, start from a
+            random initialisation and are listed in ``checkpoint_report_``).
 
         Returns
         -------
@@ -427,9 +511,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         report = io.load_into(
             model.module.transformer, ckpt.state_dict, source=f"checkpoint {ckpt.weights_path}"
         )
-        if report.initialised:
+        absent = [g for g in report.initialised if g in io.HEAD_GROUPS and g not in report.reasons]
+        if absent:
             warnings.warn(
-                f"The checkpoint has no {report.initialised} weights; these heads are randomly "
+                f"The checkpoint has no {absent} weights; these heads are randomly "
                 "initialised (cell embeddings are unaffected; train before using them).",
                 UserWarning,
                 stacklevel=2,
@@ -523,9 +608,15 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         check_val_every_n_epoch: int | None = 1,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
+        task: str | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        class_weight: str | Mapping[str, float] | None = None,
+        label_smoothing: float = 0.0,
+        freeze_layers: int = 0,
         **trainer_kwargs,
     ):
-        """Generative pretraining (or continued training of loaded weights).
+        """Pretrain or fine-tune: generative pretraining, cell-type annotation or batch
+        integration, from scratch or from loaded weights.
 
         Runs through scvi-tools' :class:`~scvi.train.TrainRunner` and Lightning, so
         Lightning arguments pass through (``accelerator``, ``devices``, ``strategy="ddp"``,
@@ -555,9 +646,36 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             Arguments of :class:`~celltx.train.PretrainingPlan`.
         datasplitter_kwargs
             Arguments of scvi-tools' :class:`~scvi.dataloaders.DataSplitter`.
+        task
+            Loss preset: ``"generative"`` (gene- and cell-prompt generation, the default
+            for a new model), ``"annotation"`` (cross-entropy of the classifier on the
+            ``<cls>`` embedding of whole cells; needs ``labels_key``), ``"integration"``
+            (generation + elastic cell similarity ×10 + the adversarial batch
+            discriminator when built with ``dab=True``; needs ``batch_key``; scGPT's
+            recipe). ``None`` keeps the objective of the previous call.
+        loss_weights
+            Override single weights of the preset: ``gep``, ``mvc``, ``cls``, ``ecs``,
+            ``dab``, and ``ecs_threshold`` (default 0.8).
+        class_weight
+            Classification only: ``"balanced"`` weighs each class by ``n_cells /
+            (n_classes × n_class_cells)`` over the labelled training cells, or a
+            ``{label: weight}`` dict; ``None``: equal weights.
+        label_smoothing
+            Classification only: label smoothing of the cross-entropy.
+        freeze_layers
+            Keep the gene / value embeddings and the first ``freeze_layers`` transformer
+            layers fixed during this call (``-1``: all of them, train only the heads).
         **trainer_kwargs
             Passed to Lightning's trainer through :class:`~scvi.train.Trainer`.
+
+        Examples
+        --------
+        >>> celltx.model.ScGPT.setup_anndata(adata, labels_key="cell_type")  # doctest: +SKIP
+        >>> model = celltx.model.ScGPT.load_pretrained("scGPT_human", adata)  # doctest: +SKIP
+        >>> model.train(max_epochs=10, task="annotation", lr=1e-4)  # doctest: +SKIP
+        >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
         """
+        self._set_objective(task, loss_weights, class_weight, label_smoothing)
         plan_kwargs = dict(plan_kwargs or {})
         if lr is not None:
             plan_kwargs["lr"] = lr
@@ -573,19 +691,114 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         if self.is_trained_ and not isinstance(self.history_, dict):
             # loaded weights (load_pretrained) have no history: let scvi start a fresh one
             self.is_trained_ = False
-        with self._panel(self.adata):
-            return super().train(
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                train_size=train_size,
-                validation_size=validation_size,
-                batch_size=batch_size,
-                early_stopping=early_stopping,
-                plan_kwargs=plan_kwargs,
-                datasplitter_kwargs=datasplitter_kwargs,
-                **trainer_kwargs,
+        frozen = self._freeze(freeze_layers)
+        try:
+            with self._panel(self.adata):
+                return super().train(
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    train_size=train_size,
+                    validation_size=validation_size,
+                    batch_size=batch_size,
+                    early_stopping=early_stopping,
+                    plan_kwargs=plan_kwargs,
+                    datasplitter_kwargs=datasplitter_kwargs,
+                    **trainer_kwargs,
+                )
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _set_objective(self, task, loss_weights, class_weight, label_smoothing) -> None:
+        m = self.module
+        if task is None:
+            weights = {"gep": m.gep_weight, "mvc": m.mvc_weight, "cls": m.cls_weight,
+                       "ecs": m.ecs_weight, "dab": m.dab_weight}
+        elif task in TASKS:
+            weights = dict(TASKS[task])
+        else:
+            raise ValueError(f"task={task!r}; use one of {list(TASKS)} or None.")
+        setup = self._setup_args(self.adata)
+        if task == "annotation" and not setup.get("labels_key"):
+            raise ValueError(
+                "task='annotation' needs labels: ScGPT.setup_anndata(adata, labels_key='<obs "
+                "column>'), then build or load the model."
             )
+        if task == "integration":
+            if not setup.get("batch_key"):
+                raise ValueError(
+                    "task='integration' needs batches: ScGPT.setup_anndata(adata, "
+                    "batch_key='<obs column>'), then build or load the model (dsbn=True, "
+                    "dab=True, batch_token=True for scGPT's full recipe)."
+                )
+            if m.transformer.grad_reverse_discriminator is None:
+                weights["dab"] = 0.0
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
+            counts = np.bincount(np.asarray(codes, dtype=int), minlength=self.summary_stats.n_batch)
+            mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+            small = [str(mapping[i]) for i in np.flatnonzero(counts < 2)]
+            if small:
+                raise ValueError(
+                    f"Batches {small} have fewer than 2 cells; batch-aware training cannot learn "
+                    "them. Drop those cells or merge the batches."
+                )
+        extra = dict(loss_weights or {})
+        threshold = extra.pop("ecs_threshold", getattr(m, "ecs_threshold", 0.8))
+        unknown = set(extra) - {"gep", "mvc", "cls", "ecs", "dab"}
+        if unknown:
+            raise ValueError(f"Unknown loss weights {sorted(unknown)}; use gep, mvc, cls, ecs, dab.")
+        weights.update(extra)
+        cw = None
+        if weights.get("cls", 0) > 0:
+            cw = self._class_weights(class_weight)
+        elif class_weight is not None or label_smoothing:
+            raise ValueError("class_weight and label_smoothing apply to classification (cls > 0).")
+        m.set_objective(**weights, ecs_threshold=threshold, label_smoothing=label_smoothing,
+                        class_weights=cw)
+
+    def _label_state(self):
+        return self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+
+    def _class_weights(self, class_weight) -> torch.Tensor | None:
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        cats = list(self._label_state().categorical_mapping)
+        counts = np.bincount(codes[codes >= 0].astype(int), minlength=len(cats))
+        present = int((counts > 0).sum())
+        if present < 2:
+            raise ValueError(
+                f"Classification needs at least 2 labelled classes; the labelled cells hold {present} "
+                f"({[c for c, n in zip(cats, counts, strict=True) if n]})."
+            )
+        if class_weight is None:
+            return None
+        if class_weight == "balanced":
+            w = np.where(counts > 0, counts.sum() / (len(cats) * np.maximum(counts, 1)), 0.0)
+        elif isinstance(class_weight, Mapping):
+            unknown = set(class_weight) - set(map(str, cats))
+            if unknown:
+                raise ValueError(f"class_weight names unknown labels {sorted(unknown)}; labels: {cats}.")
+            w = np.array([float(class_weight.get(str(c), 1.0)) for c in cats])
+        else:
+            raise ValueError(f"class_weight={class_weight!r}; use None, 'balanced' or a dict.")
+        return torch.as_tensor(w, dtype=torch.float32)
+
+    def _freeze(self, n: int) -> list[torch.nn.Parameter]:
+        """requires_grad=False on embeddings + the first ``n`` layers (``-1``: all)."""
+        if n == 0:
+            return []
+        t = self.module.transformer
+        n_layers = len(t.transformer_encoder.layers)
+        if n < -1 or n > n_layers:
+            raise ValueError(f"freeze_layers={n}; use 0 … {n_layers} or -1 (all layers).")
+        n = n_layers if n == -1 else n
+        parts = [t.encoder, t.value_encoder, *t.transformer_encoder.layers[:n]]
+        if t.dsbn is not None:
+            parts.append(t.dsbn)
+        params = [p for part in parts for p in part.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        return params
 
     # --- outputs ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -637,7 +850,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         with self._panel(adata), self._autocast():
             for tensors in loader:
                 x = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
-                emb, n_genes = self.module.cell_embedding(x, max_seq_len=max_seq_len)
+                emb, n_genes = self.module.cell_embedding(
+                    x, max_seq_len=max_seq_len, batch=self._batch_codes(tensors)
+                )
                 n_empty += int((n_genes == 0).sum())
                 chunks.append(emb.cpu())
         if n_empty:
@@ -652,6 +867,70 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb
+
+    def _batch_codes(self, tensors) -> torch.Tensor | None:
+        b = tensors.get(REGISTRY_KEYS.BATCH_KEY)
+        return None if b is None else b.reshape(-1).long().to(self.device)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell-type predictions of the classifier head (after ``train(task="annotation")``).
+
+        The classifier knows the labels registered at setup: every cell, including one of
+        a type absent from training, gets one of them (a closed-set classifier). Use
+        ``soft=True`` and a threshold on the highest probability to flag uncertain cells.
+        Cells with an unlabelled (NaN) or new label in ``adata`` are predicted like others.
+
+        Parameters
+        ----------
+        adata
+            AnnData (default: the model's); other gene panels work as for embeddings.
+        indices
+            Cells to predict (default all).
+        soft
+            Return class probabilities instead of labels.
+        batch_size, max_seq_len
+            As for :meth:`get_latent_representation`.
+
+        Returns
+        -------
+        numpy.ndarray or pandas.DataFrame
+            Labels (``object`` array), or a cells × labels DataFrame of probabilities
+            indexed by ``obs_names`` with the label names as columns.
+
+        Examples
+        --------
+        >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
+        >>> proba = model.predict(soft=True)  # doctest: +SKIP
+        """
+        if self.module.transformer.cls_decoder is None:
+            raise ValueError(
+                "This model has no classifier: set up the AnnData with labels_key, build or load "
+                "the model, and train(task='annotation')."
+            )
+        adata = self._validate_anndata(adata)
+        cats = np.asarray(self._label_state().categorical_mapping)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        chunks = []
+        with self._panel(adata), self._autocast():
+            for tensors in loader:
+                x = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
+                chunks.append(
+                    self.module.classify(x, self._batch_codes(tensors), max_seq_len).cpu()
+                )
+        proba = torch.cat(chunks).numpy()
+        if soft:
+            names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+            return pd.DataFrame(proba, index=names, columns=pd.Index(cats.astype(str), name="label"))
+        return cats[proba.argmax(1)].astype(object)
 
     @torch.inference_mode()
     def get_gene_embeddings(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
@@ -720,7 +999,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             global_mean = sums.sum() / counts.sum().clamp(min=1)
             gene_mean = torch.where(counts > 0, sums / counts.clamp(min=1), global_mean)
             for tensors in self._make_data_loader(adata, indices=indices, batch_size=batch_size):
-                out = self.module.heldout_predictions(tensors[REGISTRY_KEYS.X_KEY].to(device), gen)
+                out = self.module.heldout_predictions(
+                    tensors[REGISTRY_KEYS.X_KEY].to(device), gen, self._batch_codes(tensors)
+                )
                 t = out["target"].double()
                 sq["gep"] += float(((out["expr"].double() - t) ** 2).sum())
                 sq["mvc"] += float(((out["mvc"].double() - t) ** 2).sum())

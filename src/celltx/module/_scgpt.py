@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
@@ -36,6 +37,18 @@ class ScGPTModule(BaseModuleClass):
         Fractions of a cell's genes held out as *unknown*; one is drawn per cell.
     gep_weight, mvc_weight
         Weights of the gene-prompt and cell-prompt (MVC) losses.
+    n_labels, n_layers_cls
+        Classes of the classifier head on the ``<cls>`` embedding (``None``: no head) and
+        its depth.
+    n_batch, dsbn, dab, batch_token
+        Number of batches and the batch-aware parts (domain-specific batch norm,
+        adversarial batch discriminator, batch embedding for the decoders).
+
+    The objective is a weighted sum, set with :meth:`set_objective`: gene-prompt MSE
+    (``gep``), cell-prompt MSE (``mvc``), cross-entropy of the classifier (``cls``),
+    elastic cell similarity (``ecs``) and the discriminator's cross-entropy behind
+    gradient reversal (``dab``). With ``gep`` and ``mvc`` at 0 the cells are encoded
+    whole (no known / unknown split), as for classification fine-tuning.
     """
 
     def __init__(
@@ -62,6 +75,12 @@ class ScGPTModule(BaseModuleClass):
         mask_ratio: Sequence[float] = (0.25, 0.5, 0.75),
         gep_weight: float = 1.0,
         mvc_weight: float = 1.0,
+        n_labels: int | None = None,
+        n_layers_cls: int = 3,
+        n_batch: int = 0,
+        dsbn: bool = False,
+        dab: bool = False,
+        batch_token: bool = False,
     ):
         super().__init__()
         if not mask_ratio or not all(0.0 < r < 1.0 for r in mask_ratio):
@@ -80,6 +99,12 @@ class ScGPTModule(BaseModuleClass):
             norm_first=norm_first,
             activation=activation,
             do_mvc=True,
+            n_cls=n_labels,
+            n_layers_cls=n_layers_cls,
+            n_batches=n_batch or None,
+            dsbn=dsbn,
+            dab=dab,
+            batch_token=batch_token,
         )
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
@@ -96,8 +121,49 @@ class ScGPTModule(BaseModuleClass):
         self.register_buffer(
             "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
         )
-        self.gep_weight = gep_weight
-        self.mvc_weight = mvc_weight
+        self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
+        self.set_objective(gep=gep_weight, mvc=mvc_weight)
+
+    # --- objective ----------------------------------------------------------------------
+    def set_objective(
+        self,
+        gep: float = 1.0,
+        mvc: float = 1.0,
+        cls: float = 0.0,
+        ecs: float = 0.0,
+        dab: float = 0.0,
+        ecs_threshold: float = 0.8,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        """Set the loss weights (see the class docstring); raises when a weighted part has
+        no head (``cls`` without ``n_labels``, ``dab`` without ``dab=True``)."""
+        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab}
+        bad = {k: v for k, v in weights.items() if v < 0}
+        if bad or sum(weights.values()) <= 0:
+            raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
+        if cls > 0 and self.transformer.cls_decoder is None:
+            raise ValueError(
+                "A classification loss needs labels: set up the AnnData with labels_key and "
+                "build the model again."
+            )
+        if dab > 0 and self.transformer.grad_reverse_discriminator is None:
+            raise ValueError("A DAB loss needs a model built with dab=True (and a batch_key).")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
+        self.gep_weight, self.mvc_weight, self.cls_weight = gep, mvc, cls
+        self.ecs_weight, self.dab_weight = ecs, dab
+        self.ecs_threshold = ecs_threshold
+        self.label_smoothing = label_smoothing
+        if class_weights is None:
+            self.class_weights.fill_(1.0)
+        else:
+            self.class_weights.copy_(torch.as_tensor(class_weights, dtype=torch.float32))
+
+    @property
+    def generative_split(self) -> bool:
+        """Whether the objective holds genes out (gene- or cell-prompt generation)."""
+        return self.gep_weight > 0 or self.mvc_weight > 0
 
     # --- data panel -------------------------------------------------------------------
     @contextmanager
@@ -143,60 +209,133 @@ class ScGPTModule(BaseModuleClass):
         return ~unknown & ~pad
 
     # --- scvi-tools module interface -------------------------------------------------
+    @staticmethod
+    def _codes(tensors, key: str) -> torch.Tensor | None:
+        t = tensors.get(key)
+        return None if t is None else t.reshape(-1).long()
+
     def _get_inference_input(self, tensors, **kwargs):
-        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+        return {"x": tensors[REGISTRY_KEYS.X_KEY], "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
-        return {k: inference_outputs[k] for k in ("h", "gene_emb")}
+        return {
+            "h": inference_outputs["h"],
+            "gene_emb": inference_outputs["gene_emb"],
+            "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY),
+        }
+
+    def _batch(self, batch: torch.Tensor | None) -> torch.Tensor | None:
+        t = self.transformer
+        if t.dsbn is None and t.batch_encoder is None:
+            return None
+        return batch
 
     @auto_move_data
     def inference(
         self,
         x: torch.Tensor,
-        generative: bool = True,
+        batch: torch.Tensor | None = None,
+        generative: bool | None = None,
         generator: torch.Generator | None = None,
         sample: str | None = None,
         max_seq_len: int | None = None,
     ) -> dict:
-        """Tokenize and encode. With ``generative`` (training), split known / unknown
-        genes and use the generative attention mask; otherwise encode every token."""
+        """Tokenize and encode. With ``generative`` (default: when the objective generates
+        held-out values), split known / unknown genes and use the generative attention
+        mask; otherwise encode every token."""
+        if generative is None:
+            generative = self.generative_split
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len)
         known = self.split_known(tokens, generator) if generative else None
         h, gene_emb = self.transformer._encode(
-            tokens.gene_ids, tokens.values, tokens.padding_mask, known
+            tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch)
         )
         return {"tokens": tokens, "known": known, "h": h, "gene_emb": gene_emb, "cell_emb": h[:, 0]}
 
     @auto_move_data
-    def generative(self, h: torch.Tensor, gene_emb: torch.Tensor) -> dict:
-        """Gene-prompt (expression decoder) and cell-prompt (MVC) predictions per token."""
-        return {
-            "expr": self.transformer.decoder(h),
-            "mvc": self.transformer.mvc_decoder(h[:, 0], gene_emb),
-        }
+    def generative(
+        self, h: torch.Tensor, gene_emb: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> dict:
+        """Predictions the objective needs: gene-prompt (``expr``) and cell-prompt
+        (``mvc``) values per token, class logits (``cls``), batch logits (``dab``)."""
+        t = self.transformer
+        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if self.generative_split else {}
+        if t.cls_decoder is not None and self.cls_weight > 0:
+            out["cls"] = t.cls_decoder(h[:, 0])
+        if t.grad_reverse_discriminator is not None and self.dab_weight > 0:
+            out["dab"] = t.grad_reverse_discriminator(h[:, 0])
+        return out
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Masked MSE on the unknown genes' values, averaged per cell, then over cells."""
-        tokens: TokenizedBatch = inference_outputs["tokens"]
-        known = inference_outputs["known"]
-        unknown = (~known & ~tokens.padding_mask).float()
-        target = tokens.values
-        n_unk = unknown.sum(1)
-        denom = n_unk.clamp(min=1.0)
-        gep = (((generative_outputs["expr"].float() - target) ** 2) * unknown).sum(1) / denom
-        mvc = (((generative_outputs["mvc"].float() - target) ** 2) * unknown).sum(1) / denom
-        per_cell = self.gep_weight * gep + self.mvc_weight * mvc
-        has = (n_unk > 0).float()
-        n_cells = has.sum().clamp(min=1.0)
-        loss = (per_cell * has).sum() / n_cells
+        """Weighted sum of the objective's parts (see the class docstring).
+
+        Generation: MSE on the unknown genes' values, averaged per cell, then over cells.
+        Classification: cross-entropy over labelled cells (code ``-1`` = unlabelled is
+        ignored), with class weights and label smoothing. ECS: scGPT's elastic cell
+        similarity ``mean(1 - (relu(cos) - threshold)^2)`` over pairs of distinct cells.
+        DAB: cross-entropy of the batch discriminator (its gradient reversed into the
+        encoder).
+        """
+        cell_emb = inference_outputs["cell_emb"]
+        B = cell_emb.shape[0]
+        zero = cell_emb.new_zeros(())
+        per_cell = cell_emb.new_zeros(B, dtype=torch.float32)
+        metrics, loss = {}, zero.float()
+        if self.generative_split:
+            tokens: TokenizedBatch = inference_outputs["tokens"]
+            unknown = (~inference_outputs["known"] & ~tokens.padding_mask).float()
+            target = tokens.values
+            n_unk = unknown.sum(1)
+            denom = n_unk.clamp(min=1.0)
+            gep = (((generative_outputs["expr"].float() - target) ** 2) * unknown).sum(1) / denom
+            mvc = (((generative_outputs["mvc"].float() - target) ** 2) * unknown).sum(1) / denom
+            gen = self.gep_weight * gep + self.mvc_weight * mvc
+            has = (n_unk > 0).float()
+            n_cells = has.sum().clamp(min=1.0)
+            per_cell = per_cell + gen * has
+            loss = loss + (gen * has).sum() / n_cells
+            metrics["gep_mse"] = (gep * has).sum().detach() / n_cells
+            metrics["mvc_mse"] = (mvc * has).sum().detach() / n_cells
+        if "cls" in generative_outputs:
+            labels = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
+            logits = generative_outputs["cls"].float()
+            ce = F.cross_entropy(
+                logits,
+                labels.clamp(min=0),
+                weight=self.class_weights,
+                label_smoothing=self.label_smoothing,
+                reduction="none",
+            )
+            lab = (labels >= 0).float()
+            w = self.class_weights[labels.clamp(min=0)] * lab
+            cls_loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
+            loss = loss + self.cls_weight * cls_loss
+            per_cell = per_cell + self.cls_weight * ce * lab
+            metrics["cls_loss"] = cls_loss.detach()
+            correct = (logits.argmax(1) == labels).float() * lab
+            metrics["cls_accuracy"] = correct.sum().detach() / lab.sum().clamp(min=1.0)
+        if self.ecs_weight > 0 and B > 1:
+            unit = F.normalize(cell_emb.float(), dim=1)
+            cos = F.relu(unit @ unit.T)
+            off = ~torch.eye(B, dtype=torch.bool, device=cos.device)
+            ecs = (1 - (cos[off] - self.ecs_threshold) ** 2).mean()
+            loss = loss + self.ecs_weight * ecs
+            metrics["ecs_loss"] = ecs.detach()
+        if "dab" in generative_outputs:
+            batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)
+            dab = F.cross_entropy(generative_outputs["dab"].float(), batch)
+            loss = loss + self.dab_weight * dab
+            metrics["dab_loss"] = dab.detach()
+        # every part is logged in every task (NaN when inactive), so that model.history keeps
+        # all columns across successive train() calls with different tasks
+        nan = torch.full((), float("nan"), device=cell_emb.device)
+        for key in ("gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss"):
+            metrics.setdefault(key, nan)
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_cell,
             kl_local=torch.zeros_like(per_cell),
-            extra_metrics={
-                "gep_mse": (gep * has).sum().detach() / n_cells,
-                "mvc_mse": (mvc * has).sum().detach() / n_cells,
-            },
+            extra_metrics=metrics,
         )
 
     @torch.inference_mode()
@@ -206,22 +345,34 @@ class ScGPTModule(BaseModuleClass):
     # --- helpers used by the model class ---------------------------------------------
     @torch.inference_mode()
     def cell_embedding(
-        self, x: torch.Tensor, max_seq_len: int | None = None
+        self, x: torch.Tensor, max_seq_len: int | None = None, batch: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``<cls>`` output ``(B, D)`` (all tokens known) and the number of gene tokens."""
-        out = self.inference(x, generative=False, sample="hash", max_seq_len=max_seq_len)
+        out = self.inference(x, batch, generative=False, sample="hash", max_seq_len=max_seq_len)
         n_genes = (~out["tokens"].padding_mask).sum(1) - 1
         return out["cell_emb"].float(), n_genes
 
     @torch.inference_mode()
-    def heldout_predictions(self, x: torch.Tensor, generator: torch.Generator) -> dict:
+    def classify(
+        self, x: torch.Tensor, batch: torch.Tensor | None = None, max_seq_len: int | None = None
+    ) -> torch.Tensor:
+        """Class probabilities ``(B, n_labels)`` from the ``<cls>`` embedding."""
+        if self.transformer.cls_decoder is None:
+            raise ValueError("This model has no classifier head (set up labels_key, then build it).")
+        emb, _ = self.cell_embedding(x, max_seq_len=max_seq_len, batch=batch)
+        return torch.softmax(self.transformer.cls_decoder(emb).float(), dim=1)
+
+    @torch.inference_mode()
+    def heldout_predictions(
+        self, x: torch.Tensor, generator: torch.Generator, batch: torch.Tensor | None = None
+    ) -> dict:
         """Predictions for a reproducible known/unknown split (evaluation).
 
         Returns flat tensors over the unknown tokens: ``gene_ids``, ``target``, ``expr``
         (gene prompt), ``mvc`` (cell prompt).
         """
-        inf = self.inference(x, generative=True, generator=generator, sample="hash")
-        gen = self.generative(inf["h"], inf["gene_emb"])
+        inf = self.inference(x, batch, generative=True, generator=generator, sample="hash")
+        gen = self.transformer.decode(inf["h"], inf["gene_emb"], self._batch(batch))
         tokens = inf["tokens"]
         unknown = ~inf["known"] & ~tokens.padding_mask
         return {

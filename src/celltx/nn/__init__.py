@@ -1,9 +1,12 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
 from ._layers import (
+    AdversarialDiscriminator,
+    BatchLabelEncoder,
     CategoryValueEncoder,
     ClsDecoder,
     ContinuousValueEncoder,
+    DomainSpecificBatchNorm,
     ExprDecoder,
     GeneEncoder,
     MVCDecoder,
@@ -12,6 +15,7 @@ from ._layers import (
     TransformerEncoder,
     TransformerEncoderLayer,
     generative_attn_mask,
+    grad_reverse,
     padding_attn_mask,
 )
 
@@ -25,6 +29,10 @@ __all__ = [
     "ExprDecoder",
     "MVCDecoder",
     "ClsDecoder",
+    "AdversarialDiscriminator",
+    "DomainSpecificBatchNorm",
+    "BatchLabelEncoder",
+    "grad_reverse",
     "ScGPTTransformer",
     "padding_attn_mask",
     "generative_attn_mask",

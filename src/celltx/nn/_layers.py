@@ -216,6 +216,75 @@ class ClsDecoder(nn.Module):
         return self.out_layer(x)
 
 
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lambd):
+        ctx.lambd = lambd
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lambd * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``-lambd`` backward (domain-adversarial
+    training, Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x, lambd)
+
+
+class AdversarialDiscriminator(nn.Module):
+    """Batch discriminator on the cell embedding behind a gradient-reversal layer
+    (scGPT's DAB, ``grad_reverse_discriminator.*``): it learns to tell batches apart, the
+    encoder below it learns to make that impossible."""
+
+    def __init__(self, d_model: int, n_batches: int, n_layers: int = 3, lambd: float = 1.0):
+        super().__init__()
+        self._decoder = nn.ModuleList()
+        for _ in range(n_layers - 1):
+            self._decoder.extend([nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.LayerNorm(d_model)])
+        self.out_layer = nn.Linear(d_model, n_batches)
+        self.lambd = lambd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, n_batches)
+        x = grad_reverse(x, self.lambd)
+        for layer in self._decoder:
+            x = layer(x)
+        return self.out_layer(x)
+
+
+class DomainSpecificBatchNorm(nn.Module):
+    """One :class:`~torch.nn.BatchNorm1d` per batch ("domain") over the token embeddings
+    (scGPT's DSBN, ``dsbn.bns.N.*``). Statistics are taken over the non-pad tokens of the
+    cells of each batch; a minibatch may mix batches."""
+
+    def __init__(self, d_model: int, n_batches: int, eps: float = 6.1e-5):
+        super().__init__()
+        self.bns = nn.ModuleList(nn.BatchNorm1d(d_model, eps=eps) for _ in range(n_batches))
+
+    def forward(
+        self, x: torch.Tensor, batch: torch.Tensor, padding_mask: torch.Tensor
+    ) -> torch.Tensor:  # (B, L, D), (B,), (B, L) -> (B, L, D)
+        out = x.clone()
+        for b in torch.unique(batch).tolist():  # loops over batches present, not cells
+            sel = (batch == b)[:, None] & ~padding_mask  # (B, L)
+            out[sel] = self.bns[b](x[sel]).to(x.dtype)
+        return out
+
+
+class BatchLabelEncoder(nn.Module):
+    """Batch embedding + LayerNorm (``batch_encoder.*``), concatenated to the decoders'
+    input so that they, not the cell embedding, account for batch."""
+
+    def __init__(self, n_batches: int, d_model: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_batches, d_model)
+        self.enc_norm = nn.LayerNorm(d_model)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, D)
+        return self.enc_norm(self.embedding(batch))
+
+
 # --- the whole model ------------------------------------------------------------------
 class ScGPTTransformer(nn.Module):
     """The scGPT transformer: embeddings, encoder stack and the generative heads.
@@ -244,6 +313,19 @@ class ScGPTTransformer(nn.Module):
         Feed-forward activation, ``"relu"`` or ``"gelu"``.
     do_mvc
         Build the cell-prompt (MVC) decoder.
+    n_cls
+        Build a classifier head (``cls_decoder``) with this many classes.
+    n_layers_cls
+        Layers of the classifier and of the batch discriminator (scGPT: 3).
+    n_batches
+        Number of batches, for the batch-aware parts below.
+    dsbn
+        Domain-specific batch norm of the token embeddings (needs ``n_batches``).
+    dab
+        Adversarial batch discriminator on the cell embedding (needs ``n_batches``).
+    batch_token
+        Batch embedding concatenated to the decoders' input (scGPT's
+        ``use_batch_labels``; needs ``n_batches``).
 
     Examples
     --------
@@ -270,8 +352,16 @@ class ScGPTTransformer(nn.Module):
         activation: str = "relu",
         do_mvc: bool = True,
         attn_dropout: float | None = None,
+        n_cls: int | None = None,
+        n_layers_cls: int = 3,
+        n_batches: int | None = None,
+        dsbn: bool = False,
+        dab: bool = False,
+        batch_token: bool = False,
     ):
         super().__init__()
+        if (dsbn or dab or batch_token) and not n_batches:
+            raise ValueError("dsbn, dab and batch_token need n_batches (a registered batch_key).")
         self.d_model = d_model
         self.encoder = GeneEncoder(n_tokens, d_model, padding_idx=pad_id)
         if input_emb_style == "continuous":
@@ -294,8 +384,15 @@ class ScGPTTransformer(nn.Module):
             norm_first=norm_first,
             attn_dropout=attn_dropout,
         )
-        self.decoder = ExprDecoder(d_model)
-        self.mvc_decoder = MVCDecoder(d_model) if do_mvc else None
+        d_dec = 2 * d_model if batch_token else d_model
+        self.decoder = ExprDecoder(d_model, d_dec)
+        self.mvc_decoder = MVCDecoder(d_model, d_dec) if do_mvc else None
+        self.cls_decoder = ClsDecoder(d_model, n_cls, n_layers_cls) if n_cls else None
+        self.dsbn = DomainSpecificBatchNorm(d_model, n_batches) if dsbn else None
+        self.grad_reverse_discriminator = (
+            AdversarialDiscriminator(d_model, n_batches, n_layers_cls) if dab else None
+        )
+        self.batch_encoder = BatchLabelEncoder(n_batches, d_model) if batch_token else None
 
     def embed(
         self, gene_ids: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None = None
@@ -311,8 +408,12 @@ class ScGPTTransformer(nn.Module):
             val_emb = val_emb * known.unsqueeze(-1).to(val_emb.dtype)
         return gene_emb + val_emb, gene_emb
 
-    def _encode(self, gene_ids, values, padding_mask, known):
+    def _encode(self, gene_ids, values, padding_mask, known, batch=None):
         x, gene_emb = self.embed(gene_ids, values, known)
+        if self.dsbn is not None:
+            if batch is None:
+                raise ValueError("This model normalizes per batch (dsbn): pass batch labels.")
+            x = self.dsbn(x, batch, padding_mask)
         mask = (
             padding_attn_mask(padding_mask)
             if known is None
@@ -320,20 +421,39 @@ class ScGPTTransformer(nn.Module):
         )
         return self.transformer_encoder(x, mask), gene_emb
 
+    def decode(
+        self, h: torch.Tensor, gene_emb: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Expression (gene-prompt) and MVC (cell-prompt) predictions per token ``(B, L)``;
+        with ``batch_token`` the batch embedding is concatenated to their input."""
+        cell = h[:, 0]
+        if self.batch_encoder is not None:
+            if batch is None:
+                raise ValueError("This model has a batch token (batch_token): pass batch labels.")
+            b = self.batch_encoder(batch)  # (B, D)
+            h = torch.cat([h, b[:, None, :].expand(-1, h.shape[1], -1)], -1)
+            cell = torch.cat([cell, b], -1)
+        out = {"expr": self.decoder(h)}
+        if self.mvc_decoder is not None:
+            out["mvc"] = self.mvc_decoder(cell, gene_emb)
+        return out
+
     def encode(
         self,
         gene_ids: torch.Tensor,
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         known: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Transformer output ``(B, L, D)``.
 
         Without ``known``: plain encoding with a key padding mask (embedding, fine-tuning).
         With ``known`` ``(B, L)``: generative encoding — unknown tokens carry no value
-        embedding and attention follows :func:`generative_attn_mask`.
+        embedding and attention follows :func:`generative_attn_mask`. ``batch`` ``(B,)``
+        is needed with ``dsbn``.
         """
-        return self._encode(gene_ids, values, padding_mask, known)[0]
+        return self._encode(gene_ids, values, padding_mask, known, batch)[0]
 
     def forward(
         self,
@@ -341,12 +461,14 @@ class ScGPTTransformer(nn.Module):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         known: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode and decode; returns ``encoder_output``, ``cell_emb`` (``<cls>`` output),
-        ``expr`` (expression decoder, per token) and ``mvc`` (cell-prompt prediction per
-        token, when built)."""
-        h, gene_emb = self._encode(gene_ids, values, padding_mask, known)
-        out = {"encoder_output": h, "cell_emb": h[:, 0], "expr": self.decoder(h)}
-        if self.mvc_decoder is not None:
-            out["mvc"] = self.mvc_decoder(h[:, 0], gene_emb)
+        ``expr`` (expression decoder, per token), ``mvc`` (cell-prompt prediction per
+        token, when built) and ``cls`` (class logits, when built). ``batch`` ``(B,)``:
+        batch codes, needed with ``dsbn`` / ``batch_token``."""
+        h, gene_emb = self._encode(gene_ids, values, padding_mask, known, batch)
+        out = {"encoder_output": h, "cell_emb": h[:, 0], **self.decode(h, gene_emb, batch)}
+        if self.cls_decoder is not None:
+            out["cls"] = self.cls_decoder(h[:, 0])
         return out

@@ -1,0 +1,214 @@
+"""Batch-integration benchmark: scib-metrics on celltx and baseline embeddings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+logger = logging.getLogger(__name__)
+
+INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
+
+
+def _is_counts(x) -> bool:
+    v = x.data if sparse.issparse(x) else np.asarray(x)
+    return bool(v.size) and bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))
+
+
+def pca_embedding(
+    adata: AnnData, layer: str | None = None, n_comps: int = 50, counts: bool | None = None, seed: int = 0
+) -> np.ndarray:
+    """Unintegrated PCA: (for counts) normalize to 10,000 per cell + log1p, 2,000 highly
+    variable genes (or all when fewer), scale, PCA. The data is not modified."""
+    import scanpy as sc
+
+    a = AnnData(X=(adata.X if layer is None else adata.layers[layer]).copy())
+    a.obs_names, a.var_names = adata.obs_names.copy(), adata.var_names.copy()
+    if counts is None:
+        counts = _is_counts(a.X)
+    if counts:
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    if a.n_vars > 2000:
+        sc.pp.highly_variable_genes(a, n_top_genes=2000)
+        a = a[:, a.var["highly_variable"]].copy()
+    sc.pp.scale(a, max_value=10)
+    n = min(n_comps, a.n_obs - 1, a.n_vars - 1)
+    sc.pp.pca(a, n_comps=n, random_state=seed)
+    return np.asarray(a.obsm["X_pca"], dtype=np.float32)
+
+
+def scvi_embedding(
+    adata: AnnData, batch_key: str, layer: str | None = None, seed: int = 0, **kwargs
+) -> np.ndarray:
+    """scVI latent space (scvi-tools, ``batch_key`` as batch covariate) on raw counts.
+
+    ``kwargs``: ``n_latent`` (30), ``max_epochs`` (scvi-tools' default), ``n_top_genes``
+    (2,000 highly variable genes, flavor ``seurat_v3``), Lightning arguments.
+    """
+    import scanpy as sc
+    import scvi
+
+    x = adata.X if layer is None else adata.layers[layer]
+    if not _is_counts(x):
+        raise ValueError(
+            "scVI needs raw counts (non-negative integers); pass the layer that holds them "
+            "(counts_layer=...) or leave 'scvi' out of the baselines."
+        )
+    a = AnnData(X=x.copy(), obs=adata.obs[[batch_key]].copy())
+    a.var_names = adata.var_names.copy()
+    n_top = kwargs.pop("n_top_genes", 2000)
+    if a.n_vars > n_top:
+        sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True)
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(a, batch_key=batch_key)
+    model = scvi.model.SCVI(a, n_latent=kwargs.pop("n_latent", 30))
+    kwargs.setdefault("enable_progress_bar", False)
+    model.train(**kwargs)
+    return model.get_latent_representation().astype(np.float32)
+
+
+def harmony_embedding(X_pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int = 0) -> np.ndarray:
+    """Harmony (harmonypy) on a PCA embedding."""
+    import harmonypy
+
+    ho = harmonypy.run_harmony(np.asarray(X_pca, dtype=np.float64), obs, [batch_key], random_state=seed, verbose=False)
+    Z = np.asarray(ho.Z_corr)
+    if Z.shape[0] != len(obs):
+        Z = Z.T
+    return Z.astype(np.float32)
+
+
+def integration(
+    adata: AnnData,
+    batch_key: str,
+    labels_key: str,
+    embeddings: Mapping[str, str | np.ndarray] | None = None,
+    baselines: Sequence[str] = INTEGRATION_BASELINES,
+    counts_layer: str | None = None,
+    seed: int = 0,
+    scvi_kwargs: Mapping | None = None,
+    fast: bool = False,
+    plot_dir: str | None = None,
+    return_embeddings: bool = False,
+):
+    """Score embeddings with scib-metrics (bio conservation + batch correction), next to
+    baselines computed here.
+
+    Wraps scib-metrics' :class:`~scib_metrics.benchmark.Benchmarker`. The baselines:
+    ``"pca"`` (unintegrated; also the pre-integration reference of the PCR comparison),
+    ``"scvi"`` (scvi-tools' scVI with ``batch_key``, on counts) and ``"harmony"``
+    (harmonypy on that PCA, when installed).
+
+    Parameters
+    ----------
+    adata
+        Cells × genes; not modified.
+    batch_key, labels_key
+        ``obs`` columns with batches and cell types. Cells with a missing label are left
+        out (with a warning).
+    embeddings
+        ``{name: obsm key or (n_cells, d) array}`` to score, e.g. ``{"celltx":
+        "X_scgpt"}``.
+    baselines
+        Any of ``"pca"``, ``"scvi"``, ``"harmony"``.
+    counts_layer
+        Layer with raw counts for PCA / scVI (default ``X``).
+    seed
+        Seed of the baselines.
+    scvi_kwargs
+        Arguments of :func:`scvi_embedding` (``max_epochs``, ``n_latent``, …).
+    fast
+        Skip the slowest metrics (kBET, isolated labels) — for tests and quick looks.
+    plot_dir
+        Write scib-metrics' results table figure there.
+    return_embeddings
+        Also return the ``{name: array}`` embeddings that were scored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        scib-metrics' results (``Benchmarker.get_results(min_max_scale=False)``): one row
+        per embedding, metric columns, aggregate ``Bio conservation``, ``Batch
+        correction`` and ``Total``; the last row, ``Metric Type``, names each column's
+        group. With ``return_embeddings``, ``(table, embeddings)``.
+
+    Examples
+    --------
+    >>> table = celltx.bench.integration(adata, "batch", "cell_line", {"celltx": "X_scgpt"})  # doctest: +SKIP
+    """
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    unknown = [b for b in baselines if b not in INTEGRATION_BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}; choose from {list(INTEGRATION_BASELINES)}.")
+    for key, arg in ((batch_key, "batch_key"), (labels_key, "labels_key")):
+        if key not in adata.obs:
+            raise ValueError(f"{arg}={key!r} is not a column of adata.obs.")
+    embeddings = dict(embeddings or {})
+    if not embeddings and not baselines:
+        raise ValueError("Nothing to score: pass embeddings and/or baselines.")
+    arrays = {}
+    for name, e in embeddings.items():
+        arr = np.asarray(adata.obsm[e] if isinstance(e, str) else e, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != adata.n_obs:
+            raise ValueError(f"Embedding {name!r} has shape {arr.shape}; expected ({adata.n_obs}, d).")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"Embedding {name!r} has NaN or infinite values.")
+        arrays[name] = arr
+    keep = adata.obs[labels_key].notna().to_numpy() & adata.obs[batch_key].notna().to_numpy()
+    if not keep.all():
+        import warnings
+
+        warnings.warn(f"{int((~keep).sum())} cells without label or batch are left out.", UserWarning, stacklevel=2)
+    n_batches = adata.obs[batch_key][keep].nunique()
+    if n_batches < 2:
+        raise ValueError(f"Integration needs at least 2 batches; {batch_key!r} has {n_batches}.")
+    layer = counts_layer
+    x_pca = pca_embedding(adata, layer, seed=seed)
+    if "pca" in baselines:
+        arrays["PCA (unintegrated)"] = x_pca
+    if "harmony" in baselines:
+        try:
+            arrays["Harmony"] = harmony_embedding(x_pca, adata.obs, batch_key, seed)
+        except ImportError:
+            import warnings
+
+            warnings.warn("harmonypy is not installed; leaving Harmony out.", UserWarning, stacklevel=2)
+    if "scvi" in baselines:
+        arrays["scVI"] = scvi_embedding(adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
+    b = AnnData(X=np.zeros((int(keep.sum()), 1), dtype=np.float32), obs=adata.obs.loc[keep, [batch_key, labels_key]].copy())
+    for c in (batch_key, labels_key):
+        b.obs[c] = b.obs[c].astype(str).astype("category")
+    b.obsm["X_pca"] = x_pca[keep]
+    keys = []
+    for name, arr in arrays.items():
+        key = "emb_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+        b.obsm[key] = arr[keep]
+        keys.append((key, name))
+    bio = BioConservation(isolated_labels=not fast)
+    batch = BatchCorrection(kbet_per_label=not fast)
+    bm = Benchmarker(
+        b,
+        batch_key=batch_key,
+        label_key=labels_key,
+        embedding_obsm_keys=[k for k, _ in keys],
+        bio_conservation_metrics=bio,
+        batch_correction_metrics=batch,
+        pre_integrated_embedding_obsm_key="X_pca",
+        progress_bar=False,
+    )
+    bm.benchmark()
+    table = bm.get_results(min_max_scale=False)
+    table = table.rename(index=dict(keys))
+    if plot_dir is not None:
+        import matplotlib
+
+        matplotlib.use(matplotlib.get_backend())
+        bm.plot_results_table(min_max_scale=False, show=False, save_dir=plot_dir)
+    return (table, arrays) if return_embeddings else table
