@@ -44,6 +44,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
     logging.getLogger("lightning").setLevel(logging.WARNING)
+    progress = logging.getLogger("celltx.bench")  # one line per finished method and fold
+    progress.setLevel(logging.INFO)
+    progress.addHandler(logging.StreamHandler())
     adata = celltx.datasets.pbmc68k() if a.h5ad is None else ad.read_h5ad(a.h5ad)
     cx = {**json.loads(a.celltx), "accelerator": a.accelerator}
     if a.pretrained:

@@ -276,7 +276,10 @@ def annotation(
                     "seconds": time.perf_counter() - t0,
                 }
             )
-            logger.info("fold %d %s: accuracy %.3f", fold, m, rows[-1]["accuracy"])
+            logger.info(
+                "fold %d %s: accuracy %.3f, macro-F1 %.3f (%.0f s)",
+                fold, m, rows[-1]["accuracy"], rows[-1]["macro_f1"], rows[-1]["seconds"],
+            )
     return pd.DataFrame(rows)
 
 

@@ -44,6 +44,8 @@ class ScGPTModule(BaseModuleClass):
         Number of batches and the batch-aware parts (domain-specific batch norm,
         adversarial batch discriminator, batch embedding for the decoders).
 
+    Notes
+    -----
     The objective is a weighted sum, set with :meth:`set_objective`: gene-prompt MSE
     (``gep``), cell-prompt MSE (``mvc``), cross-entropy of the classifier (``cls``),
     elastic cell similarity (``ecs``) and the discriminator's cross-entropy behind
