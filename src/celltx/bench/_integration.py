@@ -207,8 +207,8 @@ def integration(
     table = bm.get_results(min_max_scale=False)
     table = table.rename(index=dict(keys))
     if plot_dir is not None:
-        import matplotlib
+        from pathlib import Path
 
-        matplotlib.use(matplotlib.get_backend())
-        bm.plot_results_table(min_max_scale=False, show=False, save_dir=plot_dir)
+        Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        bm.plot_results_table(min_max_scale=False, show=False, save_dir=str(plot_dir))
     return (table, arrays) if return_embeddings else table
