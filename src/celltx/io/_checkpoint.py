@@ -37,7 +37,7 @@ REQUIRED_GROUPS = ("encoder", "value_encoder", "transformer_encoder")
 #: generative output heads: loaded when present, randomly initialised (with a warning) when absent
 HEAD_GROUPS = ("decoder", "mvc_decoder")
 #: fine-tuning heads: loaded when present with the model's shapes, else randomly initialised
-TASK_HEADS = ("cls_decoder", "grad_reverse_discriminator", "dsbn", "batch_encoder")
+TASK_HEADS = ("cls_decoder", "grad_reverse_discriminator", "dsbn", "batch_encoder", "pert_encoder")
 
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
 
@@ -289,7 +289,8 @@ def load_into(
     - every parameter of the encoder groups (``encoder``, ``value_encoder``,
       ``transformer_encoder``) must be in the file, with the model's shape;
     - output heads (``decoder``, ``mvc_decoder``, and the fine-tuning heads
-      ``cls_decoder``, ``grad_reverse_discriminator``, ``dsbn``, ``batch_encoder``) are
+      ``cls_decoder``, ``grad_reverse_discriminator``, ``dsbn``, ``batch_encoder``,
+      ``pert_encoder``) are
       loaded when complete in the file with the model's shapes, and left at their
       initialisation when wholly absent or shaped differently (another number of classes
       or batches; a batch token changes the decoders' input width);

@@ -11,7 +11,10 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from celltx.data import TokenizedBatch, Tokenizer
-from celltx.nn import ScGPTTransformer
+from celltx.nn import PERT_PAD, ExprDecoder, ScGPTTransformer
+
+#: scvi-tools registry key of the perturbation condition codes
+PERTURBATION_KEY = "perturbation"
 
 
 class ScGPTModule(BaseModuleClass):
@@ -43,13 +46,18 @@ class ScGPTModule(BaseModuleClass):
     n_batch, dsbn, dab, batch_token
         Number of batches and the batch-aware parts (domain-specific batch norm,
         adversarial batch discriminator, batch embedding for the decoders).
+    perturbation
+        Build the perturbation parts: scGPT's per-token perturbation flag embedding and a
+        response head (``pert_decoder``) that predicts each panel gene's expression after
+        the perturbation as the control cell's value plus a predicted change, from the
+        gene's output token and the summed output tokens of the perturbed genes.
 
     Notes
     -----
     The objective is a weighted sum, set with :meth:`set_objective`: gene-prompt MSE
     (``gep``), cell-prompt MSE (``mvc``), cross-entropy of the classifier (``cls``),
-    elastic cell similarity (``ecs``) and the discriminator's cross-entropy behind
-    gradient reversal (``dab``). With ``gep`` and ``mvc`` at 0 the cells are encoded
+    elastic cell similarity (``ecs``), the discriminator's cross-entropy behind
+    gradient reversal (``dab``) and the perturbation response MSE (``pert``). With ``gep`` and ``mvc`` at 0 the cells are encoded
     whole (no known / unknown split), as for classification fine-tuning.
     """
 
@@ -83,6 +91,7 @@ class ScGPTModule(BaseModuleClass):
         dsbn: bool = False,
         dab: bool = False,
         batch_token: bool = False,
+        perturbation: bool = False,
     ):
         super().__init__()
         if not mask_ratio or not all(0.0 < r < 1.0 for r in mask_ratio):
@@ -107,7 +116,15 @@ class ScGPTModule(BaseModuleClass):
             dsbn=dsbn,
             dab=dab,
             batch_token=batch_token,
+            perturbation=perturbation,
         )
+        self.pert_decoder = None
+        if perturbation:
+            # input: the gene's output token, the perturbation summary (+ the batch embedding)
+            self.pert_decoder = ExprDecoder(d_model, (3 if batch_token else 2) * d_model)
+            # the response starts at "no change": the prediction is the control cell itself
+            torch.nn.init.zeros_(self.pert_decoder.fc[-1].weight)
+            torch.nn.init.zeros_(self.pert_decoder.fc[-1].bias)
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
         self.tokenizer = Tokenizer(
@@ -124,6 +141,14 @@ class ScGPTModule(BaseModuleClass):
             "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
         )
         self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
+        self.n_labels = n_labels or 0
+        # perturbation: genes of each registered condition, and the control cells to pair with
+        self.register_buffer("condition_genes", torch.full((1, 2), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("ctrl_x", torch.zeros(0, 0), persistent=False)
+        self.register_buffer("ctrl_start", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("ctrl_count", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("ctrl_mean", torch.zeros(0), persistent=False)
+        self.pair_by_labels = False
         self.set_objective(gep=gep_weight, mvc=mvc_weight)
 
     # --- objective ----------------------------------------------------------------------
@@ -134,13 +159,14 @@ class ScGPTModule(BaseModuleClass):
         cls: float = 0.0,
         ecs: float = 0.0,
         dab: float = 0.0,
+        pert: float = 0.0,
         ecs_threshold: float = 0.8,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
     ) -> None:
         """Set the loss weights (see the class docstring); raises when a weighted part has
         no head (``cls`` without ``n_labels``, ``dab`` without ``dab=True``)."""
-        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab}
+        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab, "pert": pert}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad or sum(weights.values()) <= 0:
             raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
@@ -151,10 +177,15 @@ class ScGPTModule(BaseModuleClass):
             )
         if dab > 0 and self.transformer.grad_reverse_discriminator is None:
             raise ValueError("A DAB loss needs a model built with dab=True (and a batch_key).")
+        if pert > 0 and self.pert_decoder is None:
+            raise ValueError(
+                "A perturbation loss needs perturbation conditions: set up the AnnData with "
+                "perturbation_key and build the model again."
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
         self.gep_weight, self.mvc_weight, self.cls_weight = gep, mvc, cls
-        self.ecs_weight, self.dab_weight = ecs, dab
+        self.ecs_weight, self.dab_weight, self.pert_weight = ecs, dab, pert
         self.ecs_threshold = ecs_threshold
         self.label_smoothing = label_smoothing
         if class_weights is None:
@@ -217,7 +248,11 @@ class ScGPTModule(BaseModuleClass):
         return None if t is None else t.reshape(-1).long()
 
     def _get_inference_input(self, tensors, **kwargs):
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)}
+        inputs = {"x": tensors[REGISTRY_KEYS.X_KEY], "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)}
+        if self.pert_weight > 0:
+            inputs["condition"] = self._codes(tensors, PERTURBATION_KEY)
+            inputs["labels"] = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
+        return inputs
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
         return {
@@ -241,10 +276,25 @@ class ScGPTModule(BaseModuleClass):
         generator: torch.Generator | None = None,
         sample: str | None = None,
         max_seq_len: int | None = None,
+        condition: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict:
         """Tokenize and encode. With ``generative`` (default: when the objective generates
         held-out values), split known / unknown genes and use the generative attention
-        mask; otherwise encode every token."""
+        mask; otherwise encode every token.
+
+        With the perturbation objective and ``condition`` codes, ``x`` holds perturbed
+        cells: each is paired with a control cell (:meth:`sample_controls`), which is
+        encoded with its condition's perturbation flags (:meth:`perturb`)."""
+        if condition is not None and self.pert_weight > 0:
+            codes = batch if batch is not None else torch.zeros_like(condition)
+            ctrl = self.sample_controls(self.pair_groups(codes, labels), generator)
+            pert_ids = self.condition_genes[condition.clamp(min=0)]
+            out = self.perturb(
+                ctrl, pert_ids, self._batch(batch), ties="random" if self.training else "hash", base=self.ctrl_mean
+            )
+            out["pert_target"] = x.float()[:, out["columns"]]
+            return out
         if generative is None:
             generative = self.generative_split
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len)
@@ -261,7 +311,7 @@ class ScGPTModule(BaseModuleClass):
         """Predictions the objective needs: gene-prompt (``expr``) and cell-prompt
         (``mvc``) values per token, class logits (``cls``), batch logits (``dab``)."""
         t = self.transformer
-        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if self.generative_split else {}
+        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if self.generative_split and self.pert_weight == 0 else {}
         if t.cls_decoder is not None and self.cls_weight > 0:
             out["cls"] = t.cls_decoder(h[:, 0])
         if t.grad_reverse_discriminator is not None and self.dab_weight > 0:
@@ -283,7 +333,13 @@ class ScGPTModule(BaseModuleClass):
         zero = cell_emb.new_zeros(())
         per_cell = cell_emb.new_zeros(B, dtype=torch.float32)
         metrics, loss = {}, zero.float()
-        if self.generative_split:
+        if "pert_pred" in inference_outputs:
+            err = (inference_outputs["pert_pred"].float() - inference_outputs["pert_target"]) ** 2
+            pert = err.mean(1)
+            per_cell = per_cell + self.pert_weight * pert
+            loss = loss + self.pert_weight * pert.mean()
+            metrics["pert_mse"] = pert.mean().detach()
+        if self.generative_split and "known" in inference_outputs and inference_outputs["known"] is not None:
             tokens: TokenizedBatch = inference_outputs["tokens"]
             unknown = (~inference_outputs["known"] & ~tokens.padding_mask).float()
             target = tokens.values
@@ -331,7 +387,7 @@ class ScGPTModule(BaseModuleClass):
         # every part is logged in every task (NaN when inactive), so that model.history keeps
         # all columns across successive train() calls with different tasks
         nan = torch.full((), float("nan"), device=cell_emb.device)
-        for key in ("gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss"):
+        for key in ("gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss", "pert_mse"):
             metrics.setdefault(key, nan)
         return LossOutput(
             loss=loss,
@@ -398,3 +454,123 @@ class ScGPTModule(BaseModuleClass):
         sums.index_add_(0, ids, tokens.values[genes].double())
         counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
         return sums, counts
+
+    # --- perturbation -----------------------------------------------------------------
+    def set_conditions(self, condition_genes: torch.Tensor) -> None:
+        """Vocabulary ids ``(n_conditions, max_genes)`` of the perturbed genes of each
+        registered condition (``-1``: none)."""
+        self.condition_genes = torch.as_tensor(
+            condition_genes, dtype=torch.long, device=self.condition_genes.device
+        ).reshape(len(condition_genes), -1)
+
+    def pair_groups(self, batch: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Pairing group of each cell: its batch code and, with ``pair_by_labels``, its
+        label code (unlabelled cells form a group of their own)."""
+        group = batch.reshape(-1).long()
+        if self.pair_by_labels and labels is not None:
+            group = group * (self.n_labels + 1) + labels.reshape(-1).long() + 1
+        return group
+
+    def n_pair_groups(self, n_batch: int) -> int:
+        """Number of pairing groups for ``n_batch`` batches."""
+        return max(n_batch, 1) * (self.n_labels + 1 if self.pair_by_labels else 1)
+
+    def set_controls(self, x: torch.Tensor, groups: torch.Tensor, n_groups: int) -> None:
+        """Store the control cells ``x`` ``(N, G)`` with their pairing groups ``(N,)``."""
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        order = torch.argsort(groups, stable=True)
+        counts = torch.bincount(groups, minlength=n_groups)
+        dev = self.ctrl_x.device
+        self.ctrl_x = torch.as_tensor(x, dtype=torch.float32)[order].to(dev)
+        self.ctrl_mean = self.ctrl_x.mean(0)
+        self.ctrl_count = counts.to(dev)
+        self.ctrl_start = (torch.cumsum(counts, 0) - counts).to(dev)
+
+    def sample_controls(
+        self, groups: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A random control cell of the same pairing group for each entry of ``groups``
+        (any control cell where the group has none)."""
+        n = self.ctrl_x.shape[0]
+        if n == 0:
+            raise ValueError("No control cells are stored: train(task='perturbation') stores them.")
+        groups = groups.to(self.ctrl_count.device).reshape(-1)
+        inside = groups < len(self.ctrl_count)
+        g = groups.clamp(max=len(self.ctrl_count) - 1)
+        count = torch.where(inside, self.ctrl_count[g], 0)
+        start = torch.where(count > 0, self.ctrl_start[g], 0)
+        count = torch.where(count > 0, count, n)
+        u = torch.rand(groups.shape, device=groups.device, generator=generator)
+        idx = start + (u * count).long().clamp(max=count - 1)
+        return self.ctrl_x[idx]
+
+    def perturb_tokens(
+        self, x_ctrl: torch.Tensor, pert_ids: torch.Tensor, ties: str = "hash"
+    ) -> tuple[TokenizedBatch, torch.Tensor, torch.Tensor]:
+        """Tokens of control cells under perturbation.
+
+        Every gene of the panel that is in the vocabulary becomes a token, expressed or
+        not (no sampling, so no perturbed gene is ever dropped), in column order; a
+        perturbed gene outside the panel is appended as an extra token (gene embedding,
+        perturbed flag, no value).
+
+        Returns the tokens, the flags ``(B, L)`` (0 / 1 / ``PERT_PAD``) and the panel
+        columns that the tokens after ``<cls>`` stand for.
+        """
+        tok = self.tokenizer
+        cols = torch.nonzero(self.panel_gene_ids >= 0).squeeze(1)
+        ids = self.panel_gene_ids[cols]
+        x = x_ctrl[:, cols].float()
+        B = x.shape[0]
+        vals = x if tok.n_bins is None else tok.bin(x, ids, ties=ties).float()
+        pert_ids = pert_ids.to(x.device)
+        valid = pert_ids >= 0
+        in_panel = torch.zeros(self.transformer.encoder.embedding.num_embeddings, dtype=torch.bool, device=x.device)
+        in_panel[ids] = True
+        extra = valid & ~in_panel[pert_ids.clamp(min=0)]
+        flags = ((ids[None, :, None] == pert_ids[:, None, :]) & valid[:, None, :]).any(-1).long()
+        cls_col = torch.full((B, 1), tok.cls_id, dtype=torch.long, device=x.device)
+        pad_col = torch.full((B, 1), tok.pad_value, device=x.device)
+        gene_ids = torch.cat([cls_col, ids.expand(B, -1), torch.where(extra, pert_ids, tok.pad_id)], 1)
+        values = torch.cat([pad_col, vals, torch.full(pert_ids.shape, tok.pad_value, device=x.device)], 1)
+        padding = torch.cat([torch.zeros(B, 1 + len(ids), dtype=torch.bool, device=x.device), ~extra], 1)
+        flags = torch.cat([torch.zeros_like(cls_col), flags, torch.where(extra, 1, PERT_PAD)], 1)
+        return TokenizedBatch(gene_ids, values, padding), flags, cols
+
+    def perturb(
+        self,
+        x_ctrl: torch.Tensor,
+        pert_ids: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        ties: str = "hash",
+        base: torch.Tensor | None = None,
+    ) -> dict:
+        """Predicted expression of control cells ``x_ctrl`` ``(B, G)`` after perturbing
+        the genes ``pert_ids`` ``(B, P)`` (vocabulary ids, ``-1`` = none).
+
+        The prediction is ``base`` (``(G,)`` over all columns, e.g. the control mean;
+        default: each control cell's own values) plus the response head's change.
+        Returns ``pert_pred`` ``(B, G')`` over the panel columns ``columns`` (genes in the
+        vocabulary), ``cell_emb`` and the tokens.
+        """
+        if self.pert_decoder is None:
+            raise ValueError("This model has no perturbation parts (set up perturbation_key, then build it).")
+        tokens, flags, cols = self.perturb_tokens(x_ctrl, pert_ids, ties=ties)
+        h, gene_emb = self.transformer._encode(
+            tokens.gene_ids, tokens.values, tokens.padding_mask, None, batch, flags
+        )
+        hh = h[:, 1 : 1 + len(cols)]
+        # the perturbation summary: the sum of the perturbed tokens' outputs (0 for control),
+        # given to every gene's response so that it need not be found by attention alone;
+        summary = (h * (flags == 1).unsqueeze(-1).to(h.dtype)).sum(1)
+        # gene × perturbation interaction as an elementwise product (a concatenation alone
+        # leaves it to the MLP's nonlinearity, which learns it far more slowly)
+        parts = [hh, hh * summary[:, None, :]]
+        if self.transformer.batch_encoder is not None:
+            b = self.transformer.batch_encoder(batch)
+            parts.append(b[:, None, :].expand(-1, hh.shape[1], -1))
+        hh = torch.cat(parts, -1)
+        start = x_ctrl[:, cols].float() if base is None else base[cols].float().expand(len(x_ctrl), -1)
+        pred = start + self.pert_decoder(hh).float()
+        return {"pert_pred": pred, "columns": cols, "cell_emb": h[:, 0], "h": h, "gene_emb": gene_emb,
+                "tokens": tokens, "known": None}

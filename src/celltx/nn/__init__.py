@@ -1,6 +1,7 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
 from ._layers import (
+    PERT_PAD,
     AdversarialDiscriminator,
     BatchLabelEncoder,
     CategoryValueEncoder,
@@ -35,5 +36,6 @@ __all__ = [
     "grad_reverse",
     "ScGPTTransformer",
     "padding_attn_mask",
+    "PERT_PAD",
     "generative_attn_mask",
 ]

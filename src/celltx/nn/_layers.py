@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: perturbation flag of padding tokens (flags: 0 not perturbed, 1 perturbed, 2 padding)
+PERT_PAD = 2
+
 
 # --- input encoders -------------------------------------------------------------------
 class GeneEncoder(nn.Module):
@@ -326,6 +329,9 @@ class ScGPTTransformer(nn.Module):
     batch_token
         Batch embedding concatenated to the decoders' input (scGPT's
         ``use_batch_labels``; needs ``n_batches``).
+    perturbation
+        Perturbation flag embedding (``pert_encoder``, 3 flags as scGPT: not perturbed,
+        perturbed, padding), added to the token embeddings.
 
     Examples
     --------
@@ -358,6 +364,7 @@ class ScGPTTransformer(nn.Module):
         dsbn: bool = False,
         dab: bool = False,
         batch_token: bool = False,
+        perturbation: bool = False,
     ):
         super().__init__()
         if (dsbn or dab or batch_token) and not n_batches:
@@ -393,23 +400,37 @@ class ScGPTTransformer(nn.Module):
             AdversarialDiscriminator(d_model, n_batches, n_layers_cls) if dab else None
         )
         self.batch_encoder = BatchLabelEncoder(n_batches, d_model) if batch_token else None
+        # scGPT's perturbation flag embedding: 0 = not perturbed, 1 = perturbed, 2 = padding
+        self.pert_encoder = (
+            nn.Embedding(3, d_model, padding_idx=PERT_PAD) if perturbation else None
+        )
 
     def embed(
-        self, gene_ids: torch.Tensor, values: torch.Tensor, known: torch.Tensor | None = None
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        known: torch.Tensor | None = None,
+        pert_flags: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings ``(B, L, D)`` and the gene embeddings alone.
 
         Where ``known`` is False the value embedding is left out: the token is the gene
-        embedding only.
+        embedding only. ``pert_flags`` ``(B, L)`` (0 not perturbed, 1 perturbed, 2 pad)
+        add the perturbation embedding (models built with ``perturbation=True``).
         """
         gene_emb = self.encoder(gene_ids)
         val_emb = self.value_encoder(values)
         if known is not None:
             val_emb = val_emb * known.unsqueeze(-1).to(val_emb.dtype)
-        return gene_emb + val_emb, gene_emb
+        x = gene_emb + val_emb
+        if pert_flags is not None:
+            if self.pert_encoder is None:
+                raise ValueError("This model has no perturbation embedding (build it with perturbation=True).")
+            x = x + self.pert_encoder(pert_flags)
+        return x, gene_emb
 
-    def _encode(self, gene_ids, values, padding_mask, known, batch=None):
-        x, gene_emb = self.embed(gene_ids, values, known)
+    def _encode(self, gene_ids, values, padding_mask, known, batch=None, pert_flags=None):
+        x, gene_emb = self.embed(gene_ids, values, known, pert_flags)
         if self.dsbn is not None:
             if batch is None:
                 raise ValueError("This model normalizes per batch (dsbn): pass batch labels.")
