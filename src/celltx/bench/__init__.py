@@ -9,6 +9,20 @@ from ._integration import (
     pca_embedding,
     scvi_embedding,
 )
+from ._perturbation import (
+    CELLTX_PERTURBATION_DEFAULTS,
+    PERTURBATION_BASELINES,
+    Additive,
+    LinearGeneEmbedding,
+    NoChange,
+    PerturbationBaseline,
+    TrainMean,
+    celltx_perturbation_model,
+    perturbation,
+    perturbation_metrics,
+    perturbation_split,
+    summarize_perturbation,
+)
 
 __all__ = [
     "embedding_scores",
@@ -23,4 +37,18 @@ __all__ = [
     "scvi_embedding",
     "harmony_embedding",
     "INTEGRATION_BASELINES",
+]
+__all__ += [
+    "perturbation",
+    "perturbation_split",
+    "perturbation_metrics",
+    "summarize_perturbation",
+    "PERTURBATION_BASELINES",
+    "PerturbationBaseline",
+    "NoChange",
+    "TrainMean",
+    "Additive",
+    "LinearGeneEmbedding",
+    "celltx_perturbation_model",
+    "CELLTX_PERTURBATION_DEFAULTS",
 ]

@@ -2,4 +2,13 @@
 
 from celltx.data._datasets import pbmc68k
 
+from ._perturbseq import (
+    adamson2016,
+    norman2019,
+    read_gears,
+    replogle2022_k562_essential,
+    simulate_perturbseq,
+)
+
 __all__ = ["pbmc68k"]
+__all__ += ["simulate_perturbseq", "read_gears", "norman2019", "adamson2016", "replogle2022_k562_essential"]

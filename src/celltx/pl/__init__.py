@@ -1,5 +1,7 @@
 """Plots of celltx results."""
 
 from ._history import training_curves
+from ._perturbation import perturbation_deltas
 
 __all__ = ["training_curves"]
+__all__ += ["perturbation_deltas"]

@@ -1,0 +1,705 @@
+"""Perturb-seq data: a simulator with a known gene-regulatory network, and GEARS-format readers.
+
+The public loaders fetch the preprocessed screens that GEARS (Roohani, Huang & Leskovec,
+*Nat. Biotechnol.* 2024) publishes on the Harvard Dataverse (doi:10.7910/DVN/Q2ZV3E).
+Each is a zip archive holding ``<name>/perturb_processed.h5ad``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from celltx.data._perturbation import condition_name, parse_conditions
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "simulate_perturbseq",
+    "read_gears",
+    "norman2019",
+    "adamson2016",
+    "replogle2022_k562_essential",
+    "GEARS_URLS",
+]
+
+#: Harvard Dataverse download addresses of the GEARS-preprocessed screens (the file ids
+#: that GEARS' ``PertData`` uses). The name is also the folder inside each archive.
+GEARS_URLS: dict[str, str] = {
+    "norman": "https://dataverse.harvard.edu/api/access/datafile/6154020",
+    "adamson": "https://dataverse.harvard.edu/api/access/datafile/6154417",
+    "dixit": "https://dataverse.harvard.edu/api/access/datafile/6154416",
+    "replogle_k562_essential": "https://dataverse.harvard.edu/api/access/datafile/7458695",
+    "replogle_rpe1_essential": "https://dataverse.harvard.edu/api/access/datafile/7458694",
+}
+
+_GEARS_FILE = "perturb_processed.h5ad"
+# uns entries of a GEARS file that map a condition to a list of gene ids (var index).
+_GEARS_DE_KEYS = ("rank_genes_groups_cov_all", "top_non_dropout_de_20", "top_non_zero_de_20")
+_GEARS_IDX_KEYS = ("non_zeros_gene_idx", "non_dropout_gene_idx")
+
+_INTERACTION_TYPES = ("synergy", "buffering", "epistasis", "neomorphic")
+
+
+# ----------------------------------------------------------------------------------------
+# Simulator
+# ----------------------------------------------------------------------------------------
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_fraction(name: str, value) -> float:
+    if not isinstance(value, int | float | np.floating) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def _random_dag(
+    rng: np.random.Generator,
+    n_total: int,
+    n_regulators: int,
+    out_degree: tuple[int, int],
+    regulator_out_degree: float,
+    weight_range: tuple[float, float],
+    positive_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signed sparse DAG over ``n_total`` genes; the first ``n_regulators`` genes of a random
+    topological order regulate. Returns ``W`` (``W[i, j]``: effect of gene ``j`` on gene
+    ``i``) and the topological order."""
+    order = rng.permutation(n_total)
+    regulators = order[:n_regulators]
+    targets_pool = order[n_regulators:]
+    W = np.zeros((n_total, n_total))
+    lo, hi = weight_range
+    for k, r in enumerate(regulators):
+        later_regs = regulators[k + 1 :]
+        n_reg_children = min(len(later_regs), rng.poisson(regulator_out_degree))
+        n_children = min(len(targets_pool), int(rng.integers(out_degree[0], out_degree[1] + 1)))
+        children = np.concatenate(
+            [
+                rng.choice(later_regs, n_reg_children, replace=False) if n_reg_children else [],
+                rng.choice(targets_pool, n_children, replace=False),
+            ]
+        ).astype(int)
+        signs = np.where(rng.random(len(children)) < positive_fraction, 1.0, -1.0)
+        W[children, r] = signs * rng.uniform(lo, hi, len(children))
+    return W, order
+
+
+def simulate_perturbseq(
+    n_genes: int = 200,
+    n_perturbations: int = 40,
+    n_combos: int = 30,
+    n_cells_per_condition: int = 60,
+    n_control_cells: int = 300,
+    n_unmeasured_targets: int = 0,
+    interaction_fraction: float = 0.3,
+    activation_fraction: float = 0.0,
+    n_regulators: int | None = None,
+    n_programs: int = 3,
+    regulator_noise: float = 0.35,
+    mean_library_size: float = 3000.0,
+    dispersion: float = 10.0,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Simulate a Perturb-seq screen (single and paired perturbations) with ground truth.
+
+    A sparse signed gene-regulatory network (a random DAG) links ``n_regulators``
+    regulators to their downstream genes. Expression is modelled on the log scale: the log
+    rate of a cell is ``b + d_condition + M @ (L h + e)`` with ``b`` the baseline log
+    expression, ``M = (I - W)^-1`` the total (direct and indirect) effect of every gene on
+    every other, ``h`` a few cell-state programs with loadings ``L`` and ``e`` per-cell
+    noise on the regulators (so regulators co-vary with their targets across cells).
+    Perturbing a target adds an input ``u`` (a knock-down, ``u < 0``, or for
+    ``activation_fraction`` of the targets an activation, ``u > 0``) to its log rate,
+    which propagates through the network: ``d = M[:, t] u``. A pair ``A+B`` adds the two
+    single effects; for ``interaction_fraction`` of the pairs an interaction term is added
+    on top: synergy (the sum is amplified), buffering (the sum is damped), epistasis (the
+    first gene masks most of the second one's effect) or a neomorphic effect (two other
+    regulators respond). Counts are negative binomial around
+    ``library size × softmax(log rate)``.
+
+    Parameters
+    ----------
+    n_genes
+        Genes in the returned panel.
+    n_perturbations
+        Single-gene perturbations (distinct target genes, all regulators).
+    n_combos
+        Two-gene perturbations, drawn among pairs of the targets.
+    n_cells_per_condition
+        Mean number of cells per perturbed condition (each varies by up to ±20%).
+    n_control_cells
+        Control cells (condition ``"ctrl"``).
+    n_unmeasured_targets
+        Targets that are simulated (they regulate as usual) but left out of the returned
+        panel, as for a perturbed gene that is not among the measured genes.
+    interaction_fraction
+        Fraction of the pairs that interact non-additively.
+    activation_fraction
+        Fraction of the targets that are activated rather than knocked down. The default
+        (0, a CRISPRi-like screen) keeps the direction of an unseen target's effect
+        predictable; in a mixed screen it cannot be inferred from the gene alone.
+    n_regulators
+        Regulators in the network (default: ``n_perturbations + 10``).
+    n_programs
+        Cell-state programs (latent per-cell variation shared by many genes).
+    regulator_noise
+        Standard deviation of the per-cell fluctuation of each regulator's log expression;
+        it propagates to the regulator's targets, so genes co-vary with their regulators.
+    mean_library_size
+        Mean total counts of a cell over all simulated genes.
+    dispersion
+        Negative binomial inverse dispersion ``theta`` (variance ``mu + mu^2/theta``).
+    seed
+        Random seed; the same seed gives the same data.
+
+    Returns
+    -------
+    anndata.AnnData
+        Raw counts (integer-valued float32, CSR) in ``.X``. ``obs``: ``condition`` (GEARS
+        notation ``"ctrl"``, ``"A+ctrl"``, ``"A+B"``), ``control`` (1 for control cells),
+        ``cell_type`` (``"simulated"``). ``var``: ``gene_name``, ``regulator``,
+        ``perturbed``. ``uns["simulation"]`` holds the ground truth: ``grn`` (edge list
+        ``source``, ``target``, ``weight`` over all simulated genes), ``perturbations``
+        (per target: ``mode``, ``input``, ``measured``), ``combos`` (per pair:
+        ``gene_a``, ``gene_b``, ``interacts``, ``interaction_type``,
+        ``interaction_strength``), ``log_rate_delta`` (conditions × all simulated genes:
+        the true change of the mean log rate from control), ``baseline_log_rate`` (the
+        control log rate ``b`` of every simulated gene), ``mean_expression``
+        (conditions × panel genes: the noise-free log-normalised expression
+        ``log1p(1e4 · p)``, ``p`` the expected expression proportions over the panel at
+        the average cell state), ``unmeasured_genes`` and ``params``.
+
+    Raises
+    ------
+    ValueError
+        If a size is out of range (e.g. more pairs than the targets allow, or more
+        unmeasured than perturbed targets).
+
+    Examples
+    --------
+    >>> from celltx.datasets import simulate_perturbseq
+    >>> adata = simulate_perturbseq(n_genes=100, n_perturbations=10, n_combos=5, seed=1)
+    >>> adata.obs["condition"].nunique()
+    16
+    >>> truth = adata.uns["simulation"]["log_rate_delta"]
+    >>> bool(truth.loc["ctrl"].abs().max() == 0)
+    True
+    """
+    n_genes = _check_int("n_genes", n_genes, 2)
+    n_perturbations = _check_int("n_perturbations", n_perturbations, 1)
+    n_combos = _check_int("n_combos", n_combos, 0)
+    n_cells_per_condition = _check_int("n_cells_per_condition", n_cells_per_condition, 2)
+    n_control_cells = _check_int("n_control_cells", n_control_cells, 2)
+    n_unmeasured_targets = _check_int("n_unmeasured_targets", n_unmeasured_targets, 0)
+    n_programs = _check_int("n_programs", n_programs, 0)
+    interaction_fraction = _check_fraction("interaction_fraction", interaction_fraction)
+    activation_fraction = _check_fraction("activation_fraction", activation_fraction)
+    if n_unmeasured_targets > n_perturbations:
+        raise ValueError(
+            f"n_unmeasured_targets ({n_unmeasured_targets}) cannot exceed n_perturbations "
+            f"({n_perturbations}); lower n_unmeasured_targets."
+        )
+    n_total = n_genes + n_unmeasured_targets
+    if n_regulators is None:
+        n_regulators = min(n_perturbations + 10, n_total - 1)
+    n_regulators = _check_int("n_regulators", n_regulators, 1)
+    if not n_perturbations <= n_regulators < n_total:
+        raise ValueError(
+            f"Need n_perturbations ({n_perturbations}) <= n_regulators ({n_regulators}) < "
+            f"simulated genes ({n_total}); raise n_genes or lower n_perturbations."
+        )
+    max_pairs = n_perturbations * (n_perturbations - 1) // 2
+    if n_combos > max_pairs:
+        raise ValueError(
+            f"n_combos={n_combos} exceeds the {max_pairs} distinct pairs of "
+            f"{n_perturbations} targets; lower n_combos or raise n_perturbations."
+        )
+    if mean_library_size <= 0 or dispersion <= 0:
+        raise ValueError("mean_library_size and dispersion must be positive.")
+
+    rng = np.random.default_rng(seed)
+    width = max(3, len(str(n_total - 1)))
+    names = np.array([f"G{i:0{width}d}" for i in range(n_total)])
+
+    # -- network -------------------------------------------------------------------------
+    W, order = _random_dag(
+        rng,
+        n_total,
+        n_regulators,
+        out_degree=(6, 16),
+        regulator_out_degree=1.0,
+        weight_range=(0.4, 0.9),
+        positive_fraction=0.5,
+    )
+    M = np.linalg.inv(np.eye(n_total) - W)  # total effects; exact for a DAG
+    regulators = order[:n_regulators]
+    is_regulator = np.zeros(n_total, dtype=bool)
+    is_regulator[regulators] = True
+
+    # -- baseline expression (regulators moderately expressed so they are measurable) ----
+    b = rng.normal(0.0, 1.0, n_total)
+    b[regulators] = rng.normal(0.5, 0.5, n_regulators)
+
+    # -- perturbations ------------------------------------------------------------------
+    targets = np.sort(rng.choice(regulators, n_perturbations, replace=False))
+    activated = rng.random(n_perturbations) < activation_fraction
+    u = np.where(
+        activated, rng.uniform(1.5, 2.5, n_perturbations), -rng.uniform(1.5, 3.0, n_perturbations)
+    )
+    single_delta = M[:, targets] * u  # (n_total, n_perturbations)
+    hidden = (
+        np.sort(rng.choice(targets, n_unmeasured_targets, replace=False))
+        if n_unmeasured_targets
+        else np.array([], int)
+    )
+    measured = np.setdiff1d(np.arange(n_total), hidden)
+
+    pair_index = np.array(
+        [(i, j) for i in range(n_perturbations) for j in range(i + 1, n_perturbations)], dtype=int
+    ).reshape(-1, 2)
+    chosen = (
+        pair_index[rng.choice(len(pair_index), n_combos, replace=False)]
+        if n_combos
+        else pair_index[:0]
+    )
+    flip = rng.random(len(chosen)) < 0.5
+    chosen = np.where(flip[:, None], chosen[:, ::-1], chosen)
+    n_interacting = int(round(interaction_fraction * n_combos))
+    interacts = np.zeros(n_combos, dtype=bool)
+    interacts[rng.choice(n_combos, n_interacting, replace=False)] = True
+    kinds = np.array(["none"] * n_combos, dtype=object)
+    strengths = np.zeros(n_combos)
+
+    cond_names = ["ctrl"] + [condition_name((names[t],)) for t in targets]
+    deltas = [np.zeros(n_total)] + [single_delta[:, k] for k in range(n_perturbations)]
+    combo_rows = []
+    for c, (i, j) in enumerate(chosen):
+        additive = single_delta[:, i] + single_delta[:, j]
+        delta = additive.copy()
+        if interacts[c]:
+            kind = _INTERACTION_TYPES[int(rng.integers(len(_INTERACTION_TYPES)))]
+            if kind == "synergy":
+                s = rng.uniform(0.6, 1.0)
+                delta = additive * (1.0 + s)
+            elif kind == "buffering":
+                s = rng.uniform(0.5, 0.8)
+                delta = additive * (1.0 - s)
+            elif kind == "epistasis":
+                s = rng.uniform(0.7, 1.0)
+                delta = single_delta[:, i] + (1.0 - s) * single_delta[:, j]
+            else:
+                others = np.setdiff1d(regulators, targets[[i, j]])
+                extra = rng.choice(others, 2, replace=False)
+                s = rng.uniform(1.5, 2.5)
+                delta = additive + (M[:, extra] * (s * rng.choice([-1.0, 1.0], 2))).sum(axis=1)
+            kinds[c], strengths[c] = kind, s
+        name = condition_name((names[targets[i]], names[targets[j]]))
+        cond_names.append(name)
+        deltas.append(delta)
+        combo_rows.append(
+            {
+                "condition": name,
+                "gene_a": names[targets[i]],
+                "gene_b": names[targets[j]],
+                "interacts": bool(interacts[c]),
+                "interaction_type": kinds[c],
+                "interaction_strength": float(strengths[c]),
+            }
+        )
+    D = np.vstack(deltas)  # (n_conditions, n_total)
+    n_conditions = len(cond_names)
+
+    # -- cells --------------------------------------------------------------------------
+    lo, hi = int(round(0.8 * n_cells_per_condition)), int(round(1.2 * n_cells_per_condition))
+    counts_per = np.concatenate(
+        [[n_control_cells], rng.integers(max(lo, 2), max(hi, 2) + 1, n_conditions - 1)]
+    )
+    codes = np.repeat(np.arange(n_conditions), counts_per)
+    n_cells = len(codes)
+    inputs = rng.normal(0.0, regulator_noise, (n_cells, n_total)) * is_regulator
+    if n_programs:
+        L = rng.normal(0.0, 0.5, (n_total, n_programs)) * (rng.random((n_total, n_programs)) < 0.15)
+        inputs += rng.normal(0.0, 1.0, (n_cells, n_programs)) @ L.T
+    log_rate = b + D[codes] + inputs @ M.T
+    log_rate -= log_rate.max(axis=1, keepdims=True)
+    prop = np.exp(log_rate)
+    prop /= prop.sum(axis=1, keepdims=True)
+    library = np.exp(rng.normal(np.log(mean_library_size), 0.25, n_cells))
+    mu = prop * library[:, None]
+    theta = dispersion * np.exp(rng.normal(0.0, 0.3, n_total))
+    counts = rng.poisson(rng.gamma(theta, mu / theta))[:, measured]
+
+    # -- AnnData ------------------------------------------------------------------------
+    panel = names[measured]
+    conditions = np.asarray(cond_names, dtype=object)[codes]
+    obs = pd.DataFrame(
+        {
+            "condition": pd.Categorical(conditions, categories=cond_names),
+            "control": (codes == 0).astype(np.int64),
+            "cell_type": pd.Categorical(["simulated"] * n_cells),
+        },
+        index=[f"cell{i:05d}" for i in range(n_cells)],
+    )
+    is_target = np.zeros(n_total, dtype=bool)
+    is_target[targets] = True
+    var = pd.DataFrame(
+        {"gene_name": panel, "regulator": is_regulator[measured], "perturbed": is_target[measured]},
+        index=pd.Index(panel, name=None),
+    )
+    adata = ad.AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
+
+    src, dst = np.nonzero(W.T)  # W[dst, src]
+    grn = pd.DataFrame({"source": names[src], "target": names[dst], "weight": W[dst, src]})
+    pert_table = pd.DataFrame(
+        {
+            "mode": np.where(activated, "activation", "knockdown"),
+            "input": u,
+            "measured": ~np.isin(targets, hidden),
+        },
+        index=pd.Index(names[targets], name="gene"),
+    )
+    combos = pd.DataFrame(
+        combo_rows,
+        columns=[
+            "condition",
+            "gene_a",
+            "gene_b",
+            "interacts",
+            "interaction_type",
+            "interaction_strength",
+        ],
+    ).set_index("condition")
+    truth_rate = b + D
+    truth_prop = np.exp(
+        truth_rate[:, measured] - truth_rate[:, measured].max(axis=1, keepdims=True)
+    )
+    truth_prop /= truth_prop.sum(axis=1, keepdims=True)
+    adata.uns["simulation"] = {
+        "grn": grn,
+        "perturbations": pert_table,
+        "combos": combos,
+        "log_rate_delta": pd.DataFrame(D, index=cond_names, columns=names),
+        "baseline_log_rate": pd.DataFrame({"log_rate": b}, index=names),
+        "mean_expression": pd.DataFrame(
+            np.log1p(1e4 * truth_prop), index=cond_names, columns=panel
+        ),
+        "unmeasured_genes": np.asarray(names[hidden], dtype=str),
+        "params": {
+            "n_genes": n_genes,
+            "n_perturbations": n_perturbations,
+            "n_combos": n_combos,
+            "n_cells_per_condition": n_cells_per_condition,
+            "n_control_cells": n_control_cells,
+            "n_unmeasured_targets": n_unmeasured_targets,
+            "interaction_fraction": interaction_fraction,
+            "activation_fraction": activation_fraction,
+            "n_regulators": n_regulators,
+            "n_programs": n_programs,
+            "regulator_noise": float(regulator_noise),
+            "mean_library_size": float(mean_library_size),
+            "dispersion": float(dispersion),
+            "seed": int(seed),
+        },
+    }
+    return adata
+
+
+# ----------------------------------------------------------------------------------------
+# GEARS format
+# ----------------------------------------------------------------------------------------
+def _translate_gene_lists(value, id_to_name: dict[str, str]):
+    """Map a dict condition → list of gene ids onto gene symbols (unknown ids kept)."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, genes in value.items():
+        arr = np.asarray(genes)
+        if arr.dtype.kind in "OUS":
+            out[key] = np.array([id_to_name.get(str(g), str(g)) for g in arr], dtype=object).astype(
+                str
+            )
+        else:
+            out[key] = arr
+    return out
+
+
+def read_gears(path: str | os.PathLike) -> ad.AnnData:
+    """Read a GEARS ``perturb_processed.h5ad`` and check its layout.
+
+    GEARS files hold log-normalised expression in ``.X``, the perturbation of each cell in
+    ``obs["condition"]`` (``"ctrl"``, ``"A+ctrl"``, ``"A+B"``), ``obs["cell_type"]`` and
+    gene symbols in ``var["gene_name"]`` (the index is often an Ensembl id). Differential
+    expression results keyed by ``obs["condition_name"]`` (e.g. ``"K562_A+ctrl_1+1"``) may
+    sit in ``uns`` (``rank_genes_groups_cov_all``, ``top_non_dropout_de_20``, ...).
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` file, or a folder that holds ``perturb_processed.h5ad``.
+
+    Returns
+    -------
+    anndata.AnnData
+        The data with ``var_names`` set to the (made unique) gene symbols, the original
+        index kept in ``var["gene_id"]``, and the gene lists in the ``uns`` DE entries
+        translated from ids to the new ``var_names``. ``.X`` is returned as CSR.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, or ``obs["condition"]``, ``obs["cell_type"]`` or
+        ``var["gene_name"]`` is absent, or a condition cannot be parsed.
+
+    Examples
+    --------
+    >>> from celltx.datasets import read_gears
+    >>> adata = read_gears("data/norman/perturb_processed.h5ad")  # doctest: +SKIP
+    >>> adata.obs["condition"].head(2).tolist()  # doctest: +SKIP
+    ['TSC22D1+ctrl', 'KLF1+MAP2K6']
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / _GEARS_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"No GEARS file at {str(path)!r}; pass the path of a perturb_processed.h5ad (or the "
+            "folder holding it)."
+        )
+    adata = ad.read_h5ad(path)
+    missing = [f"obs[{c!r}]" for c in ("condition", "cell_type") if c not in adata.obs]
+    if "gene_name" not in adata.var:
+        missing.append("var['gene_name']")
+    if missing:
+        raise ValueError(
+            f"{path.name} is not in GEARS format: {', '.join(missing)} missing. A GEARS file "
+            "needs obs['condition'] (e.g. 'ctrl', 'A+ctrl', 'A+B'), obs['cell_type'] and "
+            "var['gene_name'] (gene symbols); add them, or build the AnnData yourself."
+        )
+    parse_conditions(adata.obs["condition"].astype(str), max_genes=10**6)  # validates every value
+    if not (adata.obs["condition"].astype(str) == "ctrl").any():
+        logger.warning("%s has no control cells (condition 'ctrl').", path)
+
+    old_ids = adata.var_names.astype(str)
+    adata.var["gene_id"] = np.asarray(old_ids)
+    adata.var_names = pd.Index(adata.var["gene_name"].astype(str).to_numpy())
+    adata.var_names_make_unique()
+    id_to_name = dict(zip(old_ids, adata.var_names.astype(str), strict=True))
+    for key in _GEARS_DE_KEYS:
+        if key in adata.uns:
+            adata.uns[key] = _translate_gene_lists(adata.uns[key], id_to_name)
+    if sparse.issparse(adata.X) and not sparse.isspmatrix_csr(adata.X):
+        adata.X = sparse.csr_matrix(adata.X)
+    return adata
+
+
+def _find_member(names: list[str], dataset: str) -> str | None:
+    hits = [n for n in names if n.rstrip("/").split("/")[-1] == _GEARS_FILE]
+    if not hits:
+        return None
+    preferred = [n for n in hits if n.replace("\\", "/").endswith(f"{dataset}/{_GEARS_FILE}")]
+    return sorted(preferred or hits, key=len)[0]
+
+
+def _extract_gears(archive: Path, dataset: str, dest_dir: Path) -> Path:
+    """Extract ``perturb_processed.h5ad`` of ``dataset`` from a zip or tar archive into
+    ``dest_dir/dataset/`` (once) and return its path."""
+    target = dest_dir / dataset / _GEARS_FILE
+    if target.is_file() and target.stat().st_mtime >= archive.stat().st_mtime:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".h5ad.part")
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            member = _find_member(zf.namelist(), dataset)
+            if member is None:
+                raise ValueError(
+                    f"{archive} holds no {_GEARS_FILE}; is it a GEARS dataset archive?"
+                )
+            with zf.open(member) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 22)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            member = _find_member([m.name for m in tf.getmembers() if m.isfile()], dataset)
+            if member is None:
+                raise ValueError(
+                    f"{archive} holds no {_GEARS_FILE}; is it a GEARS dataset archive?"
+                )
+            src = tf.extractfile(member)
+            with src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 22)
+    else:
+        raise ValueError(
+            f"{archive} is neither a zip nor a tar archive nor an .h5ad file; pass the GEARS "
+            "archive as downloaded, the extracted folder, or the perturb_processed.h5ad itself."
+        )
+    tmp.replace(target)
+    return target
+
+
+def _cache_dir(data_dir: str | os.PathLike | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    import pooch
+
+    return Path(pooch.os_cache("celltx"))
+
+
+def _load_gears_dataset(
+    dataset: str,
+    path: str | os.PathLike | None,
+    data_dir: str | os.PathLike | None,
+    progressbar: bool,
+) -> ad.AnnData:
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            for candidate in (path / _GEARS_FILE, path / dataset / _GEARS_FILE):
+                if candidate.is_file():
+                    return read_gears(candidate)
+            raise ValueError(f"{path} holds neither {_GEARS_FILE} nor {dataset}/{_GEARS_FILE}.")
+        if not path.is_file():
+            raise ValueError(
+                f"{path} does not exist; pass a downloaded GEARS archive, folder or .h5ad."
+            )
+        if path.suffix == ".h5ad":
+            return read_gears(path)
+        out_dir = Path(data_dir) if data_dir is not None else path.parent
+        return read_gears(_extract_gears(path, dataset, out_dir))
+
+    import pooch
+
+    cache = _cache_dir(data_dir)
+    extracted = cache / dataset / _GEARS_FILE
+    archive_name = f"{dataset}.zip"
+    if extracted.is_file() and not (cache / archive_name).is_file():
+        return read_gears(extracted)
+    archive = pooch.retrieve(
+        GEARS_URLS[dataset],
+        known_hash=None,
+        fname=archive_name,
+        path=cache,
+        progressbar=progressbar,
+    )
+    return read_gears(_extract_gears(Path(archive), dataset, cache))
+
+
+def norman2019(
+    data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    progressbar: bool = False,
+) -> ad.AnnData:
+    """Norman et al. 2019: CRISPRa Perturb-seq in K562, single and paired perturbations.
+
+    The GEARS release (about 91,000 cells × 5,045 genes), downloaded once from the
+    Harvard Dataverse (an archive of about 170 MB; the extracted file is about 2.2 GB)
+    and read with :func:`read_gears`.
+
+    Parameters
+    ----------
+    data_dir
+        Folder for the download and the extracted file (default:
+        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
+    path
+        An already downloaded copy: the archive, the extracted folder or the
+        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
+        extracted next to it (or into ``data_dir`` when given).
+    progressbar
+        Show a download progress bar (needs ``tqdm``).
+
+    Returns
+    -------
+    anndata.AnnData
+        See :func:`read_gears`.
+
+    Examples
+    --------
+    >>> from celltx.datasets import norman2019
+    >>> adata = norman2019()  # doctest: +SKIP
+    >>> adata.obs["condition"].str.contains("ctrl").mean()  # doctest: +SKIP
+    """
+    return _load_gears_dataset("norman", path, data_dir, progressbar)
+
+
+def adamson2016(
+    data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    progressbar: bool = False,
+) -> ad.AnnData:
+    """Adamson et al. 2016: CRISPRi Perturb-seq of unfolded-protein-response genes in K562.
+
+    The GEARS release (single-gene perturbations only), downloaded once from the Harvard
+    Dataverse and read with :func:`read_gears`.
+
+    Parameters
+    ----------
+    data_dir
+        Folder for the download and the extracted file (default:
+        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
+    path
+        An already downloaded copy: the archive, the extracted folder or the
+        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
+        extracted next to it (or into ``data_dir`` when given).
+    progressbar
+        Show a download progress bar (needs ``tqdm``).
+
+    Returns
+    -------
+    anndata.AnnData
+        See :func:`read_gears`.
+
+    Examples
+    --------
+    >>> from celltx.datasets import adamson2016
+    >>> adata = adamson2016()  # doctest: +SKIP
+    >>> adata.obs["condition"].nunique()  # doctest: +SKIP
+    """
+    return _load_gears_dataset("adamson", path, data_dir, progressbar)
+
+
+def replogle2022_k562_essential(
+    data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+    progressbar: bool = False,
+) -> ad.AnnData:
+    """Replogle et al. 2022: genome-scale CRISPRi Perturb-seq, K562 essential genes.
+
+    The filtered GEARS release (single-gene knock-downs of essential genes; not the full
+    screen), downloaded once from the Harvard Dataverse and read with :func:`read_gears`.
+
+    Parameters
+    ----------
+    data_dir
+        Folder for the download and the extracted file (default:
+        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
+    path
+        An already downloaded copy: the archive, the extracted folder or the
+        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
+        extracted next to it (or into ``data_dir`` when given).
+    progressbar
+        Show a download progress bar (needs ``tqdm``).
+
+    Returns
+    -------
+    anndata.AnnData
+        See :func:`read_gears`.
+
+    Examples
+    --------
+    >>> from celltx.datasets import replogle2022_k562_essential
+    >>> adata = replogle2022_k562_essential()  # doctest: +SKIP
+    >>> adata.n_vars  # doctest: +SKIP
+    """
+    return _load_gears_dataset("replogle_k562_essential", path, data_dir, progressbar)
