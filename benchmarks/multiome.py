@@ -1,0 +1,112 @@
+"""Multiome (RNA + ATAC) benchmark: baselines of :func:`celltx.bench.multiome`.
+
+Scores RNA PCA, ATAC LSI and scvi-tools' MULTIVI (Leiden ARI / NMI, label silhouette,
+kNN accuracy; modality mixing on mosaic data) on:
+
+``sim``
+    :func:`celltx.datasets.simulate_multiome` with its defaults (600 paired cells);
+``sim-mosaic``
+    the same with ``mosaic=True`` (40 % paired, 30 % RNA-only, 30 % ATAC-only);
+``granja``
+    Granja et al. 2019 bone-marrow scATAC (``../shared/data/granja2019_bmmc_scatac.h5ad``,
+    ATAC only, so only ``atac_lsi``), labels ``cell_type``;
+a path
+    any ``.h5mu`` with ``rna`` and ``atac`` modalities (``--labels`` names the label column).
+
+Run from the repository root::
+
+    python benchmarks/multiome.py --data sim
+    python benchmarks/multiome.py --data sim-mosaic --multivi-epochs 200
+    python benchmarks/multiome.py --data granja --n-cells 3000
+    python benchmarks/multiome.py --data sim --resolution 0.25 0.5 1 1.5 2  # scib-style scan
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import celltx
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load(name: str, n_cells: int | None, seed: int):
+    import anndata as ad
+    import mudata
+
+    if name == "sim":
+        return celltx.datasets.simulate_multiome(seed=seed), "cell_type", None
+    if name == "sim-mosaic":
+        return celltx.datasets.simulate_multiome(mosaic=True, seed=seed), "cell_type", "modality"
+    if name == "granja":
+        adata = ad.read_h5ad(DATA / "granja2019_bmmc_scatac.h5ad")
+        if n_cells is not None and n_cells < adata.n_obs:
+            keep = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_cells, replace=False))
+            adata = adata[keep].copy()
+        with mudata.set_options(pull_on_update=False):
+            mdata = mudata.MuData({"atac": adata}, obs=adata.obs[["cell_type"]].copy())
+        return mdata, "cell_type", None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = mudata.read_h5mu(name)
+    return mdata, None, None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="sim", help="sim, sim-mosaic, granja or an .h5mu path")
+    p.add_argument("--labels", default=None, help="label column (default: cell_type)")
+    p.add_argument("--baselines", nargs="+", default=None)
+    p.add_argument("--multivi-epochs", type=int, default=None, help="default: MULTIVI's (500)")
+    p.add_argument("--multivi-lr", type=float, default=None, help="default: MULTIVI's (1e-4)")
+    p.add_argument("--n-cells", type=int, default=None, help="subsample (granja)")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resolution",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="Leiden resolution(s); several: the one of best NMI per embedding",
+    )
+    args = p.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    mdata, labels, modality_key = load(args.data, args.n_cells, args.seed)
+    labels = args.labels or labels or "cell_type"
+    baselines = args.baselines
+    if baselines is None:
+        baselines = (
+            ["atac_lsi"] if "rna" not in mdata.mod else list(celltx.bench.MULTIOME_BASELINES)
+        )
+    print(
+        f"{args.data}: {mdata.n_obs} cells, modalities "
+        f"{ {k: v.shape for k, v in mdata.mod.items()} }, labels {labels!r}"
+    )
+    t = time.time()
+    table = celltx.bench.multiome(
+        mdata,
+        labels,
+        baselines=baselines,
+        modality_key=modality_key,
+        seed=args.seed,
+        leiden_resolution=args.resolution,
+        multivi_kwargs={
+            "max_epochs": args.multivi_epochs,
+            "accelerator": args.accelerator,
+            **({"lr": args.multivi_lr} if args.multivi_lr else {}),
+        },
+    )
+    print(table.round(3).to_string())
+    print(f"({time.time() - t:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
