@@ -17,6 +17,7 @@ Run from the repository root::
     python benchmarks/integration.py --epochs 10 --fast    # quick look
     python benchmarks/integration.py --h5ad my.h5ad --batch donor --labels cell_type
     python benchmarks/integration.py --plot-dir results/   # scib-metrics' table figure
+    python benchmarks/integration.py --parts dab,batch_token --loss-weights '{"ecs": 0}'  # ablations
 
 Prints scib-metrics' table (rows: embeddings; bio conservation, batch correction, total).
 """
@@ -24,6 +25,7 @@ Prints scib-metrics' table (rows: embeddings; bio conservation, batch correction
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -37,16 +39,18 @@ import celltx
 CELLBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "cellbench_5batches.h5ad"
 
 
-def train_celltx(adata, batch_key, integrate: bool, epochs: int, lr: float, seed: int, accelerator: str, **model_kw):
+def train_celltx(adata, batch_key, integrate: bool, epochs: int, lr: float, seed: int, accelerator: str,
+                 parts=("dsbn", "dab", "batch_token"), loss_weights=None, **model_kw):
     a = adata.copy()
     scvi.settings.seed = seed
     celltx.model.ScGPT.setup_anndata(a, batch_key=batch_key)
-    flags = {"dsbn": True, "dab": True, "batch_token": True} if integrate else {}
+    flags = {p: True for p in parts} if integrate else {}
     model = celltx.model.ScGPT(a, **{**model_kw, **flags})
     model.train(
         max_epochs=epochs, lr=lr,
         task="integration" if integrate else "generative", batch_size=32,
         accelerator=accelerator, enable_progress_bar=False,
+        loss_weights=loss_weights if integrate else None,
     )
     return model.get_latent_representation(), model
 
@@ -67,6 +71,9 @@ def main(argv=None) -> None:
     p.add_argument("--fast", action="store_true", help="skip kBET and isolated labels")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--plot-dir")
+    p.add_argument("--parts", default="dsbn,dab,batch_token",
+                   help="architecture parts of the integration model (comma-separated; '' for none)")
+    p.add_argument("--loss-weights", default="{}", help='JSON overrides, e.g. \'{"ecs": 0}\'')
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
     adata = ad.read_h5ad(a.h5ad)
@@ -78,7 +85,10 @@ def main(argv=None) -> None:
     emb, timing = {}, {}
     for name, integrate in (("celltx (generative)", False), ("celltx (integration)", True)):
         t0 = time.perf_counter()
-        emb[name], _ = train_celltx(adata, a.batch, integrate, a.epochs, a.lr, a.seed, a.accelerator, **kw)
+        emb[name], _ = train_celltx(
+            adata, a.batch, integrate, a.epochs, a.lr, a.seed, a.accelerator,
+            parts=[x for x in a.parts.split(",") if x], loss_weights=json.loads(a.loss_weights), **kw,
+        )
         timing[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = celltx.bench.integration(

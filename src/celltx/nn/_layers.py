@@ -434,7 +434,12 @@ class ScGPTTransformer(nn.Module):
         if self.dsbn is not None:
             if batch is None:
                 raise ValueError("This model normalizes per batch (dsbn): pass batch labels.")
-            x = self.dsbn(x, batch, padding_mask)
+            # <cls> is left out: normalizing its (constant) input with per-batch statistics
+            # handed the cell embedding its batch directly (CellBench, 8 epochs: batch
+            # correction 0.21 with, 0.44 without)
+            skip = padding_mask.clone()
+            skip[:, 0] = True
+            x = self.dsbn(x, batch, skip)
         mask = (
             padding_attn_mask(padding_mask)
             if known is None
