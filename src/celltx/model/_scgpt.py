@@ -456,6 +456,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         if perturbation_key is not None:
             _check_perturbations(adata, perturbation_key, control_value, max_perturbed_genes, min_cells_per_condition)
             _check_log_normalized(values, where)
+        del values, where  # scvi-tools records the locals of this call as its setup arguments
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
             GeneLayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
