@@ -53,10 +53,14 @@ class LabelsField(CategoricalObsField):
     cells are unlabelled too; the registered categories never change.
     """
 
+    def _values(self, adata: AnnData) -> pd.Series:
+        """The column's values as they are coded (subclasses may canonicalize them)."""
+        return adata.obs[self._original_attr_key]
+
     def register_field(self, adata: AnnData) -> dict:
         if self.is_default:
             return super().register_field(adata)
-        cat = adata.obs[self._original_attr_key].astype("category")
+        cat = self._values(adata).astype("category")
         adata.obs[self.attr_key] = cat.cat.codes.to_numpy().astype(np.int64)
         return {
             self.CATEGORICAL_MAPPING_KEY: cat.cat.categories.to_numpy(copy=True),
@@ -68,7 +72,7 @@ class LabelsField(CategoricalObsField):
             return super().transfer_field(state_registry, adata_target, **kwargs)
         mapping = state_registry[self.CATEGORICAL_MAPPING_KEY]
         if self._original_attr_key in adata_target.obs:
-            codes = pd.Categorical(adata_target.obs[self._original_attr_key], categories=mapping).codes
+            codes = pd.Categorical(self._values(adata_target), categories=mapping).codes
         else:
             codes = np.full(adata_target.n_obs, -1)
         adata_target.obs[self.attr_key] = np.asarray(codes, dtype=np.int64)
@@ -78,7 +82,7 @@ class LabelsField(CategoricalObsField):
         }
 
 
-class PerturbationField(CategoricalObsField):
+class PerturbationField(LabelsField):
     """Perturbation conditions in GEARS notation (``"ctrl"``, ``"A+ctrl"``, ``"A+B"``) or
     a plain gene column.
 
@@ -92,33 +96,9 @@ class PerturbationField(CategoricalObsField):
         self.control_value = control_value
         self.max_genes = max_genes
 
-    def _names(self, adata: AnnData) -> pd.Series:
+    def _values(self, adata: AnnData) -> pd.Series:
         col = adata.obs[self._original_attr_key].astype(object)
         return parse_conditions(col, control_value=self.control_value, max_genes=self.max_genes)[1]
-
-    def register_field(self, adata: AnnData) -> dict:
-        if self.is_default:
-            return super().register_field(adata)
-        cat = self._names(adata).astype("category")
-        adata.obs[self.attr_key] = cat.cat.codes.to_numpy().astype(np.int64)
-        return {
-            self.CATEGORICAL_MAPPING_KEY: cat.cat.categories.to_numpy(copy=True),
-            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
-        }
-
-    def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
-        if self.is_default:
-            return super().transfer_field(state_registry, adata_target, **kwargs)
-        mapping = state_registry[self.CATEGORICAL_MAPPING_KEY]
-        if self._original_attr_key in adata_target.obs:
-            codes = pd.Categorical(self._names(adata_target), categories=mapping).codes
-        else:
-            codes = np.full(adata_target.n_obs, -1)
-        adata_target.obs[self.attr_key] = np.asarray(codes, dtype=np.int64)
-        return {
-            self.CATEGORICAL_MAPPING_KEY: mapping.copy(),
-            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
-        }
 
 
 def _check_perturbations(adata: AnnData, key: str, control_value: str, max_genes: int, min_cells: int) -> None:
