@@ -16,7 +16,9 @@ INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
 
 
 def _is_counts(x) -> bool:
-    v = x.data if sparse.issparse(x) else np.asarray(x)
+    """Whether ``x`` holds non-negative integers (judged on its first million stored values)."""
+    v = x.data if sparse.issparse(x) else np.asarray(x).ravel()
+    v = v[:1_000_000]
     return bool(v.size) and bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))
 
 

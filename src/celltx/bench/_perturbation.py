@@ -16,6 +16,8 @@ from scipy import sparse
 
 from celltx.data._perturbation import condition_name, parse_condition, parse_conditions
 
+from ._integration import _is_counts
+
 logger = logging.getLogger(__name__)
 
 TEST_SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
@@ -35,14 +37,6 @@ _GEARS_DE_KEY = "top_non_dropout_de_20"
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-def _is_counts(x) -> bool:
-    v = x.data if sparse.issparse(x) else np.asarray(x)
-    if not v.size:
-        return False
-    v = v[:1_000_000]
-    return bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))
-
-
 def _log_normalize(x):
     """``log1p`` of counts scaled to 10,000 per cell (sparse stays sparse)."""
     if sparse.issparse(x):
