@@ -2,7 +2,17 @@
 
 from ._datasets import pbmc68k
 from ._genes import GeneMatch, check_expression, gene_names, match_genes
-from ._tokenizer import TokenizedBatch, Tokenizer, digitize, quantile_edges
+from ._mosaic import modality_presence, pad_mosaic
+from ._tokenizer import (
+    MOD_ATAC,
+    MOD_CLS,
+    MOD_RNA,
+    TokenizedBatch,
+    Tokenizer,
+    digitize,
+    join_modalities,
+    quantile_edges,
+)
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
@@ -10,6 +20,12 @@ __all__ = [
     "GeneMatch",
     "Tokenizer",
     "TokenizedBatch",
+    "join_modalities",
+    "pad_mosaic",
+    "modality_presence",
+    "MOD_CLS",
+    "MOD_RNA",
+    "MOD_ATAC",
     "match_genes",
     "gene_names",
     "check_expression",

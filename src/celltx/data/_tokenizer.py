@@ -30,16 +30,82 @@ class TokenizedBatch:
         is off); ``pad_value`` at ``<cls>`` and at padding.
     padding_mask
         ``(B, L)`` bool, ``True`` at padding.
+    modality
+        ``(B, L)`` int64 modality of each token (:data:`MOD_CLS` at ``<cls>``,
+        :data:`MOD_RNA`, :data:`MOD_ATAC`), or ``None`` for single-modality sequences.
     """
 
     gene_ids: torch.Tensor
     values: torch.Tensor
     padding_mask: torch.Tensor
+    modality: torch.Tensor | None = None
 
     def to(self, device) -> TokenizedBatch:
         return TokenizedBatch(
-            self.gene_ids.to(device), self.values.to(device), self.padding_mask.to(device)
+            self.gene_ids.to(device),
+            self.values.to(device),
+            self.padding_mask.to(device),
+            None if self.modality is None else self.modality.to(device),
         )
+
+    def select(self, rows: torch.Tensor) -> TokenizedBatch:
+        """The sequences at ``rows`` (an index or boolean tensor over the batch)."""
+        return TokenizedBatch(
+            self.gene_ids[rows],
+            self.values[rows],
+            self.padding_mask[rows],
+            None if self.modality is None else self.modality[rows],
+        )
+
+
+#: modality codes of :attr:`TokenizedBatch.modality`
+MOD_CLS, MOD_RNA, MOD_ATAC = 0, 1, 2
+
+
+def join_modalities(
+    rna: TokenizedBatch | None,
+    atac: TokenizedBatch | None,
+    has_rna: torch.Tensor | None = None,
+    has_atac: torch.Tensor | None = None,
+    *,
+    pad_id: int,
+    pad_value: float,
+) -> TokenizedBatch:
+    """One sequence per cell from an RNA and an ATAC tokenization of the same cells:
+    ``<cls>``, the RNA tokens, then the ATAC tokens (the ATAC batch's own ``<cls>`` is
+    dropped), with :attr:`TokenizedBatch.modality` set.
+
+    ``has_rna`` / ``has_atac`` ``(B,)`` mark the cells measured in each modality; the
+    tokens of an unmeasured modality become padding (with ``zero_fraction`` a tokenizer
+    would otherwise give an unmeasured cell tokens of value 0, i.e. "measured, closed").
+    Either part may be ``None`` (a single-modality model).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import Tokenizer, join_modalities
+    >>> tok = Tokenizer(max_seq_len=3, pad_id=0, cls_id=1, n_bins=None)
+    >>> rna = tok(torch.tensor([[2.0, 0.0]]), torch.tensor([2, 3]), sample="first")
+    >>> atac = tok(torch.tensor([[0.0, 1.0]]), torch.tensor([4, 5]), sample="first")
+    >>> joined = join_modalities(rna, atac, pad_id=0, pad_value=-2.0)
+    >>> joined.gene_ids.tolist(), joined.modality.tolist()
+    ([[1, 2, 5]], [[0, 1, 2]])
+    """
+    parts = [(c, p, h) for c, p, h in ((MOD_RNA, rna, has_rna), (MOD_ATAC, atac, has_atac)) if p is not None]
+    if not parts:
+        raise ValueError("join_modalities needs at least one modality.")
+    first = parts[0][1]
+    cls_mod = torch.full_like(first.gene_ids[:, :1], MOD_CLS)
+    ids, vals, pads, mods = [first.gene_ids[:, :1]], [first.values[:, :1]], [first.padding_mask[:, :1]], [cls_mod]
+    for code, part, has in parts:
+        pad = part.padding_mask[:, 1:]
+        if has is not None:
+            pad = pad | ~has.to(pad.device).bool()[:, None]
+        ids.append(torch.where(pad, pad_id, part.gene_ids[:, 1:]))
+        vals.append(torch.where(pad, pad_value, part.values[:, 1:]))
+        pads.append(pad)
+        mods.append(torch.full_like(pad, code, dtype=torch.long))
+    return TokenizedBatch(torch.cat(ids, 1), torch.cat(vals, 1), torch.cat(pads, 1), torch.cat(mods, 1))
 
 
 def _mix64(h: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,16 @@ class GeneVocab:
         tokens = [*specials, *genes] if special_first else [*genes, *specials]
         return cls({t: i for i, t in enumerate(tokens)})
 
+    def extend(self, tokens: Iterable[str]) -> GeneVocab:
+        """A new vocabulary with ``tokens`` not yet present appended (ids ``len(self)``
+        onwards); existing ids are unchanged, so a checkpoint's embedding rows still fit."""
+        d = self.to_dict()
+        for t in tokens:
+            t = str(t)
+            if t not in d:
+                d[t] = len(d)
+        return GeneVocab(d)
+
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GeneVocab:
         """Read a vocabulary from a scGPT ``vocab.json`` (``{token: id}``)."""

@@ -37,7 +37,14 @@ REQUIRED_GROUPS = ("encoder", "value_encoder", "transformer_encoder")
 #: generative output heads: loaded when present, randomly initialised (with a warning) when absent
 HEAD_GROUPS = ("decoder", "mvc_decoder")
 #: fine-tuning heads: loaded when present with the model's shapes, else randomly initialised
-TASK_HEADS = ("cls_decoder", "grad_reverse_discriminator", "dsbn", "batch_encoder", "pert_encoder")
+TASK_HEADS = (
+    "cls_decoder",
+    "grad_reverse_discriminator",
+    "dsbn",
+    "batch_encoder",
+    "pert_encoder",
+    "mod_encoder",
+)
 
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
 
@@ -281,8 +288,14 @@ def read_scgpt_dir(
     return ScGPTCheckpoint(model_dir, wpath, args, vocab, sd, layout, kwargs)
 
 
+_EMBEDDING = "encoder.embedding.weight"
+
+
 def load_into(
-    transformer: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+    transformer: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    new_tokens: int = 0,
 ) -> LoadReport:
     """Copy checkpoint weights (celltx names) into ``transformer`` with checks.
 
@@ -297,7 +310,11 @@ def load_into(
     - file tensors the model has no place for (``cls_decoder``, batch / perturbation parts)
       are skipped and counted in the report;
     - any shape disagreement, a partly present head, or extra transformer layers raise a
-      :class:`ValueError` naming the key and both shapes.
+      :class:`ValueError` naming the key and both shapes;
+    - ``new_tokens``: the model's vocabulary is the file's plus this many tokens appended
+      (e.g. ATAC peaks next to a checkpoint's genes): the file's embedding rows fill the
+      first rows of ``encoder.embedding``, the new rows keep their initialisation
+      (reported under ``initialised``).
     """
     own = transformer.state_dict()
     file_keys = set(state_dict)
@@ -323,6 +340,8 @@ def load_into(
             errors.append(f"missing required tensor {key!r} (model shape {tuple(target.shape)})")
             continue
         src = state_dict[key]
+        if key == _EMBEDDING and new_tokens and tuple(src.shape) == (target.shape[0] - new_tokens, *target.shape[1:]):
+            continue
         if tuple(src.shape) != tuple(target.shape):
             errors.append(
                 f"{key!r}: the {source} has shape {tuple(src.shape)}, the architecture from "
@@ -363,8 +382,12 @@ def load_into(
     with torch.no_grad():
         for key, target in own.items():
             if key in state_dict and (_group(key) not in heads or key in take):
-                target.copy_(state_dict[key].to(target.dtype))
+                src = state_dict[key].to(target.dtype)
+                target[: src.shape[0]].copy_(src)  # the embedding may have new rows at the end
                 report.loaded.append(key)
+    if new_tokens:
+        report.initialised.append("encoder.embedding")
+        report.reasons["encoder.embedding"] = f"rows of {new_tokens} new tokens"
     for key in sorted(file_keys - set(own)):
         group = _group(key)
         if group in REQUIRED_GROUPS:

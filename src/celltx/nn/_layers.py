@@ -332,6 +332,11 @@ class ScGPTTransformer(nn.Module):
     perturbation
         Perturbation flag embedding (``pert_encoder``, 3 flags as scGPT: not perturbed,
         perturbed, padding), added to the token embeddings.
+    n_modalities
+        Build a modality embedding (``mod_encoder``) for sequences that mix modalities
+        (RNA genes and ATAC peaks): one row for ``<cls>`` and one per modality, added to
+        the token embeddings. It starts at zero, so a model loaded from an RNA-only
+        checkpoint computes exactly what the checkpoint does until it is trained.
 
     Examples
     --------
@@ -365,6 +370,7 @@ class ScGPTTransformer(nn.Module):
         dab: bool = False,
         batch_token: bool = False,
         perturbation: bool = False,
+        n_modalities: int = 0,
     ):
         super().__init__()
         if (dsbn or dab or batch_token) and not n_batches:
@@ -404,6 +410,10 @@ class ScGPTTransformer(nn.Module):
         self.pert_encoder = (
             nn.Embedding(3, d_model, padding_idx=PERT_PAD) if perturbation else None
         )
+        self.mod_encoder = None
+        if n_modalities:
+            self.mod_encoder = nn.Embedding(n_modalities + 1, d_model)  # row 0: <cls>
+            nn.init.zeros_(self.mod_encoder.weight)
 
     def embed(
         self,
@@ -411,12 +421,15 @@ class ScGPTTransformer(nn.Module):
         values: torch.Tensor,
         known: torch.Tensor | None = None,
         pert_flags: torch.Tensor | None = None,
+        modality: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings ``(B, L, D)`` and the gene embeddings alone.
 
         Where ``known`` is False the value embedding is left out: the token is the gene
         embedding only. ``pert_flags`` ``(B, L)`` (0 not perturbed, 1 perturbed, 2 pad)
-        add the perturbation embedding (models built with ``perturbation=True``).
+        add the perturbation embedding (models built with ``perturbation=True``);
+        ``modality`` ``(B, L)`` (0 ``<cls>``, 1, 2, …) the modality embedding (models built
+        with ``n_modalities``).
         """
         gene_emb = self.encoder(gene_ids)
         val_emb = self.value_encoder(values)
@@ -427,10 +440,14 @@ class ScGPTTransformer(nn.Module):
             if self.pert_encoder is None:
                 raise ValueError("This model has no perturbation embedding (build it with perturbation=True).")
             x = x + self.pert_encoder(pert_flags)
+        if modality is not None and self.mod_encoder is not None:
+            mod = self.mod_encoder(modality)
+            x = x + mod
+            gene_emb = gene_emb + mod  # the decoders' gene queries know the modality too
         return x, gene_emb
 
-    def _encode(self, gene_ids, values, padding_mask, known, batch=None, pert_flags=None):
-        x, gene_emb = self.embed(gene_ids, values, known, pert_flags)
+    def _encode(self, gene_ids, values, padding_mask, known, batch=None, pert_flags=None, modality=None):
+        x, gene_emb = self.embed(gene_ids, values, known, pert_flags, modality)
         if self.dsbn is not None:
             if batch is None:
                 raise ValueError("This model normalizes per batch (dsbn): pass batch labels.")
