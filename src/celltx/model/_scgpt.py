@@ -15,16 +15,28 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.data.fields import (
+    CategoricalObsField,
+    LayerField,
+    MuDataCategoricalObsField,
+    MuDataWrapper,
+)
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
 from celltx import io
-from celltx.data import GeneMatch, GeneVocab, check_expression, gene_names, match_genes
+from celltx.data import (
+    GeneMatch,
+    GeneVocab,
+    check_expression,
+    gene_names,
+    match_genes,
+    modality_presence,
+)
 from celltx.data._perturbation import condition_name, parse_condition, parse_conditions
 from celltx.module import ScGPTModule
-from celltx.module._scgpt import PERTURBATION_KEY
+from celltx.module._scgpt import ATAC_KEY, PERTURBATION_KEY
 from celltx.train import PretrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -99,6 +111,139 @@ class PerturbationField(LabelsField):
     def _values(self, adata: AnnData) -> pd.Series:
         col = adata.obs[self._original_attr_key].astype(object)
         return parse_conditions(col, control_value=self.control_value, max_genes=self.max_genes)[1]
+
+
+MuDataGeneLayerField = MuDataWrapper(GeneLayerField)
+MuDataLabelsField = MuDataWrapper(LabelsField)
+
+#: keys of setup_mudata's ``modalities``
+_MODALITY_KEYS = ("rna_layer", "atac_layer", "batch_key", "labels_key")
+_PEAK_NAME = r"^(chr)?[0-9A-Za-z_.]+[:_-][0-9,]+[-_:][0-9,]+$"
+
+
+def _check_modality_kind(adata: AnnData, expected: str, mod: str) -> None:
+    """Refuse a modality that holds the other kind of features (swapped modalities)."""
+    wrong = None
+    if "feature_types" in adata.var.columns:
+        kinds = set(adata.var["feature_types"].astype(str).unique())
+        if expected == "rna" and kinds == {"Peaks"}:
+            wrong = "ATAC peaks (var['feature_types'] is 'Peaks')"
+        if expected == "atac" and kinds == {"Gene Expression"}:
+            wrong = "genes (var['feature_types'] is 'Gene Expression')"
+    if wrong is None and adata.n_vars:
+        looks_like_peaks = pd.Index(adata.var_names.astype(str)).str.match(_PEAK_NAME).mean()
+        if expected == "rna" and looks_like_peaks > 0.9:
+            wrong = "ATAC peaks (its var_names are genomic intervals such as 'chr1:100-600')"
+        if expected == "atac" and looks_like_peaks < 0.1 and "chrom" not in adata.var.columns:
+            wrong = "no peaks (its var_names are not genomic intervals and var has no 'chrom')"
+    if wrong:
+        other = "atac_layer" if expected == "rna" else "rna_layer"
+        raise ValueError(
+            f"Modality {mod!r} is registered as {expected.upper()} but holds {wrong}. Check "
+            f"modalities={{'{expected}_layer': ..., '{other}': ...}}: the modality names may be swapped."
+        )
+
+
+def _check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities) -> dict:
+    """Bad MuData input for setup_mudata, before registration: clear errors, nothing
+    changed. Returns the resolved ``modalities``."""
+    from mudata import MuData
+
+    if not isinstance(mdata, MuData):
+        raise ValueError(
+            f"setup_mudata expects a MuData, not {type(mdata).__name__}; for an AnnData use "
+            "setup_anndata (modality='atac' for peaks)."
+        )
+    if modalities is None:
+        modalities = {k: v for k, v in (("rna_layer", "rna"), ("atac_layer", "atac")) if v in mdata.mod}
+        if not modalities:
+            raise ValueError(
+                f"No modality named 'rna' or 'atac' (modalities: {list(mdata.mod)}); pass "
+                "modalities={'rna_layer': '<RNA modality>', 'atac_layer': '<ATAC modality>'}."
+            )
+    modalities = dict(modalities)
+    unknown = set(modalities) - set(_MODALITY_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown keys {sorted(unknown)} in modalities; use {list(_MODALITY_KEYS)}.")
+    if not modalities.get("rna_layer") and not modalities.get("atac_layer"):
+        raise ValueError(
+            "modalities names neither an RNA nor an ATAC modality: pass "
+            "modalities={'rna_layer': 'rna', 'atac_layer': 'atac'}."
+        )
+    for key, mod in modalities.items():
+        if mod is not None and mod not in mdata.mod:
+            raise ValueError(
+                f"modalities[{key!r}]={mod!r} is not a modality of the MuData "
+                f"(modalities: {list(mdata.mod)})."
+            )
+    presence = modality_presence(mdata)
+    used = [m for m in (modalities.get("rna_layer"), modalities.get("atac_layer")) if m]
+    if not presence[used].all().all():
+        counts = presence[used].value_counts().to_dict()
+        raise ValueError(
+            f"The MuData is a mosaic: not every cell is in every modality ({counts}, "
+            "columns " + ", ".join(used) + "). scvi-tools registers fully paired data: "
+            "mdata = celltx.data.pad_mosaic(mdata) gives every modality every cell (all-zero "
+            "rows where a cell was not measured), then call setup_mudata on it."
+        )
+    measured = np.zeros(mdata.n_obs, dtype=bool)
+    for kind, key, layer in (("rna", "rna_layer", rna_layer), ("atac", "atac_layer", atac_layer)):
+        mod = modalities.get(key)
+        if not mod:
+            if layer is not None:
+                raise ValueError(f"{key}={layer!r} given but modalities has no {key!r} modality.")
+            continue
+        a = mdata.mod[mod]
+        if layer is not None and layer not in a.layers:
+            raise ValueError(
+                f"{key}={layer!r} is not a layer of modality {mod!r} (layers: {list(a.layers)}); "
+                f"pass an existing layer or {key}=None for X."
+            )
+        _check_modality_kind(a, kind, mod)
+        if kind == "rna":
+            gene_names(a, gene_symbols)
+        else:
+            gene_names(a)  # duplicate peak names
+        values = a.X if layer is None else a.layers[layer]
+        where = f"mdata.mod[{mod!r}]." + ("X" if layer is None else f"layers[{layer!r}]")
+        check_expression(values, where)
+        row_sums = np.asarray(values.sum(1)).ravel()
+        pos = mdata.obs_names.get_indexer(a.obs_names)
+        measured[pos[row_sums > 0]] = True
+        if kind == "atac":
+            from scipy import sparse
+
+            v = values.data if sparse.issparse(values) else np.asarray(values)
+            if v.size and v.max() > 1:
+                logger.info(
+                    "%s holds fragment counts (up to %g); ScGPT binarizes them (open = count > 0) "
+                    "unless built with atac_values='binned'.", where, float(v.max())
+                )
+    if not measured.all():
+        raise ValueError(
+            f"{int((~measured).sum())} cells have no counts in any registered modality (e.g. "
+            f"{mdata.obs_names[~measured][:3].tolist()}): they cannot be embedded. Remove them, "
+            "e.g. mdata = mdata[<mask of measured cells>].copy()."
+        )
+    if modalities.get("rna_layer") and modalities.get("atac_layer"):
+        genes = set(gene_names(mdata.mod[modalities["rna_layer"]], gene_symbols))
+        clash = [p for p in mdata.mod[modalities["atac_layer"]].var_names if p in genes]
+        if clash:
+            raise ValueError(
+                f"{len(clash)} peak names are also gene names (e.g. {clash[:3]}); rename the peaks "
+                "(e.g. to 'chrom:start-end')."
+            )
+    for key, name in (("batch_key", batch_key), ("labels_key", labels_key)):
+        if name is None:
+            continue
+        where_obs = mdata.obs if modalities.get(key) is None else mdata.mod[modalities[key]].obs
+        if name not in where_obs.columns:
+            place = "mdata.obs" if modalities.get(key) is None else f"mdata.mod[{modalities[key]!r}].obs"
+            raise ValueError(
+                f"{key}={name!r} is not a column of {place} (columns: {list(where_obs.columns)[:20]}). "
+                "If it lives in a modality, name it in modalities, or call mdata.pull_obs()."
+            )
+    return modalities
 
 
 def _check_perturbations(adata: AnnData, key: str, control_value: str, max_genes: int, min_cells: int) -> None:
@@ -209,8 +354,11 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
     activation
         Feed-forward activation, ``"relu"`` or ``"gelu"``.
     zero_fraction
-        Fraction of the sequence given to non-expressed genes (see
-        :class:`~celltx.data.Tokenizer`).
+        Fraction of the RNA tokens given to non-expressed genes (see
+        :class:`~celltx.data.Tokenizer`). ``None``: 0 (scGPT's pretraining) for RNA-only
+        data, 0.25 when the data has ATAC too, so that cross-modal generation
+        (:meth:`predict_rna_from_atac`) learns which genes are off, not only how high the
+        expressed ones are.
     mask_ratio
         Held-out ("unknown") fractions for generative pretraining; one drawn per cell.
     gep_weight, mvc_weight
@@ -234,6 +382,17 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         Fewest genes of an AnnData that must be in the vocabulary.
     min_gene_fraction
         Smallest fraction of an AnnData's genes that must be in the vocabulary.
+    max_peaks
+        ATAC tokens per cell (data set up with peaks, :meth:`setup_mudata` or
+        ``setup_anndata(modality="atac")``). Cells with more open peaks are subsampled
+        like genes. The RNA budget is ``max_seq_len - 1``, so a multiome cell has at most
+        ``max_seq_len + max_peaks`` tokens.
+    atac_zero_fraction
+        Fraction of ``max_peaks`` given to closed peaks (value 0), so that generation
+        learns which peaks are open.
+    atac_values
+        ``"binary"`` (default): open peaks (count > 0) get the top value bin, closed ones
+        0; ``"binned"``: per-cell quantile bins of the counts, as RNA.
 
     Examples
     --------
@@ -268,7 +427,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         input_emb_style: str = "continuous",
         norm_first: bool = False,
         activation: str = "relu",
-        zero_fraction: float = 0.0,
+        zero_fraction: float | None = None,
         mask_ratio: Sequence[float] = (0.25, 0.5, 0.75),
         gep_weight: float = 1.0,
         mvc_weight: float = 1.0,
@@ -279,6 +438,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         dsbn: bool = False,
         dab: bool = False,
         batch_token: bool = False,
+        max_peaks: int = 1000,
+        atac_zero_fraction: float = 0.5,
+        atac_values: str = "binary",
     ):
         if adata is None:
             raise ValueError(
@@ -290,19 +452,32 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         super().__init__(adata)
         symbols = self._setup_args(self.adata).get("gene_symbols")
         conditions = self._registered_conditions()
+        rna, atac = self._modality(self.adata, REGISTRY_KEYS.X_KEY), self._modality(self.adata, ATAC_KEY)
+        modalities = tuple(m for m, a in (("rna", rna), ("atac", atac)) if a is not None)
+        peaks = [] if atac is None else [str(p) for p in atac.var_names]
         if vocab is None:
-            names = gene_names(self.adata, symbols)
-            genes = list(pd.unique(names[names != ""].to_numpy()))
+            genes = []
+            if rna is not None:
+                names = gene_names(rna, symbols)
+                genes = list(pd.unique(names[names != ""].to_numpy()))
             # perturbed genes outside the measured panel get tokens of their own
             targets = self._condition_targets(conditions)
             genes += [g for g in targets if g not in set(genes)]
-            vocab = GeneVocab.from_genes(genes)
+            # peak tokens are built from the data (peaks are dataset-specific)
+            vocab = GeneVocab.from_genes(genes + peaks)
+            self.n_new_tokens_ = 0
         else:
             vocab = _resolve_vocab(vocab)
+            n = len(vocab)
+            vocab = vocab.extend(peaks)  # e.g. a checkpoint's genes: peak tokens are new
+            self.n_new_tokens_ = len(vocab) - n
+        if zero_fraction is None:
+            zero_fraction = 0.25 if "atac" in modalities and "rna" in modalities else 0.0
         self.vocab = vocab
         self.min_genes = min_genes
         self.min_gene_fraction = min_gene_fraction
         match = self._match(self.adata, vocab)
+        atac_ids = None if atac is None else self._atac_ids(self.adata, vocab)
         setup = self._setup_args(self.adata)
         n_labels = self.summary_stats.n_labels if setup.get("labels_key") else None
         n_batch = self.summary_stats.n_batch if setup.get("batch_key") else 0
@@ -315,7 +490,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             n_tokens=len(vocab),
             pad_id=vocab.pad_id,
             cls_id=vocab.cls_id,
-            gene_ids=match.ids,
+            gene_ids=np.zeros(0, dtype=np.int64) if match is None else match.ids,
             d_model=d_model,
             n_heads=n_heads,
             d_hid=d_hid,
@@ -340,15 +515,23 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             dab=dab,
             batch_token=batch_token,
             perturbation=conditions is not None,
+            modalities=modalities,
+            atac_ids=atac_ids,
+            max_peaks=max_peaks,
+            atac_zero_fraction=atac_zero_fraction,
+            atac_values=atac_values,
         )
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))
         n_params = sum(p.numel() for p in self.module.parameters())
+        panel = [] if match is None else [f"{match.n_matched}/{rna.n_vars} genes matched"]
+        if atac is not None:
+            panel.append(f"{int((atac_ids >= 0).sum())} peaks (max_peaks {max_peaks}, {atac_values})")
         self._model_summary_string = (
             f"ScGPT: {n_layers} layers, d_model {d_model}, {n_heads} heads, "
             f"max_seq_len {max_seq_len}, n_bins {n_bins}, vocab {len(vocab)} tokens, "
-            f"{match.n_matched}/{self.adata.n_vars} genes matched, {n_params / 1e6:.2f}M parameters"
+            f"{', '.join(panel)}, {n_params / 1e6:.2f}M parameters"
         )
         extras = [f"classifier ({n_labels} labels)"] if n_labels else []
         extras += [name for name, on in (("DSBN", dsbn), ("DAB", dab), ("batch token", batch_token)) if on]
@@ -373,6 +556,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         control_value: str = "ctrl",
         max_perturbed_genes: int = 2,
         min_cells_per_condition: int = 2,
+        modality: str = "rna",
         **kwargs,
     ) -> None:
         """Register an AnnData with scvi-tools for :class:`ScGPT`.
@@ -407,6 +591,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             Most genes one condition may perturb.
         min_cells_per_condition
             Fewest cells a condition must have.
+        modality
+            ``"rna"`` (genes) or ``"atac"``: cells × peaks with fragment counts or binary
+            accessibility, for an ATAC-only model (peaks are tokens whose vocabulary is
+            built from the data; see :meth:`setup_mudata` for how peaks are tokenized).
 
         Examples
         --------
@@ -426,6 +614,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}). "
                 "Pass an existing layer, or layer=None to use adata.X."
             )
+        if modality not in ("rna", "atac"):
+            raise ValueError(f"modality={modality!r}; use 'rna' or 'atac'.")
+        if modality == "atac":
+            if perturbation_key is not None or gene_symbols is not None:
+                raise ValueError("perturbation_key and gene_symbols apply to RNA (modality='rna').")
+            _check_modality_kind(adata, "atac", "adata")
         _check_obs_key(adata, batch_key, "batch_key")
         _check_obs_key(adata, labels_key, "labels_key")
         _check_obs_key(adata, perturbation_key, "perturbation_key")
@@ -439,7 +633,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         del values, where  # scvi-tools records the locals of this call as its setup arguments
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
-            GeneLayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            GeneLayerField(REGISTRY_KEYS.X_KEY if modality == "rna" else ATAC_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
@@ -449,6 +643,92 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_symbols: str | None = None,
+        modalities: Mapping[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData with RNA and / or ATAC for :class:`ScGPT` (joint embedding).
+
+        Uses scvi-tools' MuData fields, as ``MULTIVI.setup_mudata``: expression from the
+        RNA modality, peak counts from the ATAC modality, batches and labels from
+        ``mdata.obs`` or a modality. A cell becomes one token sequence: ``<cls>``, its
+        genes (binned expression, at most ``max_seq_len - 1``) and its peaks (at most
+        ``max_peaks``), each token with a modality embedding (see :class:`ScGPT`).
+
+        *Peaks are dataset-specific*: their tokens are built from the ATAC modality's
+        ``var_names`` (e.g. ``chr1:100350982-100353664``). Another dataset shares a peak
+        token only if it has the same peak name; call peaks on a common peak set (or
+        count fragments in the model's peaks) to embed other ATAC data with a trained
+        model. Accessibility is binarized (``atac_values="binary"``, the default of
+        :class:`ScGPT`): fragment counts are accepted and every count > 0 counts as open
+        (a note is logged).
+
+        *Mosaic data* (cells measured in RNA only or ATAC only next to paired cells) must be
+        fully paired for scvi-tools: ``mdata = celltx.data.pad_mosaic(mdata)`` gives every
+        modality every cell, with all-zero rows where a cell was not measured. A cell's
+        all-zero row in a modality means *not measured*: it gets no tokens of that modality.
+
+        Parameters
+        ----------
+        mdata
+            MuData with cells × genes and cells × peaks modalities, fully paired.
+        rna_layer, atac_layer
+            Layers of the RNA / ATAC modality with the values (``None``: ``X``). RNA
+            values may be counts or log-normalized; ATAC values fragment counts or binary.
+        batch_key
+            Column with batches (in ``mdata.obs`` or the ``modalities["batch_key"]``
+            modality).
+        labels_key
+            Column with cell-type labels (NaN = unlabelled).
+        gene_symbols
+            RNA ``var`` column with gene symbols, when ``var_names`` are not.
+        modalities
+            Which modality holds what: ``{"rna_layer": "rna", "atac_layer": "atac",
+            "batch_key": None, "labels_key": None}`` (``None``: ``mdata.obs``). Leave
+            ``rna_layer`` or ``atac_layer`` out for a single-modality model. Default: the
+            modalities named ``"rna"`` and ``"atac"``.
+
+        Examples
+        --------
+        >>> import celltx
+        >>> mdata = celltx.datasets.simulate_multiome(n_cells=200)
+        >>> celltx.model.ScGPT.setup_mudata(
+        ...     mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        ... )
+        """
+        modalities = _check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = []
+        if modalities.get("rna_layer"):
+            fields.append(
+                MuDataGeneLayerField(
+                    REGISTRY_KEYS.X_KEY, rna_layer, mod_key=modalities["rna_layer"], is_count_data=False,
+                    mod_required=True,
+                )
+            )
+        if modalities.get("atac_layer"):
+            fields.append(
+                MuDataGeneLayerField(
+                    ATAC_KEY, atac_layer, mod_key=modalities["atac_layer"], is_count_data=False,
+                    mod_required=True,
+                )
+            )
+        fields += [
+            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")),
+            MuDataLabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
     # --- perturbation conditions --------------------------------------------------------
@@ -497,32 +777,75 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
     def _setup_args(self, adata: AnnData) -> dict:
         return self.get_anndata_manager(adata, required=True).registry["setup_args"]
 
-    def _match(self, adata: AnnData, vocab: GeneVocab | None = None) -> GeneMatch:
-        """Match ``adata``'s genes to the vocabulary; raises if too few match."""
+    def _modality(self, adata, key: str) -> AnnData | None:
+        """The AnnData (a MuData's modality) registered under ``key``, or ``None``."""
+        manager = self.get_anndata_manager(adata, required=True)
+        if key not in manager.data_registry:
+            return None
+        mod = manager.data_registry[key].get("mod_key")
+        return adata if mod is None else adata.mod[mod]
+
+    def _match(self, adata, vocab: GeneVocab | None = None) -> GeneMatch | None:
+        """Match the genes of ``adata`` (its RNA modality) to the vocabulary; raises if too
+        few match. ``None`` without RNA."""
+        rna = self._modality(adata, REGISTRY_KEYS.X_KEY)
+        if rna is None:
+            return None
         return match_genes(
-            adata,
+            rna,
             self.vocab if vocab is None else vocab,
             self._setup_args(adata).get("gene_symbols"),
-            min_genes=min(self.min_genes, adata.n_vars),
+            min_genes=min(self.min_genes, rna.n_vars),
             min_fraction=self.min_gene_fraction,
         )
 
-    def _gene_ids(self, adata: AnnData) -> np.ndarray:
+    def _gene_ids(self, adata) -> np.ndarray | None:
         """Vocabulary id of each gene of ``adata`` (-1 if absent); raises if too few match."""
-        return self._match(adata).ids
+        match = self._match(adata)
+        return None if match is None else match.ids
 
-    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+    def _atac_ids(self, adata, vocab: GeneVocab | None = None) -> np.ndarray | None:
+        """Vocabulary id of each peak of ``adata`` (its ATAC modality; -1 if absent)."""
+        atac = self._modality(adata, ATAC_KEY)
+        if atac is None:
+            return None
+        vocab = self.vocab if vocab is None else vocab
+        names = gene_names(atac)
+        ids = vocab.lookup(names)
+        if not (ids >= 0).any():
+            raise ValueError(
+                f"None of the {atac.n_vars} peaks (e.g. {names[:3].tolist()}) is in the model's "
+                "vocabulary. Peak tokens are dataset-specific: the data must use the model's peak "
+                "set (same names 'chrom:start-end'); count its fragments in those peaks."
+            )
+        if (ids < 0).any():
+            logger.info("%d of %d peaks are not in the vocabulary and are ignored.", int((ids < 0).sum()), len(ids))
+        return ids
+
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         adata = super()._validate_anndata(adata, copy_if_view=copy_if_view)
         manager = self.get_anndata_manager(adata, required=True)
-        layer = manager.data_registry[REGISTRY_KEYS.X_KEY].attr_key
         if adata is not self.adata:
-            check_expression(adata.X if layer is None else adata.layers[layer])
+            for key in (REGISTRY_KEYS.X_KEY, ATAC_KEY):
+                a = self._modality(adata, key)
+                if a is not None:
+                    layer = manager.data_registry[key].attr_key
+                    check_expression(a.X if layer is None else a.layers[layer])
         return adata
 
     @contextmanager
-    def _panel(self, adata: AnnData):
-        with self.module.gene_panel(torch.as_tensor(self._gene_ids(adata))):
+    def _panel(self, adata):
+        with self.module.gene_panel(self._gene_ids(adata), self._atac_ids(adata)):
             yield
+
+    def _inputs(self, tensors) -> dict:
+        """The module's data inputs of a loader batch (``x``, ``x_atac``), on the model's device."""
+        out = {"x": None, "x_atac": None}
+        if REGISTRY_KEYS.X_KEY in tensors:
+            out["x"] = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
+        if ATAC_KEY in tensors:
+            out["x_atac"] = tensors[ATAC_KEY].to(self.device)
+        return out
 
     def _autocast(self):
         if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -617,15 +940,23 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 f"load_pretrained cannot override {bad}: the architecture and binning come from "
                 f"the checkpoint's args.json. Allowed overrides: {list(cls._PRETRAINED_OVERRIDES)}."
             )
-        if not isinstance(adata, AnnData):
-            raise ValueError(
-                f"load_pretrained expects an AnnData, not {type(adata).__name__}."
-            )
-        ckpt = io.read_scgpt_dir(model_dir, weights=weights)
+        from mudata import MuData
         from scvi.data._constants import _SCVI_UUID_KEY
 
+        if not isinstance(adata, AnnData | MuData):
+            raise ValueError(
+                f"load_pretrained expects an AnnData or a MuData, not {type(adata).__name__}."
+            )
+        ckpt = io.read_scgpt_dir(model_dir, weights=weights)
         manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
-        if manager is None:
+        if isinstance(adata, MuData):
+            if manager is None or manager.adata is not adata:
+                raise ValueError(
+                    "Set up the MuData first: ScGPT.setup_mudata(mdata, modalities={'rna_layer': "
+                    "'rna', 'atac_layer': 'atac'}); the checkpoint supplies the RNA part, peak "
+                    "tokens are new."
+                )
+        elif manager is None:
             cls.setup_anndata(adata, gene_symbols=gene_symbols)
         else:
             setup_args = dict(manager.registry["setup_args"])
@@ -647,7 +978,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             kwargs["min_genes"] = int(min_gene_overlap)
         model = cls(adata, vocab=ckpt.vocab, **kwargs)
         report = io.load_into(
-            model.module.transformer, ckpt.state_dict, source=f"checkpoint {ckpt.weights_path}"
+            model.module.transformer,
+            ckpt.state_dict,
+            source=f"checkpoint {ckpt.weights_path}",
+            new_tokens=model.n_new_tokens_,
         )
         absent = [g for g in report.initialised if g in io.HEAD_GROUPS and g not in report.reasons]
         if absent:
@@ -662,12 +996,11 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         model.is_trained_ = True
         m = model.gene_match_
         logger.info(
-            "Loaded %s (%s layout): %s. %d/%d genes matched the vocabulary.",
+            "Loaded %s (%s layout): %s. %s genes matched the vocabulary.",
             ckpt.weights_path,
             ckpt.layout,
             report.summary(),
-            m.n_matched,
-            adata.n_vars,
+            "no" if m is None else f"{m.n_matched}/{len(m.ids)}",
         )
         model._model_summary_string += (
             f"\nLoaded from {ckpt.path} ({ckpt.layout} layout): {report.summary()}"
@@ -881,9 +1214,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         m = self.module
         if task is None:
             weights = {"gep": m.gep_weight, "mvc": m.mvc_weight, "cls": m.cls_weight,
-                       "ecs": m.ecs_weight, "dab": m.dab_weight, "pert": m.pert_weight}
+                       "ecs": m.ecs_weight, "dab": m.dab_weight, "pert": m.pert_weight,
+                       "align": m.align_weight}
         elif task in TASKS:
             weights = dict(TASKS[task])
+            if m.multimodal and weights.get("gep", 0) > 0:
+                weights["align"] = 1.0  # multiome: align the modalities while generating
         else:
             raise ValueError(f"task={task!r}; use one of {list(TASKS)} or None.")
         setup = self._setup_args(self.adata)
@@ -917,9 +1253,9 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 )
         extra = dict(loss_weights or {})
         threshold = extra.pop("ecs_threshold", getattr(m, "ecs_threshold", 0.8))
-        unknown = set(extra) - {"gep", "mvc", "cls", "ecs", "dab", "pert"}
+        unknown = set(extra) - {"gep", "mvc", "cls", "ecs", "dab", "pert", "align"}
         if unknown:
-            raise ValueError(f"Unknown loss weights {sorted(unknown)}; use gep, mvc, cls, ecs, dab, pert.")
+            raise ValueError(f"Unknown loss weights {sorted(unknown)}; use gep, mvc, cls, ecs, dab, pert, align.")
         weights.update(extra)
         cw = None
         if weights.get("cls", 0) > 0:
@@ -1021,9 +1357,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         chunks, n_empty = [], 0
         with self._panel(adata), self._autocast():
             for tensors in loader:
-                x = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
                 emb, n_genes = self.module.cell_embedding(
-                    x, max_seq_len=max_seq_len, batch=self._batch_codes(tensors)
+                    **self._inputs(tensors), max_seq_len=max_seq_len, batch=self._batch_codes(tensors)
                 )
                 n_empty += int((n_genes == 0).sum())
                 chunks.append(emb.cpu())
@@ -1039,6 +1374,108 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb
+
+    @torch.inference_mode()
+    def predict_rna_from_atac(
+        self,
+        mdata=None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 512,
+    ) -> AnnData:
+        """Expression of every gene predicted from a cell's ATAC tokens alone (cross-modal
+        generation), e.g. to impute RNA for ATAC-only cells of a mosaic.
+
+        Each cell is encoded from its peaks (its RNA, if any, is not used); every gene of
+        the RNA panel that is in the vocabulary is a token to generate, and the gene-prompt
+        decoder predicts its value. Trained by ``train()`` on paired cells (the RNA of a
+        cell generated from its ATAC, and back).
+
+        Parameters
+        ----------
+        mdata
+            MuData set up with :meth:`setup_mudata` (default: the model's); its RNA modality
+            only supplies the gene panel.
+        indices
+            Cells to predict (default all).
+        batch_size
+            Cells per forward pass.
+        chunk_size
+            Genes generated per pass; the result does not depend on it (generated tokens
+            never attend to each other), only memory does.
+
+        Returns
+        -------
+        anndata.AnnData
+            Cells × genes (the RNA panel's genes in the vocabulary, ``var`` from the RNA
+            modality, ``obs`` from ``mdata.obs``). ``X`` is on the model's value scale: the
+            expression bin, ``0`` = not expressed … ``n_bins - 1`` = among the cell's highest
+            genes (a per-cell rank scale: compare genes within a cell, or a gene's values
+            across cells as a relative level). Cells without ATAC counts get NaN rows.
+
+        Examples
+        --------
+        >>> imputed = model.predict_rna_from_atac(mdata)  # doctest: +SKIP
+        >>> mdata.mod["rna"].obsm["X_rna_from_atac"] = imputed.X  # doctest: +SKIP
+        """
+        return self._cross_predict(mdata, "rna", indices, batch_size, chunk_size)
+
+    @torch.inference_mode()
+    def predict_atac_from_rna(
+        self,
+        mdata=None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 512,
+    ) -> AnnData:
+        """Accessibility of every peak predicted from a cell's RNA tokens alone (the reverse
+        of :meth:`predict_rna_from_atac`, same parameters).
+
+        Returns
+        -------
+        anndata.AnnData
+            Cells × peaks; with ``atac_values="binary"`` ``X`` is the predicted openness in
+            ``[0, 1]`` (the generated value / ``(n_bins - 1)``, clipped), else the predicted
+            bin. Cells without RNA counts get NaN rows.
+        """
+        return self._cross_predict(mdata, "atac", indices, batch_size, chunk_size)
+
+    def _cross_predict(self, mdata, target: str, indices, batch_size, chunk_size) -> AnnData:
+        if not self.module.multimodal:
+            raise ValueError(
+                "Cross-modal prediction needs a model with RNA and ATAC: ScGPT.setup_mudata(mdata, "
+                "modalities={'rna_layer': 'rna', 'atac_layer': 'atac'}), then build and train it."
+            )
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
+        mdata = self._validate_anndata(mdata)
+        key = REGISTRY_KEYS.X_KEY if target == "rna" else ATAC_KEY
+        target_mod = self._modality(mdata, key)
+        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        chunks, cols = [], None
+        with self._panel(mdata), self._autocast():
+            for tensors in loader:
+                inp = self._inputs(tensors)
+                pred, cols = self.module.predict_modality(
+                    inp["x"], inp["x_atac"], target, batch=self._batch_codes(tensors), chunk_size=chunk_size
+                )
+                source = inp["x_atac"] if target == "rna" else inp["x"]
+                pred[~(source > 0).any(1)] = float("nan")
+                chunks.append(pred.float().cpu())
+        X = torch.cat(chunks).numpy().astype(np.float32)
+        top = float(self.module.tokenizer.n_bins - 1) if self.module.tokenizer.n_bins else 1.0
+        if target == "atac" and self.module.atac_values == "binary":
+            X = np.clip(X / top, 0.0, 1.0)
+        rows = np.arange(mdata.n_obs) if indices is None else np.asarray(indices)
+        cols = cols.cpu().numpy()
+        out = AnnData(X=X, obs=mdata.obs.iloc[rows].copy(), var=target_mod.var.iloc[cols].copy())
+        out.uns["celltx"] = {
+            "predicted_from": "atac" if target == "rna" else "rna",
+            "scale": "expression bin (0 … n_bins-1)" if target == "rna" or self.module.atac_values == "binned"
+            else "probability open",
+        }
+        return out
 
     def _batch_codes(self, tensors) -> torch.Tensor | None:
         b = tensors.get(REGISTRY_KEYS.BATCH_KEY)
@@ -1094,9 +1531,10 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         chunks = []
         with self._panel(adata), self._autocast():
             for tensors in loader:
-                x = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
                 chunks.append(
-                    self.module.classify(x, self._batch_codes(tensors), max_seq_len).cpu()
+                    self.module.classify(
+                        batch=self._batch_codes(tensors), max_seq_len=max_seq_len, **self._inputs(tensors)
+                    ).cpu()
                 )
         proba = torch.cat(chunks).numpy()
         if soft:
@@ -1352,14 +1790,15 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         with self._panel(adata), self._autocast():
             ref = self._make_data_loader(adata, indices=reference_indices, batch_size=batch_size)
             for tensors in ref:
-                s, c = self.module.token_value_sums(tensors[REGISTRY_KEYS.X_KEY].to(device))
+                s, c = self.module.token_value_sums(**self._inputs(tensors))
                 sums += s
                 counts += c
             global_mean = sums.sum() / counts.sum().clamp(min=1)
             gene_mean = torch.where(counts > 0, sums / counts.clamp(min=1), global_mean)
             for tensors in self._make_data_loader(adata, indices=indices, batch_size=batch_size):
+                inputs = self._inputs(tensors)
                 out = self.module.heldout_predictions(
-                    tensors[REGISTRY_KEYS.X_KEY].to(device), gen, self._batch_codes(tensors)
+                    inputs["x"], gen, self._batch_codes(tensors), x_atac=inputs["x_atac"]
                 )
                 t = out["target"].double()
                 sq["gep"] += float(((out["expr"].double() - t) ** 2).sum())

@@ -10,11 +10,15 @@ import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from celltx.data import TokenizedBatch, Tokenizer
+from celltx.data import MOD_ATAC, MOD_CLS, MOD_RNA, TokenizedBatch, Tokenizer, join_modalities
 from celltx.nn import PERT_PAD, ExprDecoder, ScGPTTransformer
 
 #: scvi-tools registry key of the perturbation condition codes
 PERTURBATION_KEY = "perturbation"
+#: scvi-tools registry key of ATAC peak counts (as MULTIVI)
+ATAC_KEY = REGISTRY_KEYS.ATAC_X_KEY
+#: view codes of multimodal training rows: the cell itself, its RNA alone, its ATAC alone
+VIEW_JOINT, VIEW_RNA, VIEW_ATAC = 0, 1, 2
 
 
 class ScGPTModule(BaseModuleClass):
@@ -51,14 +55,37 @@ class ScGPTModule(BaseModuleClass):
         response head (``pert_decoder``) that predicts each panel gene's expression after
         the perturbation as the control cell's value plus a predicted change, from the
         gene's output token and the summed output tokens of the perturbed genes.
+    modalities
+        What a cell is made of: ``("rna",)`` (default), ``("rna", "atac")`` (multiome:
+        genes and peaks in one sequence, with a modality embedding) or ``("atac",)``.
+    atac_ids
+        Vocabulary id of each ATAC column (peaks); swap with :meth:`gene_panel`.
+    max_peaks
+        ATAC token budget per cell (the RNA budget is ``max_seq_len - 1``).
+    atac_zero_fraction
+        Fraction of the ATAC budget given to closed peaks (value 0), so that generation
+        learns which peaks are open, not only which bin an open peak has.
+    atac_values
+        ``"binary"``: an open peak has the top value bin (``n_bins - 1``), a closed one 0
+        (the scale of RNA's bins, so one value encoder and decoder serve both);
+        ``"binned"``: per-cell quantile bins of the peak counts, as RNA.
 
     Notes
     -----
     The objective is a weighted sum, set with :meth:`set_objective`: gene-prompt MSE
     (``gep``), cell-prompt MSE (``mvc``), cross-entropy of the classifier (``cls``),
     elastic cell similarity (``ecs``), the discriminator's cross-entropy behind
-    gradient reversal (``dab``) and the perturbation response MSE (``pert``). With ``gep`` and ``mvc`` at 0 the cells are encoded
+    gradient reversal (``dab``), the perturbation response MSE (``pert``) and the
+    cross-modal alignment (``align``). With ``gep`` and ``mvc`` at 0 the cells are encoded
     whole (no known / unknown split), as for classification fine-tuning.
+
+    Multimodal generative training (:meth:`generative_views`): a cell measured in both
+    modalities is used three times in a step: itself with random held-out tokens of both
+    modalities, its RNA alone with every ATAC token to generate, and its ATAC alone with
+    every RNA token to generate (cross-modal generation). ``align`` is a contrastive
+    (InfoNCE) loss that pulls the three ``<cls>`` embeddings of a cell together and apart
+    from other cells', so that cells measured in one modality land next to their
+    counterparts.
     """
 
     def __init__(
@@ -92,8 +119,26 @@ class ScGPTModule(BaseModuleClass):
         dab: bool = False,
         batch_token: bool = False,
         perturbation: bool = False,
+        modalities: Sequence[str] = ("rna",),
+        atac_ids: Sequence[int] | torch.Tensor | None = None,
+        max_peaks: int = 1000,
+        atac_zero_fraction: float = 0.5,
+        atac_values: str = "binary",
     ):
         super().__init__()
+        modalities = tuple(modalities)
+        if not modalities or set(modalities) - {"rna", "atac"} or len(set(modalities)) < len(modalities):
+            raise ValueError(f"modalities={modalities}; use ('rna',), ('rna', 'atac') or ('atac',).")
+        if "atac" in modalities and atac_ids is None:
+            raise ValueError("An ATAC part needs atac_ids (the vocabulary id of each peak column).")
+        if atac_values not in ("binary", "binned"):
+            raise ValueError(f"atac_values={atac_values!r}; use 'binary' or 'binned'.")
+        if atac_values == "binned" and n_bins is None:
+            raise ValueError("atac_values='binned' needs n_bins.")
+        if max_peaks < 1:
+            raise ValueError(f"max_peaks={max_peaks} must be >= 1.")
+        self.modalities = modalities
+        self.atac_values = atac_values
         if not mask_ratio or not all(0.0 < r < 1.0 for r in mask_ratio):
             raise ValueError(f"mask_ratio={mask_ratio} must be fractions strictly in (0, 1).")
         self.transformer = ScGPTTransformer(
@@ -117,6 +162,7 @@ class ScGPTModule(BaseModuleClass):
             dab=dab,
             batch_token=batch_token,
             perturbation=perturbation,
+            n_modalities=2 if "atac" in modalities else 0,
         )
         self.pert_decoder = None
         if perturbation:
@@ -136,9 +182,26 @@ class ScGPTModule(BaseModuleClass):
             zero_fraction=zero_fraction,
             seed=seed,
         )
+        self.atac_tokenizer = None
+        if "atac" in modalities:
+            self.atac_tokenizer = Tokenizer(
+                max_seq_len=max_peaks + 1,
+                pad_id=pad_id,
+                cls_id=cls_id,
+                n_bins=n_bins if atac_values == "binned" else None,
+                pad_value=pad_value,
+                zero_fraction=atac_zero_fraction,
+                seed=seed,
+            )
+        self.align_temperature = 0.1
         self.register_buffer("mask_ratio", torch.tensor(list(mask_ratio)), persistent=False)
         self.register_buffer(
             "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "panel_atac_ids",
+            torch.as_tensor([] if atac_ids is None else atac_ids, dtype=torch.long),
+            persistent=False,
         )
         self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
         self.n_labels = n_labels or 0
@@ -149,7 +212,8 @@ class ScGPTModule(BaseModuleClass):
         self.register_buffer("ctrl_count", torch.zeros(1, dtype=torch.long), persistent=False)
         self.register_buffer("ctrl_mean", torch.zeros(0), persistent=False)
         self.pair_by_labels = False
-        self.set_objective(gep=gep_weight, mvc=mvc_weight)
+        # multiome models align the modalities from the start (the generative task's preset)
+        self.set_objective(gep=gep_weight, mvc=mvc_weight, align=1.0 if self.multimodal else 0.0)
 
     # --- objective ----------------------------------------------------------------------
     def set_objective(
@@ -160,13 +224,14 @@ class ScGPTModule(BaseModuleClass):
         ecs: float = 0.0,
         dab: float = 0.0,
         pert: float = 0.0,
+        align: float = 0.0,
         ecs_threshold: float = 0.8,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
     ) -> None:
         """Set the loss weights (see the class docstring); raises when a weighted part has
         no head (``cls`` without ``n_labels``, ``dab`` without ``dab=True``)."""
-        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab, "pert": pert}
+        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab, "pert": pert, "align": align}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad or sum(weights.values()) <= 0:
             raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
@@ -182,10 +247,16 @@ class ScGPTModule(BaseModuleClass):
                 "A perturbation loss needs perturbation conditions: set up the AnnData with "
                 "perturbation_key and build the model again."
             )
+        if align > 0 and not self.multimodal:
+            raise ValueError(
+                "An alignment loss needs RNA and ATAC: set up a MuData with "
+                "ScGPT.setup_mudata(mdata, ...) and build the model again."
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
         self.gep_weight, self.mvc_weight, self.cls_weight = gep, mvc, cls
         self.ecs_weight, self.dab_weight, self.pert_weight = ecs, dab, pert
+        self.align_weight = align
         self.ecs_threshold = ecs_threshold
         self.label_smoothing = label_smoothing
         if class_weights is None:
@@ -198,24 +269,96 @@ class ScGPTModule(BaseModuleClass):
         """Whether the objective holds genes out (gene- or cell-prompt generation)."""
         return self.gep_weight > 0 or self.mvc_weight > 0
 
+    @property
+    def multimodal(self) -> bool:
+        """Whether cells have RNA and ATAC parts."""
+        return len(self.modalities) > 1
+
     # --- data panel -------------------------------------------------------------------
     @contextmanager
-    def gene_panel(self, gene_ids: torch.Tensor):
+    def gene_panel(self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None):
         """Temporarily use another column -> vocabulary-id mapping (other data)."""
-        old = self.panel_gene_ids
-        self.panel_gene_ids = torch.as_tensor(gene_ids, dtype=torch.long, device=old.device)
+        old, old_atac = self.panel_gene_ids, self.panel_atac_ids
+        if gene_ids is not None:
+            self.panel_gene_ids = torch.as_tensor(gene_ids, dtype=torch.long, device=old.device)
+        if atac_ids is not None:
+            self.panel_atac_ids = torch.as_tensor(atac_ids, dtype=torch.long, device=old.device)
         try:
             yield self
         finally:
-            self.panel_gene_ids = old
+            self.panel_gene_ids, self.panel_atac_ids = old, old_atac
+
+    def atac_input(self, x_atac: torch.Tensor) -> torch.Tensor:
+        """Peak values as the ATAC tokenizer takes them: open = top bin, closed = 0
+        (``atac_values="binary"``), or the counts (``"binned"``)."""
+        if self.atac_values == "binned":
+            return x_atac.float()
+        top = float(self.tokenizer.n_bins - 1) if self.tokenizer.n_bins is not None else 1.0
+        return (x_atac > 0).float() * top
 
     def tokenize(
-        self, x: torch.Tensor, sample: str | None = None, max_seq_len: int | None = None
+        self,
+        x: torch.Tensor | None,
+        sample: str | None = None,
+        max_seq_len: int | None = None,
+        x_atac: torch.Tensor | None = None,
     ) -> TokenizedBatch:
-        """Tokenize ``x`` ``(B, G)``; random genes while training, reproducible otherwise."""
+        """Tokenize ``x`` ``(B, G)`` (and ``x_atac`` ``(B, P)`` for an ATAC part); random
+        genes while training, reproducible otherwise. With ATAC, the sequence is
+        ``<cls>``, RNA tokens, ATAC tokens, with modality codes; a cell with an all-zero
+        row in a modality was not measured in it and gets no tokens of it."""
         if sample is None:
             sample = "random" if self.training else "hash"
-        return self.tokenizer(x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len)
+        if "atac" not in self.modalities:
+            return self.tokenizer(x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len)
+        if x_atac is None:
+            raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
+        xa = self.atac_input(x_atac)
+        atac = self.atac_tokenizer(xa, self.panel_atac_ids, sample=sample)
+        has_atac = (xa[:, self.panel_atac_ids >= 0] > 0).any(1)
+        rna = has_rna = None
+        if "rna" in self.modalities:
+            if x is None:
+                raise ValueError("This model has an RNA part: pass the expression (x).")
+            rna = self.tokenizer(x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len)
+            has_rna = (x[:, self.panel_gene_ids >= 0] > 0).any(1)
+        t = self.tokenizer
+        return join_modalities(rna, atac, has_rna, has_atac, pad_id=t.pad_id, pad_value=t.pad_value)
+
+    def generative_views(
+        self, tokens: TokenizedBatch, generator: torch.Generator | None = None
+    ) -> tuple[TokenizedBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training rows of a multimodal batch and their known / unknown split.
+
+        Every cell gives a row with a random split over all its tokens
+        (:meth:`split_known`). A cell with tokens of both modalities gives two more: its
+        RNA tokens known and all its ATAC tokens to generate, and the reverse.
+
+        Returns the rows' tokens, ``known`` ``(R, L)``, the cell of each row ``(R,)`` and
+        the view code of each row (``VIEW_JOINT``, ``VIEW_RNA``, ``VIEW_ATAC``).
+        """
+        mod, pad = tokens.modality, tokens.padding_mask
+        B = pad.shape[0]
+        dev = pad.device
+        has_rna = ((mod == MOD_RNA) & ~pad).any(1)
+        has_atac = ((mod == MOD_ATAC) & ~pad).any(1)
+        paired = torch.nonzero(has_rna & has_atac).squeeze(1)
+        known = self.split_known(tokens, generator)
+        cells = torch.arange(B, device=dev)
+        rows = torch.cat([cells, paired, paired])
+        view = torch.cat(
+            [
+                torch.full((B,), VIEW_JOINT, device=dev),
+                torch.full((len(paired),), VIEW_RNA, device=dev),
+                torch.full((len(paired),), VIEW_ATAC, device=dev),
+            ]
+        )
+        out = tokens.select(rows)
+        m = out.modality
+        visible = torch.where(view == VIEW_RNA, MOD_RNA, MOD_ATAC)[:, None]
+        view_known = ((m == visible) | (m == MOD_CLS)) & ~out.padding_mask
+        known = torch.where((view == VIEW_JOINT)[:, None], known[rows], view_known)
+        return out, known, rows, view
 
     # --- the generative split --------------------------------------------------------
     def split_known(
@@ -248,18 +391,23 @@ class ScGPTModule(BaseModuleClass):
         return None if t is None else t.reshape(-1).long()
 
     def _get_inference_input(self, tensors, **kwargs):
-        inputs = {"x": tensors[REGISTRY_KEYS.X_KEY], "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)}
+        inputs = {
+            "x": tensors.get(REGISTRY_KEYS.X_KEY),
+            "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY),
+        }
+        if ATAC_KEY in tensors:
+            inputs["x_atac"] = tensors[ATAC_KEY]
         if self.pert_weight > 0:
             inputs["condition"] = self._codes(tensors, PERTURBATION_KEY)
             inputs["labels"] = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
         return inputs
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
-        return {
-            "h": inference_outputs["h"],
-            "gene_emb": inference_outputs["gene_emb"],
-            "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY),
-        }
+        batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)
+        rows = inference_outputs.get("rows")
+        if batch is not None and rows is not None:
+            batch = batch[rows]
+        return {"h": inference_outputs["h"], "gene_emb": inference_outputs["gene_emb"], "batch": batch}
 
     def _batch(self, batch: torch.Tensor | None) -> torch.Tensor | None:
         t = self.transformer
@@ -278,10 +426,12 @@ class ScGPTModule(BaseModuleClass):
         max_seq_len: int | None = None,
         condition: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        x_atac: torch.Tensor | None = None,
     ) -> dict:
         """Tokenize and encode. With ``generative`` (default: when the objective generates
         held-out values), split known / unknown genes and use the generative attention
-        mask; otherwise encode every token.
+        mask; otherwise encode every token. A multimodal model in generative training
+        encodes the rows of :meth:`generative_views` (outputs ``rows`` and ``view``).
 
         With the perturbation objective and ``condition`` codes, ``x`` holds perturbed
         cells: each is paired with a control cell (:meth:`sample_controls`), which is
@@ -297,12 +447,19 @@ class ScGPTModule(BaseModuleClass):
             return out
         if generative is None:
             generative = self.generative_split
-        tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len)
-        known = self.split_known(tokens, generator) if generative else None
+        tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
+        rows = view = None
+        if generative and self.multimodal:
+            tokens, known, rows, view = self.generative_views(tokens, generator)
+            batch = None if batch is None else batch[rows]
+        else:
+            known = self.split_known(tokens, generator) if generative else None
         h, gene_emb = self.transformer._encode(
-            tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch)
+            tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch),
+            modality=tokens.modality,
         )
-        return {"tokens": tokens, "known": known, "h": h, "gene_emb": gene_emb, "cell_emb": h[:, 0]}
+        return {"tokens": tokens, "known": known, "h": h, "gene_emb": gene_emb, "cell_emb": h[:, 0],
+                "rows": rows, "view": view}
 
     @auto_move_data
     def generative(
@@ -329,14 +486,18 @@ class ScGPTModule(BaseModuleClass):
         encoder).
         """
         cell_emb = inference_outputs["cell_emb"]
-        B = cell_emb.shape[0]
+        R = cell_emb.shape[0]  # rows: cells, plus the single-modality views of multimodal cells
+        rows = inference_outputs.get("rows")
+        n_cells = R if rows is None else len(self._codes(tensors, REGISTRY_KEYS.BATCH_KEY))
+        if rows is None:
+            rows = torch.arange(R, device=cell_emb.device)
         zero = cell_emb.new_zeros(())
-        per_cell = cell_emb.new_zeros(B, dtype=torch.float32)
+        row_loss = cell_emb.new_zeros(R, dtype=torch.float32)
         metrics, loss = {}, zero.float()
         if "pert_pred" in inference_outputs:
             err = (inference_outputs["pert_pred"].float() - inference_outputs["pert_target"]) ** 2
             pert = err.mean(1)
-            per_cell = per_cell + self.pert_weight * pert
+            row_loss = row_loss + self.pert_weight * pert
             loss = loss + self.pert_weight * pert.mean()
             metrics["pert_mse"] = pert.mean().detach()
         if self.generative_split and "known" in inference_outputs and inference_outputs["known"] is not None:
@@ -345,17 +506,22 @@ class ScGPTModule(BaseModuleClass):
             target = tokens.values
             n_unk = unknown.sum(1)
             denom = n_unk.clamp(min=1.0)
-            gep = (((generative_outputs["expr"].float() - target) ** 2) * unknown).sum(1) / denom
+            sq_gep = (generative_outputs["expr"].float() - target) ** 2
+            gep = (sq_gep * unknown).sum(1) / denom
             mvc = (((generative_outputs["mvc"].float() - target) ** 2) * unknown).sum(1) / denom
             gen = self.gep_weight * gep + self.mvc_weight * mvc
             has = (n_unk > 0).float()
-            n_cells = has.sum().clamp(min=1.0)
-            per_cell = per_cell + gen * has
-            loss = loss + (gen * has).sum() / n_cells
-            metrics["gep_mse"] = (gep * has).sum().detach() / n_cells
-            metrics["mvc_mse"] = (mvc * has).sum().detach() / n_cells
+            n_rows = has.sum().clamp(min=1.0)
+            row_loss = row_loss + gen * has
+            loss = loss + (gen * has).sum() / n_rows
+            metrics["gep_mse"] = (gep * has).sum().detach() / n_rows
+            metrics["mvc_mse"] = (mvc * has).sum().detach() / n_rows
+            if tokens.modality is not None:  # gene-prompt error per modality, over tokens
+                for name, code in (("rna_mse", MOD_RNA), ("atac_mse", MOD_ATAC)):
+                    sel = unknown * (tokens.modality == code).float()
+                    metrics[name] = ((sq_gep * sel).sum() / sel.sum()).detach() if sel.sum() > 0 else None
         if "cls" in generative_outputs:
-            labels = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
+            labels = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[rows]
             logits = generative_outputs["cls"].float()
             ce = F.cross_entropy(
                 logits,
@@ -368,33 +534,83 @@ class ScGPTModule(BaseModuleClass):
             w = self.class_weights[labels.clamp(min=0)] * lab
             cls_loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
             loss = loss + self.cls_weight * cls_loss
-            per_cell = per_cell + self.cls_weight * ce * lab
+            row_loss = row_loss + self.cls_weight * ce * lab
             metrics["cls_loss"] = cls_loss.detach()
             correct = (logits.argmax(1) == labels).float() * lab
             metrics["cls_accuracy"] = correct.sum().detach() / lab.sum().clamp(min=1.0)
-        if self.ecs_weight > 0 and B > 1:
+        if self.ecs_weight > 0 and R > 1:
             unit = F.normalize(cell_emb.float(), dim=1)
             cos = F.relu(unit @ unit.T)
-            off = ~torch.eye(B, dtype=torch.bool, device=cos.device)
+            off = ~torch.eye(R, dtype=torch.bool, device=cos.device)
             ecs = (1 - (cos[off] - self.ecs_threshold) ** 2).mean()
             loss = loss + self.ecs_weight * ecs
             metrics["ecs_loss"] = ecs.detach()
         if "dab" in generative_outputs:
-            batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)
+            batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)[rows]
             dab = F.cross_entropy(generative_outputs["dab"].float(), batch)
             loss = loss + self.dab_weight * dab
             metrics["dab_loss"] = dab.detach()
+        view = inference_outputs.get("view")
+        if self.align_weight > 0 and view is not None:
+            align = self.alignment_loss(cell_emb, rows, view)
+            if align is None:  # fewer than 2 cells with both modalities in this step
+                align = zero.float()
+            loss = loss + self.align_weight * align
+            metrics["align_loss"] = align.detach()
+        per_cell = cell_emb.new_zeros(n_cells, dtype=torch.float32).index_add(0, rows, row_loss)
         # every part is logged in every task (NaN when inactive), so that model.history keeps
         # all columns across successive train() calls with different tasks
         nan = torch.full((), float("nan"), device=cell_emb.device)
-        for key in ("gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss", "pert_mse"):
-            metrics.setdefault(key, nan)
+        keys = ["gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss", "pert_mse"]
+        if "atac" in self.modalities:
+            keys += ["rna_mse", "atac_mse", "align_loss"]
+        for key in keys:
+            if metrics.get(key) is None:
+                metrics[key] = nan
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_cell,
             kl_local=torch.zeros_like(per_cell),
             extra_metrics=metrics,
         )
+
+    def alignment_loss(
+        self, cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Contrastive alignment of the views of multimodal cells (``None``: fewer than 2).
+
+        The rows of :meth:`generative_views` hold, for the ``P`` cells with both
+        modalities, a joint, an RNA-alone and an ATAC-alone ``<cls>`` embedding (same cell
+        order in each view). For each pair of views, a symmetric InfoNCE (CLIP) loss on
+        cosine similarities / :attr:`align_temperature`: a cell's embedding in one view
+        must be closer to its own embedding in the other view than to the other cells'.
+        The mean over the three pairs.
+        """
+        rna_rows = torch.nonzero(view == VIEW_RNA).squeeze(1)
+        P = len(rna_rows)
+        if P < 2:
+            return None
+        atac_rows = torch.nonzero(view == VIEW_ATAC).squeeze(1)
+        raw = cell_emb.float()
+        raw = raw - raw.mean(0, keepdim=True)
+        # early in training every <cls> output is nearly the same vector (cosine ~0.999
+        # between cells), which leaves InfoNCE on raw cosines flat at log(P): contrast the
+        # differences between cells (centred over the rows) instead
+        z = F.normalize(raw, dim=1)
+        spread = raw.pow(2).sum(1).mean().clamp(min=1e-8)
+        # row i < n_cells is cell i's joint row, so a cell's joint row is its cell index
+        idx = [rows[rna_rows], rna_rows, atac_rows]
+        target = torch.arange(P, device=z.device)
+        losses = []
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            logits = z[idx[a]] @ z[idx[b]].T / self.align_temperature
+            nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            # InfoNCE ignores a constant offset between two views (it shifts every logit of a
+            # row alike), which kept RNA-only and ATAC-only cells apart: also pull each pair
+            # together, relative to the spread of the embeddings (scale-free)
+            gap = (raw[idx[a]] - raw[idx[b]]).pow(2).sum(1).mean() / spread
+            losses.append(nce + gap)
+        return torch.stack(losses).mean()
 
     @torch.inference_mode()
     def sample(self, *args, **kwargs):
@@ -403,33 +619,50 @@ class ScGPTModule(BaseModuleClass):
     # --- helpers used by the model class ---------------------------------------------
     @torch.inference_mode()
     def cell_embedding(
-        self, x: torch.Tensor, max_seq_len: int | None = None, batch: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | None,
+        max_seq_len: int | None = None,
+        batch: torch.Tensor | None = None,
+        x_atac: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``<cls>`` output ``(B, D)`` (all tokens known) and the number of gene tokens."""
-        out = self.inference(x, batch, generative=False, sample="hash", max_seq_len=max_seq_len)
+        """``<cls>`` output ``(B, D)`` (all tokens known) and the number of gene (and
+        peak) tokens."""
+        out = self.inference(
+            x, batch, generative=False, sample="hash", max_seq_len=max_seq_len, x_atac=x_atac
+        )
         n_genes = (~out["tokens"].padding_mask).sum(1) - 1
         return out["cell_emb"].float(), n_genes
 
     @torch.inference_mode()
     def classify(
-        self, x: torch.Tensor, batch: torch.Tensor | None = None, max_seq_len: int | None = None
+        self,
+        x: torch.Tensor | None,
+        batch: torch.Tensor | None = None,
+        max_seq_len: int | None = None,
+        x_atac: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Class probabilities ``(B, n_labels)`` from the ``<cls>`` embedding."""
         if self.transformer.cls_decoder is None:
             raise ValueError("This model has no classifier head (set up labels_key, then build it).")
-        emb, _ = self.cell_embedding(x, max_seq_len=max_seq_len, batch=batch)
+        emb, _ = self.cell_embedding(x, max_seq_len=max_seq_len, batch=batch, x_atac=x_atac)
         return torch.softmax(self.transformer.cls_decoder(emb).float(), dim=1)
 
     @torch.inference_mode()
     def heldout_predictions(
-        self, x: torch.Tensor, generator: torch.Generator, batch: torch.Tensor | None = None
+        self,
+        x: torch.Tensor | None,
+        generator: torch.Generator,
+        batch: torch.Tensor | None = None,
+        x_atac: torch.Tensor | None = None,
     ) -> dict:
         """Predictions for a reproducible known/unknown split (evaluation).
 
         Returns flat tensors over the unknown tokens: ``gene_ids``, ``target``, ``expr``
         (gene prompt), ``mvc`` (cell prompt).
         """
-        inf = self.inference(x, batch, generative=True, generator=generator, sample="hash")
+        inf = self.inference(x, batch, generative=True, generator=generator, sample="hash", x_atac=x_atac)
+        if batch is not None and inf["rows"] is not None:
+            batch = batch[inf["rows"]]
         gen = self.transformer.decode(inf["h"], inf["gene_emb"], self._batch(batch))
         tokens = inf["tokens"]
         unknown = ~inf["known"] & ~tokens.padding_mask
@@ -441,10 +674,12 @@ class ScGPTModule(BaseModuleClass):
         }
 
     @torch.inference_mode()
-    def token_value_sums(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_value_sums(
+        self, x: torch.Tensor | None, x_atac: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-vocabulary-token sum and count of the input values of gene tokens (for the
         per-gene mean-bin baseline)."""
-        tokens = self.tokenize(x, sample="hash")
+        tokens = self.tokenize(x, sample="hash", x_atac=x_atac)
         genes = ~tokens.padding_mask
         genes[:, 0] = False
         n = self.transformer.encoder.embedding.num_embeddings
@@ -454,6 +689,57 @@ class ScGPTModule(BaseModuleClass):
         sums.index_add_(0, ids, tokens.values[genes].double())
         counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
         return sums, counts
+
+    @torch.inference_mode()
+    def predict_modality(
+        self,
+        x: torch.Tensor | None,
+        x_atac: torch.Tensor | None,
+        target: str,
+        batch: torch.Tensor | None = None,
+        chunk_size: int = 512,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-modal generation: every feature of the ``target`` modality (``"rna"`` or
+        ``"atac"``) predicted from the cell's tokens of the other modality.
+
+        The source modality's tokens are known; every panel feature of the target is an
+        unknown token (gene / peak embedding + modality embedding, no value) and the
+        gene-prompt decoder predicts its value. Unknown tokens attend only to the known
+        ones and to themselves, so the features can be predicted ``chunk_size`` at a time
+        with the same result as all at once (bounded memory).
+
+        Returns the predictions ``(B, F)`` (the value scale of the tokens: RNA bins, or
+        ``n_bins - 1`` × the probability that a peak is open) and the target panel's
+        columns ``F`` that are in the vocabulary.
+        """
+        if not self.multimodal:
+            raise ValueError("Cross-modal prediction needs a model with RNA and ATAC parts.")
+        if target not in ("rna", "atac"):
+            raise ValueError(f"target={target!r}; use 'rna' or 'atac'.")
+        if target == "rna":
+            source = self.tokenize(torch.zeros_like(x) if x is not None else None, "hash", x_atac=x_atac)
+            panel, code = self.panel_gene_ids, MOD_RNA
+        else:
+            source = self.tokenize(x, "hash", x_atac=torch.zeros_like(x_atac))
+            panel, code = self.panel_atac_ids, MOD_ATAC
+        cols = torch.nonzero(panel >= 0).squeeze(1)
+        ids = panel[cols]
+        B = source.gene_ids.shape[0]
+        dev = source.gene_ids.device
+        known = ~source.padding_mask
+        out = []
+        for lo in range(0, len(ids), chunk_size):
+            chunk = ids[lo : lo + chunk_size].expand(B, -1)
+            n = chunk.shape[1]
+            gene_ids = torch.cat([source.gene_ids, chunk], 1)
+            values = torch.cat([source.values, torch.full(chunk.shape, self.tokenizer.pad_value, device=dev)], 1)
+            padding = torch.cat([source.padding_mask, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
+            modality = torch.cat([source.modality, torch.full_like(chunk, code)], 1)
+            kn = torch.cat([known, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
+            h, gene_emb = self.transformer._encode(gene_ids, values, padding, kn, self._batch(batch), modality=modality)
+            pred = self.transformer.decode(h, gene_emb, self._batch(batch))["expr"]
+            out.append(pred[:, -n:].float())
+        return torch.cat(out, 1), cols
 
     # --- perturbation -----------------------------------------------------------------
     def set_conditions(self, condition_genes: torch.Tensor) -> None:
