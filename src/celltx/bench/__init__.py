@@ -9,7 +9,13 @@ from ._integration import (
     pca_embedding,
     scvi_embedding,
 )
-from ._multiome import MULTIOME_BASELINES, atac_lsi_embedding, multiome, multivi_embedding
+from ._multiome import (
+    MULTIOME_BASELINES,
+    atac_lsi_embedding,
+    celltx_multiome_embeddings,
+    multiome,
+    multivi_embedding,
+)
 from ._perturbation import (
     CELLTX_PERTURBATION_DEFAULTS,
     PERTURBATION_BASELINES,
@@ -39,7 +45,13 @@ __all__ = [
     "harmony_embedding",
     "INTEGRATION_BASELINES",
 ]
-__all__ += ["multiome", "multivi_embedding", "atac_lsi_embedding", "MULTIOME_BASELINES"]
+__all__ += [
+    "multiome",
+    "multivi_embedding",
+    "atac_lsi_embedding",
+    "MULTIOME_BASELINES",
+    "celltx_multiome_embeddings",
+]
 __all__ += [
     "perturbation",
     "perturbation_split",
