@@ -11,6 +11,8 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
+from celltx.data._mosaic import _pad_matrix
+
 from ._embedding import knn_accuracy, leiden_scores
 from ._integration import _is_counts, pca_embedding
 
@@ -247,11 +249,7 @@ def multivi_embedding(
                 f"MULTIVI needs raw {what} counts (non-negative integers); pass the layer that "
                 f"holds them ({key}_layer=...)."
             )
-        pos = _positions(mdata, a)
-        place = sparse.csr_matrix(
-            (np.ones(len(pos), dtype=np.float32), (pos, np.arange(len(pos)))), shape=(n, a.n_obs)
-        )
-        padded[key] = (place @ sparse.csr_matrix(x, dtype=np.float32)).tocsr()
+        padded[key] = _pad_matrix(sparse.csr_matrix(x, dtype=np.float32), _positions(mdata, a), n)
     has_rna, has_atac = _presence(mdata, rna_mod), _presence(mdata, atac_mod)
     modality = np.where(
         has_rna & has_atac, "paired", np.where(has_rna, "expression", "accessibility")

@@ -717,7 +717,7 @@ class ScGPTModule(BaseModuleClass):
         if target not in ("rna", "atac"):
             raise ValueError(f"target={target!r}; use 'rna' or 'atac'.")
         if target == "rna":
-            source = self.tokenize(torch.zeros_like(x) if x is not None else None, "hash", x_atac=x_atac)
+            source = self.tokenize(torch.zeros_like(x), "hash", x_atac=x_atac)
             panel, code = self.panel_gene_ids, MOD_RNA
         else:
             source = self.tokenize(x, "hash", x_atac=torch.zeros_like(x_atac))
