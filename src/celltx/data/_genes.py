@@ -146,9 +146,14 @@ def check_expression(x, what: str = "adata.X") -> None:
         chunks = [data]
     elif isinstance(x, np.ndarray):
         chunks = [x]
-    else:  # backed dataset or other array-like: scan by rows
+    else:  # backed dataset (h5py / zarr array, anndata's sparse dataset): scan by rows
         step = 10_000
-        chunks = (np.asarray(x[i : i + step]) for i in range(0, x.shape[0], step))
+
+        def _rows(i):
+            chunk = x[i : i + step]
+            return chunk if sparse.issparse(chunk) else np.asarray(chunk)
+
+        chunks = (_rows(i) for i in range(0, x.shape[0], step))
     for chunk in chunks:
         if sparse.issparse(chunk):
             chunk = chunk.data

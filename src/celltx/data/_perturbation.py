@@ -25,7 +25,9 @@ def _is_missing(value) -> bool:
         return False
 
 
-def parse_condition(condition: str, control_value: str = "ctrl", sep: str = "+") -> tuple[str, ...]:
+def parse_condition(
+    condition: str, control_value: str = "ctrl", sep: str = "+", strict: bool = False
+) -> tuple[str, ...]:
     """Split one GEARS-style condition string into its target genes.
 
     Parameters
@@ -37,6 +39,11 @@ def parse_condition(condition: str, control_value: str = "ctrl", sep: str = "+")
         The token that marks control (no perturbation).
     sep
         The separator between tokens.
+    strict
+        Refuse spellings that only a rewrite makes valid: a gene named twice (``"A+A"``),
+        the control token more than once (``"ctrl+ctrl"``, ``"A+ctrl+ctrl"``) or next to
+        several genes (``"A+B+ctrl"``). Used for conditions a user asks a model to predict,
+        where a silent rewrite would answer another question.
 
     Returns
     -------
@@ -80,6 +87,19 @@ def parse_condition(condition: str, control_value: str = "ctrl", sep: str = "+")
             f"{control_value!r}, 'GENE{sep}{control_value}' or 'GENE1{sep}GENE2'."
         )
     genes = [t for t in tokens if t != control_value]
+    if strict:
+        n_ctrl = len(tokens) - len(genes)
+        repeated = sorted({g for g in genes if genes.count(g) > 1})
+        if repeated or n_ctrl > 1 or (n_ctrl and len(genes) > 1):
+            why = (
+                f"names {repeated} more than once" if repeated
+                else f"has the control token {control_value!r} {n_ctrl} times" if n_ctrl > 1
+                else f"mixes the control token {control_value!r} with several genes"
+            )
+            raise ValueError(
+                f"Condition {condition!r} {why}. Write {control_value!r} for control, "
+                f"'GENE{sep}{control_value}' for one gene or 'GENE1{sep}GENE2' for two different genes."
+            )
     return tuple(dict.fromkeys(genes))
 
 

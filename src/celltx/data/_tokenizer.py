@@ -367,5 +367,6 @@ class Tokenizer:
         return TokenizedBatch(
             gene_ids=torch.cat([cls_tok, tok], 1),
             values=torch.cat([cls_val, vals.float()], 1),
-            padding_mask=torch.cat([torch.zeros_like(valid[:, :1]), ~valid], 1),
+            # (B, 1) even when no cell of the batch has a gene token (valid is then (B, 0))
+            padding_mask=torch.cat([valid.new_zeros((B, 1)), ~valid], 1),
         )
