@@ -16,6 +16,7 @@ arguments and a renamed, shape-checked state dict, and writes the reverse.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -125,13 +126,77 @@ def _group(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def scgpt_args_to_kwargs(args: Mapping) -> dict:
+def _arg_error(source: str, key: str, value, expected: str) -> ValueError:
+    return ValueError(
+        f"{source}: {key!r} is {value!r} ({type(value).__name__}); expected {expected}. "
+        f"Fix {key!r} in {source}."
+    )
+
+
+def _int_arg(args: Mapping, key: str, source: str, minimum: int, default=None) -> int:
+    """``args[key]`` as an int >= ``minimum``: JSON integers, and floats with an integral
+    value (``4.0``); not ``4.5``, booleans, strings, lists or ``null``."""
+    value = args.get(key, default)
+    expected = f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _arg_error(source, key, value, expected)
+    if isinstance(value, float) and not value.is_integer():
+        raise _arg_error(source, key, value, expected + " (a whole number)")
+    if value < minimum:
+        raise _arg_error(source, key, value, expected)
+    return int(value)
+
+
+def _float_arg(args: Mapping, key: str, source: str, default: float, low=None, high=None) -> float:
+    """``args[key]`` as a finite float, optionally in ``[low, high)``."""
+    value = args.get(key, default)
+    bounds = "" if low is None else f" in [{low}, {high})"
+    expected = f"a number{bounds}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _arg_error(source, key, value, expected)
+    if low is not None and not low <= value < high:
+        raise _arg_error(source, key, value, expected)
+    return float(value)
+
+
+def _choice_arg(args: Mapping, key: str, source: str, default: str, choices: tuple) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{source} has {key}={value!r}; celltx supports {key} in {list(choices)}. "
+            f"Fix {key!r} in {source}."
+        )
+    return value
+
+
+def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None) -> dict:
     """Translate scGPT's ``args.json`` into :class:`celltx.model.ScGPT` arguments.
 
     Only what defines the computation is taken: sizes, dropout, binning, pad value,
     value-embedding style, norm placement, sequence length and generative mask ratios.
-    Settings celltx cannot reproduce (a ``cell_emb_style`` other than ``"cls"``, an
-    ``input_style`` other than ``"binned"``, a pad token other than ``<pad>``) raise.
+    Every field used is checked: sizes must be whole numbers (``4.0`` is accepted, ``4.5``,
+    ``true``, strings, lists and ``null`` are not), ``embsize`` divisible by ``nheads``,
+    ``dropout`` in ``[0, 1)``, mask ratios in ``[0, 1)``. Settings celltx cannot reproduce
+    (a ``cell_emb_style`` other than ``"cls"``, an ``input_style`` other than
+    ``"binned"``, a pad token other than ``<pad>``) raise.
+
+    Parameters
+    ----------
+    args
+        The content of ``args.json``.
+    source
+        Where ``args`` comes from, named in error messages (default ``"args.json"``).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :class:`celltx.model.ScGPT`.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, the key, the value and what was expected, for a missing
+        architecture key, a value of the wrong type or range, or an unsupported setting.
 
     Examples
     --------
@@ -139,10 +204,11 @@ def scgpt_args_to_kwargs(args: Mapping) -> dict:
     >>> scgpt_args_to_kwargs({"embsize": 512, "nheads": 8, "nlayers": 12, "d_hid": 512})["d_model"]
     512
     """
+    src = "args.json" if source is None else str(source)
     missing = [k for k in ("embsize", "nheads", "nlayers") if k not in args]
     if missing:
         raise ValueError(
-            f"args.json lacks {missing}; scGPT's args.json names the architecture with "
+            f"{src} lacks {missing}; scGPT's args.json names the architecture with "
             "'embsize', 'nheads', 'nlayers' (and 'd_hid'). Add them, or check that this is a "
             "scGPT model directory."
         )
@@ -150,32 +216,44 @@ def scgpt_args_to_kwargs(args: Mapping) -> dict:
         "cell_emb_style": ("cls",),
         "input_style": ("binned",),
         "pad_token": (PAD_TOKEN,),
-        "input_emb_style": ("continuous", "category"),
-        "norm_scheme": ("post", "pre"),
     }
     for key, ok in unsupported.items():
-        if key in args and args[key] not in ok:
-            raise ValueError(
-                f"args.json has {key}={args[key]!r}; celltx supports {key} in {list(ok)}."
-            )
+        if key in args:
+            _choice_arg(args, key, src, ok[0], ok)
+    embsize = _int_arg(args, "embsize", src, 1)
+    nheads = _int_arg(args, "nheads", src, 1)
+    if embsize % nheads:
+        raise ValueError(
+            f"{src}: 'embsize' ({embsize}) is not divisible by 'nheads' ({nheads}); each "
+            f"attention head gets embsize / nheads dimensions. Fix them in {src}."
+        )
     kwargs = {
-        "d_model": int(args["embsize"]),
-        "n_heads": int(args["nheads"]),
-        "n_layers": int(args["nlayers"]),
-        "d_hid": int(args.get("d_hid", args["embsize"])),
-        "dropout": float(args.get("dropout", 0.2)),
-        "n_bins": int(args.get("n_bins", 51)),
-        "pad_value": float(args.get("pad_value", -2)),
-        "input_emb_style": str(args.get("input_emb_style", "continuous")),
-        "norm_first": args.get("norm_scheme", "post") == "pre",
-        "max_seq_len": int(args.get("max_seq_len", 1200)),
+        "d_model": embsize,
+        "n_heads": nheads,
+        "n_layers": _int_arg(args, "nlayers", src, 1),
+        "d_hid": _int_arg(args, "d_hid", src, 1, default=embsize),
+        "dropout": _float_arg(args, "dropout", src, 0.2, 0.0, 1.0),
+        "n_bins": _int_arg(args, "n_bins", src, 3, default=51),
+        "pad_value": _float_arg(args, "pad_value", src, -2.0),
+        "input_emb_style": _choice_arg(
+            args, "input_emb_style", src, "continuous", ("continuous", "category")
+        ),
+        "norm_first": _choice_arg(args, "norm_scheme", src, "post", ("post", "pre")) == "pre",
+        "max_seq_len": _int_arg(args, "max_seq_len", src, 2, default=1200),
     }
     if "activation" in args:  # written by celltx's export, not by scGPT
-        kwargs["activation"] = str(args["activation"])
+        kwargs["activation"] = _choice_arg(args, "activation", src, "relu", ("relu", "gelu"))
     ratio = args.get("mask_ratio")
-    ratios = ratio if isinstance(ratio, list | tuple) else [ratio]
-    if ratio is not None and all(isinstance(r, int | float) and 0 < r < 1 for r in ratios):
-        kwargs["mask_ratio"] = tuple(float(r) for r in ratios)
+    if ratio is not None:
+        ratios = list(ratio) if isinstance(ratio, list | tuple) else [ratio]
+        checked = [
+            _float_arg({"mask_ratio": r}, "mask_ratio", src, 0.0, 0.0, 1.0) for r in ratios
+        ]
+        if isinstance(ratio, list | tuple) and not ratios:
+            raise _arg_error(src, "mask_ratio", ratio, "a number or a list of numbers in [0, 1)")
+        # 0 (fine-tuning runs without masking) leaves celltx's default generative ratios
+        if all(r > 0 for r in checked):
+            kwargs["mask_ratio"] = tuple(checked)
     return kwargs
 
 
@@ -267,7 +345,7 @@ def read_scgpt_dir(
         raise ValueError(f"{model_dir / 'args.json'} is not valid JSON: {e}") from e
     if not isinstance(args, dict):
         raise ValueError(f"{model_dir / 'args.json'} must hold a JSON object.")
-    kwargs = scgpt_args_to_kwargs(args)
+    kwargs = scgpt_args_to_kwargs(args, source=model_dir / "args.json")
     vocab = GeneVocab.from_file(model_dir / "vocab.json")
     wpath = find_weights(model_dir, weights)
     raw = read_weights(wpath)

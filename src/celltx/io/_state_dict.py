@@ -67,35 +67,111 @@ def to_scgpt(
     return out
 
 
+#: first bytes of a zip archive (torch.save's default format)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _sniff(path: Path) -> str:
+    """What ``path`` looks like from its first bytes, without parsing it: ``"zip"`` (a
+    ``torch.save`` archive), ``"pickle"`` (a legacy ``torch.save`` file), ``"safetensors"``
+    or ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte header length, then a JSON header
+        return "safetensors"
+    return "unknown"
+
+
+def _not_a_checkpoint(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a valid PyTorch or safetensors checkpoint ({why}). Pass the weight "
+        "file of a model directory (best_model.pt or a .safetensors file), and download it "
+        "again if it may be damaged."
+    )
+
+
+def _torch_reason(e: BaseException) -> str:
+    """First line of a torch error, unless it advises disabling the safe loader."""
+    line = (str(e).strip().splitlines() or [""])[0]
+    return type(e).__name__ if not line or "weights_only" in line else line
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict without executing code from the file.
 
     ``.safetensors`` files go through safetensors; anything else through
-    ``torch.load(..., weights_only=True)``, which refuses pickled objects other than
-    tensors and plain containers. Corrupt, truncated or foreign files raise
-    :class:`ValueError`.
+    ``torch.load(..., weights_only=True)``, which reconstructs tensors and plain containers
+    only.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file, or a file written by ``torch.save`` that holds a state
+        dict (or a dict with a ``"model_state_dict"`` entry).
+
+    Returns
+    -------
+    dict
+        ``{name: tensor}``.
+
+    Raises
+    ------
+    ValueError
+        When the file is absent; when it is not a PyTorch or safetensors checkpoint at all
+        (random bytes, text, another format); when it is corrupt or truncated; when it holds
+        pickled objects other than tensors (refused: unpickling them could run code from
+        the file); when it holds something other than a mapping of names to tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Weights file {path} does not exist.")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        sd = _read_safetensors(path)
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"Refused to load {path}: it contains pickled objects other than tensors "
-                f"({str(e).splitlines()[0]}). celltx never unpickles arbitrary objects; "
-                "re-save the weights as a plain state dict or as .safetensors."
-            ) from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ValueError(f"{path} is corrupt or truncated and cannot be read: {e}") from e
+        kind = _sniff(path)
+        if kind == "safetensors":
+            sd = _read_safetensors(path)
+        elif kind == "unknown":
+            why = "the file is empty" if path.stat().st_size == 0 else (
+                "it is neither a zip archive written by torch.save nor a pickle"
+            )
+            raise _not_a_checkpoint(path, why)
+        else:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+                if found is None:
+                    raise _not_a_checkpoint(
+                        path, "its data cannot be read as tensors; it may be damaged"
+                    ) from None
+                raise ValueError(
+                    f"Refused to load {path}: besides tensors it contains pickled objects "
+                    f"(e.g. {found.group(1)}), and unpickling them could run code from the "
+                    "file. celltx never unpickles arbitrary objects; re-save the weights as "
+                    "a plain state dict (torch.save(model.state_dict(), path)) or as "
+                    ".safetensors."
+                ) from None
+            except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
+                if kind == "pickle" and not isinstance(e, EOFError | RuntimeError):
+                    raise _not_a_checkpoint(path, _torch_reason(e)) from None
+                raise ValueError(
+                    f"{path} is corrupt or truncated and cannot be read ({_torch_reason(e)}). "
+                    "Download or save it again."
+                ) from None
         if isinstance(sd, dict) and "model_state_dict" in sd and isinstance(
             sd["model_state_dict"], dict
         ):
