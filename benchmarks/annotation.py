@@ -13,9 +13,14 @@ Run from the repository root::
     python benchmarks/annotation.py                                   # all methods, pbmc68k
     python benchmarks/annotation.py --methods celltx logreg --splits 2
     python benchmarks/annotation.py --h5ad my.h5ad --labels cell_type --layer lognorm
+    python benchmarks/annotation.py --h5ad counts.h5ad --labels cell_type    # raw counts in X
     python benchmarks/annotation.py --celltx '{"finetune_epochs": 50}'
 
-Prints the per-fold table and mean ± sd per method; ``--out FILE.csv`` writes the folds.
+The data may hold raw counts or log-normalised values: each method gets what it needs
+(celltypist, logreg, kNN: log1p-CP10k; scANVI: counts, from ``--counts-layer`` when X is
+log-normalised, else it is skipped). A method that fails keeps its row with the exception in
+``error``; the other methods' results are kept. Prints the per-fold table and mean ± sd per
+method; ``--out FILE.csv`` writes the folds.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import celltx
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--h5ad", help="AnnData with log-normalized expression (default: pbmc68k)")
+    p.add_argument("--h5ad", help="AnnData with raw counts or log-normalized expression (default: pbmc68k)")
     p.add_argument("--labels", default="cell_type")
     p.add_argument("--layer", default=None)
+    p.add_argument("--counts-layer", default=None, help="layer with raw counts for scANVI")
     p.add_argument("--methods", nargs="+", default=list(celltx.bench.ANNOTATION_METHODS))
     p.add_argument("--splits", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -54,7 +60,8 @@ def main(argv=None) -> None:
         cx.setdefault("pretrain_epochs", 0)
     kwargs = {"celltx": cx, "scanvi": {"accelerator": a.accelerator}}
     df = celltx.bench.annotation(
-        adata, a.labels, methods=a.methods, n_splits=a.splits, seed=a.seed, layer=a.layer, method_kwargs=kwargs
+        adata, a.labels, methods=a.methods, n_splits=a.splits, seed=a.seed, layer=a.layer, method_kwargs=kwargs,
+        counts_layer=a.counts_layer,
     )
     print(df.round(3).to_string(index=False))
     print(f"\n{adata.n_obs} cells, {adata.obs[a.labels].nunique()} labels, {a.splits} folds, seed {a.seed}")

@@ -14,6 +14,8 @@ from scipy import sparse
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
+from ._inputs import expression_kind, get_expression, guarded, is_counts, log_normalized, skip_note
+
 logger = logging.getLogger(__name__)
 
 ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "scanvi", "celltypist")
@@ -37,26 +39,20 @@ def _dense(x) -> np.ndarray:
     return x.toarray() if sparse.issparse(x) else np.asarray(x)
 
 
-def _expression(adata: AnnData, layer: str | None):
-    if layer is not None and layer not in adata.layers:
-        raise ValueError(f"layer={layer!r} is not in adata.layers ({list(adata.layers)}).")
-    return adata.X if layer is None else adata.layers[layer]
-
-
-def _logreg(adata, y, train, test, layer, seed, **kw):
+def _logreg(data, y, train, test, seed, **kw):
     from sklearn.linear_model import LogisticRegression
 
-    X = _expression(adata, layer)
+    X = data.X
     clf = LogisticRegression(max_iter=kw.get("max_iter", 1000), C=kw.get("C", 1.0))
     clf.fit(X[train], y[train])
     return clf.predict(X[test])
 
 
-def _knn_pca(adata, y, train, test, layer, seed, **kw):
+def _knn_pca(data, y, train, test, seed, **kw):
     from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsClassifier
 
-    X = _dense(_expression(adata, layer))
+    X = _dense(data.X)
     n_comps = min(kw.get("n_comps", 50), len(train) - 1, X.shape[1] - 1)
     pca = PCA(n_components=n_comps, random_state=seed).fit(X[train])  # fitted on the fold's training cells
     knn = KNeighborsClassifier(n_neighbors=kw.get("n_neighbors", 15))
@@ -64,26 +60,22 @@ def _knn_pca(adata, y, train, test, layer, seed, **kw):
     return knn.predict(pca.transform(X[test]))
 
 
-def _masked(adata, y, train, layer, unlabeled="<unlabeled>"):
-    a = AnnData(X=_expression(adata, layer).copy(), obs=pd.DataFrame(index=adata.obs_names.copy()))
-    a.var_names = adata.var_names.copy()
-    lab = np.full(adata.n_obs, unlabeled, dtype=object)
+def _masked(data, y, train, unlabeled="<unlabeled>"):
+    a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
+    a.var_names = data.var_names.copy()
+    lab = np.full(data.n_obs, unlabeled, dtype=object)
     lab[train] = y[train]
     a.obs["_label"] = pd.Categorical(lab)
     return a
 
 
-def _scanvi(adata, y, train, test, layer, seed, **kw):
+def _scanvi(data, y, train, test, seed, **kw):
     import scvi
 
-    a = _masked(adata, y, train, layer)
-    X = a.X.data if sparse.issparse(a.X) else a.X
-    counts = bool(np.all(np.mod(X, 1) == 0))
+    a = _masked(data, y, train)  # raw counts (annotation() makes sure)
     scvi.settings.seed = seed
     scvi.model.SCVI.setup_anndata(a, labels_key="_label")
-    vae = scvi.model.SCVI(
-        a, gene_likelihood=kw.get("gene_likelihood", "nb" if counts else "normal"), n_latent=kw.get("n_latent", 30)
-    )
+    vae = scvi.model.SCVI(a, gene_likelihood=kw.get("gene_likelihood", "nb"), n_latent=kw.get("n_latent", 30))
     progress = kw.get("enable_progress_bar", False)
     vae.train(max_epochs=kw.get("scvi_epochs", 100), enable_progress_bar=progress, accelerator=kw.get("accelerator", "auto"))
     lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="<unlabeled>", labels_key="_label")
@@ -91,14 +83,14 @@ def _scanvi(adata, y, train, test, layer, seed, **kw):
     return np.asarray(lvae.predict(a))[test]
 
 
-def _celltypist(adata, y, train, test, layer, seed, **kw):
+def _celltypist(data, y, train, test, seed, **kw):
     import celltypist
 
-    X = _expression(adata, layer)
+    X = data.X  # log1p-CP10k (or the caller's log-normalised values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tr = AnnData(X=X[train].copy(), obs=pd.DataFrame({"y": y[train]}, index=adata.obs_names[train]))
-        tr.var_names = adata.var_names.copy()
+        tr = AnnData(X=X[train].copy(), obs=pd.DataFrame({"y": y[train]}, index=data.obs_names[train]))
+        tr.var_names = data.var_names.copy()
         common = {"labels": "y", "check_expression": False, "n_jobs": 1,
                   "feature_selection": kw.get("feature_selection", False)}
         try:
@@ -107,21 +99,21 @@ def _celltypist(adata, y, train, test, layer, seed, **kw):
             # celltypist <= 1.7.1 passes multi_class= to LogisticRegression, which
             # scikit-learn >= 1.8 no longer accepts; its SGD logistic regression still works
             model = celltypist.train(tr, use_SGD=True, **common)
-        te = AnnData(X=X[test].copy(), obs=pd.DataFrame(index=adata.obs_names[test]))
-        te.var_names = adata.var_names.copy()
+        te = AnnData(X=X[test].copy(), obs=pd.DataFrame(index=data.obs_names[test]))
+        te.var_names = data.var_names.copy()
         res = celltypist.annotate(te, model=model)
     return res.predicted_labels["predicted_labels"].astype(str).to_numpy()
 
 
-def _celltx(adata, y, train, test, layer, seed, **kw):
+def _celltx(data, y, train, test, seed, **kw):
     import scvi
 
     from celltx.model import ScGPT
 
     cfg = {**CELLTX_DEFAULTS, **kw}
     cfg["model"] = {**CELLTX_DEFAULTS["model"], **kw.get("model", {})}
-    a = AnnData(X=_expression(adata, layer).copy(), obs=pd.DataFrame(index=adata.obs_names.copy()))
-    a.var_names = adata.var_names.copy()
+    a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
+    a.var_names = data.var_names.copy()
     lab = pd.Series(np.nan, index=a.obs_names, dtype=object)
     lab.iloc[train] = y[train]
     a.obs["_label"] = lab.to_numpy()  # test cells unlabelled (NaN), as for scANVI
@@ -161,6 +153,49 @@ _RUNNERS: dict[str, Callable] = {
     "celltypist": _celltypist,
 }
 
+#: settings each method reads from ``method_kwargs``
+_SETTINGS = {
+    "celltx": frozenset(CELLTX_DEFAULTS) | {"accelerator", "enable_progress_bar"},
+    "logreg": frozenset({"max_iter", "C"}),
+    "knn_pca": frozenset({"n_comps", "n_neighbors"}),
+    "scanvi": frozenset(
+        {"scvi_epochs", "scanvi_epochs", "n_latent", "gene_likelihood", "accelerator", "enable_progress_bar"}
+    ),
+    "celltypist": frozenset({"max_iter", "feature_selection"}),
+}
+
+#: the input each method gets: the values as given, log-normalised values or raw counts
+_INPUT = {"celltx": "given", "logreg": "lognorm", "knn_pca": "lognorm", "scanvi": "counts", "celltypist": "lognorm"}
+
+_SCORES = ("accuracy", "macro_f1", "weighted_f1")
+
+
+def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> dict[str, dict]:
+    out = {}
+    for m, kw in (method_kwargs or {}).items():
+        if m not in _RUNNERS:
+            raise ValueError(f"method_kwargs names an unknown method {m!r}; choose from {list(_RUNNERS)}.")
+        kw = dict(kw or {})
+        bad = sorted(set(kw) - _SETTINGS[m])
+        if bad and m in methods:
+            raise ValueError(
+                f"method_kwargs[{m!r}] has unknown settings {bad}; {m} reads {sorted(_SETTINGS[m])}."
+            )
+        out[m] = kw
+    return out
+
+
+def _fold_scores(runner, data, y, train, test, seed, classes, kw) -> dict[str, float]:
+    pred = np.asarray(runner(data, y, train, test, seed, **kw))
+    truth = y[test]
+    if pred.shape != truth.shape:
+        raise ValueError(f"predicted {pred.shape[0] if pred.ndim else 0} labels for {len(test)} test cells.")
+    return {
+        "accuracy": accuracy_score(truth, pred),
+        "macro_f1": f1_score(truth, pred, average="macro", labels=classes, zero_division=0),
+        "weighted_f1": f1_score(truth, pred, average="weighted", labels=classes, zero_division=0),
+    }
+
 
 def annotation(
     adata: AnnData,
@@ -170,37 +205,52 @@ def annotation(
     seed: int = 0,
     layer: str | None = None,
     method_kwargs: Mapping[str, Mapping] | None = None,
+    counts_layer: str | None = None,
 ) -> pd.DataFrame:
     """Cross-validated cell-type annotation: celltx and baselines on the same folds.
 
     Cells are split into ``n_splits`` stratified folds (``seed``); each method is trained
-    on the other folds' labels and predicts the held-out fold. Methods:
+    on the other folds' labels and predicts the held-out fold. The expression (``X`` or
+    ``layer``) may hold raw counts or log-normalised values (told apart on a sample of
+    the values); each method gets the input it needs, computed on a copy. Methods:
 
     ``"celltx"``
-        :class:`~celltx.model.ScGPT`: generative pretraining on all cells of the data
-        (held-out labels hidden, as for scANVI), then ``train(task="annotation")`` on the
-        labelled cells, then :meth:`~celltx.model.ScGPT.predict`. Settings:
-        ``celltx.bench.CELLTX_DEFAULTS``, overridden by ``method_kwargs["celltx"]`` (e.g.
-        ``{"pretrained": "scGPT_human", "pretrain_epochs": 0}`` to fine-tune a published
-        checkpoint).
+        :class:`~celltx.model.ScGPT` on the values as given: generative pretraining on
+        all cells of the data (held-out labels hidden, as for scANVI), then
+        ``train(task="annotation")`` on the labelled cells, then
+        :meth:`~celltx.model.ScGPT.predict`. Settings: ``celltx.bench.CELLTX_DEFAULTS``,
+        overridden by ``method_kwargs["celltx"]`` (e.g. ``{"pretrained": "scGPT_human",
+        "pretrain_epochs": 0}`` to fine-tune a published checkpoint).
     ``"logreg"``
-        scikit-learn logistic regression on the expression values (``C=1``).
+        scikit-learn logistic regression on log-normalised expression (``C=1``).
     ``"knn_pca"``
-        kNN (15 neighbours) on 50 principal components fitted on the training cells.
+        kNN (15 neighbours) on 50 principal components of log-normalised expression,
+        fitted on the training cells.
     ``"scanvi"``
         scvi-tools' scVI (100 epochs) then scANVI (20 epochs) on all cells with held-out
-        labels hidden; negative-binomial likelihood for counts, normal otherwise.
+        labels hidden, on raw counts (negative-binomial likelihood). Without counts (the
+        values are log-normalised and no ``counts_layer`` is given) it is skipped: its rows
+        say why in ``error``.
     ``"celltypist"``
-        celltypist's logistic-regression model trained on the training cells (when
-        celltypist is installed; with scikit-learn >= 1.8, celltypist 1.7.1 can only train
-        its SGD variant, which is then used).
+        celltypist's logistic-regression model trained on the training cells, on
+        log1p-CP10k values (``sc.pp.normalize_total(target_sum=1e4)`` + ``sc.pp.log1p`` of
+        the counts; log-normalised input is used as is). Left out with a warning when
+        celltypist is not installed; with scikit-learn >= 1.8, celltypist 1.7.1 can only
+        train its SGD variant, which is then used.
+
+    Log-normalised values for logreg, kNN and celltypist are made from counts (as for
+    celltypist) when the input holds counts. A method that fails on a fold does not stop
+    the benchmark: its row gets NaN scores and the exception in ``error`` (with a
+    warning), and the other rows are kept. Each row is logged (logger
+    ``celltx.bench._annotation``, level INFO) as it finishes. Bad arguments raise before
+    anything is trained. ``adata`` is not modified.
 
     Parameters
     ----------
     adata
-        Cells × genes with log-normalized expression in ``X`` or ``layer`` (e.g. the
-        ``.raw`` of a scanpy object as an AnnData). Cells whose label is missing are left
-        out (with a warning).
+        Cells × genes with raw counts or log-normalized expression in ``X`` or ``layer``
+        (e.g. the ``.raw`` of a scanpy object as an AnnData). Cells whose label is missing
+        are left out (with a warning).
     labels_key
         ``obs`` column with the cell types.
     methods
@@ -212,13 +262,30 @@ def annotation(
     layer
         Layer with the expression values (default ``X``).
     method_kwargs
-        ``{method: {setting: value}}`` overrides (epochs, ``accelerator``, …).
+        ``{method: {setting: value}}`` overrides (epochs, ``accelerator``, …): celltx
+        reads the keys of ``CELLTX_DEFAULTS``, ``accelerator`` and ``enable_progress_bar``;
+        logreg ``max_iter``, ``C``; knn_pca ``n_comps``, ``n_neighbors``; scanvi
+        ``scvi_epochs``, ``scanvi_epochs``, ``n_latent``, ``gene_likelihood``,
+        ``accelerator``, ``enable_progress_bar``; celltypist ``max_iter``,
+        ``feature_selection``.
+    counts_layer
+        Layer with raw counts for scANVI when ``X`` / ``layer`` holds log-normalised
+        values (default: use ``X`` / ``layer`` when it holds counts).
 
     Returns
     -------
     pandas.DataFrame
         One row per method and fold: ``method``, ``fold``, ``accuracy``, ``macro_f1``,
-        ``weighted_f1``, ``seconds``. :func:`summarize` turns it into mean ± sd.
+        ``weighted_f1``, ``seconds``, ``error`` (``None``, or why the method failed or was
+        skipped; its scores are then NaN). :func:`summarize` turns it into mean ± sd.
+
+    Raises
+    ------
+    ValueError
+        Before any training: an unknown method or setting, a missing ``labels_key`` or
+        layer, fewer than 2 cell types or a type with a single cell, values that are
+        neither raw counts nor log-normalised (negative, NaN, or non-integers above 30),
+        or a ``counts_layer`` without counts.
 
     Examples
     --------
@@ -228,20 +295,40 @@ def annotation(
     >>> sorted(df["method"].unique())
     ['knn_pca', 'logreg']
     """
-    methods = list(methods)
+    methods = [methods] if isinstance(methods, str) else list(methods)
     unknown = [m for m in methods if m not in _RUNNERS]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; choose from {list(_RUNNERS)}.")
     if not methods:
         raise ValueError("No methods to benchmark.")
+    methods = list(dict.fromkeys(methods))
+    kwargs = _check_method_kwargs(methods, method_kwargs)
     if labels_key not in adata.obs:
         raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    x = get_expression(adata, layer)
+    kind = expression_kind(x, where)
+    if counts_layer is not None:
+        counts = get_expression(adata, counts_layer)
+        if not is_counts(counts):
+            raise ValueError(
+                f"counts_layer={counts_layer!r} does not hold raw counts (non-negative integers); "
+                "pass the layer with the unnormalised counts, or counts_layer=None."
+            )
+    else:
+        counts = x if kind == "counts" else None
     if "celltypist" in methods:
         try:
             import celltypist  # noqa: F401
         except ImportError:
             warnings.warn("celltypist is not installed; leaving it out.", UserWarning, stacklevel=2)
             methods.remove("celltypist")
+    reasons = {}
+    if "scanvi" in methods and counts is None:
+        reasons["scanvi"] = (
+            f"scANVI needs raw counts and {where} holds log-normalised values; pass counts_layer= "
+            "naming a layer of raw counts (or layer= if the counts are there) to include it."
+        )
     labels = adata.obs[labels_key]
     keep = labels.notna().to_numpy()
     if not keep.all():
@@ -250,37 +337,50 @@ def annotation(
             UserWarning,
             stacklevel=2,
         )
-        adata = adata[keep].copy()
-    y = adata.obs[labels_key].astype(str).to_numpy()
-    classes, counts = np.unique(y, return_counts=True)
+    y = labels[keep].astype(str).to_numpy()
+    classes, n_per_class = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise ValueError(f"Annotation needs at least 2 cell types; {labels_key!r} has {list(classes)}.")
-    n_splits = int(min(n_splits, counts.min()))
+    n_splits = int(min(n_splits, n_per_class.min()))
     if n_splits < 2:
-        small = classes[counts < 2].tolist()
+        small = classes[n_per_class < 2].tolist()
         raise ValueError(f"Cell types {small} have a single cell; cross-validation needs >= 2 per type.")
+    skipped = {m: skip_note(m, why) for m, why in reasons.items()}
+
+    def _rows(m):  # the labelled cells of a matrix (a view of the caller's data when all are)
+        return m if keep.all() else m[np.flatnonzero(keep)]
+
+    x = _rows(x)
+    inputs = {"given": x}
+    if any(_INPUT[m] == "lognorm" for m in methods):
+        inputs["lognorm"] = log_normalized(x, kind)
+    if counts is not None and "scanvi" in methods:
+        inputs["counts"] = _rows(counts)
+    obs = pd.DataFrame(index=adata.obs_names[keep].copy())
+    var = pd.DataFrame(index=adata.var_names.copy())
+    data = {
+        m: AnnData(X=inputs[_INPUT[m]], obs=obs.copy(), var=var.copy()) for m in methods if m not in skipped
+    }
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
     rows = []
     for fold, (train, test) in enumerate(folds):
         for m in methods:
+            row = {"method": m, "fold": fold, **dict.fromkeys(_SCORES, np.nan), "seconds": np.nan}
+            if m in skipped:
+                rows.append({**row, "error": skipped[m]})
+                continue
             t0 = time.perf_counter()
-            pred = np.asarray(_RUNNERS[m](adata, y, train, test, layer, seed, **dict((method_kwargs or {}).get(m, {}))))
-            truth = y[test]
-            rows.append(
-                {
-                    "method": m,
-                    "fold": fold,
-                    "accuracy": accuracy_score(truth, pred),
-                    "macro_f1": f1_score(truth, pred, average="macro", labels=classes, zero_division=0),
-                    "weighted_f1": f1_score(truth, pred, average="weighted", labels=classes, zero_division=0),
-                    "seconds": time.perf_counter() - t0,
-                }
+            scores, err = guarded(
+                f"{m} (fold {fold})", _fold_scores, _RUNNERS[m], data[m], y, train, test, seed, classes,
+                kwargs.get(m, {}),
             )
-            logger.info(
-                "fold %d %s: accuracy %.3f, macro-F1 %.3f (%.0f s)",
-                fold, m, rows[-1]["accuracy"], rows[-1]["macro_f1"], rows[-1]["seconds"],
-            )
-    return pd.DataFrame(rows)
+            rows.append({**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err})
+            if err is None:
+                logger.info(
+                    "fold %d %s: accuracy %.3f, macro-F1 %.3f (%.0f s)",
+                    fold, m, rows[-1]["accuracy"], rows[-1]["macro_f1"], rows[-1]["seconds"],
+                )
+    return pd.DataFrame(rows, columns=["method", "fold", *_SCORES, "seconds", "error"])
 
 
 def summarize(df: pd.DataFrame, by: str = "method") -> pd.DataFrame:
@@ -290,10 +390,9 @@ def summarize(df: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     --------
     >>> import pandas as pd
     >>> from celltx.bench import summarize
-    >>> summarize(pd.DataFrame({"method": ["a", "a"], "fold": [0, 1], "accuracy": [0.8, 0.9]}))
-             accuracy
-    method
-    a       0.850 ± 0.071
+    >>> table = summarize(pd.DataFrame({"method": ["a", "a"], "fold": [0, 1], "accuracy": [0.8, 0.9]}))
+    >>> table.loc["a", "accuracy"]
+    '0.850 ± 0.071'
     """
     cols = [c for c in df.select_dtypes("number").columns if c != "fold"]
     g = df.groupby(by, sort=False)[cols]

@@ -11,6 +11,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from ._inputs import guarded
+
 
 def knn_accuracy(
     X: np.ndarray, labels, n_splits: int = 5, n_neighbors: int = 15, seed: int = 0
@@ -109,7 +111,8 @@ def embedding_scores(
     Parameters
     ----------
     adata
-        Cells with labels in ``obs[labels_key]``.
+        Cells with labels in ``obs[labels_key]`` (cells without a label are left out);
+        not modified.
     labels_key
         Label column.
     embeddings
@@ -123,7 +126,15 @@ def embedding_scores(
     -------
     pandas.DataFrame
         One row per embedding: ``knn_accuracy`` (mean over folds), ``knn_accuracy_sd``,
-        ``leiden_ari``, ``leiden_nmi``, ``n_clusters``.
+        ``leiden_ari``, ``leiden_nmi``, ``n_clusters``, ``error`` (``None``, or the
+        exception of an embedding whose scoring failed: its scores are then NaN, with a
+        warning, and the other rows are kept).
+
+    Raises
+    ------
+    ValueError
+        Before any scoring: a missing ``labels_key`` or obsm key, an embedding with the
+        wrong number of rows or with NaN, or fewer than 2 labels with 2 cells each.
 
     Examples
     --------
@@ -137,16 +148,32 @@ def embedding_scores(
     labels = adata.obs[labels_key]
     keep = labels.notna().to_numpy()
     labels = labels.to_numpy()[keep]
-    rows = {}
+    _, n_per_label = np.unique(labels.astype(str), return_counts=True)
+    if len(n_per_label) < 2 or n_per_label.min() < 2:
+        raise ValueError(
+            f"{labels_key!r} needs at least 2 labels with at least 2 cells each for the kNN "
+            f"folds; it has {len(n_per_label)} label(s), the smallest with {n_per_label.min(initial=0)} cell(s)."
+        )
+    arrays = {}
     for name, emb in embeddings.items():
-        X = adata.obsm[emb] if isinstance(emb, str) else emb
-        X = np.asarray(X)[keep]
+        if isinstance(emb, str) and emb not in adata.obsm:
+            raise ValueError(f"Embedding {name!r}: {emb!r} is not a key of adata.obsm ({list(adata.obsm)}).")
+        X = np.asarray(adata.obsm[emb] if isinstance(emb, str) else emb)
+        if X.ndim != 2 or X.shape[0] != adata.n_obs:
+            raise ValueError(f"Embedding {name!r} has shape {X.shape}; expected ({adata.n_obs}, d).")
+        if not np.isfinite(X[keep]).all():
+            raise ValueError(f"Embedding {name!r} has NaN or infinite values for labelled cells.")
+        arrays[name] = X[keep]
+
+    def _scores(X):
         acc = knn_accuracy(X, labels, n_splits=n_splits, seed=seed)
         leiden = leiden_scores(X, labels, seed=seed)
         leiden.pop("leiden_resolution")
-        rows[name] = {
-            "knn_accuracy": float(acc.mean()),
-            "knn_accuracy_sd": float(acc.std()),
-            **leiden,
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
+        return {"knn_accuracy": float(acc.mean()), "knn_accuracy_sd": float(acc.std()), **leiden}
+
+    cols = ["knn_accuracy", "knn_accuracy_sd", "leiden_ari", "leiden_nmi", "n_clusters"]
+    rows = {}
+    for name, X in arrays.items():
+        row, err = guarded(f"embedding {name!r}", _scores, X)
+        rows[name] = {**dict.fromkeys(cols, np.nan), **(row or {}), "error": err}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[*cols, "error"])

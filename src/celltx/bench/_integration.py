@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
+
+from ._inputs import expression_kind, get_expression, guarded, is_counts, skip_note
 
 logger = logging.getLogger(__name__)
 
 INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
 
 
-def _is_counts(x) -> bool:
-    """Whether ``x`` holds non-negative integers (judged on its first million stored values)."""
-    v = x.data if sparse.issparse(x) else np.asarray(x).ravel()
-    v = v[:1_000_000]
-    return bool(v.size) and bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))
-
-
 def pca_embedding(
     adata: AnnData, layer: str | None = None, n_comps: int = 50, counts: bool | None = None, seed: int = 0
 ) -> np.ndarray:
     """Unintegrated PCA: (for counts) normalize to 10,000 per cell + log1p, 2,000 highly
-    variable genes (or all when fewer), scale, PCA. The data is not modified."""
+    variable genes (or all when fewer), scale, PCA. The data is not modified.
+
+    ``counts``: whether ``X`` / ``layer`` holds raw counts (``None``: judged on a sample of
+    the values, as :func:`~celltx.bench.integration` does)."""
     import scanpy as sc
 
-    a = AnnData(X=(adata.X if layer is None else adata.layers[layer]).copy())
+    a = AnnData(X=get_expression(adata, layer).copy())
     a.obs_names, a.var_names = adata.obs_names.copy(), adata.var_names.copy()
     if counts is None:
-        counts = _is_counts(a.X)
+        counts = is_counts(a.X)
     if counts:
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
@@ -56,8 +55,8 @@ def scvi_embedding(
     import scanpy as sc
     import scvi
 
-    x = adata.X if layer is None else adata.layers[layer]
-    if not _is_counts(x):
+    x = get_expression(adata, layer)
+    if not is_counts(x):
         raise ValueError(
             "scVI needs raw counts (non-negative integers); pass the layer that holds them "
             "(counts_layer=...) or leave 'scvi' out of the baselines."
@@ -107,10 +106,17 @@ def integration(
     ``"scvi"`` (scvi-tools' scVI with ``batch_key``, on counts) and ``"harmony"``
     (harmonypy on that PCA, when installed).
 
+    The expression (``X`` or ``counts_layer``) may hold raw counts or log-normalised values
+    (told apart on a sample of the values): PCA normalises counts (10,000 per cell, log1p)
+    and takes log-normalised values as they are; scVI needs counts and is skipped (with a
+    warning and a row saying why) when there are none. A baseline that fails (Harmony,
+    scVI) does not stop the benchmark: its row has NaN scores and the exception in
+    ``error``, with a warning. Bad arguments raise before anything is trained.
+
     Parameters
     ----------
     adata
-        Cells × genes; not modified.
+        Cells × genes with raw counts or log-normalised expression; not modified.
     batch_key, labels_key
         ``obs`` columns with batches and cell types. Cells with a missing label are left
         out (with a warning).
@@ -120,7 +126,8 @@ def integration(
     baselines
         Any of ``"pca"``, ``"scvi"``, ``"harmony"``.
     counts_layer
-        Layer with raw counts for PCA / scVI (default ``X``).
+        Layer with the expression for PCA / scVI (default ``X``): raw counts (needed by
+        scVI) or log-normalised values.
     seed
         Seed of the baselines.
     scvi_kwargs
@@ -137,8 +144,17 @@ def integration(
     pandas.DataFrame
         scib-metrics' results (``Benchmarker.get_results(min_max_scale=False)``): one row
         per embedding, metric columns, aggregate ``Bio conservation``, ``Batch
-        correction`` and ``Total``; the last row, ``Metric Type``, names each column's
-        group. With ``return_embeddings``, ``(table, embeddings)``.
+        correction`` and ``Total``, and ``error`` (``None``, or why a baseline failed or
+        was skipped: its scores are then NaN); the last row, ``Metric Type``, names each
+        column's group. With ``return_embeddings``, ``(table, embeddings)`` (the
+        embeddings that were computed).
+
+    Raises
+    ------
+    ValueError
+        Before any training: an unknown baseline, a missing column, layer or obsm key, an
+        embedding of the wrong shape or with NaN, fewer than 2 batches, expression that is
+        neither raw counts nor log-normalised, or nothing left to score.
 
     Examples
     --------
@@ -146,6 +162,7 @@ def integration(
     """
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
+    baselines = [baselines] if isinstance(baselines, str) else list(baselines)
     unknown = [b for b in baselines if b not in INTEGRATION_BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {list(INTEGRATION_BASELINES)}.")
@@ -157,6 +174,8 @@ def integration(
         raise ValueError("Nothing to score: pass embeddings and/or baselines.")
     arrays = {}
     for name, e in embeddings.items():
+        if isinstance(e, str) and e not in adata.obsm:
+            raise ValueError(f"Embedding {name!r}: {e!r} is not a key of adata.obsm ({list(adata.obsm)}).")
         arr = np.asarray(adata.obsm[e] if isinstance(e, str) else e, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[0] != adata.n_obs:
             raise ValueError(f"Embedding {name!r} has shape {arr.shape}; expected ({adata.n_obs}, d).")
@@ -165,25 +184,54 @@ def integration(
         arrays[name] = arr
     keep = adata.obs[labels_key].notna().to_numpy() & adata.obs[batch_key].notna().to_numpy()
     if not keep.all():
-        import warnings
-
         warnings.warn(f"{int((~keep).sum())} cells without label or batch are left out.", UserWarning, stacklevel=2)
     n_batches = adata.obs[batch_key][keep].nunique()
     if n_batches < 2:
         raise ValueError(f"Integration needs at least 2 batches; {batch_key!r} has {n_batches}.")
     layer = counts_layer
-    x_pca = pca_embedding(adata, layer, seed=seed)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    kind = expression_kind(get_expression(adata, layer), where)
+    errors: dict[str, str] = {}  # failed or skipped baselines
+    no_harmony = "harmony" in baselines and importlib.util.find_spec("harmonypy") is None
+    no_scvi = (
+        f"scVI needs raw counts and {where} holds log-normalised values; pass counts_layer= "
+        "naming a layer of raw counts to include it."
+        if "scvi" in baselines and kind != "counts"
+        else None
+    )
+    runnable = [b for b in baselines if not (b == "harmony" and no_harmony) and not (b == "scvi" and no_scvi)]
+    if not arrays and not runnable:
+        why = "harmonypy is not installed" if no_harmony and not no_scvi else no_scvi
+        raise ValueError(f"Nothing to score: {why}; pass embeddings or other baselines.")
+    if no_harmony:
+        warnings.warn("harmonypy is not installed; leaving Harmony out.", UserWarning, stacklevel=2)
+        baselines.remove("harmony")
+    if no_scvi:
+        errors["scVI"] = skip_note("scVI", no_scvi)
+    # PCA is also the pre-integration reference of the scores: computed first, not guarded
+    x_pca = pca_embedding(adata, layer, seed=seed, counts=kind == "counts")
     if "pca" in baselines:
         arrays["PCA (unintegrated)"] = x_pca
+    order = list(arrays) + [
+        n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines
+    ]
     if "harmony" in baselines:
-        try:
-            arrays["Harmony"] = harmony_embedding(x_pca, adata.obs, batch_key, seed)
-        except ImportError:
-            import warnings
-
-            warnings.warn("harmonypy is not installed; leaving Harmony out.", UserWarning, stacklevel=2)
-    if "scvi" in baselines:
-        arrays["scVI"] = scvi_embedding(adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
+        z, err = guarded("Harmony", harmony_embedding, x_pca, adata.obs[[batch_key]].copy(), batch_key, seed)
+        if err is None:
+            arrays["Harmony"] = z
+            logger.info("Harmony embedding done")
+        else:
+            errors["Harmony"] = err
+    if "scvi" in baselines and "scVI" not in errors:
+        z, err = guarded("scVI", scvi_embedding, adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
+        if err is None:
+            arrays["scVI"] = z
+            logger.info("scVI embedding done")
+        else:
+            errors["scVI"] = err
+    if not arrays:  # every baseline failed at run time
+        table = pd.DataFrame({"error": [errors[n] for n in order]}, index=order)
+        return (table, arrays) if return_embeddings else table
     b = AnnData(X=np.zeros((int(keep.sum()), 1), dtype=np.float32), obs=adata.obs.loc[keep, [batch_key, labels_key]].copy())
     for c in (batch_key, labels_key):
         b.obs[c] = b.obs[c].astype(str).astype("category")
@@ -208,6 +256,12 @@ def integration(
     bm.benchmark()
     table = bm.get_results(min_max_scale=False)
     table = table.rename(index=dict(keys))
+    body, kinds = table.drop(index="Metric Type"), table.loc[["Metric Type"]]
+    body = body.reindex([n for n in order if n in body.index or n in errors])
+    body["error"] = pd.Series(errors, dtype=object).reindex(body.index).astype(object)
+    body["error"] = body["error"].where(body["error"].notna(), None)
+    kinds = kinds.assign(error=None)
+    table = pd.concat([body, kinds])
     if plot_dir is not None:
         from pathlib import Path
 

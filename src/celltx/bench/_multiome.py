@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -14,7 +15,10 @@ from scipy import sparse
 from celltx.data._mosaic import _pad_matrix
 
 from ._embedding import knn_accuracy, leiden_scores
-from ._integration import _is_counts, pca_embedding
+from ._inputs import expression_kind, guarded, is_counts, skip_note
+from ._integration import pca_embedding
+
+logger = logging.getLogger(__name__)
 
 MULTIOME_BASELINES = ("rna_pca", "atac_lsi", "multivi")
 """Baselines of :func:`multiome`: RNA PCA, ATAC LSI and scvi-tools' MULTIVI."""
@@ -244,7 +248,7 @@ def multivi_embedding(
     padded = {}
     for key, a, layer, what in (("rna", rna, rna_layer, "RNA"), ("atac", atac, atac_layer, "ATAC")):
         x = _matrix(a, layer, what)
-        if not _is_counts(x):
+        if not is_counts(x):
             raise ValueError(
                 f"MULTIVI needs raw {what} counts (non-negative integers); pass the layer that "
                 f"holds them ({key}_layer=...)."
@@ -293,9 +297,9 @@ def multivi_embedding(
         return np.asarray(model.get_latent_representation(), dtype=np.float32)
 
 
-def _rna_pca(mdata: MuData, rna_mod: str, layer: str | None, seed: int) -> np.ndarray:
+def _rna_pca(mdata: MuData, rna_mod: str, layer: str | None, seed: int, counts: bool | None = None) -> np.ndarray:
     rna = _get_mod(mdata, rna_mod)
-    emb = pca_embedding(rna, layer=layer, n_comps=50, seed=seed)
+    emb = pca_embedding(rna, layer=layer, n_comps=50, seed=seed, counts=counts)
     return _scatter_rows(emb, _positions(mdata, rna), mdata.n_obs)
 
 
@@ -453,10 +457,18 @@ def multiome(
     (:func:`multivi_embedding` with ``multivi_kwargs``). RNA PCA covers only cells with RNA
     and ATAC LSI only cells with ATAC; MULTIVI covers all.
 
+    Inputs: RNA PCA takes raw counts (normalised as above) or log-normalised values (used
+    as they are; told apart on a sample of the values); ATAC LSI takes counts or binary
+    accessibility; MULTIVI needs raw counts of both and is skipped (with a warning and a
+    row saying why) without them. A baseline that fails does not stop the benchmark: its
+    row has NaN scores and the exception in ``error``, with a warning. Bad arguments raise
+    before anything is trained.
+
     Parameters
     ----------
     mdata
-        MuData with RNA and ATAC modalities (raw counts for the baselines); not modified.
+        MuData with RNA and ATAC modalities (raw counts, or log-normalised RNA, for the
+        baselines); not modified.
     labels_key
         Column of ``mdata.obs`` with cell types.
     embeddings
@@ -481,7 +493,8 @@ def multiome(
     rna_mod, atac_mod
         Names of the RNA and ATAC modalities.
     rna_layer, atac_layer
-        Layers with raw counts for the baselines (default ``X``).
+        Layers with the values for the baselines (default ``X``): raw counts (needed by
+        MULTIVI), or log-normalised RNA for RNA PCA.
     return_embeddings
         Also return the ``{name: array}`` embeddings that were scored.
 
@@ -492,14 +505,17 @@ def multiome(
         ``n_cells``, ``leiden_ari``, ``leiden_nmi``, ``n_clusters``, ``leiden_resolution``,
         ``silhouette_label``,
         ``knn_accuracy`` (with ``knn``) and ``modality_mixing``,
-        ``cross_modality_label_agreement`` (with ``modality_key``). With
-        ``return_embeddings``, ``(table, embeddings)``.
+        ``cross_modality_label_agreement`` (with ``modality_key``), and ``error``
+        (``None``, or why a baseline failed or was skipped: its scores are then NaN and
+        ``n_cells`` 0). With ``return_embeddings``, ``(table, embeddings)`` (the
+        embeddings that were computed).
 
     Raises
     ------
     ValueError
-        For an unknown baseline, a missing ``labels_key`` or ``modality_key``, an
-        embedding with the wrong number of rows, or nothing to score.
+        For an unknown baseline, a missing ``labels_key``, ``modality_key``, modality or
+        layer, an embedding with the wrong number of rows, RNA values that are neither raw
+        counts nor log-normalised, or nothing to score.
 
     Examples
     --------
@@ -513,6 +529,7 @@ def multiome(
     >>> table["n_cells"].tolist()
     [210, 210]
     """
+    baselines = list(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
     unknown = [b for b in baselines if b not in MULTIOME_BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {list(MULTIOME_BASELINES)}.")
@@ -547,27 +564,46 @@ def multiome(
             )
         arrays[name] = arr
     group = _modality_groups(mdata.obs[modality_key], modality_key) if modality_key else None
+    errors: dict[str, str] = {}  # failed or skipped baselines
+    kinds, multivi_reason = {}, None
+    for b, mod, layer, what in (("rna_pca", rna_mod, rna_layer, "RNA"), ("atac_lsi", atac_mod, atac_layer, "ATAC")):
+        if b in baselines or "multivi" in baselines:
+            a = _get_mod(mdata, mod)
+            where = f"mdata.mod[{mod!r}]." + ("X" if layer is None else f"layers[{layer!r}]")
+            x = _matrix(a, layer, what)
+            # RNA: raw counts or log-normalised; ATAC: counts or binary accessibility
+            kinds[what] = expression_kind(x, where) if what == "RNA" else ("counts" if is_counts(x) else "other")
+            if kinds[what] != "counts" and "multivi" in baselines and multivi_reason is None:
+                multivi_reason = (
+                    f"MULTIVI needs raw counts and {where} does not hold them; pass "
+                    f"{'rna' if what == 'RNA' else 'atac'}_layer= naming a layer of raw counts to include it."
+                )
+    if multivi_reason is not None:
+        if not arrays and baselines == ["multivi"]:
+            raise ValueError(f"Nothing to score: {multivi_reason}")
+        errors["multivi"] = skip_note("multivi", multivi_reason)
+    runs = {
+        "rna_pca": lambda: _rna_pca(mdata, rna_mod, rna_layer, seed, kinds.get("RNA") == "counts"),
+        "atac_lsi": lambda: _atac_lsi(mdata, atac_mod, atac_layer, seed),
+        "multivi": lambda: multivi_embedding(
+            mdata, rna_layer=rna_layer, atac_layer=atac_layer, rna_mod=rna_mod, atac_mod=atac_mod,
+            **{"seed": seed, **dict(multivi_kwargs or {})},
+        ),
+    }
     for b in baselines:
-        if b == "rna_pca":
-            arrays["rna_pca"] = _rna_pca(mdata, rna_mod, rna_layer, seed)
-        elif b == "atac_lsi":
-            arrays["atac_lsi"] = _atac_lsi(mdata, atac_mod, atac_layer, seed)
-        elif b == "multivi":
-            mk = dict(multivi_kwargs or {})
-            mk.setdefault("seed", seed)
-            arrays["multivi"] = multivi_embedding(
-                mdata,
-                rna_layer=rna_layer,
-                atac_layer=atac_layer,
-                rna_mod=rna_mod,
-                atac_mod=atac_mod,
-                **mk,
-            )
+        if b in errors:
+            continue
+        emb, err = guarded(b, runs[b])
+        if err is None:
+            arrays[b] = emb
+            logger.info("%s embedding done", b)
+        else:
+            errors[b] = err
     labels_all = mdata.obs[labels_key]
     has_label = labels_all.notna().to_numpy()
     labels_all = labels_all.astype(str).to_numpy()
-    rows = {}
-    for name, arr in arrays.items():
+
+    def _scores(arr: np.ndarray) -> dict[str, float]:
         keep = has_label & np.isfinite(arr).all(axis=1)
         X, labels = arr[keep], labels_all[keep]
         row: dict[str, float] = {"n_cells": int(keep.sum())}
@@ -589,8 +625,22 @@ def multiome(
                 row["knn_accuracy"] = float("nan")
         if group is not None:
             row.update(_modality_scores(X, labels, group[keep], n_neighbors))
-        rows[name] = row
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table["n_cells"] = table["n_cells"].astype(int)
-    table["n_clusters"] = table["n_clusters"].astype(int)
+        return row
+
+    cols = ["n_cells", "leiden_ari", "leiden_nmi", "n_clusters", "leiden_resolution", "silhouette_label"]
+    cols += ["knn_accuracy"] if knn else []
+    cols += ["modality_mixing", "cross_modality_label_agreement"] if group is not None else []
+    rows = {}
+    for name in dict.fromkeys([*embeddings, *baselines]):
+        if name in arrays:
+            row, err = guarded(f"scoring {name!r}", _scores, arrays[name])
+            errors.update({name: err} if err else {})
+            rows[name] = row or {}
+        else:
+            rows[name] = {}
+        rows[name]["error"] = errors.get(name)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[*cols, "error"])
+    table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
+    for col in ("n_cells", "n_clusters"):
+        table[col] = table[col].fillna(0).astype(int)
     return (table, arrays) if return_embeddings else table

@@ -16,7 +16,7 @@ from scipy import sparse
 
 from celltx.data._perturbation import condition_name, parse_condition, parse_conditions
 
-from ._integration import _is_counts
+from ._inputs import expression_kind, get_expression, guarded, is_counts, log1p_cp10k
 
 logger = logging.getLogger(__name__)
 
@@ -37,34 +37,14 @@ _GEARS_DE_KEY = "top_non_dropout_de_20"
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-def _log_normalize(x):
-    """``log1p`` of counts scaled to 10,000 per cell (sparse stays sparse)."""
-    if sparse.issparse(x):
-        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        scale = np.divide(
-            1e4, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0
-        )
-        x = sparse.diags(scale.astype(np.float32)) @ x
-        x.data = np.log1p(x.data)
-        return x.tocsr()
-    x = np.asarray(x, dtype=np.float32)
-    totals = x.sum(axis=1, keepdims=True)
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(x * scale)
-
-
 def _expression(adata: AnnData, layer: str | None, normalize: bool | None):
-    if layer is not None and layer not in adata.layers:
-        raise ValueError(
-            f"layer {layer!r} is not in adata.layers ({list(adata.layers)}); pass layer=None for .X."
-        )
-    x = adata.X if layer is None else adata.layers[layer]
-    if x is None:
-        raise ValueError("The AnnData has no expression matrix (.X is None); pass layer=... .")
+    """Log-normalised expression of ``.X`` or ``layer``: counts become log1p-CP10k (a copy);
+    log-normalised values are used as they are."""
+    x = get_expression(adata, layer)
     if normalize is None:
-        normalize = _is_counts(x)
-    return _log_normalize(x) if normalize else x
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        normalize = expression_kind(x, where) == "counts"
+    return log1p_cp10k(x) if normalize else x
 
 
 def _group_means(x, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -950,8 +930,8 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
         from celltx.model import ScGPT
 
         a = train.copy()
-        if _is_counts(a.X):
-            a.X = _log_normalize(a.X)
+        if is_counts(a.X):
+            a.X = log1p_cp10k(a.X)
         ScGPT.setup_anndata(
             a,
             perturbation_key=cfg.get("perturbation_key", "condition"),
@@ -999,6 +979,13 @@ def perturbation(
     GEARS' ``uns["top_non_dropout_de_20"]`` entry when the data has one (first ``n_de``),
     else the ``n_de`` genes with the largest absolute change of the mean from control.
 
+    Values that are neither raw counts nor log-normalised (negative, NaN, or non-integers
+    above 30) are refused before anything runs. A method that fails (raises, or predicts
+    the wrong shape) does not stop the benchmark: its rows (one per held-out condition)
+    get NaN metrics and the exception in ``error``, with a warning, and the other methods'
+    rows are kept; each method is logged (logger ``celltx.bench._perturbation``, INFO) as
+    it finishes. ``adata`` is not modified.
+
     Parameters
     ----------
     adata
@@ -1040,15 +1027,18 @@ def perturbation(
     -------
     pandas.DataFrame
         One row per method × held-out condition: ``method``, ``condition`` (canonical GEARS
-        name), ``subgroup``, ``n_cells``, ``de_source`` and the metrics of
-        :func:`perturbation_metrics`.
+        name), ``subgroup``, ``n_cells``, ``de_source``, the metrics of
+        :func:`perturbation_metrics` and ``error`` (``None``, or the exception of a method
+        that failed: its metrics are then NaN).
 
     Raises
     ------
     ValueError
-        If the condition column is missing or malformed, there are fewer than two control
-        cells, no held-out condition has ``min_cells`` cells, a baseline name is unknown or
-        the model does not have ``predict_perturbation``.
+        Before anything is trained: if the condition column is missing or malformed, there
+        are fewer than two control cells, no held-out condition has ``min_cells`` cells, a
+        baseline name is unknown, the model neither has ``predict_perturbation`` nor is
+        callable, a predictor lacks ``fit`` / ``predict``, or the expression is neither
+        raw counts nor log-normalised.
 
     Examples
     --------
@@ -1059,13 +1049,27 @@ def perturbation(
     ['additive', 'no_change']
     >>> table = summarize_perturbation(df)
     """
+    if isinstance(baselines, str):
+        baselines = (baselines,)
     unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
     if unknown:
         raise ValueError(
             f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
         )
-    if isinstance(baselines, str):
-        baselines = (baselines,)
+    if isinstance(model, str):
+        if model != "celltx":
+            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
+        model = celltx_perturbation_model(perturbation_key=perturbation_key, control_value=control_value)
+    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
+        raise ValueError(
+            "model must have predict_perturbation(conditions, return_type='mean') or be a "
+            "callable train_fn(train_adata) that returns such an object."
+        )
+    for name, obj in (predictors or {}).items():
+        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
+            raise ValueError(
+                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
+            )
     col = _conditions_of(adata, perturbation_key)
     genes, names = parse_conditions(col, control_value=control_value, max_genes=2)
     is_control = (names == control_value).to_numpy()
@@ -1135,27 +1139,14 @@ def perturbation(
             .predict(test_names)
         )
     for name, obj in (predictors or {}).items():
-        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
-            raise ValueError(
-                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
-            )
         methods[name] = lambda obj=obj: np.asarray(
             obj.fit(train).predict(test_names), dtype=np.float64
         )
-    if isinstance(model, str):
-        if model != "celltx":
-            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
-        model = celltx_perturbation_model(perturbation_key=perturbation_key, control_value=control_value)
     if model is not None:
 
         def _run_model():
             obj = model
             if not hasattr(obj, "predict_perturbation"):
-                if not callable(obj):
-                    raise ValueError(
-                        "model must have predict_perturbation(conditions, return_type='mean') or be a "
-                        "callable train_fn(train_adata) that returns such an object."
-                    )
                 obj = obj(adata[train_mask].copy())
                 if not hasattr(obj, "predict_perturbation"):
                     raise ValueError(
@@ -1165,14 +1156,14 @@ def perturbation(
 
         methods[model_name] = _run_model
 
-    frames = []
-    for name, run in methods.items():
+    sub = np.array([group_of[i] for i in test], dtype=object)
+
+    def _score(name: str, run: Callable[[], np.ndarray]) -> pd.DataFrame:
         pred = np.asarray(run(), dtype=np.float64)
         if pred.shape != truth.shape:
             raise ValueError(
                 f"{name} predicted shape {pred.shape}; expected {truth.shape} (conditions × genes)."
             )
-        sub = np.array([group_of[i] for i in test], dtype=object)
         parts = []
         for sg in TEST_SUBGROUPS:  # spreads are measured within a subgroup
             rows = np.flatnonzero(sub == sg)
@@ -1190,7 +1181,31 @@ def perturbation(
             m.insert(3, "n_cells", counts[np.asarray(test)[rows]].astype(int))
             m.insert(4, "de_source", [de_source[r] for r in rows])
             parts.append(m)
-        frames.append(pd.concat(parts, ignore_index=True))
+        return pd.concat(parts, ignore_index=True)
+
+    order = ["method", "condition", "subgroup", "n_cells", "de_source", *PERTURBATION_METRICS, "n_de"]
+    in_subgroup_order = np.argsort([TEST_SUBGROUPS.index(g) for g in sub], kind="stable")
+    frames = []
+    for name, run in methods.items():
+        table, err = guarded(name, _score, name, run)
+        if err is None:
+            logger.info(
+                "%s: mean pearson_delta_de %.3f over %d conditions",
+                name, float(table["pearson_delta_de"].mean()), len(table),
+            )
+        else:  # one row per held-out condition (as _score orders them), NaN metrics
+            table = pd.DataFrame(
+                {
+                    "method": name,
+                    "condition": test_names,
+                    "subgroup": sub,
+                    "n_cells": counts[np.asarray(test)].astype(int),
+                    "de_source": de_source,
+                    **dict.fromkeys(PERTURBATION_METRICS, np.nan),
+                    "n_de": [len(d) for d in de],
+                }
+            ).iloc[in_subgroup_order]
+        frames.append(table[order].assign(error=err))
     return pd.concat(frames, ignore_index=True)
 
 
