@@ -29,7 +29,7 @@ def test_cli_quickstart(tmp_path, capsys):
     assert main(["quickstart", "--out", str(out), "--epochs", "1", "--accelerator", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "celltx ScGPT" in printed and "PCA (50 PCs)" in printed and "per-gene mean" in printed
-    for f in ("pbmc68k_scgpt.h5ad", "umap_cell_type.png", "scores.csv", "model/model.pt"):
+    for f in ("pbmc68k_scgpt.h5ad", "umap_cell_type.png", "scores.csv", "model/model.safetensors", "model/model.json"):
         assert (out / f).exists(), f
     import anndata as ad
 

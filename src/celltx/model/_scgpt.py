@@ -35,6 +35,7 @@ from celltx.data import (
     modality_presence,
 )
 from celltx.data._perturbation import condition_name, parse_condition, parse_conditions
+from celltx.model._save import SafeSaveMixin
 from celltx.module import ScGPTModule
 from celltx.module._scgpt import ATAC_KEY, PERTURBATION_KEY
 from celltx.train import PretrainingPlan
@@ -186,6 +187,7 @@ def _check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symb
             "mdata = celltx.data.pad_mosaic(mdata) gives every modality every cell (all-zero "
             "rows where a cell was not measured), then call setup_mudata on it."
         )
+    _check_modality_order(mdata, used)
     measured = np.zeros(mdata.n_obs, dtype=bool)
     for kind, key, layer in (("rna", "rna_layer", rna_layer), ("atac", "atac_layer", atac_layer)):
         mod = modalities.get(key)
@@ -246,6 +248,24 @@ def _check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symb
     return modalities
 
 
+def _check_modality_order(mdata, mods: Sequence[str]) -> None:
+    """Refuse modalities whose rows are not ``mdata.obs_names`` in order.
+
+    scvi-tools reads each registered modality by row position, so a modality listing the
+    same cells in another order would pair one cell's RNA with another cell's ATAC."""
+    for mod in mods:
+        names = mdata.mod[mod].obs_names
+        if not names.equals(mdata.obs_names):
+            same_cells = len(names) == mdata.n_obs and names.isin(mdata.obs_names).all()
+            what = "lists the same cells in another order" if same_cells else "does not list mdata.obs_names"
+            raise ValueError(
+                f"Modality {mod!r} {what}: its rows would be paired with the other modalities' "
+                "rows by position, i.e. with other cells. Order every modality like mdata.obs: "
+                "mdata = celltx.data.pad_mosaic(mdata) (returns a copy whose modalities all follow "
+                "mdata.obs_names), then set it up."
+            )
+
+
 def _check_perturbations(adata: AnnData, key: str, control_value: str, max_genes: int, min_cells: int) -> None:
     """Bad perturbation input, before registration: clear errors, nothing changed."""
     genes, names = parse_conditions(adata.obs[key].astype(object), control_value=control_value, max_genes=max_genes)
@@ -277,11 +297,16 @@ def _check_log_normalized(values, where: str) -> None:
     """Perturbation responses are predicted in the data's own units: refuse raw counts."""
     from scipy import sparse
 
+    if not (sparse.issparse(values) or isinstance(values, np.ndarray)):
+        values = values[: min(values.shape[0], 5_000)]  # backed data: the first rows suffice
     v = values.data if sparse.issparse(values) else np.asarray(values)
-    v = v[: 1_000_000]
-    if v.size and np.all(np.mod(v, 1) == 0) and v.max() > 30:
+    v = np.asarray(v).ravel()[:1_000_000]
+    v = v[v != 0]
+    # log-normalized values are (almost) never whole numbers; counts always are, whatever
+    # their maximum (a shallow panel can have counts <= 30 everywhere)
+    if v.size and np.all(np.mod(v, 1) == 0):
         raise ValueError(
-            f"{where} looks like raw counts (integers up to {v.max():.0f}); perturbation "
+            f"{where} looks like raw counts (whole numbers up to {v.max():.0f}); perturbation "
             "responses are learned and predicted on log-normalized expression, as GEARS: "
             "run sc.pp.normalize_total(adata); sc.pp.log1p(adata) (or put those values in "
             "a layer and pass layer=)."
@@ -294,6 +319,87 @@ def _check_obs_key(adata: AnnData, key: str | None, arg: str) -> None:
             f"{arg}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:20]}). "
             f"Pass an existing column or {arg}=None."
         )
+    if key is not None and arg == "batch_key" and adata.obs[key].isna().any():
+        n = int(adata.obs[key].isna().sum())
+        raise ValueError(
+            f"batch_key={key!r} has {n} missing values (NaN); every cell needs a batch. Fill them, "
+            f"e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str) (NaN becomes 'nan'), or drop "
+            "those cells."
+        )
+
+
+@contextmanager
+def _registration_undone_on_failure(data):
+    """Put back scvi-tools' ``_scvi_*`` keys of ``data`` (an AnnData or a MuData and its
+    modalities) as they were if the block raises: a failed setup or load leaves the user's
+    object as it was."""
+    parts = [data, *getattr(data, "mod", {}).values()]
+    saved = [
+        (
+            part,
+            {k: part.obs[k].copy() for k in part.obs.columns if str(k).startswith("_scvi")},
+            {k: part.uns[k] for k in part.uns if str(k).startswith("_scvi")},
+        )
+        for part in parts
+    ]
+    try:
+        yield
+    except BaseException:
+        for part, obs, uns in saved:
+            for k in [c for c in part.obs.columns if str(c).startswith("_scvi")]:
+                if k in obs:
+                    part.obs[k] = obs[k]
+                else:
+                    del part.obs[k]
+            for k in [c for c in part.uns if str(c).startswith("_scvi")]:
+                if k not in uns:
+                    del part.uns[k]
+            part.uns.update(uns)
+        raise
+
+
+def _check_model_args(args: Mapping) -> None:
+    """Refuse impossible architecture / tokenizer settings before anything is built."""
+
+    def integer(name, low, allow_none=False):
+        v = args[name]
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+            none = " or None" if allow_none else ""
+            raise ValueError(f"{name}={v!r} must be an integer >= {low}{none}.")
+
+    def fraction(name, allow_none=False):
+        v = args[name]
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not 0 <= v < 1:
+            raise ValueError(f"{name}={v!r} must be a number in [0, 1).")
+
+    for name in ("d_model", "n_heads", "n_layers", "n_layers_cls", "max_peaks"):
+        integer(name, 1)
+    integer("max_seq_len", 2)
+    integer("min_genes", 0)
+    integer("d_hid", 1, allow_none=True)
+    integer("n_bins", 3, allow_none=True)
+    integer("seed", 0)
+    for name in ("dropout", "attn_dropout", "atac_zero_fraction"):
+        fraction(name)
+    fraction("zero_fraction", allow_none=True)
+    fraction("min_gene_fraction")
+    if args["d_model"] % args["n_heads"]:
+        raise ValueError(
+            f"d_model={args['d_model']} is not divisible by n_heads={args['n_heads']}: each head "
+            "gets d_model / n_heads dimensions (e.g. d_model=64, n_heads=4)."
+        )
+    for name, ok in (("input_emb_style", ("continuous", "category")), ("activation", ("relu", "gelu")),
+                     ("atac_values", ("binary", "binned"))):
+        if args[name] not in ok:
+            raise ValueError(f"{name}={args[name]!r}; use one of {list(ok)}.")
+    for name in ("gep_weight", "mvc_weight"):
+        v = args[name]
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
 
 
 def _resolve_vocab(vocab) -> GeneVocab:
@@ -312,7 +418,7 @@ def _resolve_device(accelerator: str, device: int | str) -> str:
     return parse_device_args(accelerator, device, return_device="torch")[2]
 
 
-class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
+class ScGPT(SafeSaveMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """scGPT foundation model as an scvi-tools model.
 
     Cells become sequences of gene tokens with per-cell binned expression values; a
@@ -447,8 +553,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 "ScGPT needs an AnnData registered with ScGPT.setup_anndata(adata) to build "
                 "its gene vocabulary."
             )
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len={max_seq_len} leaves no room for genes; use >= 2.")
+        _check_model_args(locals())
         super().__init__(adata)
         symbols = self._setup_args(self.adata).get("gene_symbols")
         conditions = self._registered_conditions()
@@ -609,6 +714,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             )
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise ValueError(f"The AnnData is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+        if adata.is_view:
+            raise ValueError(
+                "adata is a view of another AnnData (e.g. adata[mask]); scvi-tools registers fields "
+                "by writing to it, which would silently copy it. Set up a copy: "
+                "adata = adata[mask].copy(); ScGPT.setup_anndata(adata)."
+            )
         if layer is not None and layer not in adata.layers:
             raise ValueError(
                 f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}). "
@@ -642,7 +753,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 PerturbationField(PERTURBATION_KEY, perturbation_key, control_value, max_perturbed_genes)
             )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        with _registration_undone_on_failure(adata):
+            adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
     @classmethod
@@ -728,7 +840,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             MuDataLabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(mdata, **kwargs)
+        with _registration_undone_on_failure(mdata):
+            adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
     # --- perturbation conditions --------------------------------------------------------
@@ -741,7 +854,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _parse(self, condition: str) -> tuple[str, ...]:
         setup = self._setup_args(self.adata)
-        genes = parse_condition(condition, control_value=setup.get("control_value", "ctrl"))
+        genes = parse_condition(condition, control_value=setup.get("control_value", "ctrl"), strict=True)
         most = setup.get("max_perturbed_genes", 2)
         if len(genes) > most:
             raise ValueError(
@@ -823,6 +936,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         return ids
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        if adata is not None and hasattr(adata, "mod"):
+            # a MuData: its modalities must follow mdata.obs_names (checked before scvi-tools
+            # transfers the registration onto it)
+            registry = self.adata_manager.data_registry
+            mods = [registry[k].get("mod_key") for k in (REGISTRY_KEYS.X_KEY, ATAC_KEY) if k in registry]
+            _check_modality_order(adata, [m for m in mods if m and m in adata.mod])
         adata = super()._validate_anndata(adata, copy_if_view=copy_if_view)
         manager = self.get_anndata_manager(adata, required=True)
         if adata is not self.adata:
@@ -948,41 +1067,44 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 f"load_pretrained expects an AnnData or a MuData, not {type(adata).__name__}."
             )
         ckpt = io.read_scgpt_dir(model_dir, weights=weights)
-        manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
-        if isinstance(adata, MuData):
-            if manager is None or manager.adata is not adata:
-                raise ValueError(
-                    "Set up the MuData first: ScGPT.setup_mudata(mdata, modalities={'rna_layer': "
-                    "'rna', 'atac_layer': 'atac'}); the checkpoint supplies the RNA part, peak "
-                    "tokens are new."
-                )
-        elif manager is None:
-            cls.setup_anndata(adata, gene_symbols=gene_symbols)
-        else:
-            setup_args = dict(manager.registry["setup_args"])
-            registered = setup_args.get("gene_symbols")
-            if gene_symbols is not None and gene_symbols != registered:
-                raise ValueError(
-                    f"adata is already set up with gene_symbols={registered!r}; pass "
-                    f"gene_symbols={gene_symbols!r} to ScGPT.setup_anndata instead."
-                )
-            if manager.adata is not adata:  # a copy of registered data: same registration
-                cls.setup_anndata(adata, **setup_args)
         if min_gene_overlap < 0:
             raise ValueError(f"min_gene_overlap={min_gene_overlap} must be >= 0.")
-        kwargs = {**ckpt.model_kwargs, **overrides}
-        if min_gene_overlap < 1:
-            kwargs["min_gene_fraction"] = float(min_gene_overlap)
-            kwargs.setdefault("min_genes", 1)
-        else:
-            kwargs["min_genes"] = int(min_gene_overlap)
-        model = cls(adata, vocab=ckpt.vocab, **kwargs)
-        report = io.load_into(
-            model.module.transformer,
-            ckpt.state_dict,
-            source=f"checkpoint {ckpt.weights_path}",
-            new_tokens=model.n_new_tokens_,
-        )
+        # a failure below (too few genes, a checkpoint that does not fit) leaves the user's
+        # data without the registration this call added
+        with _registration_undone_on_failure(adata):
+            manager = cls._setup_adata_manager_store.get(adata.uns.get(_SCVI_UUID_KEY))
+            if isinstance(adata, MuData):
+                if manager is None or manager.adata is not adata:
+                    raise ValueError(
+                        "Set up the MuData first: ScGPT.setup_mudata(mdata, modalities={'rna_layer': "
+                        "'rna', 'atac_layer': 'atac'}); the checkpoint supplies the RNA part, peak "
+                        "tokens are new."
+                    )
+            elif manager is None:
+                cls.setup_anndata(adata, gene_symbols=gene_symbols)
+            else:
+                setup_args = dict(manager.registry["setup_args"])
+                registered = setup_args.get("gene_symbols")
+                if gene_symbols is not None and gene_symbols != registered:
+                    raise ValueError(
+                        f"adata is already set up with gene_symbols={registered!r}; pass "
+                        f"gene_symbols={gene_symbols!r} to ScGPT.setup_anndata instead."
+                    )
+                if manager.adata is not adata:  # a copy of registered data: same registration
+                    cls.setup_anndata(adata, **setup_args)
+            kwargs = {**ckpt.model_kwargs, **overrides}
+            if min_gene_overlap < 1:
+                kwargs["min_gene_fraction"] = float(min_gene_overlap)
+                kwargs.setdefault("min_genes", 1)
+            else:
+                kwargs["min_genes"] = int(min_gene_overlap)
+            model = cls(adata, vocab=ckpt.vocab, **kwargs)
+            report = io.load_into(
+                model.module.transformer,
+                ckpt.state_dict,
+                source=f"checkpoint {ckpt.weights_path}",
+                new_tokens=model.n_new_tokens_,
+            )
         absent = [g for g in report.initialised if g in io.HEAD_GROUPS and g not in report.reasons]
         if absent:
             warnings.warn(
@@ -992,6 +1114,8 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 stacklevel=2,
             )
         model.checkpoint_report_ = report
+        cls_keys = [k for k in model.module.transformer.state_dict() if k.startswith("cls_decoder.")]
+        model.module.cls_trained.fill_(bool(cls_keys) and set(cls_keys) <= set(report.loaded))
         model.gene_match_ = model._match(model.adata)
         model.is_trained_ = True
         m = model.gene_match_
@@ -1146,6 +1270,14 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         >>> model.train(max_epochs=10, task="annotation", lr=1e-4)  # doctest: +SKIP
         >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
         """
+        if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) != max_epochs
+                                       or max_epochs < 1):
+            raise ValueError(
+                f"max_epochs={max_epochs!r}: training needs at least one epoch (or None for "
+                "scvi-tools' default from the number of cells)."
+            )
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1.")
         self._set_objective(task, loss_weights, class_weight, label_smoothing)
         plan_kwargs = dict(plan_kwargs or {})
         if lr is not None:
@@ -1157,6 +1289,16 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
             and torch.cuda.is_bf16_supported()
         ):
             trainer_kwargs["precision"] = "bf16-mixed"
+        if not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
+            # no validation cells (train_size=1.0, or very few cells): train without a
+            # validation loop rather than fail inside Lightning
+            if early_stopping and "validation" in str(trainer_kwargs.get("early_stopping_monitor", "validation")):
+                raise ValueError(
+                    f"early_stopping monitors the validation loss, but train_size={train_size} "
+                    f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "
+                    "(e.g. 0.9) or pass early_stopping=False."
+                )
+            check_val_every_n_epoch = None
         if check_val_every_n_epoch is not None:
             trainer_kwargs["check_val_every_n_epoch"] = check_val_every_n_epoch
         if self.is_trained_ and not isinstance(self.history_, dict):
@@ -1171,7 +1313,7 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         self.module.train()
         try:
             with self._panel(self.adata):
-                return super().train(
+                out = super().train(
                     max_epochs=max_epochs,
                     accelerator=accelerator,
                     devices=devices,
@@ -1186,6 +1328,22 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+        m = self.module
+        if m.cls_weight > 0 and m.transformer.cls_decoder is not None:
+            m.cls_trained.fill_(True)
+        if m.pert_weight > 0 and m.pert_decoder is not None:
+            m.pert_trained.fill_(True)
+        return out
+
+    def _n_validation(self, train_size, validation_size, batch_size, datasplitter_kwargs) -> int:
+        """Number of validation cells scvi-tools' splitter gives for these arguments."""
+        kw = {k: v for k, v in (datasplitter_kwargs or {}).items() if k in ("shuffle_set_split", "drop_last")}
+        splitter = self._data_splitter_cls(
+            self.adata_manager, train_size=train_size, validation_size=validation_size,
+            batch_size=batch_size, **kw,
+        )
+        splitter.setup()
+        return len(splitter.val_idx)
 
     def _control_mask(self, adata: AnnData) -> np.ndarray:
         setup = self._setup_args(self.adata)
@@ -1351,6 +1509,13 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
         >>> adata.obsm["X_scgpt"] = model.get_latent_representation()  # doctest: +SKIP
         >>> sc.pp.neighbors(adata, use_rep="X_scgpt")  # doctest: +SKIP
         """
+        if not self.is_trained_:
+            warnings.warn(
+                "This model was neither trained nor loaded from a checkpoint: its embeddings come "
+                "from random weights. Call model.train() or ScGPT.load_pretrained(...) first.",
+                UserWarning,
+                stacklevel=2,
+            )
         adata = self._validate_anndata(adata)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         self.module.eval()
@@ -1524,6 +1689,12 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 "This model has no classifier: set up the AnnData with labels_key, build or load "
                 "the model, and train(task='annotation')."
             )
+        if not bool(self.module.cls_trained):
+            raise ValueError(
+                "The classifier head of this model was never trained (it is randomly initialised: "
+                "a new model, generative-only training, or a checkpoint without a classifier for "
+                "these labels). Train it first: model.train(task='annotation', max_epochs=...)."
+            )
         adata = self._validate_anndata(adata)
         cats = np.asarray(self._label_state().categorical_mapping)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
@@ -1550,10 +1721,27 @@ class ScGPT(UnsupervisedTrainingMixin, BaseModelClass):
                 "This model has no perturbation parts: ScGPT.setup_anndata(adata, "
                 "perturbation_key='condition'), build the model, train(task='perturbation')."
             )
+        if not bool(self.module.pert_trained):
+            raise ValueError(
+                "The perturbation-response head of this model was never trained (its predictions "
+                "would be the control cells unchanged). Train it first: "
+                "model.train(task='perturbation', max_epochs=...)."
+            )
         if control_adata is None:
             adata = self.adata
             pool = np.flatnonzero(self._control_mask(adata))
         else:
+            key = self._setup_args(self.adata)["perturbation_key"]
+            if key in control_adata.obs.columns:
+                perturbed = ~self._control_mask(control_adata)
+                if perturbed.any():
+                    raise ValueError(
+                        f"control_adata holds {int(perturbed.sum())} perturbed cells (obs[{key!r}] is "
+                        f"not the control value, e.g. {control_adata.obs[key][perturbed].astype(str).iloc[0]!r}); "
+                        "predictions start from unperturbed cells. Pass only control cells: "
+                        f"control_adata[control_adata.obs[{key!r}] == "
+                        f"{self._setup_args(self.adata)['control_value']!r}]."
+                    )
             adata = self._validate_anndata(control_adata)
             pool = np.arange(adata.n_obs)
         if len(pool) == 0:

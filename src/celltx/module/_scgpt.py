@@ -212,8 +212,19 @@ class ScGPTModule(BaseModuleClass):
         self.register_buffer("ctrl_count", torch.zeros(1, dtype=torch.long), persistent=False)
         self.register_buffer("ctrl_mean", torch.zeros(0), persistent=False)
         self.pair_by_labels = False
+        # whether the classifier / perturbation-response heads were ever trained (or loaded):
+        # saved with the weights, so that predictions from a random head are refused
+        self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
         self.set_objective(gep=gep_weight, mvc=mvc_weight, align=1.0 if self.multimodal else 0.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before the head-state flags existed (trusted legacy saves): their heads
+        # count as trained, as they were treated then
+        for name in ("cls_trained", "pert_trained"):
+            state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- objective ----------------------------------------------------------------------
     def set_objective(
