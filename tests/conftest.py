@@ -1,28 +1,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
 
+from _helpers import SMALL
+
 matplotlib.use("Agg")
 os.environ.setdefault("PYTHONHASHSEED", "0")
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "scgpt_reference"
-DATA = SHARED / "data"
-
-SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
-
-
-def need(path: Path) -> Path:
-    """Skip the test with a clear reason when a shared file is absent."""
-    if not path.exists():
-        pytest.skip(f"{path} is absent (shared fixtures/data live beside the project, in ../shared)")
-    return path
 
 
 @pytest.fixture(scope="session")

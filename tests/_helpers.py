@@ -1,0 +1,34 @@
+"""Constants and helpers shared by the test modules.
+
+pytest puts ``tests/`` on ``sys.path`` (``pythonpath = ["tests"]`` in pyproject.toml), so
+test modules import this as ``from _helpers import FIXTURES, need``. Tests run with
+``--import-mode=importlib``, under which ``conftest.py`` is not importable as a module:
+fixtures go in conftest.py, plain values and functions here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root."""
+SHARED = ROOT.parent / "shared"
+"""Fixtures and data too large for the repository live beside it, in ``../shared``."""
+FIXTURES = SHARED / "fixtures" / "scgpt_reference"
+"""Checkpoints and outputs written by the original scGPT package (``ckpt_small``, …)."""
+DATA = SHARED / "data"
+"""Real data sets (``.h5ad`` / ``.h5mu``) used by the slower tests and the tutorials."""
+
+SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
+"""Model size of the small models the tests train."""
+
+
+def need(path: Path) -> Path:
+    """Return ``path``; skip the test with a clear reason when it is absent."""
+    if not path.exists():
+        pytest.skip(
+            f"{path} is absent (shared fixtures/data live beside the project, in ../shared)"
+        )
+    return path
