@@ -36,7 +36,9 @@ import celltx
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--h5ad", help="AnnData with raw counts or log-normalized expression (default: pbmc68k)")
+    p.add_argument(
+        "--h5ad", help="AnnData with raw counts or log-normalized expression (default: pbmc68k)"
+    )
     p.add_argument("--labels", default="cell_type")
     p.add_argument("--layer", default=None)
     p.add_argument("--counts-layer", default=None, help="layer with raw counts for scANVI")
@@ -60,14 +62,24 @@ def main(argv=None) -> None:
         cx.setdefault("pretrain_epochs", 0)
     kwargs = {"celltx": cx, "scanvi": {"accelerator": a.accelerator}}
     df = celltx.bench.annotation(
-        adata, a.labels, methods=a.methods, n_splits=a.splits, seed=a.seed, layer=a.layer, method_kwargs=kwargs,
+        adata,
+        a.labels,
+        methods=a.methods,
+        n_splits=a.splits,
+        seed=a.seed,
+        layer=a.layer,
+        method_kwargs=kwargs,
         counts_layer=a.counts_layer,
     )
     print(df.round(3).to_string(index=False))
-    print(f"\n{adata.n_obs} cells, {adata.obs[a.labels].nunique()} labels, {a.splits} folds, seed {a.seed}")
+    print(
+        f"\n{adata.n_obs} cells, {adata.obs[a.labels].nunique()} labels, {a.splits} folds, seed {a.seed}"
+    )
     print("celltx settings:", {**celltx.bench.CELLTX_DEFAULTS, **cx})
     print()
-    print(celltx.bench.summarize(df).to_markdown() if _has_tabulate() else celltx.bench.summarize(df))
+    print(
+        celltx.bench.summarize(df).to_markdown() if _has_tabulate() else celltx.bench.summarize(df)
+    )
     if a.out:
         df.to_csv(a.out, index=False)
 

@@ -29,7 +29,9 @@ import torch
 
 import celltx
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "scgpt_reference" / "ckpt_small"
+FIXTURE = (
+    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "scgpt_reference" / "ckpt_small"
+)
 
 
 def scgpt_style_bins(row: np.ndarray, n_bins: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -70,7 +72,9 @@ def compare(a: np.ndarray, b: np.ndarray, spread: float) -> tuple[float, float, 
 
 def main() -> None:
     if not FIXTURE.exists():
-        raise SystemExit(f"{FIXTURE} is absent; this comparison needs the scGPT reference checkpoint.")
+        raise SystemExit(
+            f"{FIXTURE} is absent; this comparison needs the scGPT reference checkpoint."
+        )
     adata = celltx.datasets.pbmc68k()
     x = adata.X.toarray()
     n_ties = sum(len(r[r > 0]) - len(np.unique(r[r > 0])) for r in x)
@@ -84,7 +88,9 @@ def main() -> None:
         f"\npbmc68k_reduced .raw: {adata.n_obs} cells, {n_ties:,} tied expressed values "
         f"(of {(x > 0).sum():,}); checkpoint {FIXTURE.name}\n"
     )
-    print("| pair | median over cells of max abs diff | max abs diff | median distance / cell spread |")
+    print(
+        "| pair | median over cells of max abs diff | max abs diff | median distance / cell spread |"
+    )
     print("|---|---:|---:|---:|")
     for name, (a, b) in {
         "celltx vs scGPT draw 1": (ours, draw1),

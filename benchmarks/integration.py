@@ -39,17 +39,30 @@ import celltx
 CELLBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "cellbench_5batches.h5ad"
 
 
-def train_celltx(adata, batch_key, integrate: bool, epochs: int, lr: float, seed: int, accelerator: str,
-                 parts=("dsbn", "dab", "batch_token"), loss_weights=None, **model_kw):
+def train_celltx(
+    adata,
+    batch_key,
+    integrate: bool,
+    epochs: int,
+    lr: float,
+    seed: int,
+    accelerator: str,
+    parts=("dsbn", "dab", "batch_token"),
+    loss_weights=None,
+    **model_kw,
+):
     a = adata.copy()
     scvi.settings.seed = seed
     celltx.model.ScGPT.setup_anndata(a, batch_key=batch_key)
     flags = {p: True for p in parts} if integrate else {}
     model = celltx.model.ScGPT(a, **{**model_kw, **flags})
     model.train(
-        max_epochs=epochs, lr=lr,
-        task="integration" if integrate else "generative", batch_size=32,
-        accelerator=accelerator, enable_progress_bar=False,
+        max_epochs=epochs,
+        lr=lr,
+        task="integration" if integrate else "generative",
+        batch_size=32,
+        accelerator=accelerator,
+        enable_progress_bar=False,
         loss_weights=loss_weights if integrate else None,
     )
     return model.get_latent_representation(), model
@@ -71,34 +84,62 @@ def main(argv=None) -> None:
     p.add_argument("--fast", action="store_true", help="skip kBET and isolated labels")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--plot-dir")
-    p.add_argument("--parts", default="dsbn,dab,batch_token",
-                   help="architecture parts of the integration model (comma-separated; '' for none)")
-    p.add_argument("--loss-weights", default="{}", help='JSON overrides, e.g. \'{"ecs": 0}\'')
+    p.add_argument(
+        "--parts",
+        default="dsbn,dab,batch_token",
+        help="architecture parts of the integration model (comma-separated; '' for none)",
+    )
+    p.add_argument("--loss-weights", default="{}", help="JSON overrides, e.g. '{\"ecs\": 0}'")
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
     adata = ad.read_h5ad(a.h5ad)
     if "demuxlet_cls" in adata.obs:
         adata = adata[adata.obs["demuxlet_cls"] != "DBL"].copy()
     sc.pp.filter_cells(adata, min_genes=1)
-    sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", batch_key=a.batch, subset=True)
-    kw = {"d_model": a.d_model, "n_layers": a.layers, "n_heads": 4, "max_seq_len": a.max_seq_len, "dropout": 0.1}
+    sc.pp.highly_variable_genes(
+        adata, n_top_genes=2000, flavor="seurat_v3", batch_key=a.batch, subset=True
+    )
+    kw = {
+        "d_model": a.d_model,
+        "n_layers": a.layers,
+        "n_heads": 4,
+        "max_seq_len": a.max_seq_len,
+        "dropout": 0.1,
+    }
     emb, timing = {}, {}
     for name, integrate in (("celltx (generative)", False), ("celltx (integration)", True)):
         t0 = time.perf_counter()
         emb[name], _ = train_celltx(
-            adata, a.batch, integrate, a.epochs, a.lr, a.seed, a.accelerator,
-            parts=[x for x in a.parts.split(",") if x], loss_weights=json.loads(a.loss_weights), **kw,
+            adata,
+            a.batch,
+            integrate,
+            a.epochs,
+            a.lr,
+            a.seed,
+            a.accelerator,
+            parts=[x for x in a.parts.split(",") if x],
+            loss_weights=json.loads(a.loss_weights),
+            **kw,
         )
         timing[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = celltx.bench.integration(
-        adata, a.batch, a.labels, emb, baselines=a.baselines, seed=a.seed, fast=a.fast,
-        scvi_kwargs={"max_epochs": a.scvi_epochs, "accelerator": a.accelerator}, plot_dir=a.plot_dir,
+        adata,
+        a.batch,
+        a.labels,
+        emb,
+        baselines=a.baselines,
+        seed=a.seed,
+        fast=a.fast,
+        scvi_kwargs={"max_epochs": a.scvi_epochs, "accelerator": a.accelerator},
+        plot_dir=a.plot_dir,
     )
-    print(f"\n{adata.n_obs} cells × {adata.n_vars} HVGs, {adata.obs[a.batch].nunique()} batches, "
-          f"{adata.obs[a.labels].nunique()} labels; celltx: {kw}, {a.epochs} epochs; "
-          f"training s: { {k: round(v) for k, v in timing.items()} }; baselines + metrics "
-          f"{time.perf_counter() - t0:.0f} s\n")
+    print(
+        f"\n{adata.n_obs} cells × {adata.n_vars} HVGs, {adata.obs[a.batch].nunique()} batches, "
+        f"{adata.obs[a.labels].nunique()} labels; celltx: {kw}, {a.epochs} epochs; "
+        f"training s: { {k: round(v) for k, v in timing.items()} }; baselines + metrics "
+        f"{time.perf_counter() - t0:.0f} s\n"
+    )
     cols = ["Bio conservation", "Batch correction", "Total"]
     print(table.drop(index="Metric Type")[cols].astype(float).round(3).to_string())
     print()

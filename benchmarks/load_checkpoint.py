@@ -127,7 +127,9 @@ def main(argv=None) -> None:
             (
                 "first embedding (64 cells)",
                 _time(
-                    lambda: holder["model"].get_latent_representation(indices=range(64), batch_size=32),
+                    lambda: holder["model"].get_latent_representation(
+                        indices=range(64), batch_size=32
+                    ),
                     a.repeats,
                 ),
             ),

@@ -103,17 +103,31 @@ def main(argv=None) -> None:
         import torch
 
         cfg = {"model": {}, "epochs": 30, "lr": 1e-2, **json.loads(args.celltx)}
-        model_kw = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 201, "max_peaks": 200,
-                    "dropout": 0.1, **cfg["model"]}
+        model_kw = {
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "max_seq_len": 201,
+            "max_peaks": 200,
+            "dropout": 0.1,
+            **cfg["model"],
+        }
         # scvi-tools registers fully paired data: celltx trains on a padded copy; the
         # baselines are scored on the data as it is (padding would hand PCA / LSI all-zero cells)
         padded = celltx.data.pad_mosaic(mdata, modality_key=modality_key or "modality")
         celltx.model.ScGPT.setup_mudata(padded)
         torch.manual_seed(args.seed)
         model = celltx.model.ScGPT(padded, **model_kw)
-        model.train(max_epochs=cfg["epochs"], lr=cfg["lr"], batch_size=32, accelerator=args.accelerator,
-                    enable_progress_bar=False)
-        print(f"celltx {model_kw}, {cfg['epochs']} epochs at lr {cfg['lr']}: {time.time() - t:.0f} s")
+        model.train(
+            max_epochs=cfg["epochs"],
+            lr=cfg["lr"],
+            batch_size=32,
+            accelerator=args.accelerator,
+            enable_progress_bar=False,
+        )
+        print(
+            f"celltx {model_kw}, {cfg['epochs']} epochs at lr {cfg['lr']}: {time.time() - t:.0f} s"
+        )
         embeddings = celltx.bench.celltx_multiome_embeddings(model, padded)
     table = celltx.bench.multiome(
         mdata,

@@ -43,34 +43,55 @@ def main(argv=None) -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--n-cells", type=int, default=100)
-    p.add_argument("--freeze", type=int, default=0, help="freeze embeddings + k layers in fine-tuning")
+    p.add_argument(
+        "--freeze", type=int, default=0, help="freeze embeddings + k layers in fine-tuning"
+    )
     p.add_argument("--no-celltx", action="store_true")
     p.add_argument("--accelerator", default="auto")
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     if a.h5ad:
-        adata = celltx.datasets.read_gears(a.h5ad) if a.h5ad.endswith(".h5ad") else ad.read_h5ad(a.h5ad)
+        adata = (
+            celltx.datasets.read_gears(a.h5ad) if a.h5ad.endswith(".h5ad") else ad.read_h5ad(a.h5ad)
+        )
     else:
-        kw = {"n_genes": 100, "n_perturbations": 20, "n_combos": 12, "n_cells_per_condition": 40} if a.quick else {}
+        kw = (
+            {"n_genes": 100, "n_perturbations": 20, "n_combos": 12, "n_cells_per_condition": 40}
+            if a.quick
+            else {}
+        )
         adata = celltx.datasets.simulate_perturbseq(seed=a.sim_seed, **kw)
     model = None
     if not a.no_celltx:
         model = celltx.bench.celltx_perturbation_model(
             model={"d_model": a.d_model, "n_layers": a.layers},
-            epochs=a.epochs, pretrain_epochs=a.pretrain_epochs, lr=a.lr, pretrain_lr=a.lr,
-            n_cells=a.n_cells, accelerator=a.accelerator, freeze_layers=a.freeze,
-            perturbation_key=a.key, control_value=a.control,
+            epochs=a.epochs,
+            pretrain_epochs=a.pretrain_epochs,
+            lr=a.lr,
+            pretrain_lr=a.lr,
+            n_cells=a.n_cells,
+            accelerator=a.accelerator,
+            freeze_layers=a.freeze,
+            perturbation_key=a.key,
+            control_value=a.control,
         )
     t0 = time.perf_counter()
     df = celltx.bench.perturbation(
-        adata, model=model, split=a.split, seed=a.seed, perturbation_key=a.key, control_value=a.control
+        adata,
+        model=model,
+        split=a.split,
+        seed=a.seed,
+        perturbation_key=a.key,
+        control_value=a.control,
     )
-    print(f"\n{adata.n_obs} cells × {adata.n_vars} genes, {adata.obs[a.key].nunique()} conditions, "
-          f"split {a.split!r} seed {a.seed}; celltx d{a.d_model}/{a.layers} layers, "
-          f"{a.pretrain_epochs} generative + {a.epochs} perturbation epochs, lr {a.lr}, "
-          f"freeze {a.freeze}; "
-          f"{time.perf_counter() - t0:.0f} s\n")
+    print(
+        f"\n{adata.n_obs} cells × {adata.n_vars} genes, {adata.obs[a.key].nunique()} conditions, "
+        f"split {a.split!r} seed {a.seed}; celltx d{a.d_model}/{a.layers} layers, "
+        f"{a.pretrain_epochs} generative + {a.epochs} perturbation epochs, lr {a.lr}, "
+        f"freeze {a.freeze}; "
+        f"{time.perf_counter() - t0:.0f} s\n"
+    )
     print(celltx.bench.summarize_perturbation(df).to_string())
     sub = df.groupby(["method", "subgroup"])[["spread_de", "spread_de_true"]].mean()
     print("\nspread of DE deltas across conditions (prediction | truth):")

@@ -243,7 +243,9 @@ def dense_batches(adata, batch_size: int, device: torch.device) -> list[torch.Te
 
 def tokens_per_cell(model, adata, max_seq_len: int) -> np.ndarray:
     """Non-padding tokens of each cell: ``<cls>`` + its expressed vocabulary genes, capped."""
-    known = np.asarray(model._gene_ids(adata)) >= 0
+    from celltx.data import match_genes
+
+    known = match_genes(adata, model.vocab).ids >= 0  # registered without gene_symbols
     X = adata.X[:, known]
     nnz = np.asarray((X > 0).sum(1)).ravel()
     return 1 + np.minimum(nnz, max_seq_len - 1)

@@ -117,7 +117,10 @@ def test_annotation_on_raw_counts_gives_each_method_its_input(monkeypatch):
     snap = _snapshot(a)
     seen = _spy_runners(monkeypatch)
     df = celltx.bench.annotation(
-        a, "cell_type", methods=["celltx", "logreg", "knn_pca", "scanvi", "celltypist"], n_splits=2,
+        a,
+        "cell_type",
+        methods=["celltx", "logreg", "knn_pca", "scanvi", "celltypist"],
+        n_splits=2,
         method_kwargs={"celltx": TINY_CELLTX, "scanvi": TINY_SCANVI},
     )
     assert len(df) == 10 and df["error"].isna().all(), df[["method", "error"]]
@@ -140,7 +143,10 @@ def test_annotation_on_log_normalised_input_skips_scanvi(monkeypatch):
     seen = _spy_runners(monkeypatch)
     with pytest.warns(UserWarning, match="scanvi is skipped: scANVI needs raw counts"):
         df = celltx.bench.annotation(
-            a, "cell_type", methods=["logreg", "scanvi", "celltypist"], n_splits=2,
+            a,
+            "cell_type",
+            methods=["logreg", "scanvi", "celltypist"],
+            n_splits=2,
             method_kwargs={"scanvi": TINY_SCANVI},
         )
     assert "scanvi" not in seen  # never trained on non-counts
@@ -157,7 +163,11 @@ def test_annotation_counts_layer_feeds_scanvi(monkeypatch):
     a = _lognorm(_counts_adata())  # X log-normalised, layers["counts"] raw counts
     seen = _spy_runners(monkeypatch)
     df = celltx.bench.annotation(
-        a, "cell_type", methods=["scanvi"], n_splits=2, counts_layer="counts",
+        a,
+        "cell_type",
+        methods=["scanvi"],
+        n_splits=2,
+        counts_layer="counts",
         method_kwargs={"scanvi": TINY_SCANVI},
     )
     assert df["error"].isna().all() and df["accuracy"].notna().all()
@@ -197,7 +207,9 @@ def test_annotation_bad_arguments_raise_before_training(monkeypatch):
     a = _counts_adata()
     seen = _spy_runners(monkeypatch)
     with pytest.raises(ValueError, match="unknown settings \\['epochs'\\]"):
-        celltx.bench.annotation(a, "cell_type", methods=["logreg", "celltx"], method_kwargs={"celltx": {"epochs": 2}})
+        celltx.bench.annotation(
+            a, "cell_type", methods=["logreg", "celltx"], method_kwargs={"celltx": {"epochs": 2}}
+        )
     with pytest.raises(ValueError, match="unknown method 'svm'"):
         celltx.bench.annotation(a, "cell_type", methods=["logreg"], method_kwargs={"svm": {}})
     with pytest.raises(ValueError, match="Unknown methods"):
@@ -265,7 +277,9 @@ def test_integration_skips_scvi_on_log_normalised_input(monkeypatch):
     assert np.isnan(float(table.loc["scVI", "Total"]))
     assert table.loc["PCA (unintegrated)", "error"] is None
     # 3 separated types: PCA of the log-normalised values keeps them apart, noise does not
-    assert float(table.loc["PCA (unintegrated)", "Total"]) > float(table.loc["random", "Total"]) + 0.1
+    assert (
+        float(table.loc["PCA (unintegrated)", "Total"]) > float(table.loc["random", "Total"]) + 0.1
+    )
     _assert_unchanged(a, snap)
 
 
@@ -285,7 +299,9 @@ def test_integration_failing_baseline_keeps_the_others(monkeypatch):
             a, "batch", "cell_type", baselines=["pca", "scvi"], fast=True, return_embeddings=True
         )
     assert table.loc["scVI", "error"] == "RuntimeError: scvi exploded"
-    assert np.isfinite(float(table.loc["PCA (unintegrated)", "Total"])) and list(embs) == ["PCA (unintegrated)"]
+    assert np.isfinite(float(table.loc["PCA (unintegrated)", "Total"])) and list(embs) == [
+        "PCA (unintegrated)"
+    ]
 
 
 def test_multiome_skips_multivi_without_counts_and_keeps_failures():
@@ -319,7 +335,9 @@ def test_perturbation_failing_method_becomes_error_rows():
     snap = _snapshot(sim)
     with pytest.warns(UserWarning, match=r"broken failed \(RuntimeError: cannot fit\)"):
         df = celltx.bench.perturbation(
-            sim, baselines=("no_change", "additive"), predictors={"broken": _Broken()},
+            sim,
+            baselines=("no_change", "additive"),
+            predictors={"broken": _Broken()},
             model=lambda train: object(),  # a train_fn returning no predictor
         )
     assert list(dict.fromkeys(df["method"])) == ["no_change", "additive", "broken", "celltx"]
@@ -330,7 +348,9 @@ def test_perturbation_failing_method_becomes_error_rows():
     broken = df[df["method"] == "broken"]
     assert (broken["error"] == "RuntimeError: cannot fit").all() and broken["mse"].isna().all()
     assert set(broken["condition"]) == set(ok["condition"])
-    assert df.loc[df["method"] == "celltx", "error"].str.contains("without predict_perturbation").all()
+    assert (
+        df.loc[df["method"] == "celltx", "error"].str.contains("without predict_perturbation").all()
+    )
     with pytest.raises(ValueError, match="Predictor 'bad' needs fit"):
         celltx.bench.perturbation(sim, predictors={"bad": object()})
     _assert_unchanged(sim, snap)
@@ -352,7 +372,9 @@ def test_embedding_scores_failing_embedding_becomes_error_row(pbmc, monkeypatch)
         table = celltx.bench.embedding_scores(
             small, "cell_type", {"PCA": "X_pca", "bad": small.obsm["X_pca"][:, :3]}
         )
-    assert table.loc["bad", "error"] == "RuntimeError: leiden failed" and np.isnan(table.loc["bad", "leiden_ari"])
+    assert table.loc["bad", "error"] == "RuntimeError: leiden failed" and np.isnan(
+        table.loc["bad", "leiden_ari"]
+    )
     assert table.loc["PCA", "error"] is None and table.loc["PCA", "knn_accuracy"] > 0.5
     with pytest.raises(ValueError, match="not a key of adata.obsm"):
         celltx.bench.embedding_scores(small, "cell_type", {"x": "X_missing"})

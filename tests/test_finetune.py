@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import scvi
 import torch
-from conftest import DATA, FIXTURES, SMALL, need
 
 import celltx
 from celltx.model import ScGPT
 from celltx.nn import AdversarialDiscriminator, DomainSpecificBatchNorm, grad_reverse
+
+from _helpers import DATA, FIXTURES, SMALL, need
 
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}
 
@@ -35,6 +36,7 @@ def annotated(_pbmc):
 
 
 # --- annotation --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_annotation_learns_and_predicts(annotated):
     model, adata = annotated
     pred = model.predict()
@@ -47,7 +49,9 @@ def test_annotation_learns_and_predicts(annotated):
     unlabeled = adata.obs["label"].isna().to_numpy()
     assert (pred[unlabeled] == truth[unlabeled]).mean() > majority  # cells it never saw labelled
     proba = model.predict(soft=True)
-    assert list(proba.columns) == sorted(adata.obs["cell_type"].cat.categories)  # the registered order
+    assert list(proba.columns) == sorted(
+        adata.obs["cell_type"].cat.categories
+    )  # the registered order
     assert (proba.index == adata.obs_names).all()
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     assert (proba.to_numpy().argmax(1) == pd.Index(proba.columns).get_indexer(pred)).all()
@@ -59,6 +63,7 @@ def test_annotation_learns_and_predicts(annotated):
     assert len(cls_loss) == 10 and cls_loss.iloc[-1] < cls_loss.iloc[0]
 
 
+@pytest.mark.slow
 def test_predict_on_query_with_other_genes_and_no_labels(annotated):
     model, adata = annotated
     query = adata[:50, ::-1].copy()  # reversed gene order, no label column
@@ -68,6 +73,7 @@ def test_predict_on_query_with_other_genes_and_no_labels(annotated):
     assert model.predict(query, soft=True).shape == (50, 10)
 
 
+@pytest.mark.slow
 def test_nan_labels_are_unlabelled(annotated):
     model, adata = annotated
     codes = model.adata_manager.get_from_registry("labels").ravel()
@@ -78,19 +84,33 @@ def test_nan_labels_are_unlabelled(annotated):
 def test_class_weights_and_freezing(pbmc):
     ScGPT.setup_anndata(pbmc, labels_key="cell_type")
     model = ScGPT(pbmc, **SMALL)
-    counts = pbmc.obs["cell_type"].value_counts().reindex(pbmc.obs["cell_type"].cat.categories).to_numpy()
+    counts = (
+        pbmc.obs["cell_type"]
+        .value_counts()
+        .reindex(pbmc.obs["cell_type"].cat.categories)
+        .to_numpy()
+    )
     expected = counts.sum() / (len(counts) * counts)
     np.testing.assert_allclose(model._class_weights("balanced").numpy(), expected, rtol=1e-6)
     frozen_before = {k: v.clone() for k, v in model.module.transformer.state_dict().items()}
-    model.train(max_epochs=1, task="annotation", freeze_layers=1, label_smoothing=0.1,
-                class_weight={"CD34+": 2.0}, **CPU)
+    model.train(
+        max_epochs=1,
+        task="annotation",
+        freeze_layers=1,
+        label_smoothing=0.1,
+        class_weight={"CD34+": 2.0},
+        **CPU,
+    )
     after = model.module.transformer.state_dict()
     for k in ("encoder.embedding.weight", "transformer_encoder.layers.0.linear1.weight"):
         assert torch.equal(after[k], frozen_before[k]), k
     for k in ("transformer_encoder.layers.1.linear1.weight", "cls_decoder.out_layer.weight"):
         assert not torch.equal(after[k], frozen_before[k]), k
     assert all(p.requires_grad for p in model.module.parameters())  # restored after training
-    assert float(model.module.class_weights[list(pbmc.obs["cell_type"].cat.categories).index("CD34+")]) == 2.0
+    assert (
+        float(model.module.class_weights[list(pbmc.obs["cell_type"].cat.categories).index("CD34+")])
+        == 2.0
+    )
 
 
 def test_finetune_errors(pbmc):
@@ -158,7 +178,9 @@ def test_ecs_loss_matches_its_formula(pbmc):
     unit = torch.nn.functional.normalize(emb, dim=1)
     cos = torch.relu(unit @ unit.T)
     off = ~torch.eye(5, dtype=torch.bool)
-    np.testing.assert_allclose(float(out.loss), float((1 - (cos[off] - 0.6) ** 2).mean()), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(out.loss), float((1 - (cos[off] - 0.6) ** 2).mean()), rtol=1e-5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +196,7 @@ def cellbench():
     return a
 
 
+@pytest.mark.slow
 def test_integration_training_and_bench(cellbench):
     a = cellbench.copy()
     scvi.settings.seed = 0
@@ -185,11 +208,18 @@ def test_integration_training_and_bench(cellbench):
     emb = model.get_latent_representation()
     assert emb.shape == (a.n_obs, SMALL["d_model"]) and np.isfinite(emb).all()
     # the embedding is a function of the cell and its batch only, not of the minibatch
-    np.testing.assert_allclose(model.get_latent_representation(indices=np.arange(10, 20)), emb[10:20], atol=1e-5)
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=np.arange(10, 20)), emb[10:20], atol=1e-5
+    )
     assert model.score_generation()["n_tokens"] > 0
     table = celltx.bench.integration(
-        a, "batch", "cell_line", {"celltx": emb}, baselines=["pca", "harmony", "scvi"],
-        scvi_kwargs={"max_epochs": 2, "accelerator": "cpu"}, fast=True,
+        a,
+        "batch",
+        "cell_line",
+        {"celltx": emb},
+        baselines=["pca", "harmony", "scvi"],
+        scvi_kwargs={"max_epochs": 2, "accelerator": "cpu"},
+        fast=True,
     )
     rows = ["celltx", "PCA (unintegrated)", "Harmony", "scVI"]
     assert list(table.index[:-1]) == rows and table.index[-1] == "Metric Type"
@@ -209,7 +239,9 @@ def test_integration_bench_errors(pbmc):
     with pytest.raises(ValueError, match="at least 2 batches"):
         celltx.bench.integration(pbmc, "b", "cell_type", baselines=["pca"])
     with pytest.raises(ValueError, match="has shape"):
-        celltx.bench.integration(pbmc, "cell_type", "cell_type", {"bad": np.zeros((3, 2))}, baselines=[])
+        celltx.bench.integration(
+            pbmc, "cell_type", "cell_type", {"bad": np.zeros((3, 2))}, baselines=[]
+        )
 
 
 # --- loaded checkpoints -------------------------------------------------------------------
@@ -227,7 +259,9 @@ def test_pretrained_checkpoint_gets_a_new_classifier():
 
 # --- annotation benchmark -----------------------------------------------------------------
 def test_annotation_bench_baselines(pbmc):
-    df = celltx.bench.annotation(pbmc, "cell_type", methods=["logreg", "knn_pca", "celltypist"], n_splits=3)
+    df = celltx.bench.annotation(
+        pbmc, "cell_type", methods=["logreg", "knn_pca", "celltypist"], n_splits=3
+    )
     assert len(df) == 9 and set(df["method"]) == {"logreg", "knn_pca", "celltypist"}
     assert df[["accuracy", "macro_f1", "weighted_f1"]].apply(lambda c: c.between(0, 1)).all().all()
     # logistic regression on pbmc68k: about 0.83 accuracy (5-fold reference 0.826)
@@ -240,15 +274,27 @@ def test_annotation_bench_celltx_and_scanvi_run(pbmc):
     small = pbmc[::2].copy()  # log-normalized values: scANVI (counts only) is skipped, not fed them
     with pytest.warns(UserWarning, match="scanvi is skipped"):
         df = celltx.bench.annotation(
-            small, "cell_type", methods=["celltx", "scanvi"], n_splits=2,
+            small,
+            "cell_type",
+            methods=["celltx", "scanvi"],
+            n_splits=2,
             method_kwargs={
-                "celltx": {"model": SMALL, "pretrain_epochs": 1, "finetune_epochs": 1, "accelerator": "cpu"},
+                "celltx": {
+                    "model": SMALL,
+                    "pretrain_epochs": 1,
+                    "finetune_epochs": 1,
+                    "accelerator": "cpu",
+                },
                 "scanvi": {"scvi_epochs": 2, "scanvi_epochs": 1, "accelerator": "cpu"},
             },
         )
     assert list(df["method"]) == ["celltx", "scanvi", "celltx", "scanvi"]
     assert df.loc[df["method"] == "celltx", "accuracy"].between(0, 1).all()
-    assert df.loc[df["method"] == "scanvi", "error"].str.startswith("skipped: scANVI needs raw counts").all()
+    assert (
+        df.loc[df["method"] == "scanvi", "error"]
+        .str.startswith("skipped: scANVI needs raw counts")
+        .all()
+    )
 
 
 def test_annotation_bench_errors(pbmc):

@@ -1,15 +1,15 @@
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 import scvi
-from conftest import SMALL
 from scipy import sparse
 
 import celltx
 from celltx.model import ScGPT
+
+from _helpers import SMALL
 
 
 def test_history_and_embeddings(trained):
@@ -115,6 +115,7 @@ def test_cells_without_expressed_genes_warn(trained):
     assert np.isfinite(z).all()
 
 
+@pytest.mark.slow
 def test_training_learns_beyond_gene_means(pbmc):
     """Held-out unknown-gene bins: the model beats predicting each gene's mean bin."""
     scvi.settings.seed = 0
@@ -122,7 +123,11 @@ def test_training_learns_beyond_gene_means(pbmc):
     model = ScGPT(pbmc, d_model=64, n_layers=2, n_heads=4, max_seq_len=256, dropout=0.1)
     before = model.score_generation(indices=np.arange(600, 700), reference_indices=np.arange(600))
     model.train(
-        max_epochs=40, batch_size=32, lr=1e-2, accelerator="cpu", enable_progress_bar=False,
+        max_epochs=40,
+        batch_size=32,
+        lr=1e-2,
+        accelerator="cpu",
+        enable_progress_bar=False,
         train_size=0.85,
     )
     after = model.score_generation()
@@ -140,8 +145,13 @@ def test_lightning_arguments_pass_through():
     ScGPT.setup_anndata(adata)
     model = ScGPT(adata, **SMALL)
     model.train(
-        max_epochs=1, batch_size=32, accelerator="cpu", devices=1, precision="bf16-mixed",
-        gradient_clip_val=1.0, enable_progress_bar=False,
+        max_epochs=1,
+        batch_size=32,
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+        enable_progress_bar=False,
         plan_kwargs={"lr_schedule": "constant", "weight_decay": 0.0},
     )
     assert np.isfinite(model.history["train_loss"].to_numpy(dtype=float)).all()
@@ -153,8 +163,13 @@ def test_early_stopping_stops():
     ScGPT.setup_anndata(adata)
     model = ScGPT(adata, **SMALL)
     model.train(
-        max_epochs=30, batch_size=64, accelerator="cpu", early_stopping=True,
-        early_stopping_patience=1, early_stopping_min_delta=1e9, enable_progress_bar=False,
+        max_epochs=30,
+        batch_size=64,
+        accelerator="cpu",
+        early_stopping=True,
+        early_stopping_patience=1,
+        early_stopping_min_delta=1e9,
+        enable_progress_bar=False,
     )
     assert len(model.history["train_loss"]) < 30
 

@@ -10,11 +10,12 @@ import mudata
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, need
 from scipy import sparse
 
 import celltx
 from celltx.datasets._multiome import peak_coordinates
+
+from _helpers import DATA, need
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)

@@ -9,22 +9,27 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, need
 
 import celltx
 from celltx.data import MOD_ATAC, MOD_RNA
 from celltx.model import ScGPT
+
+from _helpers import DATA, need
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 SMALL = dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, max_peaks=64, dropout=0.0)
-FIT = dict(batch_size=32, accelerator="cpu", enable_progress_bar=False, check_val_every_n_epoch=None)
+FIT = dict(
+    batch_size=32, accelerator="cpu", enable_progress_bar=False, check_val_every_n_epoch=None
+)
 
 
 def _mosaic(n=240, seed=0):
-    return celltx.data.pad_mosaic(celltx.datasets.simulate_multiome(n_cells=n, mosaic=True, seed=seed))
+    return celltx.data.pad_mosaic(
+        celltx.datasets.simulate_multiome(n_cells=n, mosaic=True, seed=seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +147,19 @@ def test_views_generate_one_modality_from_the_other_without_leaking():
         real = ~rows_tok.padding_mask[rna_view]
         assert not known[rna_view][(mod == MOD_ATAC) & real].any()
         assert known[rna_view][(mod == MOD_RNA) & real].all()
-        h, _ = m.transformer._encode(
-            rows_tok.gene_ids, rows_tok.values, rows_tok.padding_mask, known, modality=rows_tok.modality
+        h = m.network.encode(
+            rows_tok.gene_ids,
+            rows_tok.values,
+            rows_tok.padding_mask,
+            known,
+            modality=rows_tok.modality,
         )
         rna_alone, _ = m.cell_embedding(inputs["x"], x_atac=torch.zeros_like(inputs["x_atac"]))
     torch.testing.assert_close(h[rna_view][:, 0], rna_alone, atol=1e-5, rtol=1e-5)
 
 
 # --- training and outputs ----------------------------------------------------------------
+@pytest.mark.slow
 def test_training_aligns_modalities_and_embeds_every_cell(trained):
     model, mdata = trained
     hist = model.history
@@ -164,7 +174,12 @@ def test_training_aligns_modalities_and_embeds_every_cell(trained):
     assert z.shape == (mdata.n_obs, 32) and np.isfinite(z).all()
     np.testing.assert_array_equal(z, model.get_latent_representation(mdata, batch_size=7))
     table = celltx.bench.multiome(
-        mdata, "cell_type", embeddings={"celltx": z}, baselines=(), modality_key="modality", knn=False
+        mdata,
+        "cell_type",
+        embeddings={"celltx": z},
+        baselines=(),
+        modality_key="modality",
+        knn=False,
     )
     # RNA-only and ATAC-only cells share the space: their neighbours include the other kind.
     # Without the distance term of the alignment loss this was 0.00 (the modalities never
@@ -173,6 +188,7 @@ def test_training_aligns_modalities_and_embeds_every_cell(trained):
     assert table.loc["celltx", "modality_mixing"] > 0.1
 
 
+@pytest.mark.slow
 def test_muon_workflow(trained):
     """A joint embedding in muon: scanpy's neighbours / UMAP on the MuData (muon's own
     ``mu.pp.neighbors`` is its weighted-nearest-neighbour graph over modalities and takes no
@@ -191,6 +207,7 @@ def test_muon_workflow(trained):
     mu.pl.umap(mdata, color=["cell_type", "modality"], show=False)
 
 
+@pytest.mark.slow
 def test_predict_rna_from_atac(trained):
     model, mdata = trained
     pred = model.predict_rna_from_atac(mdata)
@@ -212,6 +229,7 @@ def test_predict_rna_from_atac(trained):
     assert (back.X >= 0).all() and (back.X <= 1).all()
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(trained, tmp_path):
     model, mdata = trained
     model.save(tmp_path / "m", overwrite=True)
@@ -279,7 +297,10 @@ def test_rna_checkpoint_loads_under_a_multiome_model(tmp_path):
     # zero_fraction=0 as the RNA model (a multiome model's default adds non-expressed genes)
     model = ScGPT.load_pretrained(tmp_path / "ckpt", mdata, accelerator="cpu", zero_fraction=0.0)
     report = model.checkpoint_report_
-    assert "encoder.embedding" in report.initialised and "400 new tokens" in report.reasons["encoder.embedding"]
+    assert (
+        "encoder.embedding" in report.initialised
+        and "400 new tokens" in report.reasons["encoder.embedding"]
+    )
     assert len(model.vocab) == len(rna_model.vocab) + 400
     # the RNA part is the checkpoint's: RNA-alone cells embed exactly as in the RNA model
     rna_alone = mdata.copy()

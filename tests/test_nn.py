@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, need
 
 from celltx.io import detect_layout, from_scgpt, read_weights, to_scgpt
 from celltx.nn import ScGPTTransformer, TransformerEncoderLayer, generative_attn_mask
+
+from _helpers import FIXTURES, need
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -14,7 +15,9 @@ def test_layer_equals_torch_transformer_layer(norm_first, activation):
     ref = torch.nn.TransformerEncoderLayer(
         32, 4, 48, dropout=0.0, activation=activation, batch_first=True, norm_first=norm_first
     ).eval()
-    ours = TransformerEncoderLayer(32, 4, 48, dropout=0.0, activation=activation, norm_first=norm_first).eval()
+    ours = TransformerEncoderLayer(
+        32, 4, 48, dropout=0.0, activation=activation, norm_first=norm_first
+    ).eval()
     sd = from_scgpt({k: v for k, v in ref.state_dict().items()})
     ours.load_state_dict(sd)
     x = torch.randn(3, 10, 32)
@@ -39,7 +42,9 @@ def _cell(n_known=6, n_unknown=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     genes = torch.randperm(50, generator=g)[: n_known + n_unknown] + 2  # ids 2..51
     ids = torch.cat([torch.tensor([1]), genes])  # <cls>=1
-    vals = torch.cat([torch.tensor([-2.0]), torch.randint(1, 51, (n_known + n_unknown,), generator=g).float()])
+    vals = torch.cat(
+        [torch.tensor([-2.0]), torch.randint(1, 51, (n_known + n_unknown,), generator=g).float()]
+    )
     known = torch.zeros(len(ids), dtype=torch.bool)
     known[: 1 + n_known] = True
     return ids[None], vals[None], known[None]
@@ -78,7 +83,9 @@ def test_generative_mask_invariances(norm_first):
     with torch.no_grad():
         other = net(ids4, vals4, pad, known)
         alone = net(ids[:, :8], vals[:, :8], pad[:, :8], known[:, :8])
-    torch.testing.assert_close(other["encoder_output"][0, 7], base["encoder_output"][0, 7], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        other["encoder_output"][0, 7], base["encoder_output"][0, 7], atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(alone["expr"][0, 7], base["expr"][0, 7], atol=1e-5, rtol=0)
     # unknown values are not seen at all: changing them changes nothing
     vals5 = vals.clone()
@@ -133,7 +140,9 @@ def test_attention_sdpa_dropout_only_in_training():
 def test_golden_outputs_match_original_scgpt(layout_dir):
     g = np.load(need(FIXTURES / "golden_small.npz"))
     sd = read_weights(need(FIXTURES / layout_dir / "best_model.pt"))
-    net = ScGPTTransformer(768, d_model=64, n_heads=4, d_hid=64, n_layers=2, dropout=0.2, pad_id=765)
+    net = ScGPTTransformer(
+        768, d_model=64, n_heads=4, d_hid=64, n_layers=2, dropout=0.2, pad_id=765
+    )
     missing, unexpected = net.load_state_dict(from_scgpt(sd), strict=False)
     assert missing == []
     assert all(k.startswith("cls_decoder.") for k in unexpected)  # no classifier in this net
@@ -145,7 +154,9 @@ def test_golden_outputs_match_original_scgpt(layout_dir):
             torch.from_numpy(g["padding_mask"]),
         )
     keep = ~g["padding_mask"]
-    np.testing.assert_allclose(out["encoder_output"].numpy()[keep], g["encoder_output"][keep], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        out["encoder_output"].numpy()[keep], g["encoder_output"][keep], atol=1e-5, rtol=0
+    )
     np.testing.assert_allclose(out["cell_emb"].numpy(), g["cell_emb"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(out["expr"].numpy()[keep], g["mlm_output"][keep], atol=1e-5, rtol=0)
     np.testing.assert_allclose(out["mvc"].numpy()[keep], g["mvc_output"][keep], atol=1e-5, rtol=0)

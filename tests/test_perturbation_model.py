@@ -19,8 +19,12 @@ TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0}
 
 def _sim(**kw):
     args = {
-        "n_genes": 60, "n_perturbations": 8, "n_combos": 4, "n_cells_per_condition": 30,
-        "n_control_cells": 120, "seed": 0,
+        "n_genes": 60,
+        "n_perturbations": 8,
+        "n_combos": 4,
+        "n_cells_per_condition": 30,
+        "n_control_cells": 120,
+        "seed": 0,
     }
     adata = celltx.datasets.simulate_perturbseq(**{**args, **kw})
     sc.pp.normalize_total(adata, target_sum=1e4)
@@ -35,8 +39,15 @@ def _trained_pert():
     adata = _sim(n_unmeasured_targets=2)
     ScGPT.setup_anndata(adata, perturbation_key="condition")
     model = ScGPT(adata, **TINY)
-    model.train(max_epochs=8, task="perturbation", lr=3e-3, batch_size=64, train_size=1.0,
-                check_val_every_n_epoch=None, **CPU)
+    model.train(
+        max_epochs=8,
+        task="perturbation",
+        lr=3e-3,
+        batch_size=64,
+        train_size=1.0,
+        check_val_every_n_epoch=None,
+        **CPU,
+    )
     return model, adata
 
 
@@ -82,7 +93,11 @@ def test_tokens_keep_every_panel_gene_and_flag_targets(_trained_pert):
     unmeasured = [g for g in model.vocab.genes if g not in set(adata.var_names)]
     assert len(unmeasured) == 2  # tokens for the perturbed genes outside the panel
     x = torch.as_tensor(adata.X[:3].toarray() if hasattr(adata.X, "toarray") else adata.X[:3])
-    ids = torch.as_tensor(model._condition_gene_ids([f"{adata.var_names[5]}+{unmeasured[0]}", "ctrl", f"{unmeasured[1]}+ctrl"]))
+    ids = torch.as_tensor(
+        model._condition_gene_ids(
+            [f"{adata.var_names[5]}+{unmeasured[0]}", "ctrl", f"{unmeasured[1]}+ctrl"]
+        )
+    )
     m.tokenizer.max_seq_len = 8  # a short max_seq_len must not truncate the perturbation sequence
     with m.gene_panel(torch.as_tensor(model._gene_ids(adata))):
         tokens, flags, cols = m.perturb_tokens(x, ids)
@@ -90,7 +105,7 @@ def test_tokens_keep_every_panel_gene_and_flag_targets(_trained_pert):
     assert len(cols) == adata.n_vars and tokens.gene_ids.shape[1] == 1 + adata.n_vars + 2
     # cell 0: one panel gene + one extra token flagged; cell 1: nothing; cell 2: one extra
     assert (flags == 1).sum(1).tolist() == [2, 0, 1]
-    extra = tokens.gene_ids[:, 1 + adata.n_vars:]
+    extra = tokens.gene_ids[:, 1 + adata.n_vars :]
     assert extra[0, 1] == model.vocab[unmeasured[0]] and not tokens.padding_mask[0, -1]
     assert tokens.padding_mask[1, -2:].all() and (flags[1, -2:] == PERT_PAD).all()
     assert flags[0, 1 + 5] == 1  # the panel gene's own token

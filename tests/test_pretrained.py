@@ -11,10 +11,11 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, need
 
 import celltx
 from celltx.model import ScGPT
+
+from _helpers import FIXTURES, need
 
 LAYOUTS = ["ckpt_small", "ckpt_small_torch", "ckpt_small_fa2"]
 
@@ -84,7 +85,11 @@ def test_three_layouts_load_the_same_weights(tiefree):
 # --- export ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("layout", "safetensors", "fixture_dir"),
-    [("official", False, "ckpt_small"), ("torch", False, "ckpt_small_torch"), ("fa2", True, "ckpt_small_fa2")],
+    [
+        ("official", False, "ckpt_small"),
+        ("torch", False, "ckpt_small_torch"),
+        ("fa2", True, "ckpt_small_fa2"),
+    ],
 )
 def test_export_load_round_trip(tiefree, tmp_path, layout, safetensors, fixture_dir):
     model = _load(FIXTURES / "ckpt_small", tiefree)
@@ -101,8 +106,20 @@ def test_export_load_round_trip(tiefree, tmp_path, layout, safetensors, fixture_
     # args.json has every key of the original's with the same value for the architecture
     args = json.loads((tmp_path / "out" / "args.json").read_text())
     orig = json.loads((FIXTURES / "ckpt_small" / "args.json").read_text())
-    for k in ("embsize", "nheads", "nlayers", "d_hid", "n_bins", "pad_token", "pad_value",
-              "input_emb_style", "cell_emb_style", "max_seq_len", "ntoken", "dropout"):
+    for k in (
+        "embsize",
+        "nheads",
+        "nlayers",
+        "d_hid",
+        "n_bins",
+        "pad_token",
+        "pad_value",
+        "input_emb_style",
+        "cell_emb_style",
+        "max_seq_len",
+        "ntoken",
+        "dropout",
+    ):
         assert args[k] == orig[k], k
     again = _load(tmp_path / "out", tiefree)
     a, b = model.module.transformer.state_dict(), again.module.transformer.state_dict()
@@ -133,7 +150,9 @@ def test_trained_model_exports_and_reloads(trained, tmp_path):
 # --- fine-tuning from the loaded weights -------------------------------------------------
 def test_training_continues_from_loaded_weights(tiefree):
     model = _load(FIXTURES / "ckpt_small", tiefree)
-    file_sd = celltx.io.from_scgpt(celltx.io.read_weights(FIXTURES / "ckpt_small" / "best_model.pt"))
+    file_sd = celltx.io.from_scgpt(
+        celltx.io.read_weights(FIXTURES / "ckpt_small" / "best_model.pt")
+    )
     before = {k: v.clone() for k, v in model.module.transformer.state_dict().items()}
     assert all(torch.equal(before[k], file_sd[k]) for k in before)
     model.train(max_epochs=1, batch_size=64, accelerator="cpu", enable_progress_bar=False, lr=1e-4)
@@ -231,7 +250,10 @@ def test_truncated_and_foreign_weights(ckpt_copy, tiefree):
     (ckpt_copy / "best_model.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         _load(ckpt_copy, tiefree)
-    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.bias": torch.zeros(10)}, ckpt_copy / "best_model.pt")
+    torch.save(
+        {"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.bias": torch.zeros(10)},
+        ckpt_copy / "best_model.pt",
+    )
     with pytest.raises(ValueError, match="does not look like a scGPT state dict"):
         _load(ckpt_copy, tiefree)
     torch.save([torch.zeros(2)], ckpt_copy / "best_model.pt")
@@ -272,19 +294,25 @@ def test_shapes_that_disagree_with_args(ckpt_copy, tiefree):
 
 
 def test_missing_tensors_and_heads(ckpt_copy, tiefree):
-    _edit_weights(ckpt_copy, lambda sd: {k: v for k, v in sd.items() if k != "value_encoder.norm.bias"})
+    _edit_weights(
+        ckpt_copy, lambda sd: {k: v for k, v in sd.items() if k != "value_encoder.norm.bias"}
+    )
     with pytest.raises(ValueError, match="missing required tensor 'value_encoder.norm.bias'"):
         _load(ckpt_copy, tiefree)
     shutil.copy(FIXTURES / "ckpt_small" / "best_model.pt", ckpt_copy / "best_model.pt")
     (ckpt_copy / "best_model.pt").chmod(0o644)
-    _edit_weights(ckpt_copy, lambda sd: {k: v for k, v in sd.items() if not k.startswith("mvc_decoder.")})
+    _edit_weights(
+        ckpt_copy, lambda sd: {k: v for k, v in sd.items() if not k.startswith("mvc_decoder.")}
+    )
     with pytest.warns(UserWarning, match="mvc_decoder"):
         model = _load(ckpt_copy, tiefree)
     assert model.checkpoint_report_.initialised == ["mvc_decoder"]
     with warnings.catch_warnings():  # embeddings do not use the head: still identical
         warnings.simplefilter("ignore")
         ref = _load(FIXTURES / "ckpt_small", tiefree)
-    np.testing.assert_array_equal(model.get_latent_representation(), ref.get_latent_representation())
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), ref.get_latent_representation()
+    )
     _edit_weights(ckpt_copy, lambda sd: {k: v for k, v in sd.items() if k != "decoder.fc.4.bias"})
     with pytest.raises(ValueError, match="head 'decoder' is incomplete"):
         _load(ckpt_copy, tiefree)

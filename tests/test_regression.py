@@ -79,7 +79,12 @@ def _compute(celltx, ScGPT, sc) -> dict[str, np.ndarray]:
     out["int_embedding"] = model.get_latent_representation()
     # perturbation
     pert = celltx.datasets.simulate_perturbseq(
-        n_genes=60, n_perturbations=8, n_combos=4, n_cells_per_condition=20, n_control_cells=80, seed=0
+        n_genes=60,
+        n_perturbations=8,
+        n_combos=4,
+        n_cells_per_condition=20,
+        n_control_cells=80,
+        seed=0,
     )
     sc.pp.normalize_total(pert, target_sum=1e4)
     sc.pp.log1p(pert)

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import torch
-from conftest import FIXTURES, need
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 import celltx
 from celltx.model import ScGPT
+
+from _helpers import FIXTURES, need
 
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 64}
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -30,7 +31,10 @@ def _snapshot(a: ad.AnnData) -> dict:
     dense = a.X.toarray() if sparse.issparse(a.X) else np.asarray(a.X)
     return {
         "X": dense.copy(),
-        "layers": {k: (v.toarray() if sparse.issparse(v) else np.asarray(v)).copy() for k, v in a.layers.items()},
+        "layers": {
+            k: (v.toarray() if sparse.issparse(v) else np.asarray(v)).copy()
+            for k, v in a.layers.items()
+        },
         "obs": a.obs[[c for c in a.obs.columns if not str(c).startswith("_scvi")]].copy(),
         "var": a.var.copy(),
         "obsm": {k: np.asarray(v).copy() for k, v in a.obsm.items()},
@@ -44,7 +48,9 @@ def _assert_unchanged(a: ad.AnnData, snap: dict) -> None:
     for k, v in snap["layers"].items():
         got = a.layers[k]
         np.testing.assert_array_equal(got.toarray() if sparse.issparse(got) else np.asarray(got), v)
-    pd.testing.assert_frame_equal(a.obs[[c for c in a.obs.columns if not str(c).startswith("_scvi")]], snap["obs"])
+    pd.testing.assert_frame_equal(
+        a.obs[[c for c in a.obs.columns if not str(c).startswith("_scvi")]], snap["obs"]
+    )
     pd.testing.assert_frame_equal(a.var, snap["var"])
     assert set(a.obsm) == set(snap["obsm"])
 
@@ -110,9 +116,13 @@ def test_backed_sparse_anndata_works_as_in_memory(pbmc, tmp_path):
     twin = ScGPT(pbmc, **TINY)
     twin.module.load_state_dict(model.module.state_dict())
     twin.is_trained_ = True
-    np.testing.assert_array_equal(model.get_latent_representation(), twin.get_latent_representation())
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), twin.get_latent_representation()
+    )
     again = ad.read_h5ad(path, backed="r")  # a backed query of a model built in memory
-    np.testing.assert_array_equal(twin.get_latent_representation(again), twin.get_latent_representation())
+    np.testing.assert_array_equal(
+        twin.get_latent_representation(again), twin.get_latent_representation()
+    )
     model.train(max_epochs=1, batch_size=64, **CPU)
     assert model.is_trained_
 
@@ -179,7 +189,12 @@ def test_pretrained_classifier_state_follows_the_file(pbmc):
 @pytest.fixture(scope="module")
 def _pert():
     adata = celltx.datasets.simulate_perturbseq(
-        n_genes=60, n_perturbations=6, n_combos=2, n_cells_per_condition=12, n_control_cells=40, seed=0
+        n_genes=60,
+        n_perturbations=6,
+        n_combos=2,
+        n_cells_per_condition=12,
+        n_control_cells=40,
+        seed=0,
     )
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
@@ -215,7 +230,14 @@ def test_perturbed_control_cells_are_refused(_pert):
 
 
 def test_small_raw_counts_are_refused_for_perturbation():
-    adata = celltx.datasets.simulate_perturbseq(n_genes=40, n_perturbations=4, n_combos=1, n_cells_per_condition=8, n_control_cells=20, seed=1)
+    adata = celltx.datasets.simulate_perturbseq(
+        n_genes=40,
+        n_perturbations=4,
+        n_combos=1,
+        n_cells_per_condition=8,
+        n_control_cells=20,
+        seed=1,
+    )
     rng = np.random.default_rng(0)
     adata.X = rng.poisson(1.0, size=adata.shape).astype(np.float32)  # counts, max well below 30
     assert adata.X.max() <= 30

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FIXTURES, SMALL, need
 from scvi.model.base import BaseModelClass
 
 from celltx.io import read_scgpt_dir, read_weights, scgpt_args_to_kwargs
 from celltx.model import ScGPT
+
+from _helpers import FIXTURES, SMALL, need
 
 PICKLE_OR_ZIP = (b"\x80", b"PK\x03\x04")
 
@@ -141,7 +142,13 @@ def test_untrained_state_objective_and_prefix_survive(pbmc, tmp_path):
     loaded = ScGPT.load(tmp_path, pbmc, prefix="run1_", accelerator="cpu")
     assert loaded.is_trained_ is False
     m, m0 = loaded.module, model.module
-    assert (m.gep_weight, m.mvc_weight, m.cls_weight, m.label_smoothing) == (0.5, 0.0, 1.0, 0.1)
+    assert (m.weight("gep"), m.weight("mvc"), m.weight("cls"), m.label_smoothing) == (
+        0.5,
+        0.0,
+        1.0,
+        0.1,
+    )
+    assert m.objective == {"gep": 0.5, "cls": 1.0}
     for name in ("class_weights", "ctrl_x", "ctrl_mean", "ctrl_start", "ctrl_count"):
         torch.testing.assert_close(getattr(m, name), getattr(m0, name))
     with pytest.raises(ValueError, match="save_anndata=True"):

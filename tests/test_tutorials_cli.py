@@ -2,14 +2,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import DATA, FIXTURES, ROOT
 from nbclient import NotebookClient
 
 from celltx.cli import main
 
+from _helpers import DATA, FIXTURES, ROOT
+
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.name for p in TUTORIALS])
 def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     monkeypatch.setenv("CELLTX_TUTORIAL_EPOCHS", "1")
@@ -19,17 +21,45 @@ def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     if DATA.exists():
         monkeypatch.setenv("CELLTX_DATA_DIR", str(DATA))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
     assert not errors
 
 
 def test_cli_quickstart(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--epochs", "1", "--accelerator", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "quickstart",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--accelerator",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "celltx ScGPT" in printed and "PCA (50 PCs)" in printed and "per-gene mean" in printed
-    for f in ("pbmc68k_scgpt.h5ad", "umap_cell_type.png", "scores.csv", "model/model.safetensors", "model/model.json"):
+    for f in (
+        "pbmc68k_scgpt.h5ad",
+        "umap_cell_type.png",
+        "scores.csv",
+        "model/model.safetensors",
+        "model/model.json",
+    ):
         assert (out / f).exists(), f
     import anndata as ad
 

@@ -4,9 +4,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES, need
 
 from celltx.data import GeneVocab, gene_names, match_genes
+
+from _helpers import FIXTURES, need
 
 
 def test_from_genes_specials_and_lookup():

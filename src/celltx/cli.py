@@ -73,24 +73,43 @@ def quickstart(
     model.save(str(out / "model"), overwrite=True)
     scores.to_csv(out / "scores.csv")
 
-    print(f"\ncelltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, lr {lr:g}, "
-          f"batch {batch_size}, trained in {t_train:.0f} s on {model.device}")
+    print(
+        f"\ncelltx quickstart — pbmc68k (700 cells, 10 types), {epochs} epochs, lr {lr:g}, "
+        f"batch {batch_size}, trained in {t_train:.0f} s on {model.device}"
+    )
     print("\nHeld-out generation (validation cells, unknown-gene bins, MSE):")
-    print(f"  gene prompt {gen['gep_mse']:.2f} | cell prompt (MVC) {gen['mvc_mse']:.2f} | "
-          f"per-gene mean bin baseline {gen['gene_mean_mse']:.2f}  ({gen['n_tokens']} tokens)")
+    print(
+        f"  gene prompt {gen['gep_mse']:.2f} | cell prompt (MVC) {gen['mvc_mse']:.2f} | "
+        f"per-gene mean bin baseline {gen['gene_mean_mse']:.2f}  ({gen['n_tokens']} tokens)"
+    )
     print("\nCell-type recovery (kNN: 15 neighbours, 5-fold stratified; Leiden res. 1.0):")
     table = scores.copy()
     table["knn_accuracy"] = [
-        f"{m:.3f} ± {s:.3f}" for m, s in zip(scores.knn_accuracy, scores.knn_accuracy_sd, strict=True)
+        f"{m:.3f} ± {s:.3f}"
+        for m, s in zip(scores.knn_accuracy, scores.knn_accuracy_sd, strict=True)
     ]
     table = table.drop(columns="knn_accuracy_sd")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nWrote {out}/pbmc68k_scgpt.h5ad, {out}/umap_cell_type.png, {out}/model/, "
-          f"{out}/scores.csv")
+    print(
+        f"\nWrote {out}/pbmc68k_scgpt.h5ad, {out}/umap_cell_type.png, {out}/model/, "
+        f"{out}/scores.csv"
+    )
     return {"scores": scores, "generation": gen}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``celltx`` command line (``celltx quickstart --help``).
+
+    Parameters
+    ----------
+    argv
+        Command-line arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
     parser = argparse.ArgumentParser(prog="celltx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser(

@@ -1,4 +1,11 @@
-"""scEval-style evaluation: tasks, metrics and baselines."""
+"""scEval-style evaluation: tasks, metrics and baselines.
+
+One private module per task: ``_annotation`` and ``_integration`` (small: methods,
+scores and runner in one file), ``_multiome`` and ``_perturbation`` (subpackages with
+their split, metrics, baselines and runner in separate modules). ``_embedding`` holds
+the embedding scores the tasks share, ``_inputs`` the one reader of the expression input
+(layer or ``.X``, counts or log-normalised values).
+"""
 
 from ._annotation import ANNOTATION_METHODS, CELLTX_DEFAULTS, annotation, summarize
 from ._embedding import embedding_scores, knn_accuracy, leiden_scores
@@ -9,27 +16,28 @@ from ._integration import (
     pca_embedding,
     scvi_embedding,
 )
-from ._multiome import (
-    MULTIOME_BASELINES,
-    atac_lsi_embedding,
-    celltx_multiome_embeddings,
-    multiome,
-    multivi_embedding,
-)
-from ._perturbation import (
-    CELLTX_PERTURBATION_DEFAULTS,
+from ._multiome._baselines import MULTIOME_BASELINES, atac_lsi_embedding, multivi_embedding
+from ._multiome._celltx import celltx_multiome_embeddings
+from ._multiome._runner import multiome
+from ._perturbation._baselines import (
     PERTURBATION_BASELINES,
     Additive,
     LinearGeneEmbedding,
     NoChange,
     PerturbationBaseline,
     TrainMean,
-    celltx_perturbation_model,
-    perturbation,
-    perturbation_metrics,
-    perturbation_split,
-    summarize_perturbation,
 )
+from ._perturbation._cell_eval import (
+    cell_eval_command,
+    cell_eval_installed,
+    run_cell_eval,
+    write_cell_eval,
+)
+from ._perturbation._celltx import CELLTX_PERTURBATION_DEFAULTS, celltx_perturbation_model
+from ._perturbation._metrics import perturbation_metrics, summarize_perturbation
+from ._perturbation._runner import perturbation
+from ._perturbation._split import perturbation_split
+from ._query import QUERY_CELLTX_DEFAULTS, QUERY_METHODS, query_mapping
 
 __all__ = [
     "embedding_scores",
@@ -65,4 +73,9 @@ __all__ += [
     "LinearGeneEmbedding",
     "celltx_perturbation_model",
     "CELLTX_PERTURBATION_DEFAULTS",
+    "write_cell_eval",
+    "run_cell_eval",
+    "cell_eval_command",
+    "cell_eval_installed",
 ]
+__all__ += ["query_mapping", "QUERY_METHODS", "QUERY_CELLTX_DEFAULTS"]

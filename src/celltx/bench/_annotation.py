@@ -1,4 +1,8 @@
-"""Cell-type annotation benchmark: celltx next to standard baselines, same folds."""
+"""Cell-type annotation benchmark: celltx next to standard baselines, same folds.
+
+The methods come first (celltx and the baselines, each trained and applied on one fold),
+then the per-fold scores, :func:`annotation` and :func:`summarize`.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,19 @@ from scipy import sparse
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from ._inputs import expression_kind, get_expression, guarded, is_counts, log_normalized, skip_note
+from ._inputs import (
+    expression_kind,
+    get_expression,
+    guarded,
+    is_counts,
+    layer_label,
+    log_normalized,
+    skip_note,
+)
 
 logger = logging.getLogger(__name__)
 
+#: the methods of :func:`~celltx.bench.annotation`
 ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "scanvi", "celltypist")
 
 #: celltx settings of :func:`annotation` (override any with ``celltx_kwargs``)
@@ -54,7 +67,9 @@ def _knn_pca(data, y, train, test, seed, **kw):
 
     X = _dense(data.X)
     n_comps = min(kw.get("n_comps", 50), len(train) - 1, X.shape[1] - 1)
-    pca = PCA(n_components=n_comps, random_state=seed).fit(X[train])  # fitted on the fold's training cells
+    pca = PCA(n_components=n_comps, random_state=seed).fit(
+        X[train]
+    )  # fitted on the fold's training cells
     knn = KNeighborsClassifier(n_neighbors=kw.get("n_neighbors", 15))
     knn.fit(pca.transform(X[train]), y[train])
     return knn.predict(pca.transform(X[test]))
@@ -75,11 +90,23 @@ def _scanvi(data, y, train, test, seed, **kw):
     a = _masked(data, y, train)  # raw counts (annotation() makes sure)
     scvi.settings.seed = seed
     scvi.model.SCVI.setup_anndata(a, labels_key="_label")
-    vae = scvi.model.SCVI(a, gene_likelihood=kw.get("gene_likelihood", "nb"), n_latent=kw.get("n_latent", 30))
+    vae = scvi.model.SCVI(
+        a, gene_likelihood=kw.get("gene_likelihood", "nb"), n_latent=kw.get("n_latent", 30)
+    )
     progress = kw.get("enable_progress_bar", False)
-    vae.train(max_epochs=kw.get("scvi_epochs", 100), enable_progress_bar=progress, accelerator=kw.get("accelerator", "auto"))
-    lvae = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="<unlabeled>", labels_key="_label")
-    lvae.train(max_epochs=kw.get("scanvi_epochs", 20), enable_progress_bar=progress, accelerator=kw.get("accelerator", "auto"))
+    vae.train(
+        max_epochs=kw.get("scvi_epochs", 100),
+        enable_progress_bar=progress,
+        accelerator=kw.get("accelerator", "auto"),
+    )
+    lvae = scvi.model.SCANVI.from_scvi_model(
+        vae, unlabeled_category="<unlabeled>", labels_key="_label"
+    )
+    lvae.train(
+        max_epochs=kw.get("scanvi_epochs", 20),
+        enable_progress_bar=progress,
+        accelerator=kw.get("accelerator", "auto"),
+    )
     return np.asarray(lvae.predict(a))[test]
 
 
@@ -89,10 +116,16 @@ def _celltypist(data, y, train, test, seed, **kw):
     X = data.X  # log1p-CP10k (or the caller's log-normalised values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tr = AnnData(X=X[train].copy(), obs=pd.DataFrame({"y": y[train]}, index=data.obs_names[train]))
+        tr = AnnData(
+            X=X[train].copy(), obs=pd.DataFrame({"y": y[train]}, index=data.obs_names[train])
+        )
         tr.var_names = data.var_names.copy()
-        common = {"labels": "y", "check_expression": False, "n_jobs": 1,
-                  "feature_selection": kw.get("feature_selection", False)}
+        common = {
+            "labels": "y",
+            "check_expression": False,
+            "n_jobs": 1,
+            "feature_selection": kw.get("feature_selection", False),
+        }
         try:
             model = celltypist.train(tr, max_iter=kw.get("max_iter", 1000), **common)
         except TypeError:
@@ -127,12 +160,14 @@ def _celltx(data, y, train, test, seed, **kw):
         "check_val_every_n_epoch": None,
     }
     if cfg["pretrained"] is not None:
-        over = {k: v for k, v in cfg["model"].items() if k in ScGPT._PRETRAINED_OVERRIDES}
+        over = {k: v for k, v in cfg["model"].items() if k in ScGPT.PRETRAINED_OVERRIDES}
         model = ScGPT.load_pretrained(cfg["pretrained"], a, **over)
     else:
         model = ScGPT(a, **cfg["model"])
     if cfg["pretrain_epochs"]:
-        model.train(max_epochs=cfg["pretrain_epochs"], lr=cfg["pretrain_lr"], task="generative", **train_kw)
+        model.train(
+            max_epochs=cfg["pretrain_epochs"], lr=cfg["pretrain_lr"], task="generative", **train_kw
+        )
     model.train(
         max_epochs=cfg["finetune_epochs"],
         lr=cfg["finetune_lr"],
@@ -159,22 +194,54 @@ _SETTINGS = {
     "logreg": frozenset({"max_iter", "C"}),
     "knn_pca": frozenset({"n_comps", "n_neighbors"}),
     "scanvi": frozenset(
-        {"scvi_epochs", "scanvi_epochs", "n_latent", "gene_likelihood", "accelerator", "enable_progress_bar"}
+        {
+            "scvi_epochs",
+            "scanvi_epochs",
+            "n_latent",
+            "gene_likelihood",
+            "accelerator",
+            "enable_progress_bar",
+        }
     ),
     "celltypist": frozenset({"max_iter", "feature_selection"}),
 }
 
 #: the input each method gets: the values as given, log-normalised values or raw counts
-_INPUT = {"celltx": "given", "logreg": "lognorm", "knn_pca": "lognorm", "scanvi": "counts", "celltypist": "lognorm"}
+_INPUT = {
+    "celltx": "given",
+    "logreg": "lognorm",
+    "knn_pca": "lognorm",
+    "scanvi": "counts",
+    "celltypist": "lognorm",
+}
 
+#: the score columns of :func:`~celltx.bench.annotation`
 _SCORES = ("accuracy", "macro_f1", "weighted_f1")
 
 
+def _fold_scores(runner, data, y, train, test, seed, classes, kw) -> dict[str, float]:
+    """Run one method on one fold and score its predictions of the test cells."""
+    pred = np.asarray(runner(data, y, train, test, seed, **kw))
+    truth = y[test]
+    if pred.shape != truth.shape:
+        raise ValueError(
+            f"predicted {pred.shape[0] if pred.ndim else 0} labels for {len(test)} test cells."
+        )
+    return {
+        "accuracy": accuracy_score(truth, pred),
+        "macro_f1": f1_score(truth, pred, average="macro", labels=classes, zero_division=0),
+        "weighted_f1": f1_score(truth, pred, average="weighted", labels=classes, zero_division=0),
+    }
+
+
 def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> dict[str, dict]:
+    """The settings of each method, refusing unknown methods and settings."""
     out = {}
     for m, kw in (method_kwargs or {}).items():
         if m not in _RUNNERS:
-            raise ValueError(f"method_kwargs names an unknown method {m!r}; choose from {list(_RUNNERS)}.")
+            raise ValueError(
+                f"method_kwargs names an unknown method {m!r}; choose from {list(_RUNNERS)}."
+            )
         kw = dict(kw or {})
         bad = sorted(set(kw) - _SETTINGS[m])
         if bad and m in methods:
@@ -183,18 +250,6 @@ def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> d
             )
         out[m] = kw
     return out
-
-
-def _fold_scores(runner, data, y, train, test, seed, classes, kw) -> dict[str, float]:
-    pred = np.asarray(runner(data, y, train, test, seed, **kw))
-    truth = y[test]
-    if pred.shape != truth.shape:
-        raise ValueError(f"predicted {pred.shape[0] if pred.ndim else 0} labels for {len(test)} test cells.")
-    return {
-        "accuracy": accuracy_score(truth, pred),
-        "macro_f1": f1_score(truth, pred, average="macro", labels=classes, zero_division=0),
-        "weighted_f1": f1_score(truth, pred, average="weighted", labels=classes, zero_division=0),
-    }
 
 
 def annotation(
@@ -305,7 +360,7 @@ def annotation(
     kwargs = _check_method_kwargs(methods, method_kwargs)
     if labels_key not in adata.obs:
         raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    where = layer_label(layer)
     x = get_expression(adata, layer)
     kind = expression_kind(x, where)
     if counts_layer is not None:
@@ -340,11 +395,15 @@ def annotation(
     y = labels[keep].astype(str).to_numpy()
     classes, n_per_class = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        raise ValueError(f"Annotation needs at least 2 cell types; {labels_key!r} has {list(classes)}.")
+        raise ValueError(
+            f"Annotation needs at least 2 cell types; {labels_key!r} has {list(classes)}."
+        )
     n_splits = int(min(n_splits, n_per_class.min()))
     if n_splits < 2:
         small = classes[n_per_class < 2].tolist()
-        raise ValueError(f"Cell types {small} have a single cell; cross-validation needs >= 2 per type.")
+        raise ValueError(
+            f"Cell types {small} have a single cell; cross-validation needs >= 2 per type."
+        )
     skipped = {m: skip_note(m, why) for m, why in reasons.items()}
 
     def _rows(m):  # the labelled cells of a matrix (a view of the caller's data when all are)
@@ -359,9 +418,13 @@ def annotation(
     obs = pd.DataFrame(index=adata.obs_names[keep].copy())
     var = pd.DataFrame(index=adata.var_names.copy())
     data = {
-        m: AnnData(X=inputs[_INPUT[m]], obs=obs.copy(), var=var.copy()) for m in methods if m not in skipped
+        m: AnnData(X=inputs[_INPUT[m]], obs=obs.copy(), var=var.copy())
+        for m in methods
+        if m not in skipped
     }
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
+        np.zeros(len(y)), y
+    )
     rows = []
     for fold, (train, test) in enumerate(folds):
         for m in methods:
@@ -371,20 +434,47 @@ def annotation(
                 continue
             t0 = time.perf_counter()
             scores, err = guarded(
-                f"{m} (fold {fold})", _fold_scores, _RUNNERS[m], data[m], y, train, test, seed, classes,
+                f"{m} (fold {fold})",
+                _fold_scores,
+                _RUNNERS[m],
+                data[m],
+                y,
+                train,
+                test,
+                seed,
+                classes,
                 kwargs.get(m, {}),
             )
-            rows.append({**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err})
+            rows.append(
+                {**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err}
+            )
             if err is None:
                 logger.info(
                     "fold %d %s: accuracy %.3f, macro-F1 %.3f (%.0f s)",
-                    fold, m, rows[-1]["accuracy"], rows[-1]["macro_f1"], rows[-1]["seconds"],
+                    fold,
+                    m,
+                    rows[-1]["accuracy"],
+                    rows[-1]["macro_f1"],
+                    rows[-1]["seconds"],
                 )
     return pd.DataFrame(rows, columns=["method", "fold", *_SCORES, "seconds", "error"])
 
 
 def summarize(df: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     """Mean ± sd over folds of every numeric column of a benchmark table.
+
+    Parameters
+    ----------
+    df
+        A table with one row per method and fold, e.g. the output of
+        :func:`~celltx.bench.annotation`; the ``fold`` column is not summarised.
+    by
+        The column whose values become the rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``"mean ± sd"`` strings (three decimals), one row per value of ``by``.
 
     Examples
     --------

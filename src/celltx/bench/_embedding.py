@@ -77,14 +77,23 @@ def leiden_scores(
     """
     import scanpy as sc
 
-    tmp = AnnData(obsm={"X_emb": np.asarray(X, dtype=np.float32)}, obs=pd.DataFrame(index=np.arange(len(X)).astype(str)))
-    sc.pp.neighbors(tmp, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed, transformer="sklearn")
+    tmp = AnnData(
+        obsm={"X_emb": np.asarray(X, dtype=np.float32)},
+        obs=pd.DataFrame(index=np.arange(len(X)).astype(str)),
+    )
+    sc.pp.neighbors(
+        tmp, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed, transformer="sklearn"
+    )
     labels = np.asarray(labels)
     resolutions = [resolution] if np.isscalar(resolution) else list(resolution)
     best: dict[str, float] = {}
     for res in resolutions:
         sc.tl.leiden(
-            tmp, resolution=float(res), random_state=seed, flavor="igraph", n_iterations=2,
+            tmp,
+            resolution=float(res),
+            random_state=seed,
+            flavor="igraph",
+            n_iterations=2,
             directed=False,
         )
         clusters = tmp.obs["leiden"].to_numpy()
@@ -157,10 +166,14 @@ def embedding_scores(
     arrays = {}
     for name, emb in embeddings.items():
         if isinstance(emb, str) and emb not in adata.obsm:
-            raise ValueError(f"Embedding {name!r}: {emb!r} is not a key of adata.obsm ({list(adata.obsm)}).")
+            raise ValueError(
+                f"Embedding {name!r}: {emb!r} is not a key of adata.obsm ({list(adata.obsm)})."
+            )
         X = np.asarray(adata.obsm[emb] if isinstance(emb, str) else emb)
         if X.ndim != 2 or X.shape[0] != adata.n_obs:
-            raise ValueError(f"Embedding {name!r} has shape {X.shape}; expected ({adata.n_obs}, d).")
+            raise ValueError(
+                f"Embedding {name!r} has shape {X.shape}; expected ({adata.n_obs}, d)."
+            )
         if not np.isfinite(X[keep]).all():
             raise ValueError(f"Embedding {name!r} has NaN or infinite values for labelled cells.")
         arrays[name] = X[keep]

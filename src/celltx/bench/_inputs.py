@@ -27,6 +27,30 @@ _N_ROWS = 10_000
 _LOG_MAX = 30.0
 
 
+def layer_label(layer: str | None = None, owner: str = "adata") -> str:
+    """How messages name the matrix ``layer`` (or ``.X``) of ``owner``.
+
+    Parameters
+    ----------
+    layer
+        A key of ``owner.layers``, or ``None`` for ``.X``.
+    owner
+        How to name the AnnData, e.g. ``"mdata.mod['rna']"``.
+
+    Returns
+    -------
+    str
+        ``"adata.X"`` or ``"adata.layers['counts']"``.
+
+    Examples
+    --------
+    >>> from celltx.bench._inputs import layer_label
+    >>> layer_label(), layer_label("counts", "mdata.mod['rna']")
+    ('adata.X', "mdata.mod['rna'].layers['counts']")
+    """
+    return f"{owner}.X" if layer is None else f"{owner}.layers[{layer!r}]"
+
+
 def get_expression(adata: AnnData, layer: str | None = None, where: str = "adata"):
     """The expression matrix of ``adata``: ``layer`` or ``.X`` (not copied).
 
@@ -85,8 +109,9 @@ def _sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
 
 
 def is_counts(x) -> bool:
-    """Whether ``x`` holds raw counts: non-negative integers (judged on a random sample of
-    up to a million stored non-zero values).
+    """Whether ``x`` holds raw counts: non-negative integers.
+
+    Judged on a random sample of up to a million stored non-zero values.
 
     Parameters
     ----------
@@ -191,21 +216,48 @@ def log1p_cp10k(x):
     >>> np.allclose(np.expm1(y).sum(axis=1), 1e4)
     True
     """
-    import scanpy as sc
-
     if sparse.issparse(x):
         data = sparse.csr_matrix(x, dtype=np.float32, copy=True)
     else:
         data = np.array(x, dtype=np.float32, copy=True)
     a = AnnData(X=data)
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
+    normalize_log1p(a)
     return a.X
 
 
+def normalize_log1p(adata: AnnData) -> None:
+    """Scale every cell of ``adata`` to 10,000 counts, then ``log1p``, in place.
+
+    scanpy's ``sc.pp.normalize_total(target_sum=1e4)`` then ``sc.pp.log1p`` on ``.X``:
+    the one place the benchmarks log-normalise counts.
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``.X``; changed in place (integer counts become float32, as scanpy
+        does).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anndata import AnnData
+    >>> from celltx.bench._inputs import normalize_log1p
+    >>> a = AnnData(X=np.array([[1.0, 3.0]]))
+    >>> normalize_log1p(a)
+    >>> bool(np.isclose(np.expm1(a.X).sum(), 1e4))
+    True
+    """
+    import scanpy as sc
+
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+
+
 def log_normalized(x, kind: str | None = None, where: str = "adata.X"):
-    """``x`` as log-normalised values: log1p-CP10k of counts (a copy), ``x`` itself when it
-    already holds log-normalised values.
+    """``x`` as log-normalised values.
+
+    Counts become log1p-CP10k (a copy, :func:`log1p_cp10k`); log-normalised values are
+    returned as they are.
 
     Parameters
     ----------
@@ -231,6 +283,40 @@ def log_normalized(x, kind: str | None = None, where: str = "adata.X"):
     if kind is None:
         kind = expression_kind(x, where)
     return log1p_cp10k(x) if kind == "counts" else x
+
+
+def lognorm_expression(adata: AnnData, layer: str | None = None):
+    """Log-normalised expression of ``.X`` or ``layer`` of ``adata``.
+
+    The matrix is read with :func:`get_expression` and passed through
+    :func:`log_normalized`: counts become log1p-CP10k (a copy), log-normalised values are
+    used as they are, anything else is refused.
+
+    Parameters
+    ----------
+    adata, layer
+        The cells × genes and the layer to read, as for :func:`get_expression`.
+
+    Returns
+    -------
+    numpy.ndarray or scipy.sparse matrix
+        Log-normalised values (the stored matrix itself when it already holds them).
+
+    Raises
+    ------
+    ValueError
+        If the layer is missing or the values are neither counts nor log-normalised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anndata import AnnData
+    >>> from celltx.bench._inputs import lognorm_expression
+    >>> x = lognorm_expression(AnnData(X=np.array([[1.0, 3.0], [2.0, 2.0]])))
+    >>> np.allclose(np.expm1(x).sum(axis=1), 1e4)
+    True
+    """
+    return log_normalized(get_expression(adata, layer), where=layer_label(layer))
 
 
 def guarded(label: str, fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, str | None]:
@@ -275,7 +361,20 @@ def guarded(label: str, fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, s
 
 
 def skip_note(method: str, reason: str) -> str:
-    """Warn that ``method`` is left out before anything runs; return the ``error`` text."""
+    """Warn that ``method`` is left out before anything runs; return the ``error`` text.
+
+    Parameters
+    ----------
+    method
+        The method left out.
+    reason
+        Why (the end of the warning).
+
+    Returns
+    -------
+    str
+        ``"skipped: <reason>"``, the ``error`` entry of the method's rows.
+    """
     msg = f"skipped: {reason}"
     logger.warning("%s %s", method, msg)
     warnings.warn(f"{method} is {msg}", UserWarning, stacklevel=3)

@@ -1,4 +1,8 @@
-"""Batch-integration benchmark: scib-metrics on celltx and baseline embeddings."""
+"""Batch-integration benchmark: scib-metrics on celltx and baseline embeddings.
+
+The baselines (unintegrated PCA, scVI, Harmony) come first, then :func:`integration`,
+which scores them next to the caller's embeddings.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,60 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._inputs import expression_kind, get_expression, guarded, is_counts, skip_note
+from ._inputs import (
+    expression_kind,
+    get_expression,
+    guarded,
+    is_counts,
+    layer_label,
+    normalize_log1p,
+    skip_note,
+)
 
 logger = logging.getLogger(__name__)
 
+#: the baselines of :func:`~celltx.bench.integration`
 INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
 
 
 def pca_embedding(
-    adata: AnnData, layer: str | None = None, n_comps: int = 50, counts: bool | None = None, seed: int = 0
+    adata: AnnData,
+    layer: str | None = None,
+    n_comps: int = 50,
+    counts: bool | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Unintegrated PCA: (for counts) normalize to 10,000 per cell + log1p, 2,000 highly
-    variable genes (or all when fewer), scale, PCA. The data is not modified.
+    """Unintegrated PCA of the expression; the data is not modified.
 
-    ``counts``: whether ``X`` / ``layer`` holds raw counts (``None``: judged on a sample of
-    the values, as :func:`~celltx.bench.integration` does)."""
+    Counts are normalised to 10,000 per cell and ``log1p``-transformed (log-normalised
+    values are used as they are), then restricted to 2,000 highly variable genes (or all
+    when fewer), scaled (clipped at 10) and decomposed by scanpy's PCA.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes.
+    layer
+        Layer with the expression (default ``X``).
+    n_comps
+        Number of components (capped at ``n_cells - 1`` and ``n_genes - 1``).
+    counts
+        Whether ``X`` / ``layer`` holds raw counts (``None``: judged on a sample of the
+        values, as :func:`~celltx.bench.integration` does).
+    seed
+        Seed of the PCA.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, n_comps)`` float32.
+
+    Examples
+    --------
+    >>> import celltx
+    >>> celltx.bench.pca_embedding(celltx.datasets.pbmc68k(), n_comps=5).shape
+    (700, 5)
+    """
     import scanpy as sc
 
     a = AnnData(X=get_expression(adata, layer).copy())
@@ -33,8 +76,7 @@ def pca_embedding(
     if counts is None:
         counts = is_counts(a.X)
     if counts:
-        sc.pp.normalize_total(a, target_sum=1e4)
-        sc.pp.log1p(a)
+        normalize_log1p(a)
     if a.n_vars > 2000:
         sc.pp.highly_variable_genes(a, n_top_genes=2000)
         a = a[:, a.var["highly_variable"]].copy()
@@ -47,10 +89,32 @@ def pca_embedding(
 def scvi_embedding(
     adata: AnnData, batch_key: str, layer: str | None = None, seed: int = 0, **kwargs
 ) -> np.ndarray:
-    """scVI latent space (scvi-tools, ``batch_key`` as batch covariate) on raw counts.
+    """Latent space of scvi-tools' scVI on raw counts, with ``batch_key`` as batch covariate.
 
-    ``kwargs``: ``n_latent`` (30), ``max_epochs`` (scvi-tools' default), ``n_top_genes``
-    (2,000 highly variable genes, flavor ``seurat_v3``), Lightning arguments.
+    Parameters
+    ----------
+    adata
+        Cells × genes with raw counts; not modified.
+    batch_key
+        ``obs`` column with the batches.
+    layer
+        Layer with the counts (default ``X``).
+    seed
+        ``scvi.settings.seed``.
+    **kwargs
+        ``n_latent`` (30), ``max_epochs`` (scvi-tools' default), ``n_top_genes`` (2,000
+        highly variable genes, flavor ``seurat_v3``), and Lightning arguments of
+        ``SCVI.train``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, n_latent)`` float32 latent means.
+
+    Raises
+    ------
+    ValueError
+        If the matrix does not hold raw counts.
     """
     import scanpy as sc
     import scvi
@@ -65,7 +129,9 @@ def scvi_embedding(
     a.var_names = adata.var_names.copy()
     n_top = kwargs.pop("n_top_genes", 2000)
     if a.n_vars > n_top:
-        sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True)
+        sc.pp.highly_variable_genes(
+            a, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True
+        )
     scvi.settings.seed = seed
     scvi.model.SCVI.setup_anndata(a, batch_key=batch_key)
     model = scvi.model.SCVI(a, n_latent=kwargs.pop("n_latent", 30))
@@ -74,11 +140,32 @@ def scvi_embedding(
     return model.get_latent_representation().astype(np.float32)
 
 
-def harmony_embedding(X_pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int = 0) -> np.ndarray:
-    """Harmony (harmonypy) on a PCA embedding."""
+def harmony_embedding(
+    X_pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int = 0
+) -> np.ndarray:
+    """Harmony (harmonypy) on a PCA embedding.
+
+    Parameters
+    ----------
+    X_pca
+        ``(n_cells, d)`` PCA embedding, e.g. of :func:`pca_embedding`.
+    obs
+        Cell annotations with ``batch_key``, one row per cell.
+    batch_key
+        Column of ``obs`` with the batches.
+    seed
+        Harmony's ``random_state``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_cells, d)`` float32 corrected embedding.
+    """
     import harmonypy
 
-    ho = harmonypy.run_harmony(np.asarray(X_pca, dtype=np.float64), obs, [batch_key], random_state=seed, verbose=False)
+    ho = harmonypy.run_harmony(
+        np.asarray(X_pca, dtype=np.float64), obs, [batch_key], random_state=seed, verbose=False
+    )
     Z = np.asarray(ho.Z_corr)
     if Z.shape[0] != len(obs):
         Z = Z.T
@@ -98,11 +185,11 @@ def integration(
     plot_dir: str | None = None,
     return_embeddings: bool = False,
 ):
-    """Score embeddings with scib-metrics (bio conservation + batch correction), next to
-    baselines computed here.
+    """Score embeddings with scib-metrics (bio conservation + batch correction).
 
-    Wraps scib-metrics' :class:`~scib_metrics.benchmark.Benchmarker`. The baselines:
-    ``"pca"`` (unintegrated; also the pre-integration reference of the PCR comparison),
+    The embeddings are scored next to baselines computed here. Wraps scib-metrics'
+    :class:`~scib_metrics.benchmark.Benchmarker`. The baselines: ``"pca"``
+    (unintegrated; also the pre-integration reference of the PCR comparison),
     ``"scvi"`` (scvi-tools' scVI with ``batch_key``, on counts) and ``"harmony"``
     (harmonypy on that PCA, when installed).
 
@@ -175,21 +262,29 @@ def integration(
     arrays = {}
     for name, e in embeddings.items():
         if isinstance(e, str) and e not in adata.obsm:
-            raise ValueError(f"Embedding {name!r}: {e!r} is not a key of adata.obsm ({list(adata.obsm)}).")
+            raise ValueError(
+                f"Embedding {name!r}: {e!r} is not a key of adata.obsm ({list(adata.obsm)})."
+            )
         arr = np.asarray(adata.obsm[e] if isinstance(e, str) else e, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[0] != adata.n_obs:
-            raise ValueError(f"Embedding {name!r} has shape {arr.shape}; expected ({adata.n_obs}, d).")
+            raise ValueError(
+                f"Embedding {name!r} has shape {arr.shape}; expected ({adata.n_obs}, d)."
+            )
         if not np.isfinite(arr).all():
             raise ValueError(f"Embedding {name!r} has NaN or infinite values.")
         arrays[name] = arr
     keep = adata.obs[labels_key].notna().to_numpy() & adata.obs[batch_key].notna().to_numpy()
     if not keep.all():
-        warnings.warn(f"{int((~keep).sum())} cells without label or batch are left out.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{int((~keep).sum())} cells without label or batch are left out.",
+            UserWarning,
+            stacklevel=2,
+        )
     n_batches = adata.obs[batch_key][keep].nunique()
     if n_batches < 2:
         raise ValueError(f"Integration needs at least 2 batches; {batch_key!r} has {n_batches}.")
     layer = counts_layer
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    where = layer_label(layer)
     kind = expression_kind(get_expression(adata, layer), where)
     errors: dict[str, str] = {}  # failed or skipped baselines
     no_harmony = "harmony" in baselines and importlib.util.find_spec("harmonypy") is None
@@ -199,7 +294,11 @@ def integration(
         if "scvi" in baselines and kind != "counts"
         else None
     )
-    runnable = [b for b in baselines if not (b == "harmony" and no_harmony) and not (b == "scvi" and no_scvi)]
+    runnable = [
+        b
+        for b in baselines
+        if not (b == "harmony" and no_harmony) and not (b == "scvi" and no_scvi)
+    ]
     if not arrays and not runnable:
         why = "harmonypy is not installed" if no_harmony and not no_scvi else no_scvi
         raise ValueError(f"Nothing to score: {why}; pass embeddings or other baselines.")
@@ -216,14 +315,18 @@ def integration(
         n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines
     ]
     if "harmony" in baselines:
-        z, err = guarded("Harmony", harmony_embedding, x_pca, adata.obs[[batch_key]].copy(), batch_key, seed)
+        z, err = guarded(
+            "Harmony", harmony_embedding, x_pca, adata.obs[[batch_key]].copy(), batch_key, seed
+        )
         if err is None:
             arrays["Harmony"] = z
             logger.info("Harmony embedding done")
         else:
             errors["Harmony"] = err
     if "scvi" in baselines and "scVI" not in errors:
-        z, err = guarded("scVI", scvi_embedding, adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
+        z, err = guarded(
+            "scVI", scvi_embedding, adata, batch_key, layer, seed, **dict(scvi_kwargs or {})
+        )
         if err is None:
             arrays["scVI"] = z
             logger.info("scVI embedding done")
@@ -232,7 +335,10 @@ def integration(
     if not arrays:  # every baseline failed at run time
         table = pd.DataFrame({"error": [errors[n] for n in order]}, index=order)
         return (table, arrays) if return_embeddings else table
-    b = AnnData(X=np.zeros((int(keep.sum()), 1), dtype=np.float32), obs=adata.obs.loc[keep, [batch_key, labels_key]].copy())
+    b = AnnData(
+        X=np.zeros((int(keep.sum()), 1), dtype=np.float32),
+        obs=adata.obs.loc[keep, [batch_key, labels_key]].copy(),
+    )
     for c in (batch_key, labels_key):
         b.obs[c] = b.obs[c].astype(str).astype("category")
     b.obsm["X_pca"] = x_pca[keep]

@@ -2,15 +2,19 @@
 
 from ._datasets import pbmc68k
 from ._genes import GeneMatch, check_expression, gene_names, match_genes
-from ._mosaic import modality_presence, pad_mosaic
+from ._mosaic import modality_presence, pad_mosaic, place_rows
+from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._tokenizer import (
     MOD_ATAC,
     MOD_CLS,
     MOD_RNA,
+    PERT_PAD,
     TokenizedBatch,
     Tokenizer,
+    append_queries,
     digitize,
     join_modalities,
+    perturbation_tokens,
     quantile_edges,
 )
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
@@ -21,7 +25,14 @@ __all__ = [
     "Tokenizer",
     "TokenizedBatch",
     "join_modalities",
+    "perturbation_tokens",
+    "append_queries",
+    "PERT_PAD",
     "pad_mosaic",
+    "place_rows",
+    "parse_condition",
+    "parse_conditions",
+    "condition_name",
     "modality_presence",
     "MOD_CLS",
     "MOD_RNA",

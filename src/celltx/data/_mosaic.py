@@ -1,5 +1,7 @@
-"""Mosaic MuData (cells measured in some modalities only) → the fully paired layout that
-scvi-tools registers."""
+"""Mosaic MuData (cells measured in some modalities only) → the paired layout scvi-tools registers.
+
+scvi-tools registers fully paired data: every cell in every modality.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +38,32 @@ def modality_presence(mdata) -> pd.DataFrame:
     return pd.DataFrame(out, index=mdata.obs_names.copy())
 
 
-def _pad_matrix(x, pos: np.ndarray, n: int):
-    """Rows of ``x`` placed at rows ``pos`` of an ``n``-row sparse matrix (zeros elsewhere)."""
+def place_rows(x, pos: np.ndarray, n: int):
+    """Rows of ``x`` placed at rows ``pos`` of an ``n``-row sparse matrix (zeros elsewhere).
+
+    Parameters
+    ----------
+    x
+        ``(m, k)`` dense or sparse matrix.
+    pos
+        ``(m,)`` destination row of each row of ``x``.
+    n
+        Rows of the result.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(n, k)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import place_rows
+    >>> place_rows(np.array([[1.0, 2.0]]), np.array([2]), 3).toarray()
+    array([[0., 0.],
+           [0., 0.],
+           [1., 2.]])
+    """
     place = sparse.csr_matrix(
         (np.ones(len(pos), dtype=np.float32), (pos, np.arange(len(pos)))), shape=(n, x.shape[0])
     )
@@ -103,10 +129,10 @@ def pad_mosaic(mdata, modality_key: str = "modality"):
     mods = {}
     for name, mod in mdata.mod.items():
         pos = names.get_indexer(mod.obs_names)
-        layers = {k: _pad_matrix(v, pos, n) for k, v in mod.layers.items()}
+        layers = {k: place_rows(v, pos, n) for k, v in mod.layers.items()}
         obs = mod.obs.reindex(names)
         mods[name] = AnnData(
-            X=_pad_matrix(mod.X, pos, n), obs=obs, var=mod.var.copy(), layers=layers, uns=dict(mod.uns)
+            X=place_rows(mod.X, pos, n), obs=obs, var=mod.var.copy(), layers=layers, uns=dict(mod.uns)
         )
     label = np.where(presence.all(axis=1), "paired", "")
     for name in presence.columns:

@@ -33,12 +33,16 @@ class TokenizedBatch:
     modality
         ``(B, L)`` int64 modality of each token (:data:`MOD_CLS` at ``<cls>``,
         :data:`MOD_RNA`, :data:`MOD_ATAC`), or ``None`` for single-modality sequences.
+    pert_flags
+        ``(B, L)`` int64 perturbation flag of each token (0 not perturbed, 1 perturbed,
+        :data:`PERT_PAD` at padding), or ``None`` (see :func:`perturbation_tokens`).
     """
 
     gene_ids: torch.Tensor
     values: torch.Tensor
     padding_mask: torch.Tensor
     modality: torch.Tensor | None = None
+    pert_flags: torch.Tensor | None = None
 
     def to(self, device) -> TokenizedBatch:
         return TokenizedBatch(
@@ -46,6 +50,7 @@ class TokenizedBatch:
             self.values.to(device),
             self.padding_mask.to(device),
             None if self.modality is None else self.modality.to(device),
+            None if self.pert_flags is None else self.pert_flags.to(device),
         )
 
     def select(self, rows: torch.Tensor) -> TokenizedBatch:
@@ -55,11 +60,15 @@ class TokenizedBatch:
             self.values[rows],
             self.padding_mask[rows],
             None if self.modality is None else self.modality[rows],
+            None if self.pert_flags is None else self.pert_flags[rows],
         )
 
 
 #: modality codes of :attr:`TokenizedBatch.modality`
 MOD_CLS, MOD_RNA, MOD_ATAC = 0, 1, 2
+#: perturbation flag of padding tokens (0 not perturbed, 1 perturbed); the padding row of
+#: the transformer's flag embedding (:data:`celltx.nn.PERT_PAD`, the same number)
+PERT_PAD = 2
 
 
 def join_modalities(
@@ -71,9 +80,10 @@ def join_modalities(
     pad_id: int,
     pad_value: float,
 ) -> TokenizedBatch:
-    """One sequence per cell from an RNA and an ATAC tokenization of the same cells:
-    ``<cls>``, the RNA tokens, then the ATAC tokens (the ATAC batch's own ``<cls>`` is
-    dropped), with :attr:`TokenizedBatch.modality` set.
+    """One sequence per cell from an RNA and an ATAC tokenization of the same cells.
+
+    The sequence is ``<cls>``, the RNA tokens, then the ATAC tokens (the ATAC batch's own
+    ``<cls>`` is dropped), with :attr:`TokenizedBatch.modality` set.
 
     ``has_rna`` / ``has_atac`` ``(B,)`` mark the cells measured in each modality; the
     tokens of an unmeasured modality become padding (with ``zero_fraction`` a tokenizer
@@ -109,8 +119,10 @@ def join_modalities(
 
 
 def _mix64(h: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finalizer on int64 tensors (wrap-around arithmetic); deterministic on
-    every device."""
+    """Splitmix64 finalizer on int64 tensors (wrap-around arithmetic).
+
+    Deterministic on every device.
+    """
     h = h ^ ((h >> 30) & ((1 << 34) - 1))
     h = h * -4658895280553007687  # 0xbf58476d1ce4e5b9 as signed int64
     h = h ^ ((h >> 27) & ((1 << 37) - 1))
@@ -370,3 +382,124 @@ class Tokenizer:
             # (B, 1) even when no cell of the batch has a gene token (valid is then (B, 0))
             padding_mask=torch.cat([valid.new_zeros((B, 1)), ~valid], 1),
         )
+
+
+def perturbation_tokens(
+    tokenizer: Tokenizer,
+    x: torch.Tensor,
+    panel_ids: torch.Tensor,
+    pert_ids: torch.Tensor,
+    ties: Ties = "hash",
+) -> tuple[TokenizedBatch, torch.Tensor]:
+    """Tokens of cells under genetic perturbation: the whole panel, nothing sampled.
+
+    Every column of ``x`` ``(B, G)`` whose gene is in the vocabulary (``panel_ids >= 0``)
+    becomes a token, expressed or not and in column order, so that no perturbed gene is
+    ever dropped; values are binned per cell as :meth:`Tokenizer.bin` does. A perturbed gene
+    outside the panel is appended as an extra token (gene id, ``pad_value``, flag 1).
+    :attr:`TokenizedBatch.pert_flags` marks the perturbed tokens.
+
+    Parameters
+    ----------
+    tokenizer
+        Supplies the special ids, ``pad_value`` and the binning.
+    x
+        ``(B, G)`` expression of the (control) cells.
+    panel_ids
+        ``(G,)`` vocabulary id of each column, ``-1`` where absent.
+    pert_ids
+        ``(B, P)`` vocabulary ids of each cell's perturbed genes, ``-1`` = none.
+    ties
+        Binning of tied values (see :meth:`Tokenizer.__call__`).
+
+    Returns
+    -------
+    tokens
+        ``<cls>``, the panel's genes, then ``P`` extra slots (padding unless an
+        out-of-panel gene is perturbed).
+    columns
+        The columns of ``x`` that the panel tokens (after ``<cls>``) stand for.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import Tokenizer, perturbation_tokens
+    >>> tok = Tokenizer(max_seq_len=8, pad_id=0, cls_id=1, n_bins=None)
+    >>> t, cols = perturbation_tokens(tok, torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([2, -1, 3]),
+    ...                               torch.tensor([[3, 9]]))
+    >>> t.gene_ids.tolist(), t.pert_flags.tolist(), cols.tolist()
+    ([[1, 2, 3, 0, 9]], [[0, 0, 1, 2, 1]], [0, 2])
+    """
+    cols = torch.nonzero(panel_ids >= 0).squeeze(1)
+    ids = panel_ids[cols]
+    x = x[:, cols].float()
+    B, dev = x.shape[0], x.device
+    vals = x if tokenizer.n_bins is None else tokenizer.bin(x, ids, ties=ties).float()
+    pert_ids = pert_ids.to(dev)
+    valid = pert_ids >= 0
+    n_vocab = int(torch.cat([ids, pert_ids.reshape(-1).clamp(min=0)]).max()) + 1 if ids.numel() or pert_ids.numel() else 1
+    in_panel = torch.zeros(n_vocab, dtype=torch.bool, device=dev)
+    in_panel[ids] = True
+    extra = valid & ~in_panel[pert_ids.clamp(min=0)]
+    flags = ((ids[None, :, None] == pert_ids[:, None, :]) & valid[:, None, :]).any(-1).long()
+    cls_col = torch.full((B, 1), tokenizer.cls_id, dtype=torch.long, device=dev)
+    pad_col = torch.full((B, 1), tokenizer.pad_value, device=dev)
+    gene_ids = torch.cat([cls_col, ids.expand(B, -1), torch.where(extra, pert_ids, tokenizer.pad_id)], 1)
+    values = torch.cat([pad_col, vals, torch.full(pert_ids.shape, tokenizer.pad_value, device=dev)], 1)
+    padding = torch.cat([torch.zeros(B, 1 + len(ids), dtype=torch.bool, device=dev), ~extra], 1)
+    flags = torch.cat([torch.zeros_like(cls_col), flags, torch.where(extra, 1, PERT_PAD)], 1)
+    return TokenizedBatch(gene_ids, values, padding, pert_flags=flags), cols
+
+
+def append_queries(
+    tokens: TokenizedBatch, query_ids: torch.Tensor, modality: int, pad_value: float
+) -> tuple[TokenizedBatch, torch.Tensor]:
+    """Append the same query tokens to every sequence: features whose value is to be generated.
+
+    A query token is a gene (or peak) id with no value (``pad_value``) of the given
+    ``modality``; the returned ``known`` mask is True at the sequences' own real tokens and
+    False at the queries, so that under the generative attention mask each query sees the
+    known tokens and itself only (cross-modal prediction in chunks gives the same result as
+    all at once).
+
+    Parameters
+    ----------
+    tokens
+        ``(B, L)`` sequences (with :attr:`TokenizedBatch.modality`).
+    query_ids
+        ``(Q,)`` vocabulary ids.
+    modality
+        Modality code of the queries (:data:`MOD_RNA`, :data:`MOD_ATAC`).
+    pad_value
+        Input value of value-less tokens.
+
+    Returns
+    -------
+    tokens
+        ``(B, L + Q)`` sequences.
+    known
+        ``(B, L + Q)`` bool.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import MOD_ATAC, TokenizedBatch, append_queries
+    >>> t = TokenizedBatch(torch.tensor([[1, 5]]), torch.tensor([[-2.0, 3.0]]), torch.tensor([[False, False]]),
+    ...                    torch.tensor([[0, 1]]))
+    >>> out, known = append_queries(t, torch.tensor([7, 8]), MOD_ATAC, -2.0)
+    >>> out.gene_ids.tolist(), known.tolist()
+    ([[1, 5, 7, 8]], [[True, True, False, False]])
+    """
+    B = tokens.gene_ids.shape[0]
+    dev = tokens.gene_ids.device
+    chunk = query_ids.to(dev).expand(B, -1)
+    n = chunk.shape[1]
+    mod = tokens.modality if tokens.modality is not None else torch.zeros_like(tokens.gene_ids)
+    out = TokenizedBatch(
+        torch.cat([tokens.gene_ids, chunk], 1),
+        torch.cat([tokens.values, torch.full(chunk.shape, pad_value, device=dev)], 1),
+        torch.cat([tokens.padding_mask, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1),
+        torch.cat([mod, torch.full_like(chunk, modality)], 1),
+    )
+    known = torch.cat([~tokens.padding_mask, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
+    return out, known

@@ -96,8 +96,11 @@ class GeneVocab:
         return cls({t: i for i, t in enumerate(tokens)})
 
     def extend(self, tokens: Iterable[str]) -> GeneVocab:
-        """A new vocabulary with ``tokens`` not yet present appended (ids ``len(self)``
-        onwards); existing ids are unchanged, so a checkpoint's embedding rows still fit."""
+        """A new vocabulary with ``tokens`` not yet present appended.
+
+        New tokens get ids ``len(self)`` onwards; existing ids are unchanged, so a
+        checkpoint's embedding rows still fit.
+        """
         d = self.to_dict()
         for t in tokens:
             t = str(t)

@@ -1,68 +1,17 @@
-"""Perturb-seq data: a simulator with a known gene-regulatory network, and GEARS-format readers.
-
-The public loaders fetch the preprocessed screens that GEARS (Roohani, Huang & Leskovec,
-*Nat. Biotechnol.* 2024) publishes on the Harvard Dataverse (doi:10.7910/DVN/Q2ZV3E).
-Each is a zip archive holding ``<name>/perturb_processed.h5ad``.
-"""
+"""Perturb-seq simulator: single and paired perturbations on a known gene-regulatory network."""
 
 from __future__ import annotations
-
-import logging
-import os
-import shutil
-import tarfile
-import zipfile
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from celltx.data._perturbation import condition_name, parse_conditions
+from celltx.data import condition_name
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "simulate_perturbseq",
-    "read_gears",
-    "norman2019",
-    "adamson2016",
-    "replogle2022_k562_essential",
-    "GEARS_URLS",
-]
-
-#: Harvard Dataverse download addresses of the GEARS-preprocessed screens (the file ids
-#: that GEARS' ``PertData`` uses). The name is also the folder inside each archive.
-GEARS_URLS: dict[str, str] = {
-    "norman": "https://dataverse.harvard.edu/api/access/datafile/6154020",
-    "adamson": "https://dataverse.harvard.edu/api/access/datafile/6154417",
-    "dixit": "https://dataverse.harvard.edu/api/access/datafile/6154416",
-    "replogle_k562_essential": "https://dataverse.harvard.edu/api/access/datafile/7458695",
-    "replogle_rpe1_essential": "https://dataverse.harvard.edu/api/access/datafile/7458694",
-}
-
-_GEARS_FILE = "perturb_processed.h5ad"
-# uns entries of a GEARS file that map a condition to a list of gene ids (var index).
-_GEARS_DE_KEYS = ("rank_genes_groups_cov_all", "top_non_dropout_de_20", "top_non_zero_de_20")
-_GEARS_IDX_KEYS = ("non_zeros_gene_idx", "non_dropout_gene_idx")
+from ._simulation import _check_fraction, _check_int, _nb_counts
 
 _INTERACTION_TYPES = ("synergy", "buffering", "epistasis", "neomorphic")
-
-
-# ----------------------------------------------------------------------------------------
-# Simulator
-# ----------------------------------------------------------------------------------------
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_fraction(name: str, value) -> float:
-    if not isinstance(value, int | float | np.floating) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
-    return float(value)
 
 
 def _random_dag(
@@ -74,9 +23,11 @@ def _random_dag(
     weight_range: tuple[float, float],
     positive_fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Signed sparse DAG over ``n_total`` genes; the first ``n_regulators`` genes of a random
-    topological order regulate. Returns ``W`` (``W[i, j]``: effect of gene ``j`` on gene
-    ``i``) and the topological order."""
+    """Signed sparse DAG over ``n_total`` genes.
+
+    The first ``n_regulators`` genes of a random topological order regulate. Returns ``W``
+    (``W[i, j]``: effect of gene ``j`` on gene ``i``) and the topological order.
+    """
     order = rng.permutation(n_total)
     regulators = order[:n_regulators]
     targets_pool = order[n_regulators:]
@@ -340,7 +291,7 @@ def simulate_perturbseq(
     library = np.exp(rng.normal(np.log(mean_library_size), 0.25, n_cells))
     mu = prop * library[:, None]
     theta = dispersion * np.exp(rng.normal(0.0, 0.3, n_total))
-    counts = rng.poisson(rng.gamma(theta, mu / theta))[:, measured]
+    counts = _nb_counts(rng, mu, theta)[:, measured]
 
     # -- AnnData ------------------------------------------------------------------------
     panel = names[measured]
@@ -415,291 +366,3 @@ def simulate_perturbseq(
         },
     }
     return adata
-
-
-# ----------------------------------------------------------------------------------------
-# GEARS format
-# ----------------------------------------------------------------------------------------
-def _translate_gene_lists(value, id_to_name: dict[str, str]):
-    """Map a dict condition → list of gene ids onto gene symbols (unknown ids kept)."""
-    if not isinstance(value, dict):
-        return value
-    out = {}
-    for key, genes in value.items():
-        arr = np.asarray(genes)
-        if arr.dtype.kind in "OUS":
-            out[key] = np.array([id_to_name.get(str(g), str(g)) for g in arr], dtype=object).astype(
-                str
-            )
-        else:
-            out[key] = arr
-    return out
-
-
-def read_gears(path: str | os.PathLike) -> ad.AnnData:
-    """Read a GEARS ``perturb_processed.h5ad`` and check its layout.
-
-    GEARS files hold log-normalised expression in ``.X``, the perturbation of each cell in
-    ``obs["condition"]`` (``"ctrl"``, ``"A+ctrl"``, ``"A+B"``), ``obs["cell_type"]`` and
-    gene symbols in ``var["gene_name"]`` (the index is often an Ensembl id). Differential
-    expression results keyed by ``obs["condition_name"]`` (e.g. ``"K562_A+ctrl_1+1"``) may
-    sit in ``uns`` (``rank_genes_groups_cov_all``, ``top_non_dropout_de_20``, ...).
-
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` file, or a folder that holds ``perturb_processed.h5ad``.
-
-    Returns
-    -------
-    anndata.AnnData
-        The data with ``var_names`` set to the (made unique) gene symbols, the original
-        index kept in ``var["gene_id"]``, and the gene lists in the ``uns`` DE entries
-        translated from ids to the new ``var_names``. ``.X`` is returned as CSR.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing, or ``obs["condition"]``, ``obs["cell_type"]`` or
-        ``var["gene_name"]`` is absent, or a condition cannot be parsed.
-
-    Examples
-    --------
-    >>> from celltx.datasets import read_gears
-    >>> adata = read_gears("data/norman/perturb_processed.h5ad")  # doctest: +SKIP
-    >>> adata.obs["condition"].head(2).tolist()  # doctest: +SKIP
-    ['TSC22D1+ctrl', 'KLF1+MAP2K6']
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / _GEARS_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"No GEARS file at {str(path)!r}; pass the path of a perturb_processed.h5ad (or the "
-            "folder holding it)."
-        )
-    adata = ad.read_h5ad(path)
-    missing = [f"obs[{c!r}]" for c in ("condition", "cell_type") if c not in adata.obs]
-    if "gene_name" not in adata.var:
-        missing.append("var['gene_name']")
-    if missing:
-        raise ValueError(
-            f"{path.name} is not in GEARS format: {', '.join(missing)} missing. A GEARS file "
-            "needs obs['condition'] (e.g. 'ctrl', 'A+ctrl', 'A+B'), obs['cell_type'] and "
-            "var['gene_name'] (gene symbols); add them, or build the AnnData yourself."
-        )
-    parse_conditions(adata.obs["condition"].astype(str), max_genes=10**6)  # validates every value
-    if not (adata.obs["condition"].astype(str) == "ctrl").any():
-        logger.warning("%s has no control cells (condition 'ctrl').", path)
-
-    old_ids = adata.var_names.astype(str)
-    adata.var["gene_id"] = np.asarray(old_ids)
-    adata.var_names = pd.Index(adata.var["gene_name"].astype(str).to_numpy())
-    adata.var_names_make_unique()
-    id_to_name = dict(zip(old_ids, adata.var_names.astype(str), strict=True))
-    for key in _GEARS_DE_KEYS:
-        if key in adata.uns:
-            adata.uns[key] = _translate_gene_lists(adata.uns[key], id_to_name)
-    if sparse.issparse(adata.X) and not sparse.isspmatrix_csr(adata.X):
-        adata.X = sparse.csr_matrix(adata.X)
-    return adata
-
-
-def _find_member(names: list[str], dataset: str) -> str | None:
-    hits = [n for n in names if n.rstrip("/").split("/")[-1] == _GEARS_FILE]
-    if not hits:
-        return None
-    preferred = [n for n in hits if n.replace("\\", "/").endswith(f"{dataset}/{_GEARS_FILE}")]
-    return sorted(preferred or hits, key=len)[0]
-
-
-def _extract_gears(archive: Path, dataset: str, dest_dir: Path) -> Path:
-    """Extract ``perturb_processed.h5ad`` of ``dataset`` from a zip or tar archive into
-    ``dest_dir/dataset/`` (once) and return its path."""
-    target = dest_dir / dataset / _GEARS_FILE
-    if target.is_file() and target.stat().st_mtime >= archive.stat().st_mtime:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".h5ad.part")
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            member = _find_member(zf.namelist(), dataset)
-            if member is None:
-                raise ValueError(
-                    f"{archive} holds no {_GEARS_FILE}; is it a GEARS dataset archive?"
-                )
-            with zf.open(member) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 22)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            member = _find_member([m.name for m in tf.getmembers() if m.isfile()], dataset)
-            if member is None:
-                raise ValueError(
-                    f"{archive} holds no {_GEARS_FILE}; is it a GEARS dataset archive?"
-                )
-            src = tf.extractfile(member)
-            with src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 22)
-    else:
-        raise ValueError(
-            f"{archive} is neither a zip nor a tar archive nor an .h5ad file; pass the GEARS "
-            "archive as downloaded, the extracted folder, or the perturb_processed.h5ad itself."
-        )
-    tmp.replace(target)
-    return target
-
-
-def _cache_dir(data_dir: str | os.PathLike | None) -> Path:
-    if data_dir is not None:
-        return Path(data_dir)
-    import pooch
-
-    return Path(pooch.os_cache("celltx"))
-
-
-def _load_gears_dataset(
-    dataset: str,
-    path: str | os.PathLike | None,
-    data_dir: str | os.PathLike | None,
-    progressbar: bool,
-) -> ad.AnnData:
-    if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            for candidate in (path / _GEARS_FILE, path / dataset / _GEARS_FILE):
-                if candidate.is_file():
-                    return read_gears(candidate)
-            raise ValueError(f"{path} holds neither {_GEARS_FILE} nor {dataset}/{_GEARS_FILE}.")
-        if not path.is_file():
-            raise ValueError(
-                f"{path} does not exist; pass a downloaded GEARS archive, folder or .h5ad."
-            )
-        if path.suffix == ".h5ad":
-            return read_gears(path)
-        out_dir = Path(data_dir) if data_dir is not None else path.parent
-        return read_gears(_extract_gears(path, dataset, out_dir))
-
-    import pooch
-
-    cache = _cache_dir(data_dir)
-    extracted = cache / dataset / _GEARS_FILE
-    archive_name = f"{dataset}.zip"
-    if extracted.is_file() and not (cache / archive_name).is_file():
-        return read_gears(extracted)
-    archive = pooch.retrieve(
-        GEARS_URLS[dataset],
-        known_hash=None,
-        fname=archive_name,
-        path=cache,
-        progressbar=progressbar,
-    )
-    return read_gears(_extract_gears(Path(archive), dataset, cache))
-
-
-def norman2019(
-    data_dir: str | os.PathLike | None = None,
-    path: str | os.PathLike | None = None,
-    progressbar: bool = False,
-) -> ad.AnnData:
-    """Norman et al. 2019: CRISPRa Perturb-seq in K562, single and paired perturbations.
-
-    The GEARS release (about 91,000 cells × 5,045 genes), downloaded once from the
-    Harvard Dataverse (an archive of about 170 MB; the extracted file is about 2.2 GB)
-    and read with :func:`read_gears`.
-
-    Parameters
-    ----------
-    data_dir
-        Folder for the download and the extracted file (default:
-        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
-    path
-        An already downloaded copy: the archive, the extracted folder or the
-        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
-        extracted next to it (or into ``data_dir`` when given).
-    progressbar
-        Show a download progress bar (needs ``tqdm``).
-
-    Returns
-    -------
-    anndata.AnnData
-        See :func:`read_gears`.
-
-    Examples
-    --------
-    >>> from celltx.datasets import norman2019
-    >>> adata = norman2019()  # doctest: +SKIP
-    >>> adata.obs["condition"].str.contains("ctrl").mean()  # doctest: +SKIP
-    """
-    return _load_gears_dataset("norman", path, data_dir, progressbar)
-
-
-def adamson2016(
-    data_dir: str | os.PathLike | None = None,
-    path: str | os.PathLike | None = None,
-    progressbar: bool = False,
-) -> ad.AnnData:
-    """Adamson et al. 2016: CRISPRi Perturb-seq of unfolded-protein-response genes in K562.
-
-    The GEARS release (single-gene perturbations only), downloaded once from the Harvard
-    Dataverse and read with :func:`read_gears`.
-
-    Parameters
-    ----------
-    data_dir
-        Folder for the download and the extracted file (default:
-        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
-    path
-        An already downloaded copy: the archive, the extracted folder or the
-        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
-        extracted next to it (or into ``data_dir`` when given).
-    progressbar
-        Show a download progress bar (needs ``tqdm``).
-
-    Returns
-    -------
-    anndata.AnnData
-        See :func:`read_gears`.
-
-    Examples
-    --------
-    >>> from celltx.datasets import adamson2016
-    >>> adata = adamson2016()  # doctest: +SKIP
-    >>> adata.obs["condition"].nunique()  # doctest: +SKIP
-    """
-    return _load_gears_dataset("adamson", path, data_dir, progressbar)
-
-
-def replogle2022_k562_essential(
-    data_dir: str | os.PathLike | None = None,
-    path: str | os.PathLike | None = None,
-    progressbar: bool = False,
-) -> ad.AnnData:
-    """Replogle et al. 2022: genome-scale CRISPRi Perturb-seq, K562 essential genes.
-
-    The filtered GEARS release (single-gene knock-downs of essential genes; not the full
-    screen), downloaded once from the Harvard Dataverse and read with :func:`read_gears`.
-
-    Parameters
-    ----------
-    data_dir
-        Folder for the download and the extracted file (default:
-        ``pooch.os_cache("celltx")``). Nothing is downloaded when the archive is there.
-    path
-        An already downloaded copy: the archive, the extracted folder or the
-        ``perturb_processed.h5ad`` itself. Then nothing is downloaded; an archive is
-        extracted next to it (or into ``data_dir`` when given).
-    progressbar
-        Show a download progress bar (needs ``tqdm``).
-
-    Returns
-    -------
-    anndata.AnnData
-        See :func:`read_gears`.
-
-    Examples
-    --------
-    >>> from celltx.datasets import replogle2022_k562_essential
-    >>> adata = replogle2022_k562_essential()  # doctest: +SKIP
-    >>> adata.n_vars  # doctest: +SKIP
-    """
-    return _load_gears_dataset("replogle_k562_essential", path, data_dir, progressbar)

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from celltx.data import GeneVocab
-from celltx.data._vocab import PAD_TOKEN
+from celltx.data import PAD_TOKEN, GeneVocab
+from celltx.nn import ScGPTConfig
 
 from ._state_dict import Layout, detect_layout, from_scgpt, read_weights, to_scgpt
 
@@ -134,8 +134,11 @@ def _arg_error(source: str, key: str, value, expected: str) -> ValueError:
 
 
 def _int_arg(args: Mapping, key: str, source: str, minimum: int, default=None) -> int:
-    """``args[key]`` as an int >= ``minimum``: JSON integers, and floats with an integral
-    value (``4.0``); not ``4.5``, booleans, strings, lists or ``null``."""
+    """``args[key]`` as an int >= ``minimum``.
+
+    Accepts JSON integers, and floats with an integral value (``4.0``); not ``4.5``, booleans,
+    strings, lists or ``null``.
+    """
     value = args.get(key, default)
     expected = f"an integer >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -232,14 +235,14 @@ def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None)
         "n_heads": nheads,
         "n_layers": _int_arg(args, "nlayers", src, 1),
         "d_hid": _int_arg(args, "d_hid", src, 1, default=embsize),
-        "dropout": _float_arg(args, "dropout", src, 0.2, 0.0, 1.0),
-        "n_bins": _int_arg(args, "n_bins", src, 3, default=51),
-        "pad_value": _float_arg(args, "pad_value", src, -2.0),
+        "dropout": _float_arg(args, "dropout", src, ScGPTConfig.dropout, 0.0, 1.0),
+        "n_bins": _int_arg(args, "n_bins", src, 3, default=ScGPTConfig.n_bins),
+        "pad_value": _float_arg(args, "pad_value", src, ScGPTConfig.pad_value),
         "input_emb_style": _choice_arg(
             args, "input_emb_style", src, "continuous", ("continuous", "category")
         ),
         "norm_first": _choice_arg(args, "norm_scheme", src, "post", ("post", "pre")) == "pre",
-        "max_seq_len": _int_arg(args, "max_seq_len", src, 2, default=1200),
+        "max_seq_len": _int_arg(args, "max_seq_len", src, 2, default=ScGPTConfig.max_seq_len),
     }
     if "activation" in args:  # written by celltx's export, not by scGPT
         kwargs["activation"] = _choice_arg(args, "activation", src, "relu", ("relu", "gelu"))
@@ -257,36 +260,69 @@ def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None)
     return kwargs
 
 
-def kwargs_to_scgpt_args(kwargs: Mapping, n_tokens: int) -> dict:
-    """scGPT ``args.json`` content for a celltx model (inverse of :func:`scgpt_args_to_kwargs`).
+def config_from_scgpt_args(args: Mapping, source: str | os.PathLike | None = None) -> ScGPTConfig:
+    """The :class:`~celltx.nn.ScGPTConfig` that a scGPT ``args.json`` describes.
+
+    Keys the file lacks keep celltx's defaults (which are scGPT's). Checked as
+    :func:`scgpt_args_to_kwargs` checks them.
+
+    Examples
+    --------
+    >>> from celltx.io import config_from_scgpt_args
+    >>> config_from_scgpt_args({"embsize": 64, "nheads": 4, "nlayers": 2}).d_hid_resolved
+    64
+    """
+    return ScGPTConfig(**scgpt_args_to_kwargs(args, source))
+
+
+def scgpt_args_from_config(config: ScGPTConfig, n_tokens: int) -> dict:
+    """ScGPT ``args.json`` content for a model with ``config`` and ``n_tokens`` tokens.
+
+    The inverse of :func:`config_from_scgpt_args`.
 
     Writes the keys scGPT's tutorials and ``load_pretrained`` helpers read, with scGPT's
-    defaults for the training-only settings.
+    values for the training-only settings.
+
+    Examples
+    --------
+    >>> from celltx.io import scgpt_args_from_config
+    >>> from celltx.nn import ScGPTConfig
+    >>> scgpt_args_from_config(ScGPTConfig(d_model=64, n_heads=4), n_tokens=100)["embsize"]
+    64
     """
-    d_model = int(kwargs["d_model"])
+    c = config
     return {
-        "embsize": d_model,
-        "nheads": int(kwargs["n_heads"]),
-        "nlayers": int(kwargs["n_layers"]),
-        "d_hid": int(kwargs.get("d_hid") or d_model),
-        "dropout": float(kwargs.get("dropout", 0.2)),
+        "embsize": c.d_model,
+        "nheads": c.n_heads,
+        "nlayers": c.n_layers,
+        "d_hid": c.d_hid_resolved,
+        "dropout": float(c.dropout),
         "n_layers_cls": 3,
-        "n_bins": int(kwargs.get("n_bins") or 51),
+        "n_bins": c.n_bins if c.n_bins is not None else ScGPTConfig.n_bins,
         "pad_token": PAD_TOKEN,
-        "pad_value": float(kwargs.get("pad_value", -2)),
+        "pad_value": float(c.pad_value),
         "mask_value": -1,
         "input_style": "binned",
-        "input_emb_style": kwargs.get("input_emb_style", "continuous"),
+        "input_emb_style": c.input_emb_style,
         "cell_emb_style": "cls",
-        "norm_scheme": "pre" if kwargs.get("norm_first") else "post",
-        "activation": kwargs.get("activation", "relu"),
-        "max_seq_len": int(kwargs.get("max_seq_len", 1200)),
-        "mask_ratio": list(kwargs.get("mask_ratio", (0.25, 0.5, 0.75))),
+        "norm_scheme": "pre" if c.norm_first else "post",
+        "activation": c.activation,
+        "max_seq_len": c.max_seq_len,
+        "mask_ratio": list(c.mask_ratio),
         "ntoken": int(n_tokens),
         "USE_MVC": True,
         "vocab_path": "vocab.json",
         "data_source": "celltx",
     }
+
+
+def kwargs_to_scgpt_args(kwargs: Mapping, n_tokens: int) -> dict:
+    """ScGPT ``args.json`` content from :class:`~celltx.nn.ScGPTConfig` fields as a dict.
+
+    Kept for compatibility; :func:`scgpt_args_from_config` is the same on a config.
+    """
+    known = {k: v for k, v in kwargs.items() if k in ScGPTConfig.field_names()}
+    return scgpt_args_from_config(ScGPTConfig.from_dict(known), n_tokens)
 
 
 def find_weights(model_dir: Path, weights: str | os.PathLike | None = None) -> Path:

@@ -72,9 +72,11 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _sniff(path: Path) -> str:
-    """What ``path`` looks like from its first bytes, without parsing it: ``"zip"`` (a
-    ``torch.save`` archive), ``"pickle"`` (a legacy ``torch.save`` file), ``"safetensors"``
-    or ``"unknown"``."""
+    """What ``path`` looks like from its first bytes, without parsing it.
+
+    One of ``"zip"`` (a ``torch.save`` archive), ``"pickle"`` (a legacy ``torch.save`` file),
+    ``"safetensors"`` or ``"unknown"``.
+    """
     with open(path, "rb") as f:
         head = f.read(16)
     if head.startswith(_ZIP_MAGIC):

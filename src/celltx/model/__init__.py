@@ -1,5 +1,8 @@
 """User-facing scvi-tools model classes."""
 
-from ._scgpt import TASKS, GeneLayerField, LabelsField, ScGPT
+from celltx.module import TASKS
 
-__all__ = ["ScGPT", "GeneLayerField", "LabelsField", "TASKS"]
+from ._fields import GeneLayerField, LabelsField, PerturbationField
+from ._scgpt import ScGPT
+
+__all__ = ["ScGPT", "GeneLayerField", "LabelsField", "PerturbationField", "TASKS"]

@@ -24,212 +24,29 @@ carries. :class:`SafeSaveMixin` replaces both with a format whose reader never u
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+
+from celltx.io import CorruptJSON, UnsupportedValue, from_json, to_json
+
+from ._validation import resolve_device
 
 FORMAT = "celltx.model"
 FORMAT_VERSION = 1
 JSON_FNAME = "model.json"
 WEIGHTS_FNAME = "model.safetensors"
 PICKLE_FNAME = "model.pt"  # the pickled save of scvi-tools and of earlier celltx
+#: data files of ``save(save_anndata=True)`` (scvi-tools' names)
+ADATA_FNAME, MDATA_FNAME = "adata.h5ad", "mdata.h5mu"
+#: keys of scvi-tools' registry dict (``AnnDataManager.registry``)
+MODEL_NAME_KEY, SETUP_ARGS_KEY, SETUP_METHOD_KEY = "model_name", "setup_args", "setup_method_name"
 _EXTRA = "extra/"  # safetensors key prefix of module state outside the state dict
-
-
-# --- JSON with type tags ----------------------------------------------------------------
-def _tag_types() -> dict:
-    from celltx.data._genes import GeneMatch
-    from celltx.io import LoadReport
-
-    return {"LoadReport": LoadReport, "GeneMatch": GeneMatch}
-
-
-_TAGS = (
-    "__ndarray__",
-    "__npscalar__",
-    "__float__",
-    "__tuple__",
-    "__dict__",
-    "__index__",
-    "__series__",
-    "__dataframe__",
-    "__dataclass__",
-)
-
-
-class _UnsupportedValue(ValueError):
-    pass
-
-
-def _looks_like_tag(key) -> bool:
-    """Whether a one-key object with this key reads as a type tag (``"__name__"``)."""
-    return isinstance(key, str) and len(key) > 4 and key.startswith("__") and key.endswith("__")
-
-
-def _enc_float(x: float):
-    return x if math.isfinite(x) else {"__float__": repr(float(x))}
-
-
-def _enc_array(a: np.ndarray) -> dict:
-    kind = a.dtype.kind
-    if kind in "biu":
-        data = a.ravel().tolist()
-    elif kind == "f":
-        data = [v if math.isfinite(v) else repr(v) for v in a.ravel().tolist()]
-    elif kind == "U":
-        data = a.ravel().tolist()
-    elif kind == "O":
-        data = [_encode(v) for v in a.ravel().tolist()]
-    else:
-        raise _UnsupportedValue(f"a numpy array of dtype {a.dtype}")
-    return {"__ndarray__": {"dtype": a.dtype.str, "shape": list(a.shape), "data": data}}
-
-
-def _encode(value):
-    """``value`` as JSON-compatible data; raises :class:`_UnsupportedValue` for types the
-    format does not hold (arbitrary objects would need a pickle)."""
-    if value is None or isinstance(value, bool | str) or type(value) is int:
-        return value
-    if type(value) is float:
-        return _enc_float(value)
-    if isinstance(value, np.generic):
-        if value.dtype.kind not in "biufU":
-            raise _UnsupportedValue(f"a numpy scalar of dtype {value.dtype}")
-        item = value.item()
-        return {"__npscalar__": {"dtype": value.dtype.str, "value": _encode(item)}}
-    if isinstance(value, np.ndarray):
-        return _enc_array(value)
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v) for v in value]}
-    if isinstance(value, dict):
-        plain = all(type(k) is str for k in value) and not (
-            len(value) == 1 and _looks_like_tag(next(iter(value)))
-        )
-        if plain:
-            return {k: _encode(v) for k, v in value.items()}
-        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
-    if isinstance(value, pd.DataFrame):
-        if value.columns.has_duplicates:
-            raise _UnsupportedValue("a DataFrame with duplicated column names")
-        return {
-            "__dataframe__": {
-                "index": _encode(value.index),
-                "columns": _encode(value.columns),
-                "data": [_encode(_column_array(value[c])) for c in value.columns],
-            }
-        }
-    if isinstance(value, pd.Series):
-        return {
-            "__series__": {
-                "index": _encode(value.index),
-                "name": _encode(value.name),
-                "data": _encode(_column_array(value)),
-            }
-        }
-    if isinstance(value, pd.Index):
-        if isinstance(value, pd.MultiIndex | pd.CategoricalIndex | pd.IntervalIndex):
-            raise _UnsupportedValue(f"a {type(value).__name__}")
-        return {
-            "__index__": {
-                "name": _encode(value.name),
-                "data": _enc_array(_column_array(value)),
-            }
-        }
-    for tag, cls in _tag_types().items():
-        if type(value) is cls:
-            fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(cls)}
-            return {"__dataclass__": {"type": tag, "fields": fields}}
-    raise _UnsupportedValue(f"a {type(value).__module__}.{type(value).__qualname__}")
-
-
-def _column_array(values) -> np.ndarray:
-    a = np.asarray(values)
-    if a.dtype.kind not in "biufUO":
-        raise _UnsupportedValue(f"a column of dtype {values.dtype}")
-    return a
-
-
-class _CorruptJSON(ValueError):
-    pass
-
-
-def _dec_array(spec) -> np.ndarray:
-    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data"}:
-        raise _CorruptJSON("an __ndarray__ needs dtype, shape and data")
-    dtype = np.dtype(str(spec["dtype"]))
-    if dtype.kind not in "biufUO":
-        raise _CorruptJSON(f"arrays of dtype {dtype} are not part of the format")
-    shape = tuple(int(s) for s in spec["shape"])
-    data = spec["data"]
-    if not isinstance(data, list) or len(data) != math.prod(shape):
-        raise _CorruptJSON(f"an __ndarray__ of shape {shape} needs {math.prod(shape)} values")
-    if dtype.kind == "O":
-        out = np.empty(len(data), dtype=object)
-        out[:] = [_decode(v) for v in data]
-        return out.reshape(shape)
-    if dtype.kind == "f":
-        data = [float(v) for v in data]  # "nan", "inf", "-inf" are written as strings
-    return np.array(data, dtype=dtype).reshape(shape)
-
-
-def _decode(value):
-    """Inverse of :func:`_encode`; only the tags of this module are understood."""
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) != 1 or not _looks_like_tag(next(iter(value))):
-        return {k: _decode(v) for k, v in value.items()}
-    if next(iter(value)) not in _TAGS:
-        raise _CorruptJSON(f"unknown type tag {next(iter(value))!r}")
-    tag, body = next(iter(value.items()))
-    if tag == "__ndarray__":
-        return _dec_array(body)
-    if tag == "__npscalar__":
-        dtype = np.dtype(str(body["dtype"]))
-        if dtype.kind not in "biufU":
-            raise _CorruptJSON(f"numpy scalars of dtype {dtype} are not part of the format")
-        return np.array(_decode(body["value"]), dtype=dtype)[()]
-    if tag == "__float__":
-        if body not in ("nan", "inf", "-inf"):
-            raise _CorruptJSON(f"__float__ must be 'nan', 'inf' or '-inf', not {body!r}")
-        return float(body)
-    if tag == "__tuple__":
-        return tuple(_decode(v) for v in body)
-    if tag == "__dict__":
-        return {_decode(k): _decode(v) for k, v in body}
-    if tag == "__index__":
-        return pd.Index(
-            _decode({"__ndarray__": body["data"]["__ndarray__"]}), name=_decode(body["name"])
-        )
-    if tag == "__series__":
-        return pd.Series(
-            _decode(body["data"]), index=_decode(body["index"]), name=_decode(body["name"])
-        )
-    if tag == "__dataframe__":
-        columns = _decode(body["columns"])
-        data = [_decode(c) for c in body["data"]]
-        if len(data) != len(columns):
-            raise _CorruptJSON("a __dataframe__ needs one data array per column")
-        frame = pd.DataFrame(
-            dict(zip(range(len(data)), data, strict=True)), index=_decode(body["index"])
-        )
-        frame.columns = columns
-        return frame
-    # __dataclass__
-    types = _tag_types()
-    if body.get("type") not in types:
-        raise _CorruptJSON(f"unknown dataclass {body.get('type')!r}; known: {sorted(types)}")
-    return types[body["type"]](**{k: _decode(v) for k, v in body["fields"].items()})
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -258,8 +75,11 @@ def _pickle_refusal(path: Path, what: str) -> ValueError:
 
 
 def _read_meta(dir_path, prefix: str | None, what: str, trust_remote_pickle: bool) -> dict | None:
-    """``model.json`` of a save directory, checked; ``None`` when the directory holds a
-    pickled scvi-tools save and ``trust_remote_pickle`` allows reading it."""
+    """``model.json`` of a save directory, checked.
+
+    ``None`` when the directory holds a pickled scvi-tools save and ``trust_remote_pickle``
+    allows reading it.
+    """
     jpath, wpath, ppath = _paths(dir_path, prefix)
     if not Path(dir_path).is_dir():
         raise ValueError(f"{dir_path} is not a directory; pass the directory model.save() wrote.")
@@ -297,9 +117,9 @@ def _read_meta(dir_path, prefix: str | None, what: str, trust_remote_pickle: boo
     if missing or not isinstance(meta["attributes"], dict):
         raise ValueError(f"{jpath} lacks {missing or ['attributes']}; the save is damaged.")
     try:
-        meta["attributes"] = _decode(meta["attributes"])
-        meta["var_names"] = _decode(meta["var_names"])
-    except (_CorruptJSON, TypeError, KeyError, ValueError, AttributeError, RecursionError) as e:
+        meta["attributes"] = from_json(meta["attributes"])
+        meta["var_names"] = from_json(meta["var_names"])
+    except (CorruptJSON, TypeError, KeyError, ValueError, AttributeError, RecursionError) as e:
         raise ValueError(f"{jpath} is damaged: {e}. Save the model again.") from None
     if "registry_" not in meta["attributes"] or "init_params_" not in meta["attributes"]:
         raise ValueError(f"{jpath} has no registry_ or init_params_; the save is damaged.")
@@ -307,8 +127,10 @@ def _read_meta(dir_path, prefix: str | None, what: str, trust_remote_pickle: boo
 
 
 def _read_tensors(wpath: Path, meta: dict, device) -> tuple[dict, dict]:
-    """State dict and extra module buffers from the weight file, after checking that it is
-    celltx's and belongs to ``model.json``."""
+    """State dict and extra module buffers from the weight file.
+
+    Read after checking that the file is celltx's and belongs to ``model.json``.
+    """
     from safetensors import SafetensorError, safe_open
 
     if not wpath.is_file():
@@ -341,6 +163,35 @@ def _read_tensors(wpath: Path, meta: dict, device) -> tuple[dict, dict]:
     return state, extra
 
 
+def _build_model(cls, adata, jpath: Path, attr_dict: dict):
+    """The model, built from its saved init parameters, with its saved attributes."""
+    init = attr_dict.pop("init_params_", None)
+    if not isinstance(init, dict) or "non_kwargs" not in init or "kwargs" not in init:
+        raise ValueError(f"{jpath} has no usable init_params_; the save is damaged.")
+    kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+    model = cls(adata, **init["non_kwargs"], **kwargs)
+    for name, value in attr_dict.items():
+        setattr(model, name, value)
+    return model
+
+
+def _warn_if_var_names_differ(model, saved) -> None:
+    """Warn, as scvi-tools does, when the data's features are not those of training."""
+    now = model.get_var_names(legacy_mudata_format=not isinstance(saved, dict))
+    if isinstance(saved, dict):
+        same = all(np.array_equal(np.asarray(saved[k]), np.asarray(now.get(k))) for k in saved)
+    else:
+        same = np.array_equal(np.asarray(saved), np.asarray(now))
+    if not same:
+        warnings.warn(
+            "The var_names of the data passed to load differ from those the model was trained "
+            "on; genes are matched to the vocabulary by name, but results on other features "
+            "differ from those on the training data.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class SafeSaveMixin:
     """``save`` / ``load`` / ``load_registry`` for scvi-tools models without pickles.
 
@@ -362,13 +213,6 @@ class SafeSaveMixin:
     )
     #: plain module attributes (numbers, booleans) that a save keeps: the objective
     _saved_module_attributes: tuple[str, ...] = (
-        "gep_weight",
-        "mvc_weight",
-        "cls_weight",
-        "ecs_weight",
-        "dab_weight",
-        "pert_weight",
-        "align_weight",
         "ecs_threshold",
         "label_smoothing",
         "pair_by_labels",
@@ -432,7 +276,6 @@ class SafeSaveMixin:
         from anndata import AnnData
         from mudata import MuData
         from safetensors.torch import save_file
-        from scvi.model.base._constants import SAVE_KEYS
 
         if save_kwargs:
             raise ValueError(
@@ -454,8 +297,8 @@ class SafeSaveMixin:
             if not name.endswith("_"):
                 continue
             try:
-                attributes[name] = _encode(value)
-            except _UnsupportedValue as e:
+                attributes[name] = to_json(value)
+            except UnsupportedValue as e:
                 raise ValueError(
                     f"Cannot save model attribute {name!r}: it holds {e}, which celltx's save "
                     "format (JSON and safetensors, no pickles) does not store. Delete it "
@@ -485,7 +328,7 @@ class SafeSaveMixin:
         os.makedirs(dir_path, exist_ok=True)
         if save_anndata:
             suffix = (
-                SAVE_KEYS.MDATA_FNAME if isinstance(self.adata, MuData) else SAVE_KEYS.ADATA_FNAME
+                MDATA_FNAME if isinstance(self.adata, MuData) else ADATA_FNAME
             )
             if not isinstance(self.adata, AnnData | MuData):
                 raise ValueError("save_anndata=True needs a model with an AnnData or MuData.")
@@ -507,8 +350,9 @@ class SafeSaveMixin:
             "celltx_version": celltx_version,
             "weights": wpath.name,
             "weights_sha256": _sha256(wpath),
-            "var_names": _encode(var_names),
+            "var_names": to_json(var_names),
             "module_attributes": module_attributes,
+            "module_objective": {k: float(v) for k, v in module.objective.items()},
             "attributes": attributes,
         }
         tmp = jpath.with_name(jpath.name + ".tmp")
@@ -572,10 +416,6 @@ class SafeSaveMixin:
         """
         import anndata
         import mudata
-        from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY, _SETUP_METHOD_NAME
-        from scvi.model._utils import parse_device_args
-        from scvi.model.base._constants import SAVE_KEYS
-        from scvi.model.base._save_load import _initialize_model, _validate_var_names
 
         if (
             backup_url is not None
@@ -602,28 +442,23 @@ class SafeSaveMixin:
             raise ValueError(
                 "load(datamodule=...) is not supported: celltx models are built on an AnnData or MuData."
             )
-        _, _, torch_device = parse_device_args(
-            accelerator=accelerator,
-            devices=device,
-            return_device="torch",
-            validate_single_device=True,
-        )
+        torch_device = resolve_device(accelerator, device)
         jpath, wpath, _ = _paths(dir_path, prefix)
         attr_dict = meta["attributes"]
         registry = attr_dict.pop("registry_")
         saved_class = meta["model_class"]
         names = {cls.__name__, *(allowed_classes_names_list or [])}
-        if registry.get(_MODEL_NAME_KEY, saved_class) not in names or saved_class not in names:
+        if registry.get(MODEL_NAME_KEY, saved_class) not in names or saved_class not in names:
             raise ValueError(
                 f"{jpath} holds a {saved_class} model, not a {cls.__name__}; load it with "
                 f"{saved_class}.load (or list the class in allowed_classes_names_list)."
             )
-        method_name = registry.get(_SETUP_METHOD_NAME, "setup_anndata")
+        method_name = registry.get(SETUP_METHOD_KEY, "setup_anndata")
         if adata is None:
             is_mudata = method_name == "setup_mudata"
             data_path = (
                 Path(dir_path)
-                / f"{prefix or ''}{SAVE_KEYS.MDATA_FNAME if is_mudata else SAVE_KEYS.ADATA_FNAME}"
+                / f"{prefix or ''}{MDATA_FNAME if is_mudata else ADATA_FNAME}"
             )
             if not data_path.is_file():
                 raise ValueError(
@@ -632,18 +467,18 @@ class SafeSaveMixin:
                     "model.save(dir, save_anndata=True)."
                 )
             adata = mudata.read_h5mu(data_path) if is_mudata else anndata.read_h5ad(data_path)
-        if _SETUP_ARGS_KEY not in registry:
+        if SETUP_ARGS_KEY not in registry:
             raise ValueError(
                 f"{jpath} has no setup arguments in its registry; the save is damaged."
             )
-        _validate_var_names(adata, meta["var_names"])
         if method_name == "setup_datamodule":
             raise ValueError(
                 f"{jpath} was set up with a datamodule, which celltx does not support."
             )
-        getattr(cls, method_name)(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+        getattr(cls, method_name)(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])
         state, extra = _read_tensors(wpath, meta, "cpu")
-        model = _initialize_model(cls, adata, registry, attr_dict, None)
+        model = _build_model(cls, adata, jpath, attr_dict)
+        _warn_if_var_names_differ(model, meta["var_names"])
         model.module.on_load(model)
         try:
             model.module.load_state_dict(state)
@@ -667,6 +502,17 @@ class SafeSaveMixin:
                         f"{jpath}: module attribute {name!r} is {value!r}, not a number; the save is damaged."
                     )
                 setattr(module, name, value)
+        objective = dict(meta.get("module_objective") or {})
+        if objective:
+            try:
+                module.set_objective(
+                    ecs_threshold=module.ecs_threshold,
+                    label_smoothing=module.label_smoothing,
+                    class_weights=module.class_weights.clone(),
+                    **{str(k): float(v) for k, v in objective.items()},
+                )
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{jpath}: the saved objective {objective} is invalid ({e}).") from e
         model.to_device(torch_device)
         model.module.eval()
         model._validate_anndata(adata)
@@ -679,8 +525,9 @@ class SafeSaveMixin:
         prefix: str | None = None,
         trust_remote_pickle: bool = False,
     ) -> dict:
-        """The scvi-tools registry saved with a model (setup arguments, field registries),
-        read without unpickling.
+        """The scvi-tools registry saved with a model, read without unpickling.
+
+        The registry holds the setup arguments and field registries.
 
         Parameters
         ----------
@@ -728,8 +575,10 @@ class SafeSaveMixin:
         trust_remote_pickle=False,
         **save_kwargs,
     ):
-        """scvi-tools' conversion of saves from before scvi-tools 0.15, which are pickles:
-        refused unless ``trust_remote_pickle=True`` (unpickling runs any code in them)."""
+        """scvi-tools' conversion of saves from before scvi-tools 0.15, which are pickles.
+
+        Refused unless ``trust_remote_pickle=True`` (unpickling runs any code in them).
+        """
         if not trust_remote_pickle:
             raise _pickle_refusal(
                 Path(dir_path) / f"{prefix or ''}model_params.pt", "convert_legacy_save"

@@ -1,5 +1,7 @@
-"""scvi-tools modules (tensors only): tokenizer + transformer + objectives."""
+"""scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
+from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
+from ._objectives import PARTS, TASKS, Part, PartLoss
 from ._scgpt import ScGPTModule
 
-__all__ = ["ScGPTModule"]
+__all__ = ["ScGPTModule", "ATAC_KEY", "PERTURBATION_KEY", "SCVI_UUID_KEY", "PARTS", "TASKS", "Part", "PartLoss"]

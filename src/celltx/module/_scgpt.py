@@ -4,26 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from celltx.data import MOD_ATAC, MOD_CLS, MOD_RNA, TokenizedBatch, Tokenizer, join_modalities
-from celltx.nn import PERT_PAD, ExprDecoder, ScGPTTransformer
+from celltx.data import (
+    MOD_ATAC,
+    MOD_CLS,
+    MOD_RNA,
+    TokenizedBatch,
+    Tokenizer,
+    append_queries,
+    join_modalities,
+    perturbation_tokens,
+)
+from celltx.nn import ExprDecoder, ScGPTConfig, ScGPTTransformer
 
-#: scvi-tools registry key of the perturbation condition codes
-PERTURBATION_KEY = "perturbation"
-#: scvi-tools registry key of ATAC peak counts (as MULTIVI)
-ATAC_KEY = REGISTRY_KEYS.ATAC_X_KEY
+from ._constants import ATAC_KEY, PERTURBATION_KEY
+from ._objectives import PARTS, PERTURB, SPLIT, encoder_pass
+
 #: view codes of multimodal training rows: the cell itself, its RNA alone, its ATAC alone
 VIEW_JOINT, VIEW_RNA, VIEW_ATAC = 0, 1, 2
 
 
 class ScGPTModule(BaseModuleClass):
-    """Tensor-level scGPT: tokenizes expression rows on their device, encodes them and
-    computes the attention-masked generative loss.
+    """Tensor-level scGPT.
+
+    Tokenizes expression rows on their device, encodes them and computes the attention-masked
+    generative loss.
 
     ``inference`` = tokenization + known/unknown split + encoder; ``generative`` = the
     expression (gene-prompt) and MVC (cell-prompt) decoders; ``loss`` = masked MSE on the
@@ -95,106 +106,67 @@ class ScGPTModule(BaseModuleClass):
         cls_id: int,
         gene_ids: Sequence[int] | torch.Tensor,
         *,
-        d_model: int = 256,
-        n_heads: int = 8,
-        d_hid: int | None = None,
-        n_layers: int = 4,
-        dropout: float = 0.2,
-        attn_dropout: float = 0.0,
-        input_emb_style: str = "continuous",
-        norm_first: bool = False,
-        activation: str = "relu",
-        max_seq_len: int = 1200,
-        n_bins: int | None = 51,
-        pad_value: float = -2.0,
-        zero_fraction: float = 0.0,
-        seed: int = 0,
-        mask_ratio: Sequence[float] = (0.25, 0.5, 0.75),
-        gep_weight: float = 1.0,
-        mvc_weight: float = 1.0,
+        config: ScGPTConfig | None = None,
         n_labels: int | None = None,
-        n_layers_cls: int = 3,
         n_batch: int = 0,
-        dsbn: bool = False,
-        dab: bool = False,
-        batch_token: bool = False,
         perturbation: bool = False,
         modalities: Sequence[str] = ("rna",),
         atac_ids: Sequence[int] | torch.Tensor | None = None,
-        max_peaks: int = 1000,
-        atac_zero_fraction: float = 0.5,
-        atac_values: str = "binary",
+        **settings,
     ):
         super().__init__()
+        config = ScGPTConfig.from_dict(settings) if config is None else replace(config, **settings)
         modalities = tuple(modalities)
         if not modalities or set(modalities) - {"rna", "atac"} or len(set(modalities)) < len(modalities):
             raise ValueError(f"modalities={modalities}; use ('rna',), ('rna', 'atac') or ('atac',).")
         if "atac" in modalities and atac_ids is None:
             raise ValueError("An ATAC part needs atac_ids (the vocabulary id of each peak column).")
-        if atac_values not in ("binary", "binned"):
-            raise ValueError(f"atac_values={atac_values!r}; use 'binary' or 'binned'.")
-        if atac_values == "binned" and n_bins is None:
-            raise ValueError("atac_values='binned' needs n_bins.")
-        if max_peaks < 1:
-            raise ValueError(f"max_peaks={max_peaks} must be >= 1.")
+        if config.zero_fraction is None:  # see ScGPTConfig.zero_fraction
+            config = replace(config, zero_fraction=0.25 if len(modalities) > 1 else 0.0)
+        self.config = config
         self.modalities = modalities
-        self.atac_values = atac_values
-        if not mask_ratio or not all(0.0 < r < 1.0 for r in mask_ratio):
-            raise ValueError(f"mask_ratio={mask_ratio} must be fractions strictly in (0, 1).")
-        self.transformer = ScGPTTransformer(
+        self.atac_values = config.atac_values
+        self.transformer = ScGPTTransformer.from_config(
+            config,
             n_tokens,
-            d_model=d_model,
-            n_heads=n_heads,
-            d_hid=d_model if d_hid is None else d_hid,
-            n_layers=n_layers,
-            dropout=dropout,
-            attn_dropout=attn_dropout,
             pad_id=pad_id,
-            input_emb_style=input_emb_style,
-            n_bins=n_bins,
-            norm_first=norm_first,
-            activation=activation,
-            do_mvc=True,
             n_cls=n_labels,
-            n_layers_cls=n_layers_cls,
             n_batches=n_batch or None,
-            dsbn=dsbn,
-            dab=dab,
-            batch_token=batch_token,
             perturbation=perturbation,
             n_modalities=2 if "atac" in modalities else 0,
         )
+        d_model, n_bins = config.d_model, config.n_bins
         self.pert_decoder = None
         if perturbation:
             # input: the gene's output token, the perturbation summary (+ the batch embedding)
-            self.pert_decoder = ExprDecoder(d_model, (3 if batch_token else 2) * d_model)
+            self.pert_decoder = ExprDecoder(d_model, (3 if config.batch_token else 2) * d_model)
             # the response starts at "no change": the prediction is the control cell itself
             torch.nn.init.zeros_(self.pert_decoder.fc[-1].weight)
             torch.nn.init.zeros_(self.pert_decoder.fc[-1].bias)
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
         self.tokenizer = Tokenizer(
-            max_seq_len=max_seq_len,
+            max_seq_len=config.max_seq_len,
             pad_id=pad_id,
             cls_id=cls_id,
             n_bins=n_bins,
-            pad_value=pad_value,
-            zero_fraction=zero_fraction,
-            seed=seed,
+            pad_value=config.pad_value,
+            zero_fraction=config.zero_fraction,
+            seed=config.seed,
         )
         self.atac_tokenizer = None
         if "atac" in modalities:
             self.atac_tokenizer = Tokenizer(
-                max_seq_len=max_peaks + 1,
+                max_seq_len=config.max_peaks + 1,
                 pad_id=pad_id,
                 cls_id=cls_id,
-                n_bins=n_bins if atac_values == "binned" else None,
-                pad_value=pad_value,
-                zero_fraction=atac_zero_fraction,
-                seed=seed,
+                n_bins=n_bins if config.atac_values == "binned" else None,
+                pad_value=config.pad_value,
+                zero_fraction=config.atac_zero_fraction,
+                seed=config.seed,
             )
         self.align_temperature = 0.1
-        self.register_buffer("mask_ratio", torch.tensor(list(mask_ratio)), persistent=False)
+        self.register_buffer("mask_ratio", torch.tensor(list(config.mask_ratio)), persistent=False)
         self.register_buffer(
             "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
         )
@@ -217,7 +189,9 @@ class ScGPTModule(BaseModuleClass):
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
-        self.set_objective(gep=gep_weight, mvc=mvc_weight, align=1.0 if self.multimodal else 0.0)
+        self.set_objective(
+            gep=config.gep_weight, mvc=config.mvc_weight, align=1.0 if self.multimodal else 0.0
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # models saved before the head-state flags existed (trusted legacy saves): their heads
@@ -229,45 +203,32 @@ class ScGPTModule(BaseModuleClass):
     # --- objective ----------------------------------------------------------------------
     def set_objective(
         self,
-        gep: float = 1.0,
-        mvc: float = 1.0,
-        cls: float = 0.0,
-        ecs: float = 0.0,
-        dab: float = 0.0,
-        pert: float = 0.0,
-        align: float = 0.0,
         ecs_threshold: float = 0.8,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
+        **weights: float,
     ) -> None:
-        """Set the loss weights (see the class docstring); raises when a weighted part has
-        no head (``cls`` without ``n_labels``, ``dab`` without ``dab=True``)."""
-        weights = {"gep": gep, "mvc": mvc, "cls": cls, "ecs": ecs, "dab": dab, "pert": pert, "align": align}
+        """Set the objective: a weight per part; parts not named get 0.
+
+        The parts are :data:`~celltx.module.PARTS`: ``gep``, ``mvc``, ``cls``, ``ecs``, ``dab``,
+        ``pert``, ``align``. Raises when a weighted part cannot be computed by this module (e.g.
+        ``cls`` without labels).
+        """
+        unknown = sorted(set(weights) - set(PARTS))
+        if unknown:
+            raise ValueError(f"Unknown loss weights {unknown}; use {', '.join(PARTS)}.")
+        weights = {name: float(weights.get(name, 0.0)) for name in PARTS}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad or sum(weights.values()) <= 0:
             raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
-        if cls > 0 and self.transformer.cls_decoder is None:
-            raise ValueError(
-                "A classification loss needs labels: set up the AnnData with labels_key and "
-                "build the model again."
-            )
-        if dab > 0 and self.transformer.grad_reverse_discriminator is None:
-            raise ValueError("A DAB loss needs a model built with dab=True (and a batch_key).")
-        if pert > 0 and self.pert_decoder is None:
-            raise ValueError(
-                "A perturbation loss needs perturbation conditions: set up the AnnData with "
-                "perturbation_key and build the model again."
-            )
-        if align > 0 and not self.multimodal:
-            raise ValueError(
-                "An alignment loss needs RNA and ATAC: set up a MuData with "
-                "ScGPT.setup_mudata(mdata, ...) and build the model again."
-            )
+        for name, w in weights.items():
+            why = PARTS[name].available(self) if w > 0 else None
+            if why:
+                raise ValueError(why)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
-        self.gep_weight, self.mvc_weight, self.cls_weight = gep, mvc, cls
-        self.ecs_weight, self.dab_weight, self.pert_weight = ecs, dab, pert
-        self.align_weight = align
+        self.objective = {name: w for name, w in weights.items() if w > 0}
+        self.encoder_pass = encoder_pass(self.objective)
         self.ecs_threshold = ecs_threshold
         self.label_smoothing = label_smoothing
         if class_weights is None:
@@ -275,15 +236,80 @@ class ScGPTModule(BaseModuleClass):
         else:
             self.class_weights.copy_(torch.as_tensor(class_weights, dtype=torch.float32))
 
+    def weight(self, part: str) -> float:
+        """The objective's weight of ``part`` (0 when not part of it)."""
+        return self.objective.get(part, 0.0)
+
     @property
     def generative_split(self) -> bool:
         """Whether the objective holds genes out (gene- or cell-prompt generation)."""
-        return self.gep_weight > 0 or self.mvc_weight > 0
+        return self.encoder_pass == SPLIT
 
     @property
     def multimodal(self) -> bool:
         """Whether cells have RNA and ATAC parts."""
         return len(self.modalities) > 1
+
+    # --- what the model class may ask -------------------------------------------------
+    @property
+    def network(self) -> ScGPTTransformer:
+        """The transformer: the part of the module that scGPT checkpoints hold.
+
+        What :func:`celltx.io.load_into` fills and :func:`celltx.io.write_scgpt_dir` writes.
+        """
+        return self.transformer
+
+    @property
+    def n_tokens(self) -> int:
+        """Vocabulary size."""
+        return self.transformer.encoder.embedding.num_embeddings
+
+    def has_head(self, name: str) -> bool:
+        """Whether the head of a task is built.
+
+        Tasks: ``"cls"`` (classifier), ``"dab"`` (batch discriminator), ``"pert"`` (perturbation
+        response).
+        """
+        heads = {
+            "cls": self.transformer.cls_decoder,
+            "dab": self.transformer.grad_reverse_discriminator,
+            "pert": self.pert_decoder,
+        }
+        return heads[name] is not None
+
+    def gene_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """Gene token embeddings (embedding + LayerNorm) of vocabulary ``ids``."""
+        return self.transformer.encoder(ids)
+
+    def freeze(self, n_layers: int) -> list[torch.nn.Parameter]:
+        """Freeze the embeddings and the first ``n_layers`` transformer layers.
+
+        Sets ``requires_grad=False`` on the gene / value embeddings (and DSBN) and the first
+        ``n_layers`` transformer layers (``-1``: all); returns the parameters frozen (to unfreeze
+        them later).
+        """
+        if n_layers == 0:
+            return []
+        t = self.transformer
+        total = len(t.transformer_encoder.layers)
+        if n_layers < -1 or n_layers > total:
+            raise ValueError(f"freeze_layers={n_layers}; use 0 … {total} or -1 (all layers).")
+        n = total if n_layers == -1 else n_layers
+        parts = [t.encoder, t.value_encoder, *t.transformer_encoder.layers[:n]]
+        if t.dsbn is not None:
+            parts.append(t.dsbn)
+        params = [p for part in parts for p in part.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        return params
+
+    def mark_loaded_heads(self, loaded: Sequence[str]) -> None:
+        """Record which heads a checkpoint filled (``loaded``: transformer parameter names).
+
+        A classifier counts as trained only when all its weights came from the file.
+        """
+        keys = [k for k in self.transformer.state_dict() if k.startswith("cls_decoder.")]
+        self.cls_trained.fill_(bool(keys) and set(keys) <= set(loaded))
 
     # --- data panel -------------------------------------------------------------------
     @contextmanager
@@ -300,8 +326,10 @@ class ScGPTModule(BaseModuleClass):
             self.panel_gene_ids, self.panel_atac_ids = old, old_atac
 
     def atac_input(self, x_atac: torch.Tensor) -> torch.Tensor:
-        """Peak values as the ATAC tokenizer takes them: open = top bin, closed = 0
-        (``atac_values="binary"``), or the counts (``"binned"``)."""
+        """Peak values as the ATAC tokenizer takes them.
+
+        Open = top bin, closed = 0 (``atac_values="binary"``), or the counts (``"binned"``).
+        """
         if self.atac_values == "binned":
             return x_atac.float()
         top = float(self.tokenizer.n_bins - 1) if self.tokenizer.n_bins is not None else 1.0
@@ -314,10 +342,12 @@ class ScGPTModule(BaseModuleClass):
         max_seq_len: int | None = None,
         x_atac: torch.Tensor | None = None,
     ) -> TokenizedBatch:
-        """Tokenize ``x`` ``(B, G)`` (and ``x_atac`` ``(B, P)`` for an ATAC part); random
-        genes while training, reproducible otherwise. With ATAC, the sequence is
+        """Tokenize ``x`` ``(B, G)`` (and ``x_atac`` ``(B, P)`` for an ATAC part).
+
+        Random genes while training, reproducible otherwise. With ATAC, the sequence is
         ``<cls>``, RNA tokens, ATAC tokens, with modality codes; a cell with an all-zero
-        row in a modality was not measured in it and gets no tokens of it."""
+        row in a modality was not measured in it and gets no tokens of it.
+        """
         if sample is None:
             sample = "random" if self.training else "hash"
         if "atac" not in self.modalities:
@@ -408,7 +438,7 @@ class ScGPTModule(BaseModuleClass):
         }
         if ATAC_KEY in tensors:
             inputs["x_atac"] = tensors[ATAC_KEY]
-        if self.pert_weight > 0:
+        if self.encoder_pass == PERTURB:
             inputs["condition"] = self._codes(tensors, PERTURBATION_KEY)
             inputs["labels"] = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
         return inputs
@@ -439,15 +469,18 @@ class ScGPTModule(BaseModuleClass):
         labels: torch.Tensor | None = None,
         x_atac: torch.Tensor | None = None,
     ) -> dict:
-        """Tokenize and encode. With ``generative`` (default: when the objective generates
-        held-out values), split known / unknown genes and use the generative attention
-        mask; otherwise encode every token. A multimodal model in generative training
-        encodes the rows of :meth:`generative_views` (outputs ``rows`` and ``view``).
+        """Tokenize and encode.
+
+        With ``generative`` (default: when the objective generates held-out values), split
+        known / unknown genes and use the generative attention mask; otherwise encode every
+        token. A multimodal model in generative training encodes the rows of
+        :meth:`generative_views` (outputs ``rows`` and ``view``).
 
         With the perturbation objective and ``condition`` codes, ``x`` holds perturbed
         cells: each is paired with a control cell (:meth:`sample_controls`), which is
-        encoded with its condition's perturbation flags (:meth:`perturb`)."""
-        if condition is not None and self.pert_weight > 0:
+        encoded with its condition's perturbation flags (:meth:`perturb`).
+        """
+        if condition is not None and self.encoder_pass == PERTURB:
             codes = batch if batch is not None else torch.zeros_like(condition)
             ctrl = self.sample_controls(self.pair_groups(codes, labels), generator)
             pert_ids = self.condition_genes[condition.clamp(min=0)]
@@ -465,9 +498,9 @@ class ScGPTModule(BaseModuleClass):
             batch = None if batch is None else batch[rows]
         else:
             known = self.split_known(tokens, generator) if generative else None
-        h, gene_emb = self.transformer._encode(
+        h, gene_emb = self.transformer.encode(
             tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch),
-            modality=tokens.modality,
+            modality=tokens.modality, return_gene_emb=True,
         )
         return {"tokens": tokens, "known": known, "h": h, "gene_emb": gene_emb, "cell_emb": h[:, 0],
                 "rows": rows, "view": view}
@@ -476,25 +509,26 @@ class ScGPTModule(BaseModuleClass):
     def generative(
         self, h: torch.Tensor, gene_emb: torch.Tensor, batch: torch.Tensor | None = None
     ) -> dict:
-        """Predictions the objective needs: gene-prompt (``expr``) and cell-prompt
-        (``mvc``) values per token, class logits (``cls``), batch logits (``dab``)."""
+        """The head predictions the objective's parts read.
+
+        Gene-prompt (``expr``) and cell-prompt (``mvc``) values per token, class logits
+        (``cls``), batch logits (``dab``).
+        """
         t = self.transformer
-        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if self.generative_split and self.pert_weight == 0 else {}
-        if t.cls_decoder is not None and self.cls_weight > 0:
+        heads = {h for name in self.objective for h in PARTS[name].heads}
+        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if heads & {"expr", "mvc"} else {}
+        if "cls" in heads:
             out["cls"] = t.cls_decoder(h[:, 0])
-        if t.grad_reverse_discriminator is not None and self.dab_weight > 0:
+        if "dab" in heads:
             out["dab"] = t.grad_reverse_discriminator(h[:, 0])
         return out
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Weighted sum of the objective's parts (see the class docstring).
+        """Weighted sum of the losses of the objective's parts (:mod:`celltx.module._objectives`).
 
-        Generation: MSE on the unknown genes' values, averaged per cell, then over cells.
-        Classification: cross-entropy over labelled cells (code ``-1`` = unlabelled is
-        ignored), with class weights and label smoothing. ECS: scGPT's elastic cell
-        similarity ``mean(1 - (relu(cos) - threshold)^2)`` over pairs of distinct cells.
-        DAB: cross-entropy of the batch discriminator (its gradient reversed into the
-        encoder).
+        Every part's metrics are logged in every step (NaN when the part is not active), so
+        that ``model.history`` keeps all columns across successive ``train()`` calls with
+        different tasks.
         """
         cell_emb = inference_outputs["cell_emb"]
         R = cell_emb.shape[0]  # rows: cells, plus the single-modality views of multimodal cells
@@ -502,80 +536,25 @@ class ScGPTModule(BaseModuleClass):
         n_cells = R if rows is None else len(self._codes(tensors, REGISTRY_KEYS.BATCH_KEY))
         if rows is None:
             rows = torch.arange(R, device=cell_emb.device)
-        zero = cell_emb.new_zeros(())
+        inference = {**inference_outputs, "rows": rows}
         row_loss = cell_emb.new_zeros(R, dtype=torch.float32)
-        metrics, loss = {}, zero.float()
-        if "pert_pred" in inference_outputs:
-            err = (inference_outputs["pert_pred"].float() - inference_outputs["pert_target"]) ** 2
-            pert = err.mean(1)
-            row_loss = row_loss + self.pert_weight * pert
-            loss = loss + self.pert_weight * pert.mean()
-            metrics["pert_mse"] = pert.mean().detach()
-        if self.generative_split and "known" in inference_outputs and inference_outputs["known"] is not None:
-            tokens: TokenizedBatch = inference_outputs["tokens"]
-            unknown = (~inference_outputs["known"] & ~tokens.padding_mask).float()
-            target = tokens.values
-            n_unk = unknown.sum(1)
-            denom = n_unk.clamp(min=1.0)
-            sq_gep = (generative_outputs["expr"].float() - target) ** 2
-            gep = (sq_gep * unknown).sum(1) / denom
-            mvc = (((generative_outputs["mvc"].float() - target) ** 2) * unknown).sum(1) / denom
-            gen = self.gep_weight * gep + self.mvc_weight * mvc
-            has = (n_unk > 0).float()
-            n_rows = has.sum().clamp(min=1.0)
-            row_loss = row_loss + gen * has
-            loss = loss + (gen * has).sum() / n_rows
-            metrics["gep_mse"] = (gep * has).sum().detach() / n_rows
-            metrics["mvc_mse"] = (mvc * has).sum().detach() / n_rows
-            if tokens.modality is not None:  # gene-prompt error per modality, over tokens
-                for name, code in (("rna_mse", MOD_RNA), ("atac_mse", MOD_ATAC)):
-                    sel = unknown * (tokens.modality == code).float()
-                    metrics[name] = ((sq_gep * sel).sum() / sel.sum()).detach() if sel.sum() > 0 else None
-        if "cls" in generative_outputs:
-            labels = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[rows]
-            logits = generative_outputs["cls"].float()
-            ce = F.cross_entropy(
-                logits,
-                labels.clamp(min=0),
-                weight=self.class_weights,
-                label_smoothing=self.label_smoothing,
-                reduction="none",
-            )
-            lab = (labels >= 0).float()
-            w = self.class_weights[labels.clamp(min=0)] * lab
-            cls_loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
-            loss = loss + self.cls_weight * cls_loss
-            row_loss = row_loss + self.cls_weight * ce * lab
-            metrics["cls_loss"] = cls_loss.detach()
-            correct = (logits.argmax(1) == labels).float() * lab
-            metrics["cls_accuracy"] = correct.sum().detach() / lab.sum().clamp(min=1.0)
-        if self.ecs_weight > 0 and R > 1:
-            unit = F.normalize(cell_emb.float(), dim=1)
-            cos = F.relu(unit @ unit.T)
-            off = ~torch.eye(R, dtype=torch.bool, device=cos.device)
-            ecs = (1 - (cos[off] - self.ecs_threshold) ** 2).mean()
-            loss = loss + self.ecs_weight * ecs
-            metrics["ecs_loss"] = ecs.detach()
-        if "dab" in generative_outputs:
-            batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)[rows]
-            dab = F.cross_entropy(generative_outputs["dab"].float(), batch)
-            loss = loss + self.dab_weight * dab
-            metrics["dab_loss"] = dab.detach()
-        view = inference_outputs.get("view")
-        if self.align_weight > 0 and view is not None:
-            align = self.alignment_loss(cell_emb, rows, view)
-            if align is None:  # fewer than 2 cells with both modalities in this step
-                align = zero.float()
-            loss = loss + self.align_weight * align
-            metrics["align_loss"] = align.detach()
+        loss = cell_emb.new_zeros((), dtype=torch.float32)
+        metrics = {}
+        for name, weight in self.objective.items():
+            part = PARTS[name]
+            if part.pass_ == SPLIT and inference_outputs.get("known") is None:
+                continue  # e.g. an evaluation pass without a split
+            out = part(self, tensors, inference, generative_outputs)
+            loss = loss + weight * out.loss
+            if out.rows is not None:
+                row_loss = row_loss + weight * out.rows
+            metrics.update(out.metrics)
         per_cell = cell_emb.new_zeros(n_cells, dtype=torch.float32).index_add(0, rows, row_loss)
-        # every part is logged in every task (NaN when inactive), so that model.history keeps
-        # all columns across successive train() calls with different tasks
         nan = torch.full((), float("nan"), device=cell_emb.device)
-        keys = ["gep_mse", "mvc_mse", "cls_loss", "cls_accuracy", "ecs_loss", "dab_loss", "pert_mse"]
-        if "atac" in self.modalities:
-            keys += ["rna_mse", "atac_mse", "align_loss"]
-        for key in keys:
+        names = [m for part in PARTS.values() for m in part.metrics]
+        if "atac" not in self.modalities:
+            names = [m for m in names if m not in ("rna_mse", "atac_mse", "align_loss")]
+        for key in names:
             if metrics.get(key) is None:
                 metrics[key] = nan
         return LossOutput(
@@ -636,8 +615,10 @@ class ScGPTModule(BaseModuleClass):
         batch: torch.Tensor | None = None,
         x_atac: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``<cls>`` output ``(B, D)`` (all tokens known) and the number of gene (and
-        peak) tokens."""
+        """``<cls>`` output ``(B, D)`` and the number of gene (and peak) tokens.
+
+        All tokens are known.
+        """
         out = self.inference(
             x, batch, generative=False, sample="hash", max_seq_len=max_seq_len, x_atac=x_atac
         )
@@ -688,8 +669,10 @@ class ScGPTModule(BaseModuleClass):
     def token_value_sums(
         self, x: torch.Tensor | None, x_atac: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-vocabulary-token sum and count of the input values of gene tokens (for the
-        per-gene mean-bin baseline)."""
+        """Per-vocabulary-token sum and count of the input values of gene tokens.
+
+        Used for the per-gene mean-bin baseline.
+        """
         tokens = self.tokenize(x, sample="hash", x_atac=x_atac)
         genes = ~tokens.padding_mask
         genes[:, 0] = False
@@ -702,6 +685,46 @@ class ScGPTModule(BaseModuleClass):
         return sums, counts
 
     @torch.inference_mode()
+    def mean_token_values(self, batches) -> torch.Tensor:
+        """Per-vocabulary-token mean input value over the minibatches ``batches``.
+
+        ``batches`` are dicts of ``x`` / ``x_atac``; tokens never seen get the overall mean.
+        The per-gene mean-bin baseline of :meth:`heldout_squared_errors`.
+        """
+        sums = counts = None
+        for inputs in batches:
+            s, c = self.token_value_sums(**inputs)
+            sums = s if sums is None else sums + s
+            counts = c if counts is None else counts + c
+        if sums is None:
+            raise ValueError("No reference cells to compute the per-gene means from.")
+        overall = sums.sum() / counts.sum().clamp(min=1)
+        return torch.where(counts > 0, sums / counts.clamp(min=1), overall)
+
+    @torch.inference_mode()
+    def heldout_squared_errors(
+        self,
+        x: torch.Tensor | None,
+        generator: torch.Generator,
+        gene_mean: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        x_atac: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """Summed squared errors over a reproducible held-out split of one minibatch.
+
+        Errors of the gene prompt (``gep``), the cell prompt (``mvc``) and the per-gene mean
+        baseline (``mean``, from ``gene_mean``), and the number of held-out tokens (``n``).
+        """
+        out = self.heldout_predictions(x, generator, batch, x_atac=x_atac)
+        t = out["target"].double()
+        return {
+            "gep": float(((out["expr"].double() - t) ** 2).sum()),
+            "mvc": float(((out["mvc"].double() - t) ** 2).sum()),
+            "mean": float(((gene_mean[out["gene_ids"]] - t) ** 2).sum()),
+            "n": len(t),
+        }
+
+    @torch.inference_mode()
     def predict_modality(
         self,
         x: torch.Tensor | None,
@@ -710,8 +733,10 @@ class ScGPTModule(BaseModuleClass):
         batch: torch.Tensor | None = None,
         chunk_size: int = 512,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-modal generation: every feature of the ``target`` modality (``"rna"`` or
-        ``"atac"``) predicted from the cell's tokens of the other modality.
+        """Cross-modal generation of every feature of the ``target`` modality.
+
+        ``target`` is ``"rna"`` or ``"atac"``; its features are predicted from the cell's tokens
+        of the other modality.
 
         The source modality's tokens are known; every panel feature of the target is an
         unknown token (gene / peak embedding + modality embedding, no value) and the
@@ -735,34 +760,34 @@ class ScGPTModule(BaseModuleClass):
             panel, code = self.panel_atac_ids, MOD_ATAC
         cols = torch.nonzero(panel >= 0).squeeze(1)
         ids = panel[cols]
-        B = source.gene_ids.shape[0]
-        dev = source.gene_ids.device
-        known = ~source.padding_mask
         out = []
         for lo in range(0, len(ids), chunk_size):
-            chunk = ids[lo : lo + chunk_size].expand(B, -1)
-            n = chunk.shape[1]
-            gene_ids = torch.cat([source.gene_ids, chunk], 1)
-            values = torch.cat([source.values, torch.full(chunk.shape, self.tokenizer.pad_value, device=dev)], 1)
-            padding = torch.cat([source.padding_mask, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
-            modality = torch.cat([source.modality, torch.full_like(chunk, code)], 1)
-            kn = torch.cat([known, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
-            h, gene_emb = self.transformer._encode(gene_ids, values, padding, kn, self._batch(batch), modality=modality)
+            queries = ids[lo : lo + chunk_size]
+            tokens, known = append_queries(source, queries, code, self.tokenizer.pad_value)
+            h, gene_emb = self.transformer.encode(
+                tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch),
+                modality=tokens.modality, return_gene_emb=True,
+            )
             pred = self.transformer.decode(h, gene_emb, self._batch(batch))["expr"]
-            out.append(pred[:, -n:].float())
+            out.append(pred[:, -len(queries) :].float())
         return torch.cat(out, 1), cols
 
     # --- perturbation -----------------------------------------------------------------
     def set_conditions(self, condition_genes: torch.Tensor) -> None:
-        """Vocabulary ids ``(n_conditions, max_genes)`` of the perturbed genes of each
-        registered condition (``-1``: none)."""
+        """Vocabulary ids ``(n_conditions, max_genes)`` of the perturbed genes.
+
+        One row per registered condition (``-1``: none).
+        """
         self.condition_genes = torch.as_tensor(
             condition_genes, dtype=torch.long, device=self.condition_genes.device
         ).reshape(len(condition_genes), -1)
 
     def pair_groups(self, batch: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Pairing group of each cell: its batch code and, with ``pair_by_labels``, its
-        label code (unlabelled cells form a group of their own)."""
+        """Pairing group of each cell.
+
+        A group is the cell's batch code and, with ``pair_by_labels``, its label code
+        (unlabelled cells form a group of their own).
+        """
         group = batch.reshape(-1).long()
         if self.pair_by_labels and labels is not None:
             group = group * (self.n_labels + 1) + labels.reshape(-1).long() + 1
@@ -786,8 +811,10 @@ class ScGPTModule(BaseModuleClass):
     def sample_controls(
         self, groups: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """A random control cell of the same pairing group for each entry of ``groups``
-        (any control cell where the group has none)."""
+        """A random control cell of the same pairing group for each entry of ``groups``.
+
+        Any control cell where the group has none.
+        """
         n = self.ctrl_x.shape[0]
         if n == 0:
             raise ValueError("No control cells are stored: train(task='perturbation') stores them.")
@@ -806,33 +833,37 @@ class ScGPTModule(BaseModuleClass):
     ) -> tuple[TokenizedBatch, torch.Tensor, torch.Tensor]:
         """Tokens of control cells under perturbation.
 
-        Every gene of the panel that is in the vocabulary becomes a token, expressed or
-        not (no sampling, so no perturbed gene is ever dropped), in column order; a
-        perturbed gene outside the panel is appended as an extra token (gene embedding,
-        perturbed flag, no value).
-
-        Returns the tokens, the flags ``(B, L)`` (0 / 1 / ``PERT_PAD``) and the panel
-        columns that the tokens after ``<cls>`` stand for.
+        Built with :func:`celltx.data.perturbation_tokens` over the module's gene panel. Returns
+        the tokens, their flags ``(B, L)`` and the panel columns that the tokens after ``<cls>``
+        stand for.
         """
-        tok = self.tokenizer
-        cols = torch.nonzero(self.panel_gene_ids >= 0).squeeze(1)
-        ids = self.panel_gene_ids[cols]
-        x = x_ctrl[:, cols].float()
-        B = x.shape[0]
-        vals = x if tok.n_bins is None else tok.bin(x, ids, ties=ties).float()
-        pert_ids = pert_ids.to(x.device)
-        valid = pert_ids >= 0
-        in_panel = torch.zeros(self.transformer.encoder.embedding.num_embeddings, dtype=torch.bool, device=x.device)
-        in_panel[ids] = True
-        extra = valid & ~in_panel[pert_ids.clamp(min=0)]
-        flags = ((ids[None, :, None] == pert_ids[:, None, :]) & valid[:, None, :]).any(-1).long()
-        cls_col = torch.full((B, 1), tok.cls_id, dtype=torch.long, device=x.device)
-        pad_col = torch.full((B, 1), tok.pad_value, device=x.device)
-        gene_ids = torch.cat([cls_col, ids.expand(B, -1), torch.where(extra, pert_ids, tok.pad_id)], 1)
-        values = torch.cat([pad_col, vals, torch.full(pert_ids.shape, tok.pad_value, device=x.device)], 1)
-        padding = torch.cat([torch.zeros(B, 1 + len(ids), dtype=torch.bool, device=x.device), ~extra], 1)
-        flags = torch.cat([torch.zeros_like(cls_col), flags, torch.where(extra, 1, PERT_PAD)], 1)
-        return TokenizedBatch(gene_ids, values, padding), flags, cols
+        tokens, cols = perturbation_tokens(self.tokenizer, x_ctrl, self.panel_gene_ids, pert_ids, ties=ties)
+        return tokens, tokens.pert_flags, cols
+
+    @torch.inference_mode()
+    def perturb_conditions(
+        self, x_ctrl: torch.Tensor, condition_ids: torch.Tensor, batch: torch.Tensor, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted expression of the control cells ``x_ctrl`` ``(N, G)`` under each condition.
+
+        ``condition_ids`` ``(C, P)``: vocabulary ids of each condition's perturbed genes
+        (``-1`` = none); ``batch`` ``(N,)`` the cells' batch codes. The changes are added to
+        the control cells' mean. Returns ``(C, N, G')`` predictions over the panel columns
+        ``(G',)`` that are in the vocabulary, computed ``batch_size`` cells at a time.
+        """
+        use_batch = self._batch(batch) is not None
+        base = x_ctrl.mean(0)
+        out, cols = [], None
+        for ids in condition_ids:
+            rows = []
+            for lo in range(0, len(x_ctrl), batch_size):
+                xc = x_ctrl[lo : lo + batch_size]
+                b = batch[lo : lo + batch_size] if use_batch else None
+                res = self.perturb(xc, ids.expand(len(xc), -1), b, base=base)
+                rows.append(res["pert_pred"].float())
+                cols = res["columns"]
+            out.append(torch.cat(rows))
+        return torch.stack(out), cols
 
     def perturb(
         self,
@@ -842,8 +873,9 @@ class ScGPTModule(BaseModuleClass):
         ties: str = "hash",
         base: torch.Tensor | None = None,
     ) -> dict:
-        """Predicted expression of control cells ``x_ctrl`` ``(B, G)`` after perturbing
-        the genes ``pert_ids`` ``(B, P)`` (vocabulary ids, ``-1`` = none).
+        """Predicted expression of control cells ``x_ctrl`` ``(B, G)`` after a perturbation.
+
+        The perturbed genes are ``pert_ids`` ``(B, P)`` (vocabulary ids, ``-1`` = none).
 
         The prediction is ``base`` (``(G,)`` over all columns, e.g. the control mean;
         default: each control cell's own values) plus the response head's change.
@@ -853,8 +885,8 @@ class ScGPTModule(BaseModuleClass):
         if self.pert_decoder is None:
             raise ValueError("This model has no perturbation parts (set up perturbation_key, then build it).")
         tokens, flags, cols = self.perturb_tokens(x_ctrl, pert_ids, ties=ties)
-        h, gene_emb = self.transformer._encode(
-            tokens.gene_ids, tokens.values, tokens.padding_mask, None, batch, flags
+        h, gene_emb = self.transformer.encode(
+            tokens.gene_ids, tokens.values, tokens.padding_mask, None, batch, flags, return_gene_emb=True
         )
         hh = h[:, 1 : 1 + len(cols)]
         # the perturbation summary: the sum of the perturbed tokens' outputs (0 for control),
@@ -871,3 +903,17 @@ class ScGPTModule(BaseModuleClass):
         pred = start + self.pert_decoder(hh).float()
         return {"pert_pred": pred, "columns": cols, "cell_emb": h[:, 0], "h": h, "gene_emb": gene_emb,
                 "tokens": tokens, "known": None}
+
+
+def _weight_property(part: str) -> property:
+    return property(
+        lambda self: self.weight(part),
+        doc=f"The objective's weight of ``{part}`` (read-only; kept for compatibility, use "
+        f"``weight({part!r})``).",
+    )
+
+
+# ``module.gep_weight`` etc. were attributes before objectives became parts
+for _part in PARTS:
+    setattr(ScGPTModule, f"{_part}_weight", _weight_property(_part))
+del _part

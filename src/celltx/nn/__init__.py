@@ -1,5 +1,6 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
+from ._config import ScGPTConfig
 from ._layers import (
     PERT_PAD,
     AdversarialDiscriminator,
@@ -21,6 +22,7 @@ from ._layers import (
 )
 
 __all__ = [
+    "ScGPTConfig",
     "GeneEncoder",
     "ContinuousValueEncoder",
     "CategoryValueEncoder",

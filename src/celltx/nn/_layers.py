@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._config import ScGPTConfig
+
 #: perturbation flag of padding tokens (flags: 0 not perturbed, 1 perturbed, 2 padding)
 PERT_PAD = 2
 
@@ -30,8 +32,10 @@ class GeneEncoder(nn.Module):
 
 
 class ContinuousValueEncoder(nn.Module):
-    """Value -> Linear(1, D) -> ReLU -> Linear(D, D) -> LayerNorm -> Dropout; input clamped
-    at ``max_value`` (scGPT ``ContinuousValueEncoder``)."""
+    """Value -> Linear(1, D) -> ReLU -> Linear(D, D) -> LayerNorm -> Dropout.
+
+    The input is clamped at ``max_value`` (scGPT ``ContinuousValueEncoder``).
+    """
 
     def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0):
         super().__init__()
@@ -67,10 +71,12 @@ class CategoryValueEncoder(nn.Module):
 
 # --- transformer ----------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection through
-    :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
-    kernels on GPU). ``Wqkv`` rows are ``[q; k; v]``, heads contiguous within each — the
-    layout of both torch's ``in_proj_weight`` and flash-attn's ``Wqkv``."""
+    """Multi-head self-attention with a fused QKV projection.
+
+    Runs through :func:`torch.nn.functional.scaled_dot_product_attention` (flash /
+    memory-efficient kernels on GPU). ``Wqkv`` rows are ``[q; k; v]``, heads contiguous within
+    each — the layout of both torch's ``in_proj_weight`` and flash-attn's ``Wqkv``.
+    """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()  # dropout: on the attention weights
@@ -92,8 +98,10 @@ class SelfAttention(nn.Module):
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Self-attention + feed-forward block, post-norm by default (as
-    :class:`torch.nn.TransformerEncoderLayer` and scGPT), pre-norm optional."""
+    """Self-attention + feed-forward block, post-norm by default, pre-norm optional.
+
+    Post-norm as in :class:`torch.nn.TransformerEncoderLayer` and scGPT.
+    """
 
     def __init__(
         self,
@@ -147,13 +155,15 @@ class TransformerEncoder(nn.Module):
 
 # --- attention masks ------------------------------------------------------------------
 def padding_attn_mask(padding_mask: torch.Tensor) -> torch.Tensor:
-    """SDPA boolean mask ``(B, 1, 1, L)`` (True = may attend) from a key padding mask
-    ``(B, L)`` (True = pad)."""
+    """SDPA boolean mask ``(B, 1, 1, L)`` (True = may attend) from a key padding mask.
+
+    The key padding mask is ``(B, L)`` (True = pad).
+    """
     return ~padding_mask[:, None, None, :]
 
 
 def generative_attn_mask(known: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-    """scGPT's generative attention mask, ``(B, 1, L, L)``, True = may attend.
+    """ScGPT's generative attention mask, ``(B, 1, L, L)``, True = may attend.
 
     ``known`` ``(B, L)`` is True at ``<cls>`` and at tokens whose value is given. Every
     query attends to the known, non-pad keys; an unknown query also attends to itself and
@@ -186,8 +196,10 @@ class ExprDecoder(nn.Module):
 
 
 class MVCDecoder(nn.Module):
-    """Cell-prompt ("inner product") decoder: predicts each gene's value from the cell
-    embedding, ``W(sigmoid(gene2query(gene_emb))) · cell_emb``."""
+    """Cell-prompt ("inner product") decoder: predicts each gene's value from the cell embedding.
+
+    The prediction is ``W(sigmoid(gene2query(gene_emb))) · cell_emb``.
+    """
 
     def __init__(self, d_model: int, d_in: int | None = None):
         super().__init__()
@@ -203,8 +215,11 @@ class MVCDecoder(nn.Module):
 
 
 class ClsDecoder(nn.Module):
-    """Classifier on the cell embedding: ``n_layers - 1`` × (Linear, ReLU, LayerNorm),
-    then a linear output (``cls_decoder._decoder.*``, ``cls_decoder.out_layer``)."""
+    """Classifier on the cell embedding.
+
+    ``n_layers - 1`` × (Linear, ReLU, LayerNorm), then a linear output
+    (``cls_decoder._decoder.*``, ``cls_decoder.out_layer``).
+    """
 
     def __init__(self, d_model: int, n_classes: int, n_layers: int = 3):
         super().__init__()
@@ -231,15 +246,19 @@ class _GradReverse(torch.autograd.Function):
 
 
 def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
-    """Identity forward, gradient multiplied by ``-lambd`` backward (domain-adversarial
-    training, Ganin & Lempitsky 2015)."""
+    """Identity forward, gradient multiplied by ``-lambd`` backward.
+
+    For domain-adversarial training (Ganin & Lempitsky 2015).
+    """
     return _GradReverse.apply(x, lambd)
 
 
 class AdversarialDiscriminator(nn.Module):
-    """Batch discriminator on the cell embedding behind a gradient-reversal layer
-    (scGPT's DAB, ``grad_reverse_discriminator.*``): it learns to tell batches apart, the
-    encoder below it learns to make that impossible."""
+    """Batch discriminator on the cell embedding behind a gradient-reversal layer.
+
+    scGPT's DAB (``grad_reverse_discriminator.*``): it learns to tell batches apart, the
+    encoder below it learns to make that impossible.
+    """
 
     def __init__(self, d_model: int, n_batches: int, n_layers: int = 3, lambd: float = 1.0):
         super().__init__()
@@ -257,9 +276,11 @@ class AdversarialDiscriminator(nn.Module):
 
 
 class DomainSpecificBatchNorm(nn.Module):
-    """One :class:`~torch.nn.BatchNorm1d` per batch ("domain") over the token embeddings
-    (scGPT's DSBN, ``dsbn.bns.N.*``). Statistics are taken over the non-pad tokens of the
-    cells of each batch; a minibatch may mix batches."""
+    """One :class:`~torch.nn.BatchNorm1d` per batch ("domain") over the token embeddings.
+
+    scGPT's DSBN (``dsbn.bns.N.*``). Statistics are taken over the non-pad tokens of the
+    cells of each batch; a minibatch may mix batches.
+    """
 
     def __init__(self, d_model: int, n_batches: int, eps: float = 6.1e-5):
         super().__init__()
@@ -276,8 +297,10 @@ class DomainSpecificBatchNorm(nn.Module):
 
 
 class BatchLabelEncoder(nn.Module):
-    """Batch embedding + LayerNorm (``batch_encoder.*``), concatenated to the decoders'
-    input so that they, not the cell embedding, account for batch."""
+    """Batch embedding + LayerNorm (``batch_encoder.*``), concatenated to the decoders' input.
+
+    That way the decoders, not the cell embedding, account for batch.
+    """
 
     def __init__(self, n_batches: int, d_model: int):
         super().__init__()
@@ -446,7 +469,70 @@ class ScGPTTransformer(nn.Module):
             gene_emb = gene_emb + mod  # the decoders' gene queries know the modality too
         return x, gene_emb
 
-    def _encode(self, gene_ids, values, padding_mask, known, batch=None, pert_flags=None, modality=None):
+    @classmethod
+    def from_config(
+        cls,
+        config: ScGPTConfig,
+        n_tokens: int,
+        pad_id: int | None = None,
+        n_cls: int | None = None,
+        n_batches: int | None = None,
+        perturbation: bool = False,
+        n_modalities: int = 0,
+    ) -> ScGPTTransformer:
+        """Build from a :class:`~celltx.nn.ScGPTConfig` and the sizes that come from the data.
+
+        Examples
+        --------
+        >>> from celltx.nn import ScGPTConfig, ScGPTTransformer
+        >>> net = ScGPTTransformer.from_config(ScGPTConfig(d_model=16, n_heads=2, n_layers=1), n_tokens=10)
+        >>> net.d_model
+        16
+        """
+        return cls(
+            n_tokens,
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            d_hid=config.d_hid_resolved,
+            n_layers=config.n_layers,
+            dropout=config.dropout,
+            attn_dropout=config.attn_dropout,
+            pad_id=pad_id,
+            input_emb_style=config.input_emb_style,
+            n_bins=config.n_bins,
+            norm_first=config.norm_first,
+            activation=config.activation,
+            do_mvc=True,
+            n_cls=n_cls,
+            n_layers_cls=config.n_layers_cls,
+            n_batches=n_batches,
+            dsbn=config.dsbn,
+            dab=config.dab,
+            batch_token=config.batch_token,
+            perturbation=perturbation,
+            n_modalities=n_modalities,
+        )
+
+    def encode(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        known: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        pert_flags: torch.Tensor | None = None,
+        modality: torch.Tensor | None = None,
+        return_gene_emb: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Transformer output ``(B, L, D)``.
+
+        Without ``known``: plain encoding with a key padding mask (embedding, fine-tuning).
+        With ``known`` ``(B, L)``: generative encoding — unknown tokens carry no value
+        embedding and attention follows :func:`generative_attn_mask`. ``batch`` ``(B,)``
+        is needed with ``dsbn``; ``pert_flags`` and ``modality`` ``(B, L)`` as for
+        :meth:`embed`. With ``return_gene_emb`` also the gene embeddings ``(B, L, D)`` (the
+        decoders' gene queries).
+        """
         x, gene_emb = self.embed(gene_ids, values, known, pert_flags, modality)
         if self.dsbn is not None:
             if batch is None:
@@ -462,13 +548,16 @@ class ScGPTTransformer(nn.Module):
             if known is None
             else generative_attn_mask(known, padding_mask)
         )
-        return self.transformer_encoder(x, mask), gene_emb
+        h = self.transformer_encoder(x, mask)
+        return (h, gene_emb) if return_gene_emb else h
 
     def decode(
         self, h: torch.Tensor, gene_emb: torch.Tensor, batch: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """Expression (gene-prompt) and MVC (cell-prompt) predictions per token ``(B, L)``;
-        with ``batch_token`` the batch embedding is concatenated to their input."""
+        """Expression (gene-prompt) and MVC (cell-prompt) predictions per token ``(B, L)``.
+
+        With ``batch_token`` the batch embedding is concatenated to their input.
+        """
         cell = h[:, 0]
         if self.batch_encoder is not None:
             if batch is None:
@@ -481,23 +570,6 @@ class ScGPTTransformer(nn.Module):
             out["mvc"] = self.mvc_decoder(cell, gene_emb)
         return out
 
-    def encode(
-        self,
-        gene_ids: torch.Tensor,
-        values: torch.Tensor,
-        padding_mask: torch.Tensor,
-        known: torch.Tensor | None = None,
-        batch: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Transformer output ``(B, L, D)``.
-
-        Without ``known``: plain encoding with a key padding mask (embedding, fine-tuning).
-        With ``known`` ``(B, L)``: generative encoding — unknown tokens carry no value
-        embedding and attention follows :func:`generative_attn_mask`. ``batch`` ``(B,)``
-        is needed with ``dsbn``.
-        """
-        return self._encode(gene_ids, values, padding_mask, known, batch)[0]
-
     def forward(
         self,
         gene_ids: torch.Tensor,
@@ -506,11 +578,14 @@ class ScGPTTransformer(nn.Module):
         known: torch.Tensor | None = None,
         batch: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Encode and decode; returns ``encoder_output``, ``cell_emb`` (``<cls>`` output),
-        ``expr`` (expression decoder, per token), ``mvc`` (cell-prompt prediction per
-        token, when built) and ``cls`` (class logits, when built). ``batch`` ``(B,)``:
-        batch codes, needed with ``dsbn`` / ``batch_token``."""
-        h, gene_emb = self._encode(gene_ids, values, padding_mask, known, batch)
+        """Encode and decode.
+
+        Returns ``encoder_output``, ``cell_emb`` (``<cls>`` output), ``expr`` (expression
+        decoder, per token), ``mvc`` (cell-prompt prediction per token, when built) and ``cls``
+        (class logits, when built). ``batch`` ``(B,)``: batch codes, needed with ``dsbn`` /
+        ``batch_token``.
+        """
+        h, gene_emb = self.encode(gene_ids, values, padding_mask, known, batch, return_gene_emb=True)
         out = {"encoder_output": h, "cell_emb": h[:, 0], **self.decode(h, gene_emb, batch)}
         if self.cls_decoder is not None:
             out["cls"] = self.cls_decoder(h[:, 0])

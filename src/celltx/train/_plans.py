@@ -10,8 +10,7 @@ from scvi.train import TrainingPlan
 
 
 class PretrainingPlan(TrainingPlan):
-    """scvi-tools :class:`~scvi.train.TrainingPlan` for attention-masked generative
-    pretraining.
+    """scvi-tools :class:`~scvi.train.TrainingPlan` for attention-masked generative pretraining.
 
     The module's loss is logged as ``train_loss`` / ``validation_loss`` (and scvi-tools'
     ``elbo_*`` / ``reconstruction_loss_*``, which equal it here since there is no KL

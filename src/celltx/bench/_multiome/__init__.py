@@ -1,0 +1,9 @@
+"""Multiome (RNA + ATAC) benchmark: joint embeddings against RNA PCA, ATAC LSI and MULTIVI.
+
+- ``_mudata``: modalities of a MuData and where their cells sit.
+- ``_baselines``: :func:`atac_lsi_embedding`, :func:`multivi_embedding` and RNA PCA.
+- ``_celltx``: :func:`celltx_multiome_embeddings`, celltx's joint and per-modality
+  embeddings.
+- ``_metrics``: label silhouette and modality mixing.
+- ``_runner``: :func:`multiome`, the benchmark itself.
+"""

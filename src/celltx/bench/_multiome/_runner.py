@@ -1,0 +1,292 @@
+"""The multiome benchmark: joint embeddings scored next to RNA PCA, ATAC LSI and MULTIVI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from mudata import MuData
+
+from celltx.bench._embedding import knn_accuracy, leiden_scores
+from celltx.bench._inputs import (
+    expression_kind,
+    get_expression,
+    guarded,
+    is_counts,
+    layer_label,
+    skip_note,
+)
+
+from ._baselines import MULTIOME_BASELINES, _atac_lsi, _rna_pca, multivi_embedding
+from ._metrics import _modality_groups, _modality_scores, _silhouette_label
+from ._mudata import _get_mod
+
+# the task's logger, ``celltx.bench._multiome``
+logger = logging.getLogger(__package__)
+
+
+def multiome(
+    mdata: MuData,
+    labels_key: str,
+    embeddings: Mapping[str, np.ndarray | str] | None = None,
+    baselines: Sequence[str] = MULTIOME_BASELINES,
+    modality_key: str | None = None,
+    leiden_resolution: float | Sequence[float] = 1.0,
+    seed: int = 0,
+    multivi_kwargs: Mapping | None = None,
+    n_neighbors: int = 15,
+    knn: bool = True,
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    rna_layer: str | None = None,
+    atac_layer: str | None = None,
+    return_embeddings: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Score joint (and single-modality) embeddings of RNA + ATAC cells next to baselines.
+
+    Every embedding (``embeddings``, e.g. celltx joint, RNA-only and ATAC-only, plus each
+    of ``baselines``) is an ``(mdata.n_obs, d)`` array in ``mdata.obs_names`` order. Rows
+    with a NaN (a cell the embedding does not cover, e.g. an ATAC-only cell in RNA PCA) or
+    with a missing label are left out of that embedding's scores; ``n_cells`` says how many
+    were scored. Scores, on the remaining cells:
+
+    * ``leiden_ari``, ``leiden_nmi``, ``n_clusters``, ``leiden_resolution``: Leiden
+      clusters (scanpy's igraph Leiden on scanpy's graph of the exact 15 nearest
+      neighbours, as :func:`~celltx.bench.leiden_scores` computes them) against the
+      labels. With several ``leiden_resolution`` values, the clustering of highest NMI is
+      kept (scib's optimised clustering) and its resolution reported: a fixed resolution
+      penalises embeddings whose scale makes Leiden over- or under-cluster.
+    * ``silhouette_label``: scikit-learn's silhouette of the labels on the embedding
+      (Euclidean), rescaled as scib does: ``(s + 1) / 2`` in [0, 1], higher is better.
+    * ``knn_accuracy`` (with ``knn``): mean 5-fold cross-validated accuracy of a 15-NN
+      classifier of the labels (:func:`~celltx.bench.knn_accuracy`); NaN when a label has
+      fewer than 2 cells.
+
+    With ``modality_key`` (mosaic data; values ``"paired"``, ``"rna"``/``"expression"``,
+    ``"atac"``/``"accessibility"``), two more, NaN when the embedding covers no RNA-only or
+    no ATAC-only cell:
+
+    * ``modality_mixing``: for every RNA-only cell, the fraction of its ``n_neighbors``
+      nearest neighbours (Euclidean, among all scored cells, itself excluded) that are
+      ATAC-only, divided by the fraction expected if neighbours were drawn at random
+      (``n_atac_only / (n_cells - 1)``); the same for ATAC-only cells with RNA-only
+      neighbours; the mean of the two ratios. 1: as mixed as random; 0: the unpaired
+      modalities never meet. It can exceed 1 slightly.
+    * ``cross_modality_label_agreement``: for every ATAC-only cell, the fraction of its
+      ``n_neighbors`` nearest RNA-only cells with its label, averaged over ATAC-only cells;
+      the same for RNA-only cells and their nearest ATAC-only cells; the mean of the two.
+      High when the modalities are aligned cell type by cell type (label-transfer quality).
+
+    Baselines: ``"rna_pca"`` (RNA counts normalised to 10,000 per cell, log1p, up to
+    2,000 highly variable genes, scaled, 50-component PCA; :func:`~celltx.bench.pca_embedding`),
+    ``"atac_lsi"`` (:func:`atac_lsi_embedding`, 30 components) and ``"multivi"``
+    (:func:`multivi_embedding` with ``multivi_kwargs``). RNA PCA covers only cells with RNA
+    and ATAC LSI only cells with ATAC; MULTIVI covers all.
+
+    Inputs: RNA PCA takes raw counts (normalised as above) or log-normalised values (used
+    as they are; told apart on a sample of the values); ATAC LSI takes counts or binary
+    accessibility; MULTIVI needs raw counts of both and is skipped (with a warning and a
+    row saying why) without them. A baseline that fails does not stop the benchmark: its
+    row has NaN scores and the exception in ``error``, with a warning. Bad arguments raise
+    before anything is trained.
+
+    Parameters
+    ----------
+    mdata
+        MuData with RNA and ATAC modalities (raw counts, or log-normalised RNA, for the
+        baselines); not modified.
+    labels_key
+        Column of ``mdata.obs`` with cell types.
+    embeddings
+        ``{name: array (n_obs, d) or key of mdata.obsm}``; NaN rows mark uncovered cells.
+    baselines
+        Any of ``"rna_pca"``, ``"atac_lsi"``, ``"multivi"``.
+    modality_key
+        Column of ``mdata.obs`` saying which modalities each cell was measured in; adds
+        the mixing scores.
+    leiden_resolution
+        Resolution of the Leiden clustering, or several to choose from by NMI (e.g.
+        ``(0.25, 0.5, 1.0, 1.5, 2.0)``).
+    seed
+        Seed of the baselines, Leiden and the kNN folds.
+    multivi_kwargs
+        Arguments of :func:`multivi_embedding` (``max_epochs``, ``batch_key``,
+        ``accelerator``, …).
+    n_neighbors
+        Neighbours of the mixing scores.
+    knn
+        Compute the kNN accuracy.
+    rna_mod, atac_mod
+        Names of the RNA and ATAC modalities.
+    rna_layer, atac_layer
+        Layers with the values for the baselines (default ``X``): raw counts (needed by
+        MULTIVI), or log-normalised RNA for RNA PCA.
+    return_embeddings
+        Also return the ``{name: array}`` embeddings that were scored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per embedding (the caller's names, then the baselines' names), columns
+        ``n_cells``, ``leiden_ari``, ``leiden_nmi``, ``n_clusters``, ``leiden_resolution``,
+        ``silhouette_label``,
+        ``knn_accuracy`` (with ``knn``) and ``modality_mixing``,
+        ``cross_modality_label_agreement`` (with ``modality_key``), and ``error``
+        (``None``, or why a baseline failed or was skipped: its scores are then NaN and
+        ``n_cells`` 0). With ``return_embeddings``, ``(table, embeddings)`` (the
+        embeddings that were computed).
+
+    Raises
+    ------
+    ValueError
+        For an unknown baseline, a missing ``labels_key``, ``modality_key``, modality or
+        layer, an embedding with the wrong number of rows, RNA values that are neither raw
+        counts nor log-normalised, or nothing to score.
+
+    Examples
+    --------
+    >>> import celltx
+    >>> mdata = celltx.datasets.simulate_multiome(n_cells=300, mosaic=True)
+    >>> table = celltx.bench.multiome(
+    ...     mdata, "cell_type", baselines=("rna_pca", "atac_lsi"), modality_key="modality"
+    ... )
+    >>> table.index.tolist()
+    ['rna_pca', 'atac_lsi']
+    >>> table["n_cells"].tolist()
+    [210, 210]
+    """
+    baselines = list(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
+    unknown = [b for b in baselines if b not in MULTIOME_BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}; choose from {list(MULTIOME_BASELINES)}.")
+    if labels_key not in mdata.obs:
+        raise ValueError(
+            f"labels_key={labels_key!r} is not a column of mdata.obs (columns: "
+            f"{list(mdata.obs.columns)}); if it lives in a modality, call mdata.pull_obs()."
+        )
+    if modality_key is not None and modality_key not in mdata.obs:
+        raise ValueError(f"modality_key={modality_key!r} is not a column of mdata.obs.")
+    embeddings = dict(embeddings or {})
+    if not embeddings and not baselines:
+        raise ValueError("Nothing to score: pass embeddings and/or baselines.")
+    resolutions = np.atleast_1d(np.asarray(leiden_resolution, dtype=float))
+    if resolutions.size == 0 or not (np.isfinite(resolutions).all() and (resolutions > 0).all()):
+        raise ValueError(
+            f"leiden_resolution must be a positive number or a non-empty sequence of them; got "
+            f"{leiden_resolution!r}."
+        )
+    n = mdata.n_obs
+    arrays: dict[str, np.ndarray] = {}
+    for name, e in embeddings.items():
+        if isinstance(e, str):
+            if e not in mdata.obsm:
+                raise ValueError(f"Embedding {name!r}: {e!r} is not a key of mdata.obsm.")
+            e = mdata.obsm[e]
+        arr = np.asarray(e, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ValueError(
+                f"Embedding {name!r} has shape {arr.shape}; expected ({n}, d), one row per cell "
+                "of mdata in mdata.obs_names order (NaN rows for cells it does not cover)."
+            )
+        arrays[name] = arr
+    group = _modality_groups(mdata.obs[modality_key], modality_key) if modality_key else None
+    errors: dict[str, str] = {}  # failed or skipped baselines
+    kinds, multivi_reason = {}, None
+    for b, mod, layer, what in (
+        ("rna_pca", rna_mod, rna_layer, "RNA"),
+        ("atac_lsi", atac_mod, atac_layer, "ATAC"),
+    ):
+        if b in baselines or "multivi" in baselines:
+            owner = f"mdata.mod[{mod!r}]"
+            where = layer_label(layer, owner)
+            x = get_expression(_get_mod(mdata, mod), layer, owner)
+            # RNA: raw counts or log-normalised; ATAC: counts or binary accessibility
+            kinds[what] = (
+                expression_kind(x, where)
+                if what == "RNA"
+                else ("counts" if is_counts(x) else "other")
+            )
+            if kinds[what] != "counts" and "multivi" in baselines and multivi_reason is None:
+                multivi_reason = (
+                    f"MULTIVI needs raw counts and {where} does not hold them; pass "
+                    f"{'rna' if what == 'RNA' else 'atac'}_layer= naming a layer of raw counts to include it."
+                )
+    if multivi_reason is not None:
+        if not arrays and baselines == ["multivi"]:
+            raise ValueError(f"Nothing to score: {multivi_reason}")
+        errors["multivi"] = skip_note("multivi", multivi_reason)
+    runs = {
+        "rna_pca": lambda: _rna_pca(mdata, rna_mod, rna_layer, seed, kinds.get("RNA") == "counts"),
+        "atac_lsi": lambda: _atac_lsi(mdata, atac_mod, atac_layer, seed),
+        "multivi": lambda: multivi_embedding(
+            mdata,
+            rna_layer=rna_layer,
+            atac_layer=atac_layer,
+            rna_mod=rna_mod,
+            atac_mod=atac_mod,
+            **{"seed": seed, **dict(multivi_kwargs or {})},
+        ),
+    }
+    for b in baselines:
+        if b in errors:
+            continue
+        emb, err = guarded(b, runs[b])
+        if err is None:
+            arrays[b] = emb
+            logger.info("%s embedding done", b)
+        else:
+            errors[b] = err
+    labels_all = mdata.obs[labels_key]
+    has_label = labels_all.notna().to_numpy()
+    labels_all = labels_all.astype(str).to_numpy()
+
+    def _scores(arr: np.ndarray) -> dict[str, float]:
+        keep = has_label & np.isfinite(arr).all(axis=1)
+        X, labels = arr[keep], labels_all[keep]
+        row: dict[str, float] = {"n_cells": int(keep.sum())}
+        if keep.sum() < 3:
+            row.update(
+                leiden_ari=np.nan,
+                leiden_nmi=np.nan,
+                n_clusters=0,
+                leiden_resolution=np.nan,
+                silhouette_label=np.nan,
+            )
+        else:
+            row.update(leiden_scores(X, labels, resolutions, seed=seed))
+            row["silhouette_label"] = _silhouette_label(X, labels)
+        if knn:
+            try:
+                row["knn_accuracy"] = float(knn_accuracy(X, labels, seed=seed).mean())
+            except ValueError:
+                row["knn_accuracy"] = float("nan")
+        if group is not None:
+            row.update(_modality_scores(X, labels, group[keep], n_neighbors))
+        return row
+
+    cols = [
+        "n_cells",
+        "leiden_ari",
+        "leiden_nmi",
+        "n_clusters",
+        "leiden_resolution",
+        "silhouette_label",
+    ]
+    cols += ["knn_accuracy"] if knn else []
+    cols += ["modality_mixing", "cross_modality_label_agreement"] if group is not None else []
+    rows = {}
+    for name in dict.fromkeys([*embeddings, *baselines]):
+        if name in arrays:
+            row, err = guarded(f"scoring {name!r}", _scores, arrays[name])
+            errors.update({name: err} if err else {})
+            rows[name] = row or {}
+        else:
+            rows[name] = {}
+        rows[name]["error"] = errors.get(name)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[*cols, "error"])
+    table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
+    for col in ("n_cells", "n_clusters"):
+        table[col] = table[col].fillna(0).astype(int)
+    return (table, arrays) if return_embeddings else table

@@ -1,0 +1,629 @@
+"""The perturbation benchmark: every method trained on a split and scored per condition."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from celltx.bench._inputs import guarded, lognorm_expression
+from celltx.data import condition_name, parse_condition, parse_conditions
+
+from ._baselines import PERTURBATION_BASELINES, PerturbationBaseline, _group_means
+from ._cell_eval import (
+    CELL_EVAL_PROFILES,
+    cell_eval_command,
+    cell_eval_installed,
+    run_cell_eval,
+    write_cell_eval,
+)
+from ._celltx import celltx_perturbation_model
+from ._metrics import PERTURBATION_METRICS, perturbation_metrics
+from ._split import TEST_SUBGROUPS, _conditions_of, perturbation_split
+
+# the task's logger, ``celltx.bench._perturbation``
+logger = logging.getLogger(__package__)
+
+_GEARS_DE_KEY = "top_non_dropout_de_20"
+
+
+def _de_indices(
+    adata: AnnData,
+    perturbation_key: str,
+    groups: Sequence[str],
+    raw_of_group: Mapping[str, list[str]],
+    dt: np.ndarray,
+    n_de: int,
+) -> tuple[list[np.ndarray], list[str]]:
+    """DE genes of each condition and where they come from.
+
+    GEARS' ``uns["top_non_dropout_de_20"]`` when it has the condition, else the ``n_de``
+    genes with the largest absolute change of the mean.
+    """
+    n_genes = dt.shape[1]
+    fallback = np.argsort(-np.abs(dt), axis=1, kind="stable")[:, : min(n_de, n_genes)]
+    table = adata.uns.get(_GEARS_DE_KEY)
+    out, source = [], []
+    if not isinstance(table, Mapping) or not table:
+        return list(fallback), ["mean_difference"] * len(groups)
+    pos = {g: i for i, g in enumerate(adata.var_names.astype(str))}
+    if "gene_id" in adata.var:
+        for i, g in enumerate(adata.var["gene_id"].astype(str)):
+            pos.setdefault(g, i)
+    key_of_raw: dict[str, str] = {}
+    if "condition_name" in adata.obs:
+        pairs = (
+            adata.obs[[perturbation_key, "condition_name"]]
+            .astype(str)
+            .drop_duplicates(perturbation_key)
+        )
+        key_of_raw = dict(zip(pairs[perturbation_key], pairs["condition_name"], strict=True))
+    for i, grp in enumerate(groups):
+        genes = None
+        for raw in raw_of_group[grp]:
+            for key in (key_of_raw.get(raw), raw, grp):
+                if key is not None and key in table:
+                    genes = table[key]
+                    break
+            if genes is not None:
+                break
+        idx = (
+            [pos[str(g)] for g in np.asarray(genes).ravel() if str(g) in pos]
+            if genes is not None
+            else []
+        )
+        if idx:
+            out.append(np.asarray(idx[:n_de], dtype=np.int64))
+            source.append(_GEARS_DE_KEY)
+        else:
+            out.append(fallback[i])
+            source.append("mean_difference")
+    return out, source
+
+
+def _model_predictions(
+    obj, conditions: list[str], var_names: pd.Index, control_value: str
+) -> np.ndarray:
+    """A model's mean prediction of ``conditions`` as an array, conditions × ``var_names``."""
+    res = obj.predict_perturbation(conditions, return_type="mean")
+    if isinstance(res, AnnData):
+        names = [
+            condition_name(parse_condition(str(c), control_value=control_value), control_value)
+            for c in res.obs_names
+        ]
+        missing = [g for g in var_names if g not in set(res.var_names)]
+        if missing:
+            raise ValueError(
+                f"The model's prediction lacks {len(missing)} gene(s) of the panel (e.g. {missing[:5]}); "
+                "predict_perturbation must return every gene of the data."
+            )
+        frame = pd.DataFrame(
+            res[:, var_names].X.toarray()
+            if sparse.issparse(res.X)
+            else np.asarray(res[:, var_names].X),
+            index=names,
+            columns=var_names,
+        )
+        absent = [c for c in conditions if c not in frame.index]
+        if absent:
+            raise ValueError(
+                f"The model's prediction has no row for {absent[:5]}; predict_perturbation must "
+                "return one row per requested condition (obs_names = condition names)."
+            )
+        frame = frame[~frame.index.duplicated()]
+        return frame.loc[conditions].to_numpy(dtype=np.float64)
+    arr = np.asarray(res, dtype=np.float64)
+    if arr.shape != (len(conditions), len(var_names)):
+        raise ValueError(
+            f"predict_perturbation returned shape {arr.shape}; expected an AnnData or an array "
+            f"of shape {(len(conditions), len(var_names))} (conditions × genes)."
+        )
+    return arr
+
+
+def _model_cell_predictions(
+    obj, conditions: list[str], var_names: pd.Index, control_value: str
+) -> tuple[np.ndarray, AnnData]:
+    """A model's per-cell predictions of ``conditions`` and their means per condition.
+
+    ``predict_perturbation(conditions, return_type="cells")`` must return an AnnData with
+    the condition of each row in ``obs["condition"]``; the means are what
+    ``return_type="mean"`` returns (the same sampled control cells).
+    """
+    res = obj.predict_perturbation(conditions, return_type="cells")
+    if not isinstance(res, AnnData) or "condition" not in res.obs:
+        raise TypeError("predict_perturbation(return_type='cells') gave no per-cell AnnData.")
+    missing = [g for g in var_names if g not in set(res.var_names)]
+    if missing:
+        raise ValueError(
+            f"The model's prediction lacks {len(missing)} gene(s) of the panel (e.g. {missing[:5]}); "
+            "predict_perturbation must return every gene of the data."
+        )
+    res = res[:, var_names].copy()
+    names = pd.Series(
+        [
+            condition_name(parse_condition(str(c), control_value=control_value), control_value)
+            for c in res.obs["condition"]
+        ]
+    )
+    res.obs["condition"] = names.to_numpy()
+    lookup = {c: i for i, c in enumerate(conditions)}
+    absent = [c for c in conditions if c not in set(names)]
+    if absent:
+        raise ValueError(
+            f"The model's prediction has no row for {absent[:5]}; predict_perturbation must "
+            "predict every requested condition."
+        )
+    codes = names.map(lookup).fillna(-1).to_numpy(dtype=np.int64)
+    means, _ = _group_means(res.X, codes, len(conditions))
+    return np.asarray(means, dtype=np.float64), res
+
+
+def _safe_name(name: str) -> str:
+    """A folder name for a method (letters, digits, ``._-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)) or "method"
+
+
+def perturbation(
+    adata: AnnData,
+    model=None,
+    split: str = "simulation",
+    seed: int = 0,
+    perturbation_key: str = "condition",
+    control_value: str = "ctrl",
+    layer: str | None = None,
+    baselines: Sequence[str] = ("no_change", "train_mean", "additive", "linear"),
+    predictors: Mapping[str, PerturbationBaseline] | None = None,
+    n_de: int = 20,
+    min_cells: int = 5,
+    train_fraction: float = 0.75,
+    model_name: str = "celltx",
+    cell_eval_dir: str | os.PathLike | None = None,
+    cell_eval: bool | None = None,
+    cell_eval_profile: str = "minimal",
+) -> pd.DataFrame:
+    """Benchmark perturbation-response prediction on a GEARS-style split.
+
+    The conditions are split with :func:`perturbation_split` (same ``split``, ``seed`` and
+    ``train_fraction``). Every method is trained on the ``"train"`` cells (control cells
+    included) and predicts the mean expression of each held-out condition
+    (``"unseen_single"``, ``"combo_seen0/1/2"``); predictions are scored against the mean
+    of that condition's cells with :func:`perturbation_metrics`, one subgroup at a time
+    (so ``spread_de`` compares a condition with the other conditions of its subgroup).
+    Expression is compared
+    in log-normalised space: when the matrix (``.X`` or ``layer``) holds raw counts
+    (non-negative integers) it is normalised to 10,000 counts per cell and
+    ``log1p``-transformed first; otherwise it is used as is. DE genes of a condition are
+    GEARS' ``uns["top_non_dropout_de_20"]`` entry when the data has one (first ``n_de``),
+    else the ``n_de`` genes with the largest absolute change of the mean from control.
+
+    Values that are neither raw counts nor log-normalised (negative, NaN, or non-integers
+    above 30) are refused before anything runs. A method that fails (raises, or predicts
+    the wrong shape) does not stop the benchmark: its rows (one per held-out condition)
+    get NaN metrics and the exception in ``error``, with a warning, and the other methods'
+    rows are kept; each method is logged (logger ``celltx.bench._perturbation``, INFO) as
+    it finishes. ``adata`` is not modified.
+
+    With ``cell_eval_dir``, every method's predictions are also written in the layout of
+    Arc Institute's cell-eval (:func:`write_cell_eval`): ``<cell_eval_dir>/real.h5ad``
+    (the observed cells of the scored held-out conditions and all control cells) and
+    ``<cell_eval_dir>/<method>/pred.h5ad`` (a baseline's mean profile repeated once per
+    observed cell; the per-cell predictions of a model whose ``predict_perturbation``
+    supports ``return_type="cells"``, as celltx's does). ``cell_eval_commands.sh`` in
+    that folder holds the ``cell-eval run`` command of each method. When cell-eval is
+    installed (and ``cell_eval`` is not ``False``) it is run on each pair, its output goes
+    to ``<cell_eval_dir>/<method>/``, and its per-condition metrics are added as
+    ``cell_eval_<metric>`` columns (e.g. ``cell_eval_pearson_delta``,
+    ``cell_eval_overlap_at_N``, ``cell_eval_discrimination_score_l1``); a failure of
+    cell-eval leaves them NaN, with a warning and the message in ``cell_eval_error``.
+    Without cell-eval the files are written and a warning gives the commands to run.
+
+    Parameters
+    ----------
+    adata
+        Cells with GEARS-style conditions in ``obs[perturbation_key]``.
+    model
+        ``None`` (baselines only), ``"celltx"`` (train celltx with
+        :func:`celltx_perturbation_model`'s defaults), an object with
+        ``predict_perturbation(conditions, return_type="mean")`` returning an AnnData with
+        one row per condition (``obs_names`` the condition names, the genes of ``adata``,
+        ``.X`` the predicted mean log-normalised expression) that was trained on the
+        training conditions of ``perturbation_split(adata, split=split, seed=seed)``, or a
+        callable ``train_fn(train_adata)`` returning such an object; it gets the training
+        cells of ``adata`` as they are (raw counts stay raw).
+    split
+        ``"simulation"`` or ``"single"`` (see :func:`perturbation_split`).
+    seed
+        Seed of the split.
+    perturbation_key
+        The obs column with the conditions.
+    control_value
+        The condition of control cells.
+    layer
+        Layer to read instead of ``.X``.
+    baselines
+        Names from ``PERTURBATION_BASELINES`` to run.
+    predictors
+        More methods, name → object with ``fit(train_adata)`` and ``predict(conditions)``
+        like the baselines; they get the log-normalised training cells.
+    n_de
+        Number of DE genes per condition.
+    min_cells
+        Held-out conditions with fewer cells are not scored (a warning names them).
+    train_fraction
+        Fraction of the perturbed genes seen in training.
+    model_name
+        The ``method`` label of ``model``.
+    cell_eval_dir
+        Folder for the cell-eval files (see above); ``None`` writes none.
+    cell_eval
+        Run cell-eval on the files: ``None`` when it is installed, ``True`` always (an
+        ``ImportError`` before anything runs when it is not installed), ``False`` never
+        (export only).
+    cell_eval_profile
+        cell-eval's metric set (``"minimal"``, ``"full"``, ``"vcc"``, ...; see
+        :func:`run_cell_eval`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method × held-out condition: ``method``, ``condition`` (canonical GEARS
+        name), ``subgroup``, ``n_cells``, ``de_source``, the metrics of
+        :func:`perturbation_metrics` and ``error`` (``None``, or the exception of a method
+        that failed: its metrics are then NaN); with cell-eval run, its metrics as
+        ``cell_eval_*`` columns and ``cell_eval_error`` before ``error``.
+
+    Raises
+    ------
+    ValueError
+        Before anything is trained: if the condition column is missing or malformed, there
+        are fewer than two control cells, no held-out condition has ``min_cells`` cells, a
+        baseline name is unknown, the model neither has ``predict_perturbation`` nor is
+        callable, a predictor lacks ``fit`` / ``predict``, or the expression is neither
+        raw counts nor log-normalised, or ``cell_eval`` is ``True`` without
+        ``cell_eval_dir`` or ``cell_eval_profile`` is unknown.
+    ImportError
+        If ``cell_eval`` is ``True`` and cell-eval is not installed.
+
+    Examples
+    --------
+    >>> from celltx.bench import perturbation, summarize_perturbation
+    >>> from celltx.datasets import simulate_perturbseq
+    >>> df = perturbation(simulate_perturbseq(seed=0), baselines=("no_change", "additive"))
+    >>> sorted(df["method"].unique())
+    ['additive', 'no_change']
+    >>> table = summarize_perturbation(df)
+    """
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
+    if unknown:
+        raise ValueError(
+            f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
+        )
+    if isinstance(model, str):
+        if model != "celltx":
+            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
+        model = celltx_perturbation_model(
+            perturbation_key=perturbation_key, control_value=control_value
+        )
+    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
+        raise ValueError(
+            "model must have predict_perturbation(conditions, return_type='mean') or be a "
+            "callable train_fn(train_adata) that returns such an object."
+        )
+    for name, obj in (predictors or {}).items():
+        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
+            raise ValueError(
+                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
+            )
+    if cell_eval and cell_eval_dir is None:
+        raise ValueError("cell_eval=True needs cell_eval_dir= (where the files go).")
+    if cell_eval_profile not in CELL_EVAL_PROFILES:
+        raise ValueError(
+            f"cell_eval_profile must be one of {CELL_EVAL_PROFILES}, got {cell_eval_profile!r}."
+        )
+    run_ce = False
+    if cell_eval_dir is not None:
+        if cell_eval and not cell_eval_installed():
+            raise ImportError(
+                "cell_eval=True but cell-eval is not installed: pip install cell-eval (Python "
+                ">= 3.11) or pip install 'celltx[cell-eval]'; or pass cell_eval=None/False to "
+                "only write the files."
+            )
+        run_ce = cell_eval_installed() if cell_eval is None else bool(cell_eval)
+    col = _conditions_of(adata, perturbation_key)
+    genes, names = parse_conditions(col, control_value=control_value, max_genes=2)
+    is_control = (names == control_value).to_numpy()
+    if is_control.sum() < 2:
+        raise ValueError(
+            f"Found {int(is_control.sum())} control cell(s) (condition {control_value!r}); the "
+            "benchmark needs at least two. Pass control_value= the condition of your controls."
+        )
+    subgroups = perturbation_split(
+        col,
+        perturbation_key=perturbation_key,
+        control_value=control_value,
+        split=split,
+        seed=seed,
+        train_fraction=train_fraction,
+    )
+    cell_group = col.map(subgroups).to_numpy()
+    train_mask = cell_group == "train"
+
+    x = lognorm_expression(adata, layer)
+    x = x.tocsr() if sparse.issparse(x) else np.asarray(x)
+    codes, uniques = pd.factorize(names)
+    means, counts = _group_means(x, codes, len(uniques))
+    group_of = pd.Series(cell_group).groupby(codes).first()
+    test = [i for i in range(len(uniques)) if group_of.get(i) in TEST_SUBGROUPS]
+    small = [uniques[i] for i in test if counts[i] < min_cells]
+    if small:
+        logger.warning(
+            "Not scoring %d held-out condition(s) with fewer than %d cells: %s",
+            len(small),
+            min_cells,
+            small[:10],
+        )
+    test = [i for i in test if counts[i] >= min_cells]
+    if not test:
+        raise ValueError(
+            f"No held-out condition has at least min_cells={min_cells} cells; lower min_cells or "
+            "use data with more perturbations."
+        )
+    test_names = [str(uniques[i]) for i in test]
+    truth = means[test]
+    control_mean = _group_means(x, np.where(is_control, 0, -1), 1)[0][0]
+    raw_of_group: dict[str, list[str]] = {}
+    for raw, canon in (
+        pd.DataFrame({"r": col.to_numpy(), "c": names.to_numpy()})
+        .drop_duplicates()
+        .itertuples(index=False)
+    ):
+        raw_of_group.setdefault(canon, []).append(raw)
+    de, de_source = _de_indices(
+        adata, perturbation_key, test_names, raw_of_group, truth - control_mean, n_de
+    )
+
+    train = AnnData(
+        X=x[train_mask],
+        obs=pd.DataFrame(
+            {perturbation_key: col.to_numpy()[train_mask]}, index=adata.obs_names[train_mask]
+        ),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
+    methods: dict[str, Callable[[], np.ndarray]] = {}
+    cell_preds: dict[str, AnnData] = {}
+    for b in baselines:
+        cls = PERTURBATION_BASELINES[b]
+        methods[b] = lambda cls=cls: (
+            cls(perturbation_key=perturbation_key, control_value=control_value)
+            .fit(train)
+            .predict(test_names)
+        )
+    for name, obj in (predictors or {}).items():
+        methods[name] = lambda obj=obj: np.asarray(
+            obj.fit(train).predict(test_names), dtype=np.float64
+        )
+    if model is not None:
+
+        def _run_model():
+            obj = model
+            if not hasattr(obj, "predict_perturbation"):
+                obj = obj(adata[train_mask].copy())
+                if not hasattr(obj, "predict_perturbation"):
+                    raise ValueError(
+                        "The model's train_fn returned an object without predict_perturbation."
+                    )
+            var_names = pd.Index(adata.var_names)
+            if cell_eval_dir is not None:  # per-cell predictions for cell-eval, if it can
+                try:
+                    means, cells = _model_cell_predictions(
+                        obj, test_names, var_names, control_value
+                    )
+                except Exception as err:  # noqa: BLE001 - e.g. no return_type="cells"
+                    logger.info(
+                        "%s: no per-cell predictions (%s); cell-eval gets its means.",
+                        model_name,
+                        err,
+                    )
+                else:
+                    cell_preds[model_name] = cells
+                    return means
+            return _model_predictions(obj, test_names, var_names, control_value)
+
+        methods[model_name] = _run_model
+
+    sub = np.array([group_of[i] for i in test], dtype=object)
+    mean_preds: dict[str, np.ndarray] = {}
+
+    def _score(name: str, run: Callable[[], np.ndarray]) -> pd.DataFrame:
+        pred = np.asarray(run(), dtype=np.float64)
+        if pred.shape != truth.shape:
+            raise ValueError(
+                f"{name} predicted shape {pred.shape}; expected {truth.shape} (conditions × genes)."
+            )
+        mean_preds[name] = pred
+        parts = []
+        for sg in TEST_SUBGROUPS:  # spreads are measured within a subgroup
+            rows = np.flatnonzero(sub == sg)
+            if not rows.size:
+                continue
+            m = perturbation_metrics(
+                pred[rows],
+                truth[rows],
+                control_mean,
+                de_genes=[de[r] for r in rows],
+                conditions=[test_names[r] for r in rows],
+            ).reset_index()
+            m.insert(0, "method", name)
+            m.insert(2, "subgroup", sg)
+            m.insert(3, "n_cells", counts[np.asarray(test)[rows]].astype(int))
+            m.insert(4, "de_source", [de_source[r] for r in rows])
+            parts.append(m)
+        return pd.concat(parts, ignore_index=True)
+
+    order = [
+        "method",
+        "condition",
+        "subgroup",
+        "n_cells",
+        "de_source",
+        *PERTURBATION_METRICS,
+        "n_de",
+    ]
+    in_subgroup_order = np.argsort([TEST_SUBGROUPS.index(g) for g in sub], kind="stable")
+    exporter = (
+        _CellEvalExport(
+            Path(cell_eval_dir),
+            x,
+            names.to_numpy(dtype=object),
+            test_names,
+            control_value,
+            pd.Index(adata.var_names),
+            pd.Index(adata.obs_names),
+            run_ce,
+            cell_eval_profile,
+        )
+        if cell_eval_dir is not None
+        else None
+    )
+    frames = []
+    for name, run in methods.items():
+        table, err = guarded(name, _score, name, run)
+        if exporter is not None and err is None:
+            table = exporter(name, mean_preds.pop(name), cell_preds.pop(name, None), table)
+        if err is None:
+            logger.info(
+                "%s: mean pearson_delta_de %.3f over %d conditions",
+                name,
+                float(table["pearson_delta_de"].mean()),
+                len(table),
+            )
+        else:  # one row per held-out condition (as _score orders them), NaN metrics
+            table = pd.DataFrame(
+                {
+                    "method": name,
+                    "condition": test_names,
+                    "subgroup": sub,
+                    "n_cells": counts[np.asarray(test)].astype(int),
+                    "de_source": de_source,
+                    **dict.fromkeys(PERTURBATION_METRICS, np.nan),
+                    "n_de": [len(d) for d in de],
+                }
+            ).iloc[in_subgroup_order]
+        extra = [c for c in table.columns if c.startswith("cell_eval_")]
+        frames.append(table[order + extra].assign(error=err))
+    out = pd.concat(frames, ignore_index=True)
+    if exporter is not None:
+        exporter.finish()
+        if run_ce:  # cell-eval columns before ``error``, present for every method
+            ce_cols = list(dict.fromkeys(c for c in out.columns if c.startswith("cell_eval_")))
+            ce_cols = [c for c in ce_cols if c != "cell_eval_error"]
+            out = out.reindex(columns=[*order, *ce_cols, "cell_eval_error", "error"])
+    return out
+
+
+class _CellEvalExport:
+    """Writes each method's predictions for cell-eval and, if asked, adds its metrics."""
+
+    def __init__(
+        self,
+        folder: Path,
+        x,
+        names: np.ndarray,
+        test_names: list[str],
+        control_value: str,
+        var_names: pd.Index,
+        obs_names: pd.Index,
+        run: bool,
+        profile: str,
+    ):
+        keep = np.flatnonzero(np.isin(names, [*test_names, control_value]))
+        self.real = AnnData(
+            X=x[keep],
+            obs=pd.DataFrame({"condition": names[keep]}, index=obs_names[keep].astype(str)),
+            var=pd.DataFrame(index=var_names.copy()),
+        )
+        self.folder, self.test_names, self.control_value = folder, test_names, control_value
+        self.run, self.profile = run, profile
+        self.path_real = folder / "real.h5ad"
+        self.real_written = False
+        self.de_real: Path | None = None
+        self.commands: list[str] = []
+
+    def __call__(self, name: str, means: np.ndarray, cells, table: pd.DataFrame) -> pd.DataFrame:
+        out = self.folder / _safe_name(name)
+        path_pred = out / "pred.h5ad"
+        pred = (
+            cells
+            if cells is not None
+            else pd.DataFrame(means, index=self.test_names, columns=self.real.var_names)
+        )
+        try:
+            write_cell_eval(
+                pred,
+                self.real,
+                path_pred,
+                None if self.real_written else self.path_real,
+                conditions=self.test_names,
+                control_value=self.control_value,
+            )
+        except Exception as err:  # noqa: BLE001 - an export failure must not lose the scores
+            msg = f"{type(err).__name__}: {err}"
+            logger.warning("%s: cell-eval export failed: %s", name, msg)
+            warnings.warn(f"{name}: cell-eval export failed ({msg}).", UserWarning, stacklevel=3)
+            return table.assign(cell_eval_error=msg) if self.run else table
+        self.real_written = True
+        self.commands.append(
+            cell_eval_command(path_pred, self.path_real, out, profile=self.profile)
+        )
+        if not self.run:
+            return table
+        try:
+            scores = run_cell_eval(
+                path_pred, self.path_real, out, profile=self.profile, de_real=self.de_real
+            )
+        except Exception as err:  # noqa: BLE001 - cell-eval's failure must not lose the scores
+            msg = f"{type(err).__name__}: {err}"
+            logger.warning("%s: cell-eval failed: %s", name, msg)
+            warnings.warn(
+                f"{name}: cell-eval failed ({msg}); its cell_eval_* columns are NaN.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return table.assign(cell_eval_error=msg)
+        if self.de_real is None and (out / "real_de.csv").is_file():
+            self.de_real = out / "real_de.csv"  # the observed DE, reused by the next methods
+        scores = scores.add_prefix("cell_eval_")
+        logger.info("%s: cell-eval scored %d conditions", name, len(scores))
+        return table.join(scores, on="condition").assign(cell_eval_error=None)
+
+    def finish(self) -> None:
+        """Write the command lines; say how to run them when cell-eval did not."""
+        if not self.commands:
+            return
+        script = self.folder / "cell_eval_commands.sh"
+        script.write_text("#!/bin/sh\n" + "\n".join(self.commands) + "\n")
+        if not self.run:
+            why = (
+                "cell_eval=False"
+                if cell_eval_installed()
+                else "cell-eval is not installed (pip install cell-eval)"
+            )
+            logger.warning(
+                "cell-eval files written to %s but not scored (%s); score them with the "
+                "commands in %s, e.g.\n%s",
+                self.folder,
+                why,
+                script,
+                self.commands[0],
+            )

@@ -1,0 +1,159 @@
+"""Cell and gene embeddings and the held-out generation score."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from ._docs import doc_params
+
+
+class EmbeddingMixin:
+    """Cell and gene embeddings and the held-out generation score."""
+
+    @doc_params
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        max_seq_len: int | None = None,
+        normalize: bool = False,
+    ) -> np.ndarray:
+        """Cell embeddings: the transformer's ``<cls>`` output.
+
+        Deterministic: the same cell gives the same embedding in any call and batch.
+        ``adata`` may have other genes, in another order, than the training data: genes are
+        matched to the vocabulary by name and the others ignored (their number is logged).
+
+        Parameters
+        ----------
+        %(adata)s
+        %(indices)s
+        %(batch_size)s
+        %(max_seq_len)s
+        normalize
+            Divide each embedding by its L2 norm (as scGPT's ``embed_data``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float32`` array ``(n_cells, d_model)``. Cells without any expressed vocabulary
+            gene get the embedding of a sequence holding only ``<cls>`` (a warning says how
+            many).
+
+        Examples
+        --------
+        >>> adata.obsm["X_scgpt"] = model.get_latent_representation()  # doctest: +SKIP
+        >>> sc.pp.neighbors(adata, use_rep="X_scgpt")  # doctest: +SKIP
+        """
+        if not self.is_trained_:
+            warnings.warn(
+                "This model was neither trained nor loaded from a checkpoint: its embeddings come "
+                "from random weights. Call model.train() or ScGPT.load_pretrained(...) first.",
+                UserWarning,
+                stacklevel=2,
+            )
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        chunks, n_empty = [], 0
+        with self._panel(adata), self._autocast():
+            for tensors in loader:
+                emb, n_genes = self.module.cell_embedding(
+                    **self._inputs(tensors), max_seq_len=max_seq_len, batch=self._batch_codes(tensors)
+                )
+                n_empty += int((n_genes == 0).sum())
+                chunks.append(emb.cpu())
+        if n_empty:
+            warnings.warn(
+                f"{n_empty} cells have no expressed gene of the vocabulary; their embedding is "
+                "that of an empty cell (only <cls>). Filter them with "
+                "sc.pp.filter_cells(adata, min_genes=1) if unwanted.",
+                UserWarning,
+                stacklevel=2,
+            )
+        emb = torch.cat(chunks).numpy().astype(np.float32)
+        if normalize:
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+        return emb
+
+    @torch.inference_mode()
+    def get_gene_embeddings(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """Gene token embeddings (embedding + LayerNorm) as a genes × ``d_model`` DataFrame.
+
+        Parameters
+        ----------
+        genes
+            Genes to return (default: every gene of the vocabulary). Unknown genes raise.
+        """
+        genes = self.vocab.genes if genes is None else [str(g) for g in genes]
+        ids = self.vocab.lookup(genes)
+        if (ids < 0).any():
+            missing = [g for g, i in zip(genes, ids, strict=True) if i < 0]
+            raise ValueError(f"{len(missing)} genes are not in the vocabulary, e.g. {missing[:5]}.")
+        self.module.eval()
+        emb = self.module.gene_embeddings(torch.as_tensor(ids, device=self.device))
+        return pd.DataFrame(emb.float().cpu().numpy(), index=pd.Index(genes, name="gene"))
+
+    @torch.inference_mode()
+    def score_generation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        reference_indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, float]:
+        """Held-out generation error next to a per-gene mean baseline.
+
+        For each cell of ``indices`` (default: the validation cells) a reproducible
+        known / unknown split is drawn (ratios from ``mask_ratio``); the model predicts the
+        unknown genes' bins from the known ones. The baseline predicts each unknown gene's
+        mean bin over the ``reference_indices`` cells (default: the training cells).
+
+        Returns
+        -------
+        dict
+            ``{"gep_mse", "mvc_mse", "gene_mean_mse", "n_tokens"}``: mean squared error of
+            the gene-prompt and cell-prompt predictions and of the baseline over all unknown
+            tokens.
+        """
+        adata = self._validate_anndata(adata)
+        if indices is None:
+            indices = getattr(self, "validation_indices", None)
+            if indices is None or len(indices) == 0:
+                indices = np.arange(adata.n_obs)
+        if reference_indices is None:
+            reference_indices = getattr(self, "train_indices", None)
+            if reference_indices is None:
+                reference_indices = np.arange(adata.n_obs)
+        self.module.eval()
+        device = self.device
+        sq = {"gep": 0.0, "mvc": 0.0, "mean": 0.0}
+        heldout = []
+        gen = torch.Generator(device=device).manual_seed(seed)
+        with self._panel(adata), self._autocast():
+            ref = self._make_data_loader(adata, indices=reference_indices, batch_size=batch_size)
+            gene_mean = self.module.mean_token_values(self._inputs(t) for t in ref)
+            for tensors in self._make_data_loader(adata, indices=indices, batch_size=batch_size):
+                inputs = self._inputs(tensors)
+                errors = self.module.heldout_squared_errors(
+                    inputs["x"], gen, gene_mean, self._batch_codes(tensors), x_atac=inputs["x_atac"]
+                )
+                for key in sq:
+                    sq[key] += errors[key]
+                heldout.append(errors["n"])
+        n = max(sum(heldout), 1)
+        return {
+            "gep_mse": sq["gep"] / n,
+            "mvc_mse": sq["mvc"] / n,
+            "gene_mean_mse": sq["mean"] / n,
+            "n_tokens": int(sum(heldout)),
+        }

@@ -1,0 +1,104 @@
+"""Objective selection, class weights and the validation split of :meth:`ScGPT.train`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from scvi import REGISTRY_KEYS
+
+from celltx.module import PARTS, TASKS
+
+
+class TrainingMixin:
+    """Objective selection, class weights and the validation split of :meth:`ScGPT.train`."""
+
+    def _n_validation(self, train_size, validation_size, batch_size, datasplitter_kwargs) -> int:
+        """Number of validation cells scvi-tools' splitter gives for these arguments."""
+        kw = {k: v for k, v in (datasplitter_kwargs or {}).items() if k in ("shuffle_set_split", "drop_last")}
+        splitter = self._data_splitter_cls(
+            self.adata_manager, train_size=train_size, validation_size=validation_size,
+            batch_size=batch_size, **kw,
+        )
+        splitter.setup()
+        return len(splitter.val_idx)
+
+    def _set_objective(self, task, loss_weights, class_weight, label_smoothing) -> None:
+        m = self.module
+        if task is None:
+            weights = dict(m.objective)
+        elif task in TASKS:
+            weights = dict(TASKS[task])
+            if m.multimodal and weights.get("gep", 0) > 0:
+                weights["align"] = 1.0  # multiome: align the modalities while generating
+        else:
+            raise ValueError(f"task={task!r}; use one of {list(TASKS)} or None.")
+        setup = self._setup_args(self.adata)
+        if task == "annotation" and not setup.get("labels_key"):
+            raise ValueError(
+                "task='annotation' needs labels: ScGPT.setup_anndata(adata, labels_key='<obs "
+                "column>'), then build or load the model."
+            )
+        if task == "perturbation" and not setup.get("perturbation_key"):
+            raise ValueError(
+                "task='perturbation' needs perturbation conditions: ScGPT.setup_anndata(adata, "
+                "perturbation_key='<obs column>', control_value='ctrl'), then build the model."
+            )
+        if task == "integration":
+            if not setup.get("batch_key"):
+                raise ValueError(
+                    "task='integration' needs batches: ScGPT.setup_anndata(adata, "
+                    "batch_key='<obs column>'), then build or load the model (dsbn=True, "
+                    "dab=True, batch_token=True for scGPT's full recipe)."
+                )
+            if not m.has_head("dab"):
+                weights["dab"] = 0.0
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
+            counts = np.bincount(np.asarray(codes, dtype=int), minlength=self.summary_stats.n_batch)
+            mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+            small = [str(mapping[i]) for i in np.flatnonzero(counts < 2)]
+            if small:
+                raise ValueError(
+                    f"Batches {small} have fewer than 2 cells; batch-aware training cannot learn "
+                    "them. Drop those cells or merge the batches."
+                )
+        extra = dict(loss_weights or {})
+        threshold = extra.pop("ecs_threshold", getattr(m, "ecs_threshold", 0.8))
+        unknown = set(extra) - set(PARTS)
+        if unknown:
+            raise ValueError(f"Unknown loss weights {sorted(unknown)}; use {', '.join(PARTS)}.")
+        weights.update(extra)
+        cw = None
+        if weights.get("cls", 0) > 0:
+            cw = self._class_weights(class_weight)
+        elif class_weight is not None or label_smoothing:
+            raise ValueError("class_weight and label_smoothing apply to classification (cls > 0).")
+        m.set_objective(**weights, ecs_threshold=threshold, label_smoothing=label_smoothing,
+                        class_weights=cw)
+
+    def _label_state(self):
+        return self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+
+    def _class_weights(self, class_weight) -> torch.Tensor | None:
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
+        cats = list(self._label_state().categorical_mapping)
+        counts = np.bincount(codes[codes >= 0].astype(int), minlength=len(cats))
+        present = int((counts > 0).sum())
+        if present < 2:
+            raise ValueError(
+                f"Classification needs at least 2 labelled classes; the labelled cells hold {present} "
+                f"({[c for c, n in zip(cats, counts, strict=True) if n]})."
+            )
+        if class_weight is None:
+            return None
+        if class_weight == "balanced":
+            w = np.where(counts > 0, counts.sum() / (len(cats) * np.maximum(counts, 1)), 0.0)
+        elif isinstance(class_weight, Mapping):
+            unknown = set(class_weight) - set(map(str, cats))
+            if unknown:
+                raise ValueError(f"class_weight names unknown labels {sorted(unknown)}; labels: {cats}.")
+            w = np.array([float(class_weight.get(str(c), 1.0)) for c in cats])
+        else:
+            raise ValueError(f"class_weight={class_weight!r}; use None, 'balanced' or a dict.")
+        return torch.as_tensor(w, dtype=torch.float32)

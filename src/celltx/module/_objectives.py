@@ -1,0 +1,287 @@
+"""Objectives as small parts, and tasks as named lists of parts with weights.
+
+A part computes one loss from named inputs: the scvi-tools minibatch (``tensors``), what the
+encoder pass produced (``inference``: ``tokens``, ``known``, ``h``, ``cell_emb``, ``rows``,
+``view``, ``pert_pred``, ``pert_target``) and the heads' predictions (``predictions``:
+``expr``, ``mvc``, ``cls``, ``dab``). It says which encoder pass it needs (:attr:`Part.pass_`)
+and which heads it reads (:attr:`Part.heads`). :class:`~celltx.module.ScGPTModule` runs the
+pass the task's parts need, the heads they read, and sums their weighted losses. Adding an
+objective means adding one part here and listing it in a task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+
+from celltx.data import MOD_ATAC, MOD_RNA
+
+#: encoder passes: whole cells; cells with a known / unknown split under the generative
+#: mask; control cells encoded under a perturbation
+WHOLE, SPLIT, PERTURB = "whole", "split", "perturb"
+
+
+@dataclass
+class PartLoss:
+    """What one part contributes: its unweighted loss, per-row values and logged metrics.
+
+    Attributes
+    ----------
+    loss
+        Scalar loss (before the task's weight).
+    rows
+        ``(R,)`` per-row loss (summed into the per-cell reconstruction loss that scvi-tools
+        logs), or ``None``.
+    metrics
+        Values logged under their names (``None`` = not measured in this step).
+    """
+
+    loss: torch.Tensor
+    rows: torch.Tensor | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+class Part:
+    """One objective.
+
+    Subclasses set :attr:`name`, :attr:`pass_`, :attr:`heads`, :attr:`metrics` and implement
+    :meth:`__call__`.
+    """
+
+    #: the key of the part in a task's weights
+    name: ClassVar[str]
+    #: the encoder pass it needs (:data:`WHOLE` works on any pass)
+    pass_: ClassVar[str] = WHOLE
+    #: the head predictions it reads
+    heads: ClassVar[tuple[str, ...]] = ()
+    #: the metrics it logs (NaN in steps where the part is not active)
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def available(self, module) -> str | None:
+        """``None`` when ``module`` can compute this part, else why not (with the fix)."""
+        return None
+
+    def __call__(self, module, tensors: dict, inference: dict, predictions: dict) -> PartLoss:
+        """The part's loss for one minibatch."""
+        raise NotImplementedError
+
+
+def _unknown(inference: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float mask of the unknown real tokens and the rows that have any."""
+    tokens = inference["tokens"]
+    unknown = (~inference["known"] & ~tokens.padding_mask).float()
+    return unknown, unknown.sum(1)
+
+
+def _masked_rows(pred: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, n_unk: torch.Tensor):
+    """Per-row mean squared error over the unknown tokens, its mean over rows with any."""
+    sq = (pred.float() - target) ** 2
+    per_row = (sq * unknown).sum(1) / n_unk.clamp(min=1.0)
+    has = (n_unk > 0).float()
+    return sq, per_row * has, (per_row * has).sum() / has.sum().clamp(min=1.0)
+
+
+class GenePrompt(Part):
+    """Gene-prompt generation: MSE of the expression decoder on the unknown tokens' values.
+
+    Averaged per cell then over cells (rows without unknown tokens are left out); logs the
+    error per modality for multimodal sequences.
+    """
+
+    name = "gep"
+    pass_ = SPLIT
+    heads = ("expr",)
+    metrics = ("gep_mse", "rna_mse", "atac_mse")
+
+    def __call__(self, module, tensors, inference, predictions):
+        tokens = inference["tokens"]
+        unknown, n_unk = _unknown(inference)
+        sq, rows, loss = _masked_rows(predictions["expr"], tokens.values, unknown, n_unk)
+        metrics = {"gep_mse": loss.detach()}
+        if tokens.modality is not None:  # gene-prompt error per modality, over tokens
+            for key, code in (("rna_mse", MOD_RNA), ("atac_mse", MOD_ATAC)):
+                sel = unknown * (tokens.modality == code).float()
+                metrics[key] = ((sq * sel).sum() / sel.sum()).detach() if sel.sum() > 0 else None
+        return PartLoss(loss, rows, metrics)
+
+
+class CellPrompt(Part):
+    """Cell-prompt generation (scGPT's MVC).
+
+    MSE of the values predicted from the ``<cls>`` embedding and each unknown token's gene
+    embedding.
+    """
+
+    name = "mvc"
+    pass_ = SPLIT
+    heads = ("mvc",)
+    metrics = ("mvc_mse",)
+
+    def __call__(self, module, tensors, inference, predictions):
+        unknown, n_unk = _unknown(inference)
+        _, rows, loss = _masked_rows(predictions["mvc"], inference["tokens"].values, unknown, n_unk)
+        return PartLoss(loss, rows, {"mvc_mse": loss.detach()})
+
+
+class Classification(Part):
+    """Cross-entropy of the classifier on the ``<cls>`` embedding over labelled cells.
+
+    Cells with code ``-1`` (unlabelled) are left out. Uses class weights and label smoothing.
+    """
+
+    name = "cls"
+    heads = ("cls",)
+    metrics = ("cls_loss", "cls_accuracy")
+
+    def available(self, module):
+        if module.transformer.cls_decoder is None:
+            return ("A classification loss needs labels: set up the AnnData with labels_key and "
+                    "build the model again.")
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        labels = module._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
+        logits = predictions["cls"].float()
+        ce = F.cross_entropy(
+            logits,
+            labels.clamp(min=0),
+            weight=module.class_weights,
+            label_smoothing=module.label_smoothing,
+            reduction="none",
+        )
+        lab = (labels >= 0).float()
+        w = module.class_weights[labels.clamp(min=0)] * lab
+        loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
+        correct = (logits.argmax(1) == labels).float() * lab
+        metrics = {"cls_loss": loss.detach(), "cls_accuracy": correct.sum().detach() / lab.sum().clamp(min=1.0)}
+        return PartLoss(loss, ce * lab, metrics)
+
+
+class ElasticCellSimilarity(Part):
+    """scGPT's elastic cell similarity ``mean(1 - (relu(cos) - threshold)^2)``.
+
+    Computed over pairs of distinct cells of the minibatch; ``threshold`` is
+    ``module.ecs_threshold``.
+    """
+
+    name = "ecs"
+    metrics = ("ecs_loss",)
+
+    def __call__(self, module, tensors, inference, predictions):
+        cell_emb = inference["cell_emb"]
+        R = cell_emb.shape[0]
+        if R < 2:
+            return PartLoss(cell_emb.new_zeros((), dtype=torch.float32), None, {})
+        unit = F.normalize(cell_emb.float(), dim=1)
+        cos = F.relu(unit @ unit.T)
+        off = ~torch.eye(R, dtype=torch.bool, device=cos.device)
+        loss = (1 - (cos[off] - module.ecs_threshold) ** 2).mean()
+        return PartLoss(loss, None, {"ecs_loss": loss.detach()})
+
+
+class BatchAdversarial(Part):
+    """Cross-entropy of the batch discriminator on the ``<cls>`` embedding (scGPT's DAB).
+
+    Its gradient is reversed into the encoder.
+    """
+
+    name = "dab"
+    heads = ("dab",)
+    metrics = ("dab_loss",)
+
+    def available(self, module):
+        if module.transformer.grad_reverse_discriminator is None:
+            return "A DAB loss needs a model built with dab=True (and a batch_key)."
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        batch = module._codes(tensors, REGISTRY_KEYS.BATCH_KEY)[inference["rows"]]
+        loss = F.cross_entropy(predictions["dab"].float(), batch)
+        return PartLoss(loss, None, {"dab_loss": loss.detach()})
+
+
+class ModalityAlignment(Part):
+    """Contrastive alignment of a multimodal cell's ``<cls>`` embeddings.
+
+    Aligns its joint, RNA-alone and ATAC-alone ``<cls>`` embeddings (see
+    :meth:`~celltx.module.ScGPTModule.alignment_loss`).
+    """
+
+    name = "align"
+    pass_ = SPLIT
+    metrics = ("align_loss",)
+
+    def available(self, module):
+        if not module.multimodal:
+            return ("An alignment loss needs RNA and ATAC: set up a MuData with "
+                    "ScGPT.setup_mudata(mdata, ...) and build the model again.")
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        cell_emb = inference["cell_emb"]
+        view = inference.get("view")
+        loss = None if view is None else module.alignment_loss(cell_emb, inference["rows"], view)
+        if loss is None:  # fewer than 2 cells with both modalities in this step
+            loss = cell_emb.new_zeros((), dtype=torch.float32)
+        return PartLoss(loss, None, {"align_loss": loss.detach()})
+
+
+class PerturbationResponse(Part):
+    """MSE of the predicted expression of perturbed cells over every panel gene.
+
+    The prediction is the control cell + the predicted change.
+    """
+
+    name = "pert"
+    pass_ = PERTURB
+    metrics = ("pert_mse",)
+
+    def available(self, module):
+        if module.pert_decoder is None:
+            return ("A perturbation loss needs perturbation conditions: set up the AnnData with "
+                    "perturbation_key and build the model again.")
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        err = (inference["pert_pred"].float() - inference["pert_target"]) ** 2
+        rows = err.mean(1)
+        return PartLoss(rows.mean(), rows, {"pert_mse": rows.mean().detach()})
+
+
+#: every part, by name, in the order losses are summed
+PARTS: dict[str, Part] = {
+    p.name: p
+    for p in (
+        PerturbationResponse(),
+        GenePrompt(),
+        CellPrompt(),
+        Classification(),
+        ElasticCellSimilarity(),
+        BatchAdversarial(),
+        ModalityAlignment(),
+    )
+}
+
+#: the tasks of :meth:`celltx.model.ScGPT.train`: parts and their weights
+TASKS: dict[str, dict[str, float]] = {
+    "generative": {"gep": 1.0, "mvc": 1.0},
+    "annotation": {"cls": 1.0},
+    "integration": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
+    "perturbation": {"pert": 1.0},
+}
+
+
+def encoder_pass(weights: dict[str, float]) -> str:
+    """The encoder pass the active parts of ``weights`` need.
+
+    Precedence: :data:`PERTURB` over :data:`SPLIT` over :data:`WHOLE`.
+    """
+    passes = {PARTS[name].pass_ for name, w in weights.items() if w > 0}
+    for p in (PERTURB, SPLIT):
+        if p in passes:
+            return p
+    return WHOLE

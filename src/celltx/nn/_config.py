@@ -1,0 +1,193 @@
+"""One configuration object for every hyperparameter of the model (as nanoGPT's ``GPTConfig``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ScGPTConfig:
+    """Shape, tokenizer and objective settings of a celltx scGPT model.
+
+    ``nn``, ``module``, ``io`` and ``model`` all read their settings from this one object, so
+    each default is written here and nowhere else. What depends on the data (vocabulary
+    size, number of labels or batches, modalities) is not part of it.
+
+    Parameters
+    ----------
+    d_model
+        Model width (scGPT_human: 512).
+    n_heads
+        Attention heads (scGPT_human: 8).
+    n_layers
+        Transformer layers (scGPT_human: 12).
+    d_hid
+        Feed-forward width; ``None`` = ``d_model`` (as scGPT).
+    dropout
+        Dropout rate (value encoder, residual and feed-forward paths).
+    attn_dropout
+        Dropout on attention weights (scGPT uses ``dropout`` here too). Default 0: it keeps
+        SDPA on its fused kernels and costs most of a CPU training step.
+    max_seq_len
+        Tokens per cell including ``<cls>``. Cells with more expressed genes are subsampled:
+        at random while training, reproducibly (by a hash of the cell's genes and ``seed``)
+        at inference.
+    n_bins
+        Value bins per cell, bin 0 = not expressed (scGPT: 51); ``None``: raw values.
+    pad_value
+        Input value of ``<cls>`` and padding tokens (scGPT: -2).
+    input_emb_style
+        ``"continuous"`` (scGPT's value MLP) or ``"category"`` (bin embedding).
+    norm_first
+        Pre-norm layers (scGPT uses post-norm).
+    activation
+        Feed-forward activation, ``"relu"`` or ``"gelu"``.
+    zero_fraction
+        Fraction of the RNA tokens given to non-expressed genes (see
+        :class:`~celltx.data.Tokenizer`). ``None``: 0 (scGPT's pretraining) for RNA-only
+        data, 0.25 when the data has ATAC too, so that cross-modal generation learns which
+        genes are off, not only how high the expressed ones are.
+    mask_ratio
+        Held-out ("unknown") fractions for generative pretraining; one drawn per cell.
+    gep_weight, mvc_weight
+        Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task.
+    seed
+        Seed of the reproducible gene choice at inference.
+    n_layers_cls
+        Depth of the classifier head (built when the data has labels; scGPT: 3) and of the
+        batch discriminator.
+    dsbn
+        Domain-specific batch norm (one batch norm per batch on the token embeddings; needs
+        batches). Part of scGPT's integration recipe.
+    dab
+        Adversarial batch discriminator on the cell embedding with gradient reversal (needs
+        batches).
+    batch_token
+        Batch embedding concatenated to the decoders' input (scGPT's ``use_batch_labels``;
+        needs batches), so that generation accounts for batch and the cell embedding need
+        not.
+    max_peaks
+        ATAC tokens per cell. Cells with more open peaks are subsampled like genes. The RNA
+        budget is ``max_seq_len - 1``, so a multiome cell has at most
+        ``max_seq_len + max_peaks`` tokens.
+    atac_zero_fraction
+        Fraction of ``max_peaks`` given to closed peaks (value 0), so that generation learns
+        which peaks are open.
+    atac_values
+        ``"binary"``: open peaks (count > 0) get the top value bin, closed ones 0;
+        ``"binned"``: per-cell quantile bins of the counts, as RNA.
+
+    Examples
+    --------
+    >>> from celltx.nn import ScGPTConfig
+    >>> cfg = ScGPTConfig(d_model=64, n_heads=4, n_layers=2)
+    >>> cfg.d_hid_resolved, cfg.max_seq_len
+    (64, 1200)
+    >>> ScGPTConfig(d_model=30, n_heads=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: d_model=30 is not divisible by n_heads=4: each head gets d_model / n_heads dimensions (e.g. d_model=64, n_heads=4).
+    """
+
+    d_model: int = 256
+    n_heads: int = 8
+    n_layers: int = 4
+    d_hid: int | None = None
+    dropout: float = 0.2
+    attn_dropout: float = 0.0
+    max_seq_len: int = 1200
+    n_bins: int | None = 51
+    pad_value: float = -2.0
+    input_emb_style: str = "continuous"
+    norm_first: bool = False
+    activation: str = "relu"
+    zero_fraction: float | None = None
+    mask_ratio: tuple[float, ...] = (0.25, 0.5, 0.75)
+    gep_weight: float = 1.0
+    mvc_weight: float = 1.0
+    seed: int = 0
+    n_layers_cls: int = 3
+    dsbn: bool = False
+    dab: bool = False
+    batch_token: bool = False
+    max_peaks: int = 1000
+    atac_zero_fraction: float = 0.5
+    atac_values: str = "binary"
+
+    def __post_init__(self):
+        object.__setattr__(self, "mask_ratio", tuple(float(r) for r in self.mask_ratio))
+        _validate(self)
+
+    @property
+    def d_hid_resolved(self) -> int:
+        """The feed-forward width (``d_hid``, or ``d_model`` when ``None``)."""
+        return self.d_model if self.d_hid is None else self.d_hid
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the settings, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (JSON-ready; ``mask_ratio`` as a list)."""
+        out = asdict(self)
+        out["mask_ratio"] = list(self.mask_ratio)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScGPTConfig:
+        """Build from a dict of settings; unknown keys raise, naming the known ones."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"Unknown settings {unknown}; ScGPTConfig knows {list(cls.field_names())}.")
+        return cls(**values)
+
+
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, Integral)
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, Real)
+
+
+def _validate(c: ScGPTConfig) -> None:
+    """Refuse impossible settings before anything is built."""
+    minimum = {"d_model": 1, "n_heads": 1, "n_layers": 1, "n_layers_cls": 1, "max_peaks": 1,
+               "max_seq_len": 2, "seed": 0}
+    for name, low in minimum.items():
+        v = getattr(c, name)
+        if not _is_int(v) or v < low:
+            raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
+    for name, low in (("d_hid", 1), ("n_bins", 3)):
+        v = getattr(c, name)
+        if v is not None and (not _is_int(v) or v < low):
+            raise ValueError(f"{name}={v!r} must be an integer >= {low} or None.")
+    for name in ("dropout", "attn_dropout", "atac_zero_fraction", "zero_fraction"):
+        v = getattr(c, name)
+        if v is None and name == "zero_fraction":
+            continue
+        if not _is_number(v) or not 0 <= v < 1:
+            raise ValueError(f"{name}={v!r} must be a number in [0, 1).")
+    if c.d_model % c.n_heads:
+        raise ValueError(
+            f"d_model={c.d_model} is not divisible by n_heads={c.n_heads}: each head gets "
+            "d_model / n_heads dimensions (e.g. d_model=64, n_heads=4)."
+        )
+    for name, ok in (("input_emb_style", ("continuous", "category")), ("activation", ("relu", "gelu")),
+                     ("atac_values", ("binary", "binned"))):
+        if getattr(c, name) not in ok:
+            raise ValueError(f"{name}={getattr(c, name)!r}; use one of {list(ok)}.")
+    if c.input_emb_style == "category" and c.n_bins is None:
+        raise ValueError("input_emb_style='category' needs n_bins.")
+    if c.atac_values == "binned" and c.n_bins is None:
+        raise ValueError("atac_values='binned' needs n_bins.")
+    if not c.mask_ratio or not all(0.0 < r < 1.0 for r in c.mask_ratio):
+        raise ValueError(f"mask_ratio={c.mask_ratio} must be fractions strictly in (0, 1).")
+    for name in ("gep_weight", "mvc_weight"):
+        v = getattr(c, name)
+        if not _is_number(v) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
