@@ -51,19 +51,32 @@ def main() -> None:
     if "demuxlet_cls" in adata.obs:
         adata = adata[adata.obs["demuxlet_cls"] != "DBL"].copy()
     if args.hvg:
-        sc.pp.highly_variable_genes(adata, n_top_genes=args.hvg, flavor="seurat_v3", batch_key=args.batch)
+        sc.pp.highly_variable_genes(
+            adata, n_top_genes=args.hvg, flavor="seurat_v3", batch_key=args.batch
+        )
         adata = adata[:, adata.var["highly_variable"]].copy()
     queries = args.query or list(adata.obs[args.batch].astype(str).unique())
     settings = {
-        "celltx": {"reference_epochs": args.reference_epochs, "query_epochs": args.query_epochs,
-                   "accelerator": args.accelerator},
-        "scvi": {"reference_epochs": args.scvi_epochs, "query_epochs": args.scvi_epochs // 2,
-                 "accelerator": args.accelerator},
+        "celltx": {
+            "reference_epochs": args.reference_epochs,
+            "query_epochs": args.query_epochs,
+            "accelerator": args.accelerator,
+        },
+        "scvi": {
+            "reference_epochs": args.scvi_epochs,
+            "query_epochs": args.scvi_epochs // 2,
+            "accelerator": args.accelerator,
+        },
     }
     tables = []
     for q in queries:
         df = celltx.bench.query_mapping(
-            adata, args.batch, args.labels, q, methods=args.methods.split(","), method_kwargs=settings,
+            adata,
+            args.batch,
+            args.labels,
+            q,
+            methods=args.methods.split(","),
+            method_kwargs=settings,
             seed=args.seed,
         )
         df.insert(0, "query", q)

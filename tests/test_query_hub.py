@@ -51,15 +51,21 @@ def test_query_gets_new_batch_parts_and_leaves_the_reference_as_it_was(cellbench
     n_ref = model.summary_stats.n_batch
     assert q.summary_stats.n_batch == n_ref + 1 and q.reference_n_batch_ == n_ref
     mapping = list(q.adata_manager.get_state_registry("batch").categorical_mapping)
-    assert mapping[:n_ref] == list(model.adata_manager.get_state_registry("batch").categorical_mapping)
+    assert mapping[:n_ref] == list(
+        model.adata_manager.get_state_registry("batch").categorical_mapping
+    )
     assert len(q.module.network.dsbn.bns) == n_ref + 1
     trainable = {n for n, p in q.module.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("transformer.dsbn.", "transformer.batch_encoder.")) for n in trainable)
+    assert trainable and all(
+        n.startswith(("transformer.dsbn.", "transformer.batch_encoder.")) for n in trainable
+    )
     q.train(max_epochs=2, **CPU)
     # the query's own parts moved; the reference's did not (shared weights are frozen)
     new = q.module.state_dict()
-    assert not torch.equal(new["transformer.batch_encoder.embedding.weight"][n_ref],
-                           state["transformer.batch_encoder.embedding.weight"][0])
+    assert not torch.equal(
+        new["transformer.batch_encoder.embedding.weight"][n_ref],
+        state["transformer.batch_encoder.embedding.weight"][0],
+    )
     for k, v in state.items():
         if k.startswith("transformer.batch_encoder.embedding"):
             torch.testing.assert_close(new[k][:n_ref], v)
@@ -86,20 +92,24 @@ def test_query_errors(cellbench, reference_model, pbmc):
     q = ScGPT.load_query_data(pbmc[:50].copy(), plain)
     with pytest.raises(ValueError, match="Nothing to train"):
         q.train(max_epochs=1, **CPU)
-    np.testing.assert_allclose(q.get_latent_representation(), plain.get_latent_representation(pbmc[:50].copy()),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        q.get_latent_representation(), plain.get_latent_representation(pbmc[:50].copy()), atol=1e-6
+    )
 
 
 @pytest.mark.slow
 def test_query_mapping_bench_on_cellbench(cellbench):
     ref, query = cellbench
     both = ad.concat([ref, query])
-    settings = {"celltx": {"model": TINY, "reference_epochs": 2, "query_epochs": 1, "accelerator": "cpu"},
-                "scvi": {"reference_epochs": 5, "query_epochs": 2, "accelerator": "cpu"}}
+    settings = {
+        "celltx": {"model": TINY, "reference_epochs": 2, "query_epochs": 1, "accelerator": "cpu"},
+        "scvi": {"reference_epochs": 5, "query_epochs": 2, "accelerator": "cpu"},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = celltx.bench.query_mapping(both, "batch", "cell_line", "CEL-seq2_5cl_p1",
-                                        method_kwargs=settings)
+        df = celltx.bench.query_mapping(
+            both, "batch", "cell_line", "CEL-seq2_5cl_p1", method_kwargs=settings
+        )
     assert list(df["method"]) == ["celltx", "pca", "scvi"]
     assert df["error"].isna().all(), df["error"].tolist()
     assert (df["n_query"] == query.n_obs).all()
@@ -123,11 +133,20 @@ def test_hub_round_trip_through_a_local_directory(pbmc, tmp_path):
     from scvi.hub import HubModel
 
     model = _model(pbmc)
-    hub_model = model.to_hub(tmp_path / "hub", save_anndata=True, tissues=["blood"],
-                             training_data_url="https://example.org/pbmc.h5ad")
+    hub_model = model.to_hub(
+        tmp_path / "hub",
+        save_anndata=True,
+        tissues=["blood"],
+        training_data_url="https://example.org/pbmc.h5ad",
+    )
     names = {p.name for p in (tmp_path / "hub").iterdir()}
-    assert {"model.json", "model.safetensors", "adata.h5ad", "README.md",
-            "_scvi_required_metadata.json"} <= names
+    assert {
+        "model.json",
+        "model.safetensors",
+        "adata.h5ad",
+        "README.md",
+        "_scvi_required_metadata.json",
+    } <= names
     assert "model.pt" not in names
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "celltx" in card and "https://example.org/pbmc.h5ad" in card and "tissue:blood" in card
@@ -150,14 +169,18 @@ def test_from_hub_pulls_a_repo(pbmc, tmp_path, monkeypatch):
 
     def fake_download(repo_id, allow_patterns=None, cache_dir=None, revision=None, **kwargs):
         assert repo_id == "me/pbmc-scgpt"
-        assert {"model.json", "model.safetensors", "_scvi_required_metadata.json"} <= set(allow_patterns)
+        assert {"model.json", "model.safetensors", "_scvi_required_metadata.json"} <= set(
+            allow_patterns
+        )
         dest = tmp_path / "cache" / repo_id.replace("/", "--")
         shutil.copytree(tmp_path / "published", dest)
         return str(dest)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     pulled = ScGPT.from_hub("me/pbmc-scgpt", pbmc, accelerator="cpu")
-    np.testing.assert_array_equal(pulled.get_latent_representation(), model.get_latent_representation())
+    np.testing.assert_array_equal(
+        pulled.get_latent_representation(), model.get_latent_representation()
+    )
 
 
 def test_from_hub_refuses_foreign_directories(pbmc, tmp_path):

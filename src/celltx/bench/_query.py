@@ -21,8 +21,15 @@ QUERY_METHODS = ("celltx", "pca", "scvi")
 
 #: the celltx recipe of :func:`query_mapping` (reference training, then query training)
 QUERY_CELLTX_DEFAULTS = {
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256, "dropout": 0.1,
-              "dsbn": True, "batch_token": True},
+    "model": {
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "max_seq_len": 256,
+        "dropout": 0.1,
+        "dsbn": True,
+        "batch_token": True,
+    },
     "reference_epochs": 10,
     "query_epochs": 5,
     "batch_size": 32,
@@ -51,15 +58,24 @@ def _scvi(ref: AnnData, query: AnnData, batch_key, layer, settings: Mapping):
     ref, query = ref.copy(), query.copy()
     scvi.model.SCVI.setup_anndata(ref, layer=layer, batch_key=batch_key)
     vae = scvi.model.SCVI(ref, n_latent=settings.get("n_latent", 10))
-    vae.train(max_epochs=settings.get("reference_epochs", 100), accelerator=settings.get("accelerator", "auto"),
-              enable_progress_bar=False)
+    vae.train(
+        max_epochs=settings.get("reference_epochs", 100),
+        accelerator=settings.get("accelerator", "auto"),
+        enable_progress_bar=False,
+    )
     q = scvi.model.SCVI.load_query_data(query, vae)
-    q.train(max_epochs=settings.get("query_epochs", 50), plan_kwargs={"weight_decay": 0.0},
-            accelerator=settings.get("accelerator", "auto"), enable_progress_bar=False)
+    q.train(
+        max_epochs=settings.get("query_epochs", 50),
+        plan_kwargs={"weight_decay": 0.0},
+        accelerator=settings.get("accelerator", "auto"),
+        enable_progress_bar=False,
+    )
     return q.get_latent_representation(ref), q.get_latent_representation(query)
 
 
-def _celltx(ref: AnnData, query: AnnData, batch_key, labels_key, layer, settings: Mapping, seed: int):
+def _celltx(
+    ref: AnnData, query: AnnData, batch_key, labels_key, layer, settings: Mapping, seed: int
+):
     import scvi
 
     from celltx.model import ScGPT
@@ -70,7 +86,11 @@ def _celltx(ref: AnnData, query: AnnData, batch_key, labels_key, layer, settings
     scvi.settings.seed = seed
     ScGPT.setup_anndata(ref, layer=layer, batch_key=batch_key)
     model = ScGPT(ref, **cfg["model"])
-    fit = {"batch_size": cfg["batch_size"], "accelerator": cfg["accelerator"], "enable_progress_bar": False}
+    fit = {
+        "batch_size": cfg["batch_size"],
+        "accelerator": cfg["accelerator"],
+        "enable_progress_bar": False,
+    }
     model.train(max_epochs=cfg["reference_epochs"], **fit)
     q = ScGPT.load_query_data(query, model)
     if any(p.requires_grad for p in q.module.parameters()):
@@ -144,12 +164,16 @@ def query_mapping(
         raise ValueError(f"Unknown methods {unknown}; use {list(QUERY_METHODS)}.")
     for key in (batch_key, labels_key):
         if key not in adata.obs.columns:
-            raise ValueError(f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:20]}).")
+            raise ValueError(
+                f"{key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:20]})."
+            )
     queries = [query_batches] if isinstance(query_batches, str) else list(query_batches)
     batches = adata.obs[batch_key].astype(str)
     absent = [q for q in queries if q not in set(batches)]
     if absent:
-        raise ValueError(f"Query batches {absent} are not in obs[{batch_key!r}] ({sorted(set(batches))}).")
+        raise ValueError(
+            f"Query batches {absent} are not in obs[{batch_key!r}] ({sorted(set(batches))})."
+        )
     is_query = batches.isin(queries).to_numpy()
     if is_query.all():
         raise ValueError("Every cell is in the query batches; leave at least one reference batch.")
@@ -167,17 +191,36 @@ def query_mapping(
         elif method == "pca":
             result, error = guarded("pca", _pca, ref, query, layer, n_comps, seed)
         elif method == "scvi":
-            result, error = guarded("scvi", _scvi, ref, query, batch_key, layer, kwargs.get("scvi", {}))
+            result, error = guarded(
+                "scvi", _scvi, ref, query, batch_key, layer, kwargs.get("scvi", {})
+            )
         else:
             result, error = guarded(
-                "celltx", _celltx, ref, query, batch_key, labels_key, layer, kwargs.get("celltx", {}), seed
+                "celltx",
+                _celltx,
+                ref,
+                query,
+                batch_key,
+                labels_key,
+                layer,
+                kwargs.get("celltx", {}),
+                seed,
             )
         acc = f1 = np.nan
         if result is not None:
             pred = _transfer(result[0], result[1], labels_ref, n_neighbors)
             acc = float((pred == truth).mean())
             f1 = float(f1_score(truth, pred, average="macro"))
-        rows.append({"method": method, "accuracy": acc, "macro_f1": f1, "n_reference": ref.n_obs,
-                     "n_query": query.n_obs, "seconds": time.perf_counter() - start, "error": error})
+        rows.append(
+            {
+                "method": method,
+                "accuracy": acc,
+                "macro_f1": f1,
+                "n_reference": ref.n_obs,
+                "n_query": query.n_obs,
+                "seconds": time.perf_counter() - start,
+                "error": error,
+            }
+        )
         logger.info("query mapping %s: accuracy %.3f, macro-F1 %.3f", method, acc, f1)
     return pd.DataFrame(rows)

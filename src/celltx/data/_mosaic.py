@@ -132,7 +132,11 @@ def pad_mosaic(mdata, modality_key: str = "modality"):
         layers = {k: place_rows(v, pos, n) for k, v in mod.layers.items()}
         obs = mod.obs.reindex(names)
         mods[name] = AnnData(
-            X=place_rows(mod.X, pos, n), obs=obs, var=mod.var.copy(), layers=layers, uns=dict(mod.uns)
+            X=place_rows(mod.X, pos, n),
+            obs=obs,
+            var=mod.var.copy(),
+            layers=layers,
+            uns=dict(mod.uns),
         )
     label = np.where(presence.all(axis=1), "paired", "")
     for name in presence.columns:

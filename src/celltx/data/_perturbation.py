@@ -92,8 +92,10 @@ def parse_condition(
         repeated = sorted({g for g in genes if genes.count(g) > 1})
         if repeated or n_ctrl > 1 or (n_ctrl and len(genes) > 1):
             why = (
-                f"names {repeated} more than once" if repeated
-                else f"has the control token {control_value!r} {n_ctrl} times" if n_ctrl > 1
+                f"names {repeated} more than once"
+                if repeated
+                else f"has the control token {control_value!r} {n_ctrl} times"
+                if n_ctrl > 1
                 else f"mixes the control token {control_value!r} with several genes"
             )
             raise ValueError(

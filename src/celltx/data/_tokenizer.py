@@ -101,12 +101,21 @@ def join_modalities(
     >>> joined.gene_ids.tolist(), joined.modality.tolist()
     ([[1, 2, 5]], [[0, 1, 2]])
     """
-    parts = [(c, p, h) for c, p, h in ((MOD_RNA, rna, has_rna), (MOD_ATAC, atac, has_atac)) if p is not None]
+    parts = [
+        (c, p, h)
+        for c, p, h in ((MOD_RNA, rna, has_rna), (MOD_ATAC, atac, has_atac))
+        if p is not None
+    ]
     if not parts:
         raise ValueError("join_modalities needs at least one modality.")
     first = parts[0][1]
     cls_mod = torch.full_like(first.gene_ids[:, :1], MOD_CLS)
-    ids, vals, pads, mods = [first.gene_ids[:, :1]], [first.values[:, :1]], [first.padding_mask[:, :1]], [cls_mod]
+    ids, vals, pads, mods = (
+        [first.gene_ids[:, :1]],
+        [first.values[:, :1]],
+        [first.padding_mask[:, :1]],
+        [cls_mod],
+    )
     for code, part, has in parts:
         pad = part.padding_mask[:, 1:]
         if has is not None:
@@ -115,7 +124,9 @@ def join_modalities(
         vals.append(torch.where(pad, pad_value, part.values[:, 1:]))
         pads.append(pad)
         mods.append(torch.full_like(pad, code, dtype=torch.long))
-    return TokenizedBatch(torch.cat(ids, 1), torch.cat(vals, 1), torch.cat(pads, 1), torch.cat(mods, 1))
+    return TokenizedBatch(
+        torch.cat(ids, 1), torch.cat(vals, 1), torch.cat(pads, 1), torch.cat(mods, 1)
+    )
 
 
 def _mix64(h: torch.Tensor) -> torch.Tensor:
@@ -437,15 +448,23 @@ def perturbation_tokens(
     vals = x if tokenizer.n_bins is None else tokenizer.bin(x, ids, ties=ties).float()
     pert_ids = pert_ids.to(dev)
     valid = pert_ids >= 0
-    n_vocab = int(torch.cat([ids, pert_ids.reshape(-1).clamp(min=0)]).max()) + 1 if ids.numel() or pert_ids.numel() else 1
+    n_vocab = (
+        int(torch.cat([ids, pert_ids.reshape(-1).clamp(min=0)]).max()) + 1
+        if ids.numel() or pert_ids.numel()
+        else 1
+    )
     in_panel = torch.zeros(n_vocab, dtype=torch.bool, device=dev)
     in_panel[ids] = True
     extra = valid & ~in_panel[pert_ids.clamp(min=0)]
     flags = ((ids[None, :, None] == pert_ids[:, None, :]) & valid[:, None, :]).any(-1).long()
     cls_col = torch.full((B, 1), tokenizer.cls_id, dtype=torch.long, device=dev)
     pad_col = torch.full((B, 1), tokenizer.pad_value, device=dev)
-    gene_ids = torch.cat([cls_col, ids.expand(B, -1), torch.where(extra, pert_ids, tokenizer.pad_id)], 1)
-    values = torch.cat([pad_col, vals, torch.full(pert_ids.shape, tokenizer.pad_value, device=dev)], 1)
+    gene_ids = torch.cat(
+        [cls_col, ids.expand(B, -1), torch.where(extra, pert_ids, tokenizer.pad_id)], 1
+    )
+    values = torch.cat(
+        [pad_col, vals, torch.full(pert_ids.shape, tokenizer.pad_value, device=dev)], 1
+    )
     padding = torch.cat([torch.zeros(B, 1 + len(ids), dtype=torch.bool, device=dev), ~extra], 1)
     flags = torch.cat([torch.zeros_like(cls_col), flags, torch.where(extra, 1, PERT_PAD)], 1)
     return TokenizedBatch(gene_ids, values, padding, pert_flags=flags), cols

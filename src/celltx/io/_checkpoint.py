@@ -249,9 +249,7 @@ def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None)
     ratio = args.get("mask_ratio")
     if ratio is not None:
         ratios = list(ratio) if isinstance(ratio, list | tuple) else [ratio]
-        checked = [
-            _float_arg({"mask_ratio": r}, "mask_ratio", src, 0.0, 0.0, 1.0) for r in ratios
-        ]
+        checked = [_float_arg({"mask_ratio": r}, "mask_ratio", src, 0.0, 0.0, 1.0) for r in ratios]
         if isinstance(ratio, list | tuple) and not ratios:
             raise _arg_error(src, "mask_ratio", ratio, "a number or a list of numbers in [0, 1)")
         # 0 (fine-tuning runs without masking) leaves celltx's default generative ratios
@@ -454,7 +452,11 @@ def load_into(
             errors.append(f"missing required tensor {key!r} (model shape {tuple(target.shape)})")
             continue
         src = state_dict[key]
-        if key == _EMBEDDING and new_tokens and tuple(src.shape) == (target.shape[0] - new_tokens, *target.shape[1:]):
+        if (
+            key == _EMBEDDING
+            and new_tokens
+            and tuple(src.shape) == (target.shape[0] - new_tokens, *target.shape[1:])
+        ):
             continue
         if tuple(src.shape) != tuple(target.shape):
             errors.append(

@@ -147,8 +147,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if kind == "safetensors":
             sd = _read_safetensors(path)
         elif kind == "unknown":
-            why = "the file is empty" if path.stat().st_size == 0 else (
-                "it is neither a zip archive written by torch.save nor a pickle"
+            why = (
+                "the file is empty"
+                if path.stat().st_size == 0
+                else ("it is neither a zip archive written by torch.save nor a pickle")
             )
             raise _not_a_checkpoint(path, why)
         else:
@@ -174,8 +176,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"{path} is corrupt or truncated and cannot be read ({_torch_reason(e)}). "
                     "Download or save it again."
                 ) from None
-        if isinstance(sd, dict) and "model_state_dict" in sd and isinstance(
-            sd["model_state_dict"], dict
+        if (
+            isinstance(sd, dict)
+            and "model_state_dict" in sd
+            and isinstance(sd["model_state_dict"], dict)
         ):
             sd = sd["model_state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

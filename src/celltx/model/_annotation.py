@@ -72,13 +72,17 @@ class AnnotationMixin:
             for tensors in loader:
                 chunks.append(
                     self.module.classify(
-                        batch=self._batch_codes(tensors), max_seq_len=max_seq_len, **self._inputs(tensors)
+                        batch=self._batch_codes(tensors),
+                        max_seq_len=max_seq_len,
+                        **self._inputs(tensors),
                     ).cpu()
                 )
         proba = torch.cat(chunks).numpy()
         if soft:
             names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-            return pd.DataFrame(proba, index=names, columns=pd.Index(cats.astype(str), name="label"))
+            return pd.DataFrame(
+                proba, index=names, columns=pd.Index(cats.astype(str), name="label")
+            )
         return cats[proba.argmax(1)].astype(object)
 
     # --- perturbation ------------------------------------------------------------------

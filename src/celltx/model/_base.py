@@ -18,7 +18,6 @@ from ._validation import check_modality_order
 logger = logging.getLogger(__name__)
 
 
-
 class DataMixin:
     """Shared plumbing of the task mixins: registry look-ups, gene panels, loader inputs, autocast."""
 
@@ -69,7 +68,11 @@ class DataMixin:
                 "set (same names 'chrom:start-end'); count its fragments in those peaks."
             )
         if (ids < 0).any():
-            logger.info("%d of %d peaks are not in the vocabulary and are ignored.", int((ids < 0).sum()), len(ids))
+            logger.info(
+                "%d of %d peaks are not in the vocabulary and are ignored.",
+                int((ids < 0).sum()),
+                len(ids),
+            )
         return ids
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
@@ -77,7 +80,9 @@ class DataMixin:
             # a MuData: its modalities must follow mdata.obs_names (checked before scvi-tools
             # transfers the registration onto it)
             registry = self.adata_manager.data_registry
-            mods = [registry[k].get("mod_key") for k in (REGISTRY_KEYS.X_KEY, ATAC_KEY) if k in registry]
+            mods = [
+                registry[k].get("mod_key") for k in (REGISTRY_KEYS.X_KEY, ATAC_KEY) if k in registry
+            ]
             check_modality_order(adata, [m for m in mods if m and m in adata.mod])
         adata = super()._validate_anndata(adata, copy_if_view=copy_if_view)
         manager = self.get_anndata_manager(adata, required=True)
@@ -125,8 +130,15 @@ class DataMixin:
             f"{', '.join(panel)}, {n_params / 1e6:.2f}M parameters"
         )
         extras = [f"classifier ({n_labels} labels)"] if n_labels else []
-        extras += [name for name, on in (("DSBN", config.dsbn), ("DAB", config.dab),
-                                         ("batch token", config.batch_token)) if on]
+        extras += [
+            name
+            for name, on in (
+                ("DSBN", config.dsbn),
+                ("DAB", config.dab),
+                ("batch token", config.batch_token),
+            )
+            if on
+        ]
         if conditions is not None:
             extras.append(f"perturbation ({len(conditions)} conditions)")
         return text + (", " + ", ".join(extras) if extras else "")

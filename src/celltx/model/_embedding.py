@@ -67,7 +67,9 @@ class EmbeddingMixin:
         with self._panel(adata), self._autocast():
             for tensors in loader:
                 emb, n_genes = self.module.cell_embedding(
-                    **self._inputs(tensors), max_seq_len=max_seq_len, batch=self._batch_codes(tensors)
+                    **self._inputs(tensors),
+                    max_seq_len=max_seq_len,
+                    batch=self._batch_codes(tensors),
                 )
                 n_empty += int((n_genes == 0).sum())
                 chunks.append(emb.cpu())

@@ -72,7 +72,13 @@ class PerturbationField(LabelsField):
     column or hold new conditions: those cells get code ``-1``.
     """
 
-    def __init__(self, registry_key: str, attr_key: str | None, control_value: str = "ctrl", max_genes: int = 2):
+    def __init__(
+        self,
+        registry_key: str,
+        attr_key: str | None,
+        control_value: str = "ctrl",
+        max_genes: int = 2,
+    ):
         super().__init__(registry_key, attr_key)
         self.control_value = control_value
         self.max_genes = max_genes

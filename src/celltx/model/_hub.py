@@ -32,12 +32,17 @@ def check_hub_dir(local_dir: str | os.PathLike, prefix: str = "") -> None:
     d = Path(local_dir)
     if not d.is_dir():
         raise ValueError(f"{d} is not a directory; pass the folder that to_hub wrote (or pulled).")
-    missing = [n for n in (HUB_METADATA, f"{prefix}model.json", f"{prefix}model.safetensors")
-               if not (d / n).is_file()]
+    missing = [
+        n
+        for n in (HUB_METADATA, f"{prefix}model.json", f"{prefix}model.safetensors")
+        if not (d / n).is_file()
+    ]
     if missing:
         hint = (
             " It holds a pickled model.pt (a plain scvi-tools model?), which celltx does not load "
-            "from the hub." if (d / "model.pt").is_file() else ""
+            "from the hub."
+            if (d / "model.pt").is_file()
+            else ""
         )
         raise ValueError(
             f"{d} is not a celltx hub directory: {missing} missing.{hint} Write one with "
@@ -141,7 +146,10 @@ class HubMixin:
             license_info=license_info,
             description=text,
             init_params=_plain(
-                {**self.init_params_["non_kwargs"], "vocab": f"{len(self.vocab)} tokens (model.json)"}
+                {
+                    **self.init_params_["non_kwargs"],
+                    "vocab": f"{len(self.vocab)} tokens (model.json)",
+                }
                 | self.init_params_["kwargs"]
             ),
             setup=_plain(setup),
@@ -203,8 +211,13 @@ class HubMixin:
 
             local = huggingface_hub.snapshot_download(
                 repo_id=str(source),
-                allow_patterns=[HUB_METADATA, HUB_CARD, "model.json", "model.safetensors",
-                                *(["adata.h5ad", "mdata.h5mu"] if pull_anndata else [])],
+                allow_patterns=[
+                    HUB_METADATA,
+                    HUB_CARD,
+                    "model.json",
+                    "model.safetensors",
+                    *(["adata.h5ad", "mdata.h5mu"] if pull_anndata else []),
+                ],
                 cache_dir=cache_dir,
                 revision=revision,
             )
@@ -218,8 +231,17 @@ class HubMixin:
 
 
 def _model_card(
-    *, license_info, description, init_params, setup, stats, data_registry, modalities, tissues,
-    training_data_url, training_code_url,
+    *,
+    license_info,
+    description,
+    init_params,
+    setup,
+    stats,
+    data_registry,
+    modalities,
+    tissues,
+    training_data_url,
+    training_code_url,
 ):
     """The Hugging Face model card of a celltx model.
 
@@ -229,11 +251,21 @@ def _model_card(
 
     import celltx
 
-    tags = ["biology", "genomics", "single-cell", "foundation-model", "scGPT", "model_cls_name:ScGPT",
-            f"celltx_version:{celltx.__version__}", *[f"modality:{m}" for m in modalities],
-            *[f"tissue:{t}" for t in tissues]]
+    tags = [
+        "biology",
+        "genomics",
+        "single-cell",
+        "foundation-model",
+        "scGPT",
+        "model_cls_name:ScGPT",
+        f"celltx_version:{celltx.__version__}",
+        *[f"modality:{m}" for m in modalities],
+        *[f"tissue:{t}" for t in tissues],
+    ]
     data = ModelCardData(license=license_info, library_name="scvi-tools", tags=tags)
-    registry = "\n".join(f"| {k} | {v['attr_name']} | {v['attr_key']} |" for k, v in data_registry.items())
+    registry = "\n".join(
+        f"| {k} | {v['attr_name']} | {v['attr_key']} |" for k, v in data_registry.items()
+    )
     text = f"""---
 {data.to_yaml()}
 ---

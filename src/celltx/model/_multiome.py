@@ -101,7 +101,11 @@ class MultiomeMixin:
             for tensors in loader:
                 inp = self._inputs(tensors)
                 pred, cols = self.module.predict_modality(
-                    inp["x"], inp["x_atac"], target, batch=self._batch_codes(tensors), chunk_size=chunk_size
+                    inp["x"],
+                    inp["x_atac"],
+                    target,
+                    batch=self._batch_codes(tensors),
+                    chunk_size=chunk_size,
                 )
                 source = inp["x_atac"] if target == "rna" else inp["x"]
                 pred[~(source > 0).any(1)] = float("nan")
@@ -115,7 +119,8 @@ class MultiomeMixin:
         out = AnnData(X=X, obs=mdata.obs.iloc[rows].copy(), var=target_mod.var.iloc[cols].copy())
         out.uns["celltx"] = {
             "predicted_from": "atac" if target == "rna" else "rna",
-            "scale": "expression bin (0 … n_bins-1)" if target == "rna" or self.module.atac_values == "binned"
+            "scale": "expression bin (0 … n_bins-1)"
+            if target == "rna" or self.module.atac_values == "binned"
             else "probability open",
         }
         return out

@@ -26,7 +26,9 @@ class PerturbationMixin:
 
     def _parse(self, condition: str) -> tuple[str, ...]:
         setup = self._setup_args(self.adata)
-        genes = parse_condition(condition, control_value=setup.get("control_value", "ctrl"), strict=True)
+        genes = parse_condition(
+            condition, control_value=setup.get("control_value", "ctrl"), strict=True
+        )
         most = setup.get("max_perturbed_genes", 2)
         if len(genes) > most:
             raise ValueError(
@@ -78,11 +80,19 @@ class PerturbationMixin:
         ctrl = np.flatnonzero(self._control_mask(self.adata))
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)[ctrl]
         X = X.toarray() if sparse.issparse(X) else np.asarray(X)
-        batch = torch.as_tensor(np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()[ctrl])
-        labels = torch.as_tensor(np.asarray(manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()[ctrl])
+        batch = torch.as_tensor(
+            np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()[ctrl]
+        )
+        labels = torch.as_tensor(
+            np.asarray(manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()[ctrl]
+        )
         m = self.module
         n_batch = self.summary_stats.n_batch if self._setup_args(self.adata).get("batch_key") else 1
-        m.set_controls(torch.as_tensor(X, dtype=torch.float32), m.pair_groups(batch, labels), m.n_pair_groups(n_batch))
+        m.set_controls(
+            torch.as_tensor(X, dtype=torch.float32),
+            m.pair_groups(batch, labels),
+            m.n_pair_groups(n_batch),
+        )
 
     def _controls(self, control_adata: AnnData | None, n_cells: int, seed: int, batch_size: int):
         """Expression, batch codes and the AnnData of ``n_cells`` sampled control cells."""
@@ -125,7 +135,11 @@ class PerturbationMixin:
         for tensors in loader:
             xs.append(tensors[REGISTRY_KEYS.X_KEY].float())
             b = self._batch_codes(tensors)
-            bs.append(torch.zeros(len(xs[-1]), dtype=torch.long) if b is None else b.reshape(-1).long().cpu())
+            bs.append(
+                torch.zeros(len(xs[-1]), dtype=torch.long)
+                if b is None
+                else b.reshape(-1).long().cpu()
+            )
         return torch.cat(xs), torch.cat(bs), adata, pick
 
     @torch.inference_mode()
@@ -204,7 +218,9 @@ class PerturbationMixin:
         """
         if return_type not in ("mean", "cells"):
             raise ValueError(f"return_type={return_type!r}; use 'mean' or 'cells'.")
-        names, pred, ctrl, adata, pick, cols = self._perturb_all(conditions, control_adata, n_cells, seed, batch_size)
+        names, pred, ctrl, adata, pick, cols = self._perturb_all(
+            conditions, control_adata, n_cells, seed, batch_size
+        )
         seen = set(self._registered_conditions() or [])
         var = adata.var.iloc[cols].copy()
         obs = pd.DataFrame(
@@ -224,7 +240,12 @@ class PerturbationMixin:
             X = pred.reshape(len(names) * n, -1)
             obs = obs.loc[obs.index.repeat(n)].reset_index(drop=True)
             obs["control_cell"] = np.tile(adata.obs_names[pick].to_numpy(), len(names))
-            obs.index = pd.Index([f"{c}|{cell}" for c, cell in zip(obs["condition"], obs["control_cell"], strict=True)])
+            obs.index = pd.Index(
+                [
+                    f"{c}|{cell}"
+                    for c, cell in zip(obs["condition"], obs["control_cell"], strict=True)
+                ]
+            )
         result = AnnData(X=X.astype(np.float32), obs=obs, var=var)
         result.uns["control_mean"] = ctrl.mean(0).astype(np.float32)
         return result
@@ -261,7 +282,11 @@ class PerturbationMixin:
         >>> effects = model.get_perturbation_effects("G001+ctrl", top_n=20)  # doctest: +SKIP
         """
         pred = self.predict_perturbation(
-            conditions, control_adata=control_adata, n_cells=n_cells, batch_size=batch_size, seed=seed
+            conditions,
+            control_adata=control_adata,
+            n_cells=n_cells,
+            batch_size=batch_size,
+            seed=seed,
         )
         ctrl = pred.uns["control_mean"]
         frames = []

@@ -17,7 +17,6 @@ from ._validation import registration_undone_on_failure, resolve_device
 logger = logging.getLogger(__name__)
 
 
-
 if TYPE_CHECKING:
     from ._scgpt import ScGPT
 

@@ -93,7 +93,11 @@ class QueryMixin:
             )
         getattr(cls, method)(adata, source_registry=registry, extend_categories=True, **setup)
         init = reference.init_params_
-        model = cls(adata, **init["non_kwargs"], **{k: v for g in init["kwargs"].values() for k, v in g.items()})
+        model = cls(
+            adata,
+            **init["non_kwargs"],
+            **{k: v for g in init["kwargs"].values() for k, v in g.items()},
+        )
         model.module.load_state_dict(_grown_state(reference.module, model.module))
         model.module.cls_trained.copy_(reference.module.cls_trained)
         model.module.pert_trained.copy_(reference.module.pert_trained)
@@ -110,10 +114,16 @@ class QueryMixin:
         new = model.summary_stats.n_batch - n_ref if setup.get("batch_key") else 0
         model._model_summary_string += (
             f"\nQuery model: {new} new batch(es) on a reference with {n_ref}; "
-            + (f"{trainable} trainable parameters" if trainable else "no part to train (embed as is)")
+            + (
+                f"{trainable} trainable parameters"
+                if trainable
+                else "no part to train (embed as is)"
+            )
         )
         if not trainable:
-            logger.info("The reference has no batch-specific parts: the query is embedded as it is.")
+            logger.info(
+                "The reference has no batch-specific parts: the query is embedded as it is."
+            )
         model.to_device(_device(accelerator, device))
         return model
 
@@ -156,15 +166,24 @@ def _grown_state(ref_module, module) -> dict:
     for key, target in own.items():
         if key in ref and ref[key].shape == target.shape:
             out[key] = ref[key]
-        elif key in ref and ref[key].dim() == target.dim() and ref[key].shape[1:] == target.shape[1:]:
+        elif (
+            key in ref and ref[key].dim() == target.dim() and ref[key].shape[1:] == target.shape[1:]
+        ):
             grown = target.clone()
             grown[: ref[key].shape[0]] = ref[key]
             out[key] = grown
         elif key.startswith("transformer.dsbn.bns."):
             name = key.rsplit(".", 1)[1]
-            peers = [v for k, v in ref.items() if k.startswith("transformer.dsbn.bns.") and k.endswith("." + name)]
-            out[key] = torch.stack([p.float() for p in peers]).mean(0).to(target.dtype) if name in (
-                "weight", "bias") else target
+            peers = [
+                v
+                for k, v in ref.items()
+                if k.startswith("transformer.dsbn.bns.") and k.endswith("." + name)
+            ]
+            out[key] = (
+                torch.stack([p.float() for p in peers]).mean(0).to(target.dtype)
+                if name in ("weight", "bias")
+                else target
+            )
         else:
             out[key] = target
     return out

@@ -327,9 +327,7 @@ class SafeSaveMixin:
 
         os.makedirs(dir_path, exist_ok=True)
         if save_anndata:
-            suffix = (
-                MDATA_FNAME if isinstance(self.adata, MuData) else ADATA_FNAME
-            )
+            suffix = MDATA_FNAME if isinstance(self.adata, MuData) else ADATA_FNAME
             if not isinstance(self.adata, AnnData | MuData):
                 raise ValueError("save_anndata=True needs a model with an AnnData or MuData.")
             self.adata.write(
@@ -457,8 +455,7 @@ class SafeSaveMixin:
         if adata is None:
             is_mudata = method_name == "setup_mudata"
             data_path = (
-                Path(dir_path)
-                / f"{prefix or ''}{MDATA_FNAME if is_mudata else ADATA_FNAME}"
+                Path(dir_path) / f"{prefix or ''}{MDATA_FNAME if is_mudata else ADATA_FNAME}"
             )
             if not data_path.is_file():
                 raise ValueError(
@@ -512,7 +509,9 @@ class SafeSaveMixin:
                     **{str(k): float(v) for k, v in objective.items()},
                 )
             except (TypeError, ValueError) as e:
-                raise ValueError(f"{jpath}: the saved objective {objective} is invalid ({e}).") from e
+                raise ValueError(
+                    f"{jpath}: the saved objective {objective} is invalid ({e})."
+                ) from e
         model.to_device(torch_device)
         model.module.eval()
         model._validate_anndata(adata)

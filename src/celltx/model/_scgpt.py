@@ -123,14 +123,21 @@ class ScGPT(
                 "its gene vocabulary."
             )
         config = ScGPTConfig.from_dict(settings) if config is None else replace(config, **settings)
-        if isinstance(min_genes, bool) or not isinstance(min_genes, int | np.integer) or min_genes < 0:
+        if (
+            isinstance(min_genes, bool)
+            or not isinstance(min_genes, int | np.integer)
+            or min_genes < 0
+        ):
             raise ValueError(f"min_genes={min_genes!r} must be an integer >= 0.")
         if not 0 <= min_gene_fraction < 1:
             raise ValueError(f"min_gene_fraction={min_gene_fraction!r} must be in [0, 1).")
         super().__init__(adata)
         setup = self._setup_args(self.adata)
         conditions = self._registered_conditions()
-        rna, atac = self._modality(self.adata, REGISTRY_KEYS.X_KEY), self._modality(self.adata, ATAC_KEY)
+        rna, atac = (
+            self._modality(self.adata, REGISTRY_KEYS.X_KEY),
+            self._modality(self.adata, ATAC_KEY),
+        )
         modalities = tuple(m for m, a in (("rna", rna), ("atac", atac)) if a is not None)
         peaks = [] if atac is None else [str(p) for p in atac.var_names]
         if vocab is None:
@@ -176,7 +183,9 @@ class ScGPT(
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))
-        self._model_summary_string = self._summary(config, match, rna, atac_ids, n_labels, conditions)
+        self._model_summary_string = self._summary(
+            config, match, rna, atac_ids, n_labels, conditions
+        )
         # init parameters as scvi-tools records them, JSON-ready: the vocabulary itself (so
         # that ScGPT.load(dir, other_adata) rebuilds it exactly) and the settings as a dict
         self.init_params_ = {
@@ -251,18 +260,30 @@ class ScGPT(
         >>> celltx.model.ScGPT.setup_anndata(adata, labels_key="cell_type")
         """
         check_anndata_setup(
-            adata, layer, batch_key, labels_key, gene_symbols, perturbation_key, control_value,
-            max_perturbed_genes, min_cells_per_condition, modality,
+            adata,
+            layer,
+            batch_key,
+            labels_key,
+            gene_symbols,
+            perturbation_key,
+            control_value,
+            max_perturbed_genes,
+            min_cells_per_condition,
+            modality,
         )
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
-            GeneLayerField(REGISTRY_KEYS.X_KEY if modality == "rna" else ATAC_KEY, layer, is_count_data=False),
+            GeneLayerField(
+                REGISTRY_KEYS.X_KEY if modality == "rna" else ATAC_KEY, layer, is_count_data=False
+            ),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         if perturbation_key is not None:
             anndata_fields.append(
-                PerturbationField(PERTURBATION_KEY, perturbation_key, control_value, max_perturbed_genes)
+                PerturbationField(
+                    PERTURBATION_KEY, perturbation_key, control_value, max_perturbed_genes
+                )
             )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         with registration_undone_on_failure(adata):
@@ -327,26 +348,38 @@ class ScGPT(
         ...     mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}
         ... )
         """
-        modalities = check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities)
+        modalities = check_mudata(
+            mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities
+        )
         setup_method_args = cls._get_setup_method_args(**locals())
         fields = []
         if modalities.get("rna_layer"):
             fields.append(
                 MuDataGeneLayerField(
-                    REGISTRY_KEYS.X_KEY, rna_layer, mod_key=modalities["rna_layer"], is_count_data=False,
+                    REGISTRY_KEYS.X_KEY,
+                    rna_layer,
+                    mod_key=modalities["rna_layer"],
+                    is_count_data=False,
                     mod_required=True,
                 )
             )
         if modalities.get("atac_layer"):
             fields.append(
                 MuDataGeneLayerField(
-                    ATAC_KEY, atac_layer, mod_key=modalities["atac_layer"], is_count_data=False,
+                    ATAC_KEY,
+                    atac_layer,
+                    mod_key=modalities["atac_layer"],
+                    is_count_data=False,
                     mod_required=True,
                 )
             )
         fields += [
-            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")),
-            MuDataLabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")),
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
+            ),
+            MuDataLabelsField(
+                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")
+            ),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         with registration_undone_on_failure(mdata):
@@ -437,8 +470,9 @@ class ScGPT(
         >>> model.train(max_epochs=10, task="annotation", lr=1e-4)  # doctest: +SKIP
         >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
         """
-        if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) != max_epochs
-                                       or max_epochs < 1):
+        if max_epochs is not None and (
+            isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
+        ):
             raise ValueError(
                 f"max_epochs={max_epochs!r}: training needs at least one epoch (or None for "
                 "scvi-tools' default from the number of cells)."
@@ -459,7 +493,9 @@ class ScGPT(
         if not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
             # no validation cells (train_size=1.0, or very few cells): train without a
             # validation loop rather than fail inside Lightning
-            if early_stopping and "validation" in str(trainer_kwargs.get("early_stopping_monitor", "validation")):
+            if early_stopping and "validation" in str(
+                trainer_kwargs.get("early_stopping_monitor", "validation")
+            ):
                 raise ValueError(
                     f"early_stopping monitors the validation loss, but train_size={train_size} "
                     f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "

@@ -16,10 +16,17 @@ class TrainingMixin:
 
     def _n_validation(self, train_size, validation_size, batch_size, datasplitter_kwargs) -> int:
         """Number of validation cells scvi-tools' splitter gives for these arguments."""
-        kw = {k: v for k, v in (datasplitter_kwargs or {}).items() if k in ("shuffle_set_split", "drop_last")}
+        kw = {
+            k: v
+            for k, v in (datasplitter_kwargs or {}).items()
+            if k in ("shuffle_set_split", "drop_last")
+        }
         splitter = self._data_splitter_cls(
-            self.adata_manager, train_size=train_size, validation_size=validation_size,
-            batch_size=batch_size, **kw,
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            **kw,
         )
         splitter.setup()
         return len(splitter.val_idx)
@@ -56,7 +63,9 @@ class TrainingMixin:
                 weights["dab"] = 0.0
             codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
             counts = np.bincount(np.asarray(codes, dtype=int), minlength=self.summary_stats.n_batch)
-            mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
+            mapping = self.adata_manager.get_state_registry(
+                REGISTRY_KEYS.BATCH_KEY
+            ).categorical_mapping
             small = [str(mapping[i]) for i in np.flatnonzero(counts < 2)]
             if small:
                 raise ValueError(
@@ -74,8 +83,9 @@ class TrainingMixin:
             cw = self._class_weights(class_weight)
         elif class_weight is not None or label_smoothing:
             raise ValueError("class_weight and label_smoothing apply to classification (cls > 0).")
-        m.set_objective(**weights, ecs_threshold=threshold, label_smoothing=label_smoothing,
-                        class_weights=cw)
+        m.set_objective(
+            **weights, ecs_threshold=threshold, label_smoothing=label_smoothing, class_weights=cw
+        )
 
     def _label_state(self):
         return self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
@@ -97,7 +107,9 @@ class TrainingMixin:
         elif isinstance(class_weight, Mapping):
             unknown = set(class_weight) - set(map(str, cats))
             if unknown:
-                raise ValueError(f"class_weight names unknown labels {sorted(unknown)}; labels: {cats}.")
+                raise ValueError(
+                    f"class_weight names unknown labels {sorted(unknown)}; labels: {cats}."
+                )
             w = np.array([float(class_weight.get(str(c), 1.0)) for c in cats])
         else:
             raise ValueError(f"class_weight={class_weight!r}; use None, 'balanced' or a dict.")

@@ -43,7 +43,9 @@ def check_modality_kind(adata: AnnData, expected: str, mod: str) -> None:
         )
 
 
-def check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities) -> dict:
+def check_mudata(
+    mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities
+) -> dict:
     """Bad MuData input for setup_mudata, before registration.
 
     Clear errors, nothing changed. Returns the resolved ``modalities``.
@@ -56,7 +58,9 @@ def check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbo
             "setup_anndata (modality='atac' for peaks)."
         )
     if modalities is None:
-        modalities = {k: v for k, v in (("rna_layer", "rna"), ("atac_layer", "atac")) if v in mdata.mod}
+        modalities = {
+            k: v for k, v in (("rna_layer", "rna"), ("atac_layer", "atac")) if v in mdata.mod
+        }
         if not modalities:
             raise ValueError(
                 f"No modality named 'rna' or 'atac' (modalities: {list(mdata.mod)}); pass "
@@ -65,7 +69,9 @@ def check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbo
     modalities = dict(modalities)
     unknown = set(modalities) - set(MODALITY_KEYS)
     if unknown:
-        raise ValueError(f"Unknown keys {sorted(unknown)} in modalities; use {list(MODALITY_KEYS)}.")
+        raise ValueError(
+            f"Unknown keys {sorted(unknown)} in modalities; use {list(MODALITY_KEYS)}."
+        )
     if not modalities.get("rna_layer") and not modalities.get("atac_layer"):
         raise ValueError(
             "modalities names neither an RNA nor an ATAC modality: pass "
@@ -119,7 +125,9 @@ def check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbo
             if v.size and v.max() > 1:
                 logger.info(
                     "%s holds fragment counts (up to %g); ScGPT binarizes them (open = count > 0) "
-                    "unless built with atac_values='binned'.", where, float(v.max())
+                    "unless built with atac_values='binned'.",
+                    where,
+                    float(v.max()),
                 )
     if not measured.all():
         raise ValueError(
@@ -140,7 +148,11 @@ def check_mudata(mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbo
             continue
         where_obs = mdata.obs if modalities.get(key) is None else mdata.mod[modalities[key]].obs
         if name not in where_obs.columns:
-            place = "mdata.obs" if modalities.get(key) is None else f"mdata.mod[{modalities[key]!r}].obs"
+            place = (
+                "mdata.obs"
+                if modalities.get(key) is None
+                else f"mdata.mod[{modalities[key]!r}].obs"
+            )
             raise ValueError(
                 f"{key}={name!r} is not a column of {place} (columns: {list(where_obs.columns)[:20]}). "
                 "If it lives in a modality, name it in modalities, or call mdata.pull_obs()."
@@ -158,7 +170,11 @@ def check_modality_order(mdata, mods: Sequence[str]) -> None:
         names = mdata.mod[mod].obs_names
         if not names.equals(mdata.obs_names):
             same_cells = len(names) == mdata.n_obs and names.isin(mdata.obs_names).all()
-            what = "lists the same cells in another order" if same_cells else "does not list mdata.obs_names"
+            what = (
+                "lists the same cells in another order"
+                if same_cells
+                else "does not list mdata.obs_names"
+            )
             raise ValueError(
                 f"Modality {mod!r} {what}: its rows would be paired with the other modalities' "
                 "rows by position, i.e. with other cells. Order every modality like mdata.obs: "
@@ -167,9 +183,13 @@ def check_modality_order(mdata, mods: Sequence[str]) -> None:
             )
 
 
-def check_perturbations(adata: AnnData, key: str, control_value: str, max_genes: int, min_cells: int) -> None:
+def check_perturbations(
+    adata: AnnData, key: str, control_value: str, max_genes: int, min_cells: int
+) -> None:
     """Bad perturbation input, before registration: clear errors, nothing changed."""
-    genes, names = parse_conditions(adata.obs[key].astype(object), control_value=control_value, max_genes=max_genes)
+    genes, names = parse_conditions(
+        adata.obs[key].astype(object), control_value=control_value, max_genes=max_genes
+    )
     counts = names.value_counts()
     if control_value not in counts.index:
         raise ValueError(
@@ -259,7 +279,9 @@ def resolve_vocab(vocab) -> GeneVocab:
         return GeneVocab(vocab)
     if isinstance(vocab, str | os.PathLike):
         return GeneVocab.from_file(vocab)
-    raise ValueError(f"vocab must be a GeneVocab, a {{token: id}} dict or a path, not {type(vocab)}.")
+    raise ValueError(
+        f"vocab must be a GeneVocab, a {{token: id}} dict or a path, not {type(vocab)}."
+    )
 
 
 def resolve_device(accelerator: str = "auto", device: int | str | list = "auto") -> str:
@@ -275,7 +297,9 @@ def resolve_device(accelerator: str = "auto", device: int | str | list = "auto")
     if not cuda:
         return "cpu"
     if not torch.cuda.is_available():
-        raise ValueError(f"accelerator={accelerator!r} but torch sees no CUDA GPU; use accelerator='cpu'.")
+        raise ValueError(
+            f"accelerator={accelerator!r} but torch sees no CUDA GPU; use accelerator='cpu'."
+        )
     if isinstance(device, list | tuple):
         if len(device) != 1:
             raise ValueError(f"device={device!r}: a model lives on one device; pass one index.")
@@ -287,8 +311,16 @@ def resolve_device(accelerator: str = "auto", device: int | str | list = "auto")
 
 
 def check_anndata_setup(
-    adata, layer, batch_key, labels_key, gene_symbols, perturbation_key, control_value,
-    max_perturbed_genes, min_cells_per_condition, modality,
+    adata,
+    layer,
+    batch_key,
+    labels_key,
+    gene_symbols,
+    perturbation_key,
+    control_value,
+    max_perturbed_genes,
+    min_cells_per_condition,
+    modality,
 ) -> None:
     """Bad input for :meth:`~celltx.model.ScGPT.setup_anndata`, before registration.
 
@@ -326,5 +358,7 @@ def check_anndata_setup(
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_expression(values, where)
     if perturbation_key is not None:
-        check_perturbations(adata, perturbation_key, control_value, max_perturbed_genes, min_cells_per_condition)
+        check_perturbations(
+            adata, perturbation_key, control_value, max_perturbed_genes, min_cells_per_condition
+        )
         check_log_normalized(values, where)

@@ -4,4 +4,13 @@ from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
 from ._objectives import PARTS, TASKS, Part, PartLoss
 from ._scgpt import ScGPTModule
 
-__all__ = ["ScGPTModule", "ATAC_KEY", "PERTURBATION_KEY", "SCVI_UUID_KEY", "PARTS", "TASKS", "Part", "PartLoss"]
+__all__ = [
+    "ScGPTModule",
+    "ATAC_KEY",
+    "PERTURBATION_KEY",
+    "SCVI_UUID_KEY",
+    "PARTS",
+    "TASKS",
+    "Part",
+    "PartLoss",
+]

@@ -77,7 +77,9 @@ def _unknown(inference: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return unknown, unknown.sum(1)
 
 
-def _masked_rows(pred: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, n_unk: torch.Tensor):
+def _masked_rows(
+    pred: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, n_unk: torch.Tensor
+):
     """Per-row mean squared error over the unknown tokens, its mean over rows with any."""
     sq = (pred.float() - target) ** 2
     per_row = (sq * unknown).sum(1) / n_unk.clamp(min=1.0)
@@ -139,8 +141,10 @@ class Classification(Part):
 
     def available(self, module):
         if module.transformer.cls_decoder is None:
-            return ("A classification loss needs labels: set up the AnnData with labels_key and "
-                    "build the model again.")
+            return (
+                "A classification loss needs labels: set up the AnnData with labels_key and "
+                "build the model again."
+            )
         return None
 
     def __call__(self, module, tensors, inference, predictions):
@@ -157,7 +161,10 @@ class Classification(Part):
         w = module.class_weights[labels.clamp(min=0)] * lab
         loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
         correct = (logits.argmax(1) == labels).float() * lab
-        metrics = {"cls_loss": loss.detach(), "cls_accuracy": correct.sum().detach() / lab.sum().clamp(min=1.0)}
+        metrics = {
+            "cls_loss": loss.detach(),
+            "cls_accuracy": correct.sum().detach() / lab.sum().clamp(min=1.0),
+        }
         return PartLoss(loss, ce * lab, metrics)
 
 
@@ -217,8 +224,10 @@ class ModalityAlignment(Part):
 
     def available(self, module):
         if not module.multimodal:
-            return ("An alignment loss needs RNA and ATAC: set up a MuData with "
-                    "ScGPT.setup_mudata(mdata, ...) and build the model again.")
+            return (
+                "An alignment loss needs RNA and ATAC: set up a MuData with "
+                "ScGPT.setup_mudata(mdata, ...) and build the model again."
+            )
         return None
 
     def __call__(self, module, tensors, inference, predictions):
@@ -242,8 +251,10 @@ class PerturbationResponse(Part):
 
     def available(self, module):
         if module.pert_decoder is None:
-            return ("A perturbation loss needs perturbation conditions: set up the AnnData with "
-                    "perturbation_key and build the model again.")
+            return (
+                "A perturbation loss needs perturbation conditions: set up the AnnData with "
+                "perturbation_key and build the model again."
+            )
         return None
 
     def __call__(self, module, tensors, inference, predictions):

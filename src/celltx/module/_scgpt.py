@@ -117,8 +117,14 @@ class ScGPTModule(BaseModuleClass):
         super().__init__()
         config = ScGPTConfig.from_dict(settings) if config is None else replace(config, **settings)
         modalities = tuple(modalities)
-        if not modalities or set(modalities) - {"rna", "atac"} or len(set(modalities)) < len(modalities):
-            raise ValueError(f"modalities={modalities}; use ('rna',), ('rna', 'atac') or ('atac',).")
+        if (
+            not modalities
+            or set(modalities) - {"rna", "atac"}
+            or len(set(modalities)) < len(modalities)
+        ):
+            raise ValueError(
+                f"modalities={modalities}; use ('rna',), ('rna', 'atac') or ('atac',)."
+            )
         if "atac" in modalities and atac_ids is None:
             raise ValueError("An ATAC part needs atac_ids (the vocabulary id of each peak column).")
         if config.zero_fraction is None:  # see ScGPTConfig.zero_fraction
@@ -178,7 +184,9 @@ class ScGPTModule(BaseModuleClass):
         self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
         self.n_labels = n_labels or 0
         # perturbation: genes of each registered condition, and the control cells to pair with
-        self.register_buffer("condition_genes", torch.full((1, 2), -1, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "condition_genes", torch.full((1, 2), -1, dtype=torch.long), persistent=False
+        )
         self.register_buffer("ctrl_x", torch.zeros(0, 0), persistent=False)
         self.register_buffer("ctrl_start", torch.zeros(1, dtype=torch.long), persistent=False)
         self.register_buffer("ctrl_count", torch.zeros(1, dtype=torch.long), persistent=False)
@@ -415,9 +423,7 @@ class ScGPTModule(BaseModuleClass):
         genes = ~pad
         genes[:, 0] = False  # <cls>
         n_genes = genes.sum(1)
-        pick = torch.randint(
-            len(self.mask_ratio), (B,), device=pad.device, generator=generator
-        )
+        pick = torch.randint(len(self.mask_ratio), (B,), device=pad.device, generator=generator)
         n_unknown = torch.round(self.mask_ratio[pick] * n_genes).long()
         score = torch.rand(B, L, device=pad.device, generator=generator)
         score = torch.where(genes, score, 2.0)  # non-genes rank last
@@ -448,7 +454,11 @@ class ScGPTModule(BaseModuleClass):
         rows = inference_outputs.get("rows")
         if batch is not None and rows is not None:
             batch = batch[rows]
-        return {"h": inference_outputs["h"], "gene_emb": inference_outputs["gene_emb"], "batch": batch}
+        return {
+            "h": inference_outputs["h"],
+            "gene_emb": inference_outputs["gene_emb"],
+            "batch": batch,
+        }
 
     def _batch(self, batch: torch.Tensor | None) -> torch.Tensor | None:
         t = self.transformer
@@ -485,7 +495,11 @@ class ScGPTModule(BaseModuleClass):
             ctrl = self.sample_controls(self.pair_groups(codes, labels), generator)
             pert_ids = self.condition_genes[condition.clamp(min=0)]
             out = self.perturb(
-                ctrl, pert_ids, self._batch(batch), ties="random" if self.training else "hash", base=self.ctrl_mean
+                ctrl,
+                pert_ids,
+                self._batch(batch),
+                ties="random" if self.training else "hash",
+                base=self.ctrl_mean,
             )
             out["pert_target"] = x.float()[:, out["columns"]]
             return out
@@ -499,11 +513,23 @@ class ScGPTModule(BaseModuleClass):
         else:
             known = self.split_known(tokens, generator) if generative else None
         h, gene_emb = self.transformer.encode(
-            tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch),
-            modality=tokens.modality, return_gene_emb=True,
+            tokens.gene_ids,
+            tokens.values,
+            tokens.padding_mask,
+            known,
+            self._batch(batch),
+            modality=tokens.modality,
+            return_gene_emb=True,
         )
-        return {"tokens": tokens, "known": known, "h": h, "gene_emb": gene_emb, "cell_emb": h[:, 0],
-                "rows": rows, "view": view}
+        return {
+            "tokens": tokens,
+            "known": known,
+            "h": h,
+            "gene_emb": gene_emb,
+            "cell_emb": h[:, 0],
+            "rows": rows,
+            "view": view,
+        }
 
     @auto_move_data
     def generative(
@@ -516,7 +542,11 @@ class ScGPTModule(BaseModuleClass):
         """
         t = self.transformer
         heads = {h for name in self.objective for h in PARTS[name].heads}
-        out = self.transformer.decode(h, gene_emb, self._batch(batch)) if heads & {"expr", "mvc"} else {}
+        out = (
+            self.transformer.decode(h, gene_emb, self._batch(batch))
+            if heads & {"expr", "mvc"}
+            else {}
+        )
         if "cls" in heads:
             out["cls"] = t.cls_decoder(h[:, 0])
         if "dab" in heads:
@@ -635,7 +665,9 @@ class ScGPTModule(BaseModuleClass):
     ) -> torch.Tensor:
         """Class probabilities ``(B, n_labels)`` from the ``<cls>`` embedding."""
         if self.transformer.cls_decoder is None:
-            raise ValueError("This model has no classifier head (set up labels_key, then build it).")
+            raise ValueError(
+                "This model has no classifier head (set up labels_key, then build it)."
+            )
         emb, _ = self.cell_embedding(x, max_seq_len=max_seq_len, batch=batch, x_atac=x_atac)
         return torch.softmax(self.transformer.cls_decoder(emb).float(), dim=1)
 
@@ -652,7 +684,9 @@ class ScGPTModule(BaseModuleClass):
         Returns flat tensors over the unknown tokens: ``gene_ids``, ``target``, ``expr``
         (gene prompt), ``mvc`` (cell prompt).
         """
-        inf = self.inference(x, batch, generative=True, generator=generator, sample="hash", x_atac=x_atac)
+        inf = self.inference(
+            x, batch, generative=True, generator=generator, sample="hash", x_atac=x_atac
+        )
         if batch is not None and inf["rows"] is not None:
             batch = batch[inf["rows"]]
         gen = self.transformer.decode(inf["h"], inf["gene_emb"], self._batch(batch))
@@ -765,8 +799,13 @@ class ScGPTModule(BaseModuleClass):
             queries = ids[lo : lo + chunk_size]
             tokens, known = append_queries(source, queries, code, self.tokenizer.pad_value)
             h, gene_emb = self.transformer.encode(
-                tokens.gene_ids, tokens.values, tokens.padding_mask, known, self._batch(batch),
-                modality=tokens.modality, return_gene_emb=True,
+                tokens.gene_ids,
+                tokens.values,
+                tokens.padding_mask,
+                known,
+                self._batch(batch),
+                modality=tokens.modality,
+                return_gene_emb=True,
             )
             pred = self.transformer.decode(h, gene_emb, self._batch(batch))["expr"]
             out.append(pred[:, -len(queries) :].float())
@@ -837,12 +876,18 @@ class ScGPTModule(BaseModuleClass):
         the tokens, their flags ``(B, L)`` and the panel columns that the tokens after ``<cls>``
         stand for.
         """
-        tokens, cols = perturbation_tokens(self.tokenizer, x_ctrl, self.panel_gene_ids, pert_ids, ties=ties)
+        tokens, cols = perturbation_tokens(
+            self.tokenizer, x_ctrl, self.panel_gene_ids, pert_ids, ties=ties
+        )
         return tokens, tokens.pert_flags, cols
 
     @torch.inference_mode()
     def perturb_conditions(
-        self, x_ctrl: torch.Tensor, condition_ids: torch.Tensor, batch: torch.Tensor, batch_size: int
+        self,
+        x_ctrl: torch.Tensor,
+        condition_ids: torch.Tensor,
+        batch: torch.Tensor,
+        batch_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted expression of the control cells ``x_ctrl`` ``(N, G)`` under each condition.
 
@@ -883,10 +928,18 @@ class ScGPTModule(BaseModuleClass):
         vocabulary), ``cell_emb`` and the tokens.
         """
         if self.pert_decoder is None:
-            raise ValueError("This model has no perturbation parts (set up perturbation_key, then build it).")
+            raise ValueError(
+                "This model has no perturbation parts (set up perturbation_key, then build it)."
+            )
         tokens, flags, cols = self.perturb_tokens(x_ctrl, pert_ids, ties=ties)
         h, gene_emb = self.transformer.encode(
-            tokens.gene_ids, tokens.values, tokens.padding_mask, None, batch, flags, return_gene_emb=True
+            tokens.gene_ids,
+            tokens.values,
+            tokens.padding_mask,
+            None,
+            batch,
+            flags,
+            return_gene_emb=True,
         )
         hh = h[:, 1 : 1 + len(cols)]
         # the perturbation summary: the sum of the perturbed tokens' outputs (0 for control),
@@ -899,10 +952,19 @@ class ScGPTModule(BaseModuleClass):
             b = self.transformer.batch_encoder(batch)
             parts.append(b[:, None, :].expand(-1, hh.shape[1], -1))
         hh = torch.cat(parts, -1)
-        start = x_ctrl[:, cols].float() if base is None else base[cols].float().expand(len(x_ctrl), -1)
+        start = (
+            x_ctrl[:, cols].float() if base is None else base[cols].float().expand(len(x_ctrl), -1)
+        )
         pred = start + self.pert_decoder(hh).float()
-        return {"pert_pred": pred, "columns": cols, "cell_emb": h[:, 0], "h": h, "gene_emb": gene_emb,
-                "tokens": tokens, "known": None}
+        return {
+            "pert_pred": pred,
+            "columns": cols,
+            "cell_emb": h[:, 0],
+            "h": h,
+            "gene_emb": gene_emb,
+            "tokens": tokens,
+            "known": None,
+        }
 
 
 def _weight_property(part: str) -> property:

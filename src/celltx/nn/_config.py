@@ -142,7 +142,9 @@ class ScGPTConfig:
         """Build from a dict of settings; unknown keys raise, naming the known ones."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"Unknown settings {unknown}; ScGPTConfig knows {list(cls.field_names())}.")
+            raise ValueError(
+                f"Unknown settings {unknown}; ScGPTConfig knows {list(cls.field_names())}."
+            )
         return cls(**values)
 
 
@@ -156,8 +158,15 @@ def _is_number(v) -> bool:
 
 def _validate(c: ScGPTConfig) -> None:
     """Refuse impossible settings before anything is built."""
-    minimum = {"d_model": 1, "n_heads": 1, "n_layers": 1, "n_layers_cls": 1, "max_peaks": 1,
-               "max_seq_len": 2, "seed": 0}
+    minimum = {
+        "d_model": 1,
+        "n_heads": 1,
+        "n_layers": 1,
+        "n_layers_cls": 1,
+        "max_peaks": 1,
+        "max_seq_len": 2,
+        "seed": 0,
+    }
     for name, low in minimum.items():
         v = getattr(c, name)
         if not _is_int(v) or v < low:
@@ -177,8 +186,11 @@ def _validate(c: ScGPTConfig) -> None:
             f"d_model={c.d_model} is not divisible by n_heads={c.n_heads}: each head gets "
             "d_model / n_heads dimensions (e.g. d_model=64, n_heads=4)."
         )
-    for name, ok in (("input_emb_style", ("continuous", "category")), ("activation", ("relu", "gelu")),
-                     ("atac_values", ("binary", "binned"))):
+    for name, ok in (
+        ("input_emb_style", ("continuous", "category")),
+        ("activation", ("relu", "gelu")),
+        ("atac_values", ("binary", "binned")),
+    ):
         if getattr(c, name) not in ok:
             raise ValueError(f"{name}={getattr(c, name)!r}; use one of {list(ok)}.")
     if c.input_emb_style == "category" and c.n_bins is None:

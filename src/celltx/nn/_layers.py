@@ -145,7 +145,9 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, n_layers: int, **layer_kwargs):
         super().__init__()
-        self.layers = nn.ModuleList(TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers)
+        )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
@@ -264,7 +266,9 @@ class AdversarialDiscriminator(nn.Module):
         super().__init__()
         self._decoder = nn.ModuleList()
         for _ in range(n_layers - 1):
-            self._decoder.extend([nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.LayerNorm(d_model)])
+            self._decoder.extend(
+                [nn.Linear(d_model, d_model), nn.LeakyReLU(), nn.LayerNorm(d_model)]
+            )
         self.out_layer = nn.Linear(d_model, n_batches)
         self.lambd = lambd
 
@@ -430,9 +434,7 @@ class ScGPTTransformer(nn.Module):
         )
         self.batch_encoder = BatchLabelEncoder(n_batches, d_model) if batch_token else None
         # scGPT's perturbation flag embedding: 0 = not perturbed, 1 = perturbed, 2 = padding
-        self.pert_encoder = (
-            nn.Embedding(3, d_model, padding_idx=PERT_PAD) if perturbation else None
-        )
+        self.pert_encoder = nn.Embedding(3, d_model, padding_idx=PERT_PAD) if perturbation else None
         self.mod_encoder = None
         if n_modalities:
             self.mod_encoder = nn.Embedding(n_modalities + 1, d_model)  # row 0: <cls>
@@ -461,7 +463,9 @@ class ScGPTTransformer(nn.Module):
         x = gene_emb + val_emb
         if pert_flags is not None:
             if self.pert_encoder is None:
-                raise ValueError("This model has no perturbation embedding (build it with perturbation=True).")
+                raise ValueError(
+                    "This model has no perturbation embedding (build it with perturbation=True)."
+                )
             x = x + self.pert_encoder(pert_flags)
         if modality is not None and self.mod_encoder is not None:
             mod = self.mod_encoder(modality)
@@ -585,7 +589,9 @@ class ScGPTTransformer(nn.Module):
         (class logits, when built). ``batch`` ``(B,)``: batch codes, needed with ``dsbn`` /
         ``batch_token``.
         """
-        h, gene_emb = self.encode(gene_ids, values, padding_mask, known, batch, return_gene_emb=True)
+        h, gene_emb = self.encode(
+            gene_ids, values, padding_mask, known, batch, return_gene_emb=True
+        )
         out = {"encoder_output": h, "cell_emb": h[:, 0], **self.decode(h, gene_emb, batch)}
         if self.cls_decoder is not None:
             out["cls"] = self.cls_decoder(h[:, 0])
