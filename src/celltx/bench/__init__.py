@@ -9,6 +9,8 @@ the embedding scores the tasks share, ``_inputs`` the one reader of the expressi
 
 from ._annotation import ANNOTATION_METHODS, CELLTX_DEFAULTS, annotation, summarize
 from ._embedding import embedding_scores, knn_accuracy, leiden_scores
+from ._genes import gene_program_scores
+from ._imputation import IMPUTATION_CELLTX_DEFAULTS, IMPUTATION_METHODS, imputation
 from ._integration import (
     INTEGRATION_BASELINES,
     harmony_embedding,
@@ -79,3 +81,7 @@ __all__ += [
     "cell_eval_installed",
 ]
 __all__ += ["query_mapping", "QUERY_METHODS", "QUERY_CELLTX_DEFAULTS"]
+__all__ += ["imputation", "IMPUTATION_METHODS", "IMPUTATION_CELLTX_DEFAULTS"]
+
+
+__all__ += ["gene_program_scores"]

@@ -35,6 +35,7 @@ from ._fields import (
     PerturbationField,
 )
 from ._hub import HubMixin
+from ._imputation import ImputationMixin
 from ._multiome import MultiomeMixin
 from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
@@ -55,6 +56,7 @@ class ScGPT(
     QueryMixin,
     PretrainedMixin,
     EmbeddingMixin,
+    ImputationMixin,
     AnnotationMixin,
     PerturbationMixin,
     MultiomeMixin,

@@ -792,6 +792,33 @@ class ScGPTModule(BaseModuleClass):
         else:
             source = self.tokenize(x, "hash", x_atac=torch.zeros_like(x_atac))
             panel, code = self.panel_atac_ids, MOD_ATAC
+        return self._generate(source, panel, code, batch, chunk_size)
+
+    @torch.inference_mode()
+    def impute(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        chunk_size: int = 512,
+        x_atac: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every gene of the panel predicted from the rest of the cell (denoising, imputation).
+
+        The cell's tokens (the reproducible gene choice of inference) are known; every panel
+        gene in the vocabulary is a query token and the gene-prompt decoder predicts its value,
+        ``chunk_size`` genes at a time (queries attend to the known tokens and themselves only,
+        so the result does not depend on the chunking). A gene that is among the cell's known
+        tokens sees its own value: it is reconstructed, not imputed; a zero (or hidden) value
+        is imputed. Returns ``(B, G')`` predictions on the value-bin scale and the panel
+        columns ``G'``.
+        """
+        source = self.tokenize(x, "hash", x_atac=x_atac)
+        return self._generate(source, self.panel_gene_ids, MOD_RNA, batch, chunk_size)
+
+    def _generate(self, source, panel, code, batch, chunk_size):
+        """Gene-prompt predictions for every ``panel`` feature appended as queries to ``source``."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
         cols = torch.nonzero(panel >= 0).squeeze(1)
         ids = panel[cols]
         out = []

@@ -3,3 +3,7 @@
 from ._embed import embed
 
 __all__ = ["embed"]
+
+from ._gene_programs import gene_programs  # noqa: E402
+
+__all__ += ["gene_programs"]
