@@ -1,4 +1,4 @@
-"""scvi-tools registry keys of the fields celltx registers beyond scvi-tools' own."""
+"""Registry keys of the fields celltx registers beyond scvi-tools' own, and view codes."""
 
 from scvi import REGISTRY_KEYS
 
@@ -8,3 +8,6 @@ PERTURBATION_KEY = "perturbation"
 ATAC_KEY = REGISTRY_KEYS.ATAC_X_KEY
 #: key of ``adata.uns`` under which scvi-tools records the id of an object's registration
 SCVI_UUID_KEY = "_scvi_uuid"
+
+#: view codes of multimodal training rows: the cell itself, its RNA alone, its ATAC alone
+VIEW_JOINT, VIEW_RNA, VIEW_ATAC = 0, 1, 2

@@ -20,6 +20,8 @@ from scvi import REGISTRY_KEYS
 
 from celltx.data import MOD_ATAC, MOD_RNA
 
+from ._constants import VIEW_ATAC, VIEW_RNA
+
 #: encoder passes: whole cells; cells with a known / unknown split under the generative
 #: mask; control cells encoded under a perturbation
 WHOLE, SPLIT, PERTURB = "whole", "split", "perturb"
@@ -215,7 +217,7 @@ class ModalityAlignment(Part):
     """Contrastive alignment of a multimodal cell's ``<cls>`` embeddings.
 
     Aligns its joint, RNA-alone and ATAC-alone ``<cls>`` embeddings (see
-    :meth:`~celltx.module.ScGPTModule.alignment_loss`).
+    :func:`alignment_loss`).
     """
 
     name = "align"
@@ -233,7 +235,11 @@ class ModalityAlignment(Part):
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
         view = inference.get("view")
-        loss = None if view is None else module.alignment_loss(cell_emb, inference["rows"], view)
+        loss = (
+            None
+            if view is None
+            else alignment_loss(cell_emb, inference["rows"], view, module.align_temperature)
+        )
         if loss is None:  # fewer than 2 cells with both modalities in this step
             loss = cell_emb.new_zeros((), dtype=torch.float32)
         return PartLoss(loss, None, {"align_loss": loss.detach()})
@@ -261,6 +267,45 @@ class PerturbationResponse(Part):
         err = (inference["pert_pred"].float() - inference["pert_target"]) ** 2
         rows = err.mean(1)
         return PartLoss(rows.mean(), rows, {"pert_mse": rows.mean().detach()})
+
+
+def alignment_loss(
+    cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
+) -> torch.Tensor | None:
+    """Contrastive alignment of the views of multimodal cells (``None``: fewer than 2).
+
+    The rows of :meth:`~celltx.module.ScGPTModule.generative_views` hold, for the ``P`` cells with both
+    modalities, a joint, an RNA-alone and an ATAC-alone ``<cls>`` embedding (same cell
+    order in each view). For each pair of views, a symmetric InfoNCE (CLIP) loss on
+    cosine similarities / ``temperature``: a cell's embedding in one view
+    must be closer to its own embedding in the other view than to the other cells'.
+    The mean over the three pairs.
+    """
+    rna_rows = torch.nonzero(view == VIEW_RNA).squeeze(1)
+    P = len(rna_rows)
+    if P < 2:
+        return None
+    atac_rows = torch.nonzero(view == VIEW_ATAC).squeeze(1)
+    raw = cell_emb.float()
+    raw = raw - raw.mean(0, keepdim=True)
+    # early in training every <cls> output is nearly the same vector (cosine ~0.999
+    # between cells), which leaves InfoNCE on raw cosines flat at log(P): contrast the
+    # differences between cells (centred over the rows) instead
+    z = F.normalize(raw, dim=1)
+    spread = raw.pow(2).sum(1).mean().clamp(min=1e-8)
+    # row i < n_cells is cell i's joint row, so a cell's joint row is its cell index
+    idx = [rows[rna_rows], rna_rows, atac_rows]
+    target = torch.arange(P, device=z.device)
+    losses = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        logits = z[idx[a]] @ z[idx[b]].T / temperature
+        nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        # InfoNCE ignores a constant offset between two views (it shifts every logit of a
+        # row alike), which kept RNA-only and ATAC-only cells apart: also pull each pair
+        # together, relative to the spread of the embeddings (scale-free)
+        gap = (raw[idx[a]] - raw[idx[b]]).pow(2).sum(1).mean() / spread
+        losses.append(nce + gap)
+    return torch.stack(losses).mean()
 
 
 #: every part, by name, in the order losses are summed
