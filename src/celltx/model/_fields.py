@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scvi.data.fields import CategoricalObsField, LayerField, MuDataWrapper
+from scvi import REGISTRY_KEYS
+from scvi.data.fields import (
+    CategoricalObsField,
+    LayerField,
+    MuDataCategoricalObsField,
+    MuDataWrapper,
+)
 
 from celltx.data import parse_conditions
+from celltx.module import ATAC_KEY, PERTURBATION_KEY
 
 
 class GeneLayerField(LayerField):
@@ -90,3 +97,45 @@ class PerturbationField(LabelsField):
 
 MuDataGeneLayerField = MuDataWrapper(GeneLayerField)
 MuDataLabelsField = MuDataWrapper(LabelsField)
+
+
+def anndata_setup_fields(
+    modality, layer, batch_key, labels_key, perturbation_key, control_value, max_perturbed_genes
+) -> list:
+    """The fields :meth:`~celltx.model.ScGPT.setup_anndata` registers."""
+    fields = [
+        GeneLayerField(
+            REGISTRY_KEYS.X_KEY if modality == "rna" else ATAC_KEY, layer, is_count_data=False
+        ),
+        CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+    ]
+    if perturbation_key is not None:
+        fields.append(
+            PerturbationField(
+                PERTURBATION_KEY, perturbation_key, control_value, max_perturbed_genes
+            )
+        )
+    return fields
+
+
+def mudata_setup_fields(modalities, rna_layer, atac_layer, batch_key, labels_key) -> list:
+    """The fields :meth:`~celltx.model.ScGPT.setup_mudata` registers (modalities resolved)."""
+    fields = [
+        MuDataGeneLayerField(
+            key, layer, mod_key=modalities[name], is_count_data=False, mod_required=True
+        )
+        for key, layer, name in (
+            (REGISTRY_KEYS.X_KEY, rna_layer, "rna_layer"),
+            (ATAC_KEY, atac_layer, "atac_layer"),
+        )
+        if modalities.get(name)
+    ]
+    return fields + [
+        MuDataCategoricalObsField(
+            REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
+        ),
+        MuDataLabelsField(
+            REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")
+        ),
+    ]

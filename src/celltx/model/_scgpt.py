@@ -13,13 +13,12 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, MuDataCategoricalObsField
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
 from celltx.data import GeneVocab, gene_names
-from celltx.module import ATAC_KEY, PERTURBATION_KEY, ScGPTModule
+from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import PretrainingPlan
 
@@ -27,13 +26,7 @@ from ._annotation import AnnotationMixin
 from ._base import DataMixin
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
-from ._fields import (
-    GeneLayerField,
-    LabelsField,
-    MuDataGeneLayerField,
-    MuDataLabelsField,
-    PerturbationField,
-)
+from ._fields import anndata_setup_fields, mudata_setup_fields
 from ._hub import HubMixin
 from ._imputation import ImputationMixin
 from ._multiome import MultiomeMixin
@@ -274,19 +267,15 @@ class ScGPT(
             modality,
         )
         setup_method_args = cls._get_setup_method_args(**locals())
-        anndata_fields = [
-            GeneLayerField(
-                REGISTRY_KEYS.X_KEY if modality == "rna" else ATAC_KEY, layer, is_count_data=False
-            ),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        if perturbation_key is not None:
-            anndata_fields.append(
-                PerturbationField(
-                    PERTURBATION_KEY, perturbation_key, control_value, max_perturbed_genes
-                )
-            )
+        anndata_fields = anndata_setup_fields(
+            modality,
+            layer,
+            batch_key,
+            labels_key,
+            perturbation_key,
+            control_value,
+            max_perturbed_genes,
+        )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         with registration_undone_on_failure(adata):
             adata_manager.register_fields(adata, **kwargs)
@@ -354,41 +343,11 @@ class ScGPT(
             mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities
         )
         setup_method_args = cls._get_setup_method_args(**locals())
-        fields = []
-        if modalities.get("rna_layer"):
-            fields.append(
-                MuDataGeneLayerField(
-                    REGISTRY_KEYS.X_KEY,
-                    rna_layer,
-                    mod_key=modalities["rna_layer"],
-                    is_count_data=False,
-                    mod_required=True,
-                )
-            )
-        if modalities.get("atac_layer"):
-            fields.append(
-                MuDataGeneLayerField(
-                    ATAC_KEY,
-                    atac_layer,
-                    mod_key=modalities["atac_layer"],
-                    is_count_data=False,
-                    mod_required=True,
-                )
-            )
-        fields += [
-            MuDataCategoricalObsField(
-                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.get("batch_key")
-            ),
-            MuDataLabelsField(
-                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.get("labels_key")
-            ),
-        ]
+        fields = mudata_setup_fields(modalities, rna_layer, atac_layer, batch_key, labels_key)
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         with registration_undone_on_failure(mdata):
             adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
-
-    # --- perturbation conditions --------------------------------------------------------
 
     def train(
         self,
