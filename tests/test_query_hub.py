@@ -42,6 +42,7 @@ def reference_model(cellbench):
     return model
 
 
+@pytest.mark.slow
 def test_query_gets_new_batch_parts_and_leaves_the_reference_as_it_was(cellbench, reference_model):
     ref, query = cellbench
     model = reference_model
@@ -77,6 +78,7 @@ def test_query_gets_new_batch_parts_and_leaves_the_reference_as_it_was(cellbench
     np.testing.assert_array_equal(model.get_latent_representation(), before)
 
 
+@pytest.mark.slow
 def test_query_errors(cellbench, reference_model, pbmc):
     _, query = cellbench
     no_batch = query.copy()
