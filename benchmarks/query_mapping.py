@@ -12,6 +12,7 @@ Run from the repository root (on an otherwise idle machine)::
     python benchmarks/query_mapping.py                        # every batch in turn as the query
     python benchmarks/query_mapping.py --query Drop-seq       # one query batch
     python benchmarks/query_mapping.py --reference-epochs 5   # quicker
+    python benchmarks/query_mapping.py --query CEL-seq2 --methods celltx --celltx-model '{"dsbn": false}'
 
 Prints one row per (query batch, method): accuracy and macro-F1 of the transferred labels.
 """
@@ -19,6 +20,7 @@ Prints one row per (query batch, method): accuracy and macro-F1 of the transferr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def main() -> None:
     p.add_argument("--scvi-epochs", type=int, default=100)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--celltx-model", default="{}", help="JSON overrides, e.g. '{\"dsbn\": false}'")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     adata = ad.read_h5ad(args.h5ad)
@@ -61,6 +64,7 @@ def main() -> None:
             "reference_epochs": args.reference_epochs,
             "query_epochs": args.query_epochs,
             "accelerator": args.accelerator,
+            "model": json.loads(args.celltx_model),
         },
         "scvi": {
             "reference_epochs": args.scvi_epochs,

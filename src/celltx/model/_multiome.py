@@ -2,20 +2,82 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
 
 from celltx.module import ATAC_KEY
 
 from ._docs import doc_params
+from ._fields import mudata_setup_fields
+from ._validation import check_mudata, registration_undone_on_failure
 
 
 class MultiomeMixin:
-    """Cross-modal prediction for models set up with RNA and ATAC."""
+    """Multiome registration (:meth:`setup_mudata`) and cross-modal prediction."""
+
+    @classmethod
+    @doc_params
+    def setup_mudata(
+        cls,
+        mdata,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_symbols: str | None = None,
+        modalities: Mapping[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData with RNA and / or ATAC for :class:`ScGPT` (joint embedding).
+
+        Uses scvi-tools' MuData fields, as ``MULTIVI.setup_mudata``: expression from the
+        RNA modality, peak counts from the ATAC modality, batches and labels from
+        ``mdata.obs`` or a modality. A cell becomes one token sequence: ``<cls>``, its
+        genes (binned expression, at most ``max_seq_len - 1``) and its peaks (at most
+        ``max_peaks``), each token with a modality embedding (see :class:`ScGPT`).
+
+        Peak tokens are dataset-specific (built from the ATAC ``var_names``), accessibility
+        is binarized by default, and mosaic data must first be padded with
+        :func:`celltx.data.pad_mosaic`; :doc:`/multiome` explains each.
+
+        Parameters
+        ----------
+        mdata
+            MuData with cells × genes and cells × peaks modalities, fully paired.
+        rna_layer, atac_layer
+            Layers of the RNA / ATAC modality with the values (``None``: ``X``). RNA
+            values may be counts or log-normalized; ATAC values fragment counts or binary.
+        %(batch_key)s
+        %(labels_key)s
+        %(gene_symbols)s
+        modalities
+            Which modality holds what: ``{"rna_layer": "rna", "atac_layer": "atac",
+            "batch_key": None, "labels_key": None}`` (``None``: ``mdata.obs``). Leave
+            ``rna_layer`` or ``atac_layer`` out for a single-modality model. Default: the
+            modalities named ``"rna"`` and ``"atac"``.
+
+        Examples
+        --------
+        >>> import celltx
+        >>> mdata = celltx.datasets.simulate_multiome(n_cells=200)
+        >>> celltx.model.ScGPT.setup_mudata(
+        ...     mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}
+        ... )
+        """
+        modalities = check_mudata(
+            mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities
+        )
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = mudata_setup_fields(modalities, rna_layer, atac_layer, batch_key, labels_key)
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        with registration_undone_on_failure(mdata):
+            adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
 
     @doc_params
     @torch.inference_mode()

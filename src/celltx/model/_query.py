@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
 
 from ._docs import doc_params
+from ._validation import resolve_device
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -124,7 +124,7 @@ class QueryMixin:
             logger.info(
                 "The reference has no batch-specific parts: the query is embedded as it is."
             )
-        model.to_device(_device(accelerator, device))
+        model.to_device(resolve_device(accelerator, device))
         return model
 
     @classmethod
@@ -197,11 +197,3 @@ def _freeze_for_query(module, unfrozen: bool) -> int:
         p.requires_grad_(train)
         n += p.numel() if train else 0
     return n
-
-
-def _device(accelerator, device):
-    from ._validation import resolve_device
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return resolve_device(accelerator, device)

@@ -26,7 +26,7 @@ from ._annotation import AnnotationMixin
 from ._base import DataMixin
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
-from ._fields import anndata_setup_fields, mudata_setup_fields
+from ._fields import anndata_setup_fields
 from ._hub import HubMixin
 from ._imputation import ImputationMixin
 from ._multiome import MultiomeMixin
@@ -37,7 +37,6 @@ from ._save import SafeSaveMixin
 from ._training import TrainingMixin
 from ._validation import (
     check_anndata_setup,
-    check_mudata,
     registration_undone_on_failure,
     resolve_vocab,
 )
@@ -279,74 +278,6 @@ class ScGPT(
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         with registration_undone_on_failure(adata):
             adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
-
-    @classmethod
-    @doc_params
-    def setup_mudata(
-        cls,
-        mdata,
-        rna_layer: str | None = None,
-        atac_layer: str | None = None,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        gene_symbols: str | None = None,
-        modalities: Mapping[str, str] | None = None,
-        **kwargs,
-    ) -> None:
-        """Register a MuData with RNA and / or ATAC for :class:`ScGPT` (joint embedding).
-
-        Uses scvi-tools' MuData fields, as ``MULTIVI.setup_mudata``: expression from the
-        RNA modality, peak counts from the ATAC modality, batches and labels from
-        ``mdata.obs`` or a modality. A cell becomes one token sequence: ``<cls>``, its
-        genes (binned expression, at most ``max_seq_len - 1``) and its peaks (at most
-        ``max_peaks``), each token with a modality embedding (see :class:`ScGPT`).
-
-        *Peaks are dataset-specific*: their tokens are built from the ATAC modality's
-        ``var_names`` (e.g. ``chr1:100350982-100353664``). Another dataset shares a peak
-        token only if it has the same peak name; call peaks on a common peak set (or
-        count fragments in the model's peaks) to embed other ATAC data with a trained
-        model. Accessibility is binarized (``atac_values="binary"``, the default of
-        :class:`ScGPT`): fragment counts are accepted and every count > 0 counts as open
-        (a note is logged).
-
-        *Mosaic data* (cells measured in RNA only or ATAC only next to paired cells) must be
-        fully paired for scvi-tools: ``mdata = celltx.data.pad_mosaic(mdata)`` gives every
-        modality every cell, with all-zero rows where a cell was not measured. A cell's
-        all-zero row in a modality means *not measured*: it gets no tokens of that modality.
-
-        Parameters
-        ----------
-        mdata
-            MuData with cells × genes and cells × peaks modalities, fully paired.
-        rna_layer, atac_layer
-            Layers of the RNA / ATAC modality with the values (``None``: ``X``). RNA
-            values may be counts or log-normalized; ATAC values fragment counts or binary.
-        %(batch_key)s
-        %(labels_key)s
-        %(gene_symbols)s
-        modalities
-            Which modality holds what: ``{"rna_layer": "rna", "atac_layer": "atac",
-            "batch_key": None, "labels_key": None}`` (``None``: ``mdata.obs``). Leave
-            ``rna_layer`` or ``atac_layer`` out for a single-modality model. Default: the
-            modalities named ``"rna"`` and ``"atac"``.
-
-        Examples
-        --------
-        >>> import celltx
-        >>> mdata = celltx.datasets.simulate_multiome(n_cells=200)
-        >>> celltx.model.ScGPT.setup_mudata(
-        ...     mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}
-        ... )
-        """
-        modalities = check_mudata(
-            mdata, rna_layer, atac_layer, batch_key, labels_key, gene_symbols, modalities
-        )
-        setup_method_args = cls._get_setup_method_args(**locals())
-        fields = mudata_setup_fields(modalities, rna_layer, atac_layer, batch_key, labels_key)
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        with registration_undone_on_failure(mdata):
-            adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
     def train(
