@@ -7,7 +7,9 @@ Build (offline, warnings are errors)::
 
 from __future__ import annotations
 
+import json
 import sys
+import types
 import warnings
 from datetime import date
 from importlib.metadata import PackageNotFoundError
@@ -40,6 +42,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_autodoc_typehints",  # after napoleon
     "myst_nb",  # Markdown (MyST) pages and notebooks; brings myst_parser
+    "sphinx_design",  # the card grid of the tutorial gallery (tutorials.md)
 ]
 
 templates_path = ["_templates"]
@@ -84,7 +87,29 @@ typehints_use_signature_return = False
 typehints_document_rtype = True
 
 # -- MyST / myst-nb ------------------------------------------------------------------
-nb_execution_mode = "off"  # notebooks are executed by the test suite, not by the docs
+# Notebooks are rendered with the outputs stored in them (scripts/refresh_tutorials.py
+# executes them and stores the outputs; the test suite executes them again in memory).
+nb_execution_mode = "off"
+nb_output_stderr = "remove"  # stored notebooks have none; never show progress chatter
+nb_merge_streams = True
+
+
+# The tutorials stay in ``tutorials/`` at the repository root (where users open them and
+# the tests execute them). Each page of docs/tutorials/ is a small ``.nblink`` file,
+# ``{"path": "tutorials/<name>.ipynb"}`` relative to the repository root, read here as the
+# notebook it names (no symlinks, no copies).
+def _read_nblink(text: str, root: str):
+    import nbformat
+
+    target = Path(root) / json.loads(text)["path"]
+    return nbformat.read(target, as_version=4)
+
+
+_nblink = types.ModuleType("_celltx_nblink")  # myst-nb imports readers by dotted name
+_nblink.read = _read_nblink
+sys.modules[_nblink.__name__] = _nblink
+nb_custom_formats = {".nblink": ["_celltx_nblink.read", {"root": str(HERE.parent)}, False]}
+
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
 
@@ -95,5 +120,24 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "github_url": "https://github.com/celltx/celltx",  # a plain link, nothing is fetched
+    # the tutorial gallery uses the whole width for its cards
+    "secondary_sidebar_items": {
+        "**": ["page-toc", "edit-this-page", "sourcelink"],
+        "tutorials": [],
+    },
 }
 html_show_sourcelink = False
+html_static_path = ["_static"]  # thumbnails of the tutorial gallery, celltx.css
+html_css_files = ["celltx.css"]
+# Notebook pages need the width for code, tables and figures: no left sidebar there (the
+# gallery, the top bar and previous / next links navigate between them).
+html_sidebars = {"tutorials/*": []}
+
+
+def _tutorials_outdated(app, env, added, changed, removed):
+    # A .nblink page does not change when its notebook does: always re-read the tutorials.
+    return [d for d in env.found_docs if str(env.doc2path(d)).endswith(".nblink")]
+
+
+def setup(app):
+    app.connect("env-get-outdated", _tutorials_outdated)
