@@ -21,6 +21,7 @@ from ._integration import (
 from ._multiome._baselines import MULTIOME_BASELINES, atac_lsi_embedding, multivi_embedding
 from ._multiome._celltx import celltx_multiome_embeddings
 from ._multiome._runner import multiome
+from ._network import NETWORK_CELLTX_DEFAULTS, NETWORK_METHODS, gene_network
 from ._perturbation._baselines import (
     PERTURBATION_BASELINES,
     Additive,
@@ -85,3 +86,4 @@ __all__ += ["imputation", "IMPUTATION_METHODS", "IMPUTATION_CELLTX_DEFAULTS"]
 
 
 __all__ += ["gene_program_scores"]
+__all__ += ["gene_network", "NETWORK_METHODS", "NETWORK_CELLTX_DEFAULTS"]

@@ -13,6 +13,7 @@ from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from ._fit import fit_celltx
 from ._inputs import expression_kind, get_expression, guarded, log_normalized, skip_note
 
 logger = logging.getLogger(__name__)
@@ -75,23 +76,7 @@ def _from_bins(bins: np.ndarray, masked_log: np.ndarray, rows, n_bins: int) -> n
 
 
 def _celltx(masked: AnnData, rows, cols, masked_log, settings: Mapping, seed: int):
-    import scvi
-
-    from celltx.model import ScGPT
-
-    cfg = {**IMPUTATION_CELLTX_DEFAULTS, **settings}
-    cfg["model"] = {**IMPUTATION_CELLTX_DEFAULTS["model"], **settings.get("model", {})}
-    a = masked.copy()
-    scvi.settings.seed = seed
-    ScGPT.setup_anndata(a)
-    model = ScGPT(a, **cfg["model"])
-    model.train(
-        max_epochs=cfg["epochs"],
-        lr=cfg["lr"],
-        batch_size=cfg["batch_size"],
-        accelerator=cfg["accelerator"],
-        enable_progress_bar=False,
-    )
+    model = fit_celltx(masked, IMPUTATION_CELLTX_DEFAULTS, settings, seed)
     pred = model.get_normalized_expression(return_numpy=True)
     # the columns of the prediction are the data's genes in the vocabulary (all of them here)
     bins = pred[rows, cols]

@@ -522,3 +522,67 @@ def append_queries(
     )
     known = torch.cat([~tokens.padding_mask, torch.zeros(B, n, dtype=torch.bool, device=dev)], 1)
     return out, known
+
+
+def fixed_gene_tokens(
+    tokenizer: Tokenizer,
+    x: torch.Tensor,
+    gene_ids: torch.Tensor,
+    columns: torch.Tensor,
+    *,
+    include_zeros: bool = True,
+) -> TokenizedBatch:
+    """The same genes, in the same positions, for every cell (gene–gene inspection).
+
+    Each cell's values are binned over all of its genes in the vocabulary, as
+    :class:`Tokenizer` bins them (reproducible ties); then the ``columns`` of ``x`` are
+    taken in the given order. Token ``j + 1`` of every sequence is gene ``columns[j]``, so
+    per-token outputs of different cells line up. With ``include_zeros`` a gene the cell
+    does not express is a token of value 0; otherwise it is padding.
+
+    Parameters
+    ----------
+    tokenizer
+        Supplies ``<cls>`` / ``<pad>`` ids, the number of bins and the padding value.
+    x
+        ``(B, G)`` non-negative expression.
+    gene_ids
+        ``(G,)`` vocabulary id of each column of ``x``, ``-1`` outside the vocabulary.
+    columns
+        ``(K,)`` columns of ``x`` to use; all must be in the vocabulary.
+    include_zeros
+        Keep unexpressed genes as value-0 tokens (else they are padding).
+
+    Returns
+    -------
+    TokenizedBatch
+        ``(B, K + 1)`` sequences.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import Tokenizer, fixed_gene_tokens
+    >>> tok = Tokenizer(max_seq_len=8, pad_id=0, cls_id=1, n_bins=5)
+    >>> x = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
+    >>> t = fixed_gene_tokens(tok, x, torch.tensor([2, 3, 4]), torch.tensor([2, 1]), include_zeros=False)
+    >>> t.gene_ids.tolist(), t.padding_mask.tolist()
+    ([[1, 4, 3], [1, 0, 0]], [[False, False, False], [False, True, True]])
+    """
+    gene_ids = gene_ids.to(x.device)
+    columns = columns.to(x.device)
+    if (gene_ids[columns] < 0).any():
+        raise ValueError("fixed_gene_tokens: every column must be a gene of the vocabulary.")
+    x = torch.where(gene_ids[None, :] >= 0, x.float(), 0.0)
+    values = x if tokenizer.n_bins is None else tokenizer.bin(x, gene_ids, ties="hash").float()
+    B = x.shape[0]
+    vals = values[:, columns]
+    pad = torch.zeros_like(vals, dtype=torch.bool) if include_zeros else x[:, columns] <= 0
+    ids = torch.where(pad, tokenizer.pad_id, gene_ids[columns][None, :].expand(B, -1))
+    vals = torch.where(pad, tokenizer.pad_value, vals)
+    cls_tok = torch.full((B, 1), tokenizer.cls_id, dtype=torch.long, device=x.device)
+    cls_val = torch.full((B, 1), tokenizer.pad_value, dtype=torch.float32, device=x.device)
+    return TokenizedBatch(
+        gene_ids=torch.cat([cls_tok, ids], 1),
+        values=torch.cat([cls_val, vals.float()], 1),
+        padding_mask=torch.cat([pad.new_zeros((B, 1)), pad], 1),
+    )

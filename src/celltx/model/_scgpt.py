@@ -29,6 +29,7 @@ from ._embedding import EmbeddingMixin
 from ._fields import anndata_setup_fields
 from ._hub import HubMixin
 from ._imputation import ImputationMixin
+from ._interactions import InteractionMixin
 from ._multiome import MultiomeMixin
 from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
@@ -49,6 +50,7 @@ class ScGPT(
     PretrainedMixin,
     EmbeddingMixin,
     ImputationMixin,
+    InteractionMixin,
     AnnotationMixin,
     PerturbationMixin,
     MultiomeMixin,

@@ -20,13 +20,14 @@ from celltx.data import (
 )
 from celltx.nn import ExprDecoder, ScGPTConfig, ScGPTTransformer
 
+from ._attention import AttentionMixin
 from ._constants import ATAC_KEY, PERTURBATION_KEY, VIEW_ATAC, VIEW_JOINT, VIEW_RNA
 from ._generation import GenerationMixin
 from ._objectives import PARTS, PERTURB, SPLIT, encoder_pass
 from ._perturbation import PerturbationMixin
 
 
-class ScGPTModule(GenerationMixin, PerturbationMixin, BaseModuleClass):
+class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModuleClass):
     """Tensor-level scGPT.
 
     Tokenizes expression rows on their device, encodes them and computes the attention-masked

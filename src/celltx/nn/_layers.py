@@ -96,6 +96,22 @@ class SelfAttention(nn.Module):
         )  # (B, H, L, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
 
+    def attention_weights(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention probabilities ``(B, H, L, L)`` (query rows, key columns).
+
+        Computed explicitly (not through SDPA's fused kernels), for inspection; memory grows
+        as ``B · H · L²``.
+        """
+        B, L, D = x.shape
+        qkv = self.Wqkv(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / (D // self.n_heads) ** 0.5
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
 
 class TransformerEncoderLayer(nn.Module):
     """Self-attention + feed-forward block, post-norm by default, pre-norm optional.
@@ -132,6 +148,12 @@ class TransformerEncoderLayer(nn.Module):
     def _ff(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
+    def attention_weights(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention probabilities ``(B, H, L, L)`` of this layer for its input ``x``."""
+        return self.self_attn.attention_weights(self.norm1(x) if self.norm_first else x, attn_mask)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_first:
             x = x + self.dropout1(self.self_attn(self.norm1(x), attn_mask))
@@ -153,6 +175,21 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, attn_mask)
         return x
+
+    def attention_weights(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, layer: int = -1
+    ) -> torch.Tensor:
+        """Attention probabilities ``(B, H, L, L)`` of layer ``layer`` (negative: from the end).
+
+        Only the layers before it are run.
+        """
+        n = len(self.layers)
+        if not -n <= layer < n:
+            raise ValueError(f"layer={layer} does not exist: the model has {n} layers.")
+        layer %= n
+        for block in self.layers[:layer]:
+            x = block(x, attn_mask)
+        return self.layers[layer].attention_weights(x, attn_mask)
 
 
 # --- attention masks ------------------------------------------------------------------
@@ -537,6 +574,33 @@ class ScGPTTransformer(nn.Module):
         :meth:`embed`. With ``return_gene_emb`` also the gene embeddings ``(B, L, D)`` (the
         decoders' gene queries).
         """
+        x, gene_emb, mask = self._encoder_input(
+            gene_ids, values, padding_mask, known, batch, pert_flags, modality
+        )
+        h = self.transformer_encoder(x, mask)
+        return (h, gene_emb) if return_gene_emb else h
+
+    def attention_weights(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        modality: torch.Tensor | None = None,
+        layer: int = -1,
+    ) -> torch.Tensor:
+        """Attention probabilities ``(B, H, L, L)`` of one layer for a plain encoding.
+
+        Rows are the attending (query) tokens, columns the attended (key) tokens; padded
+        keys get 0. Inputs as for :meth:`encode` without ``known``.
+        """
+        x, _, mask = self._encoder_input(
+            gene_ids, values, padding_mask, None, batch, None, modality
+        )
+        return self.transformer_encoder.attention_weights(x, mask, layer)
+
+    def _encoder_input(self, gene_ids, values, padding_mask, known, batch, pert_flags, modality):
+        """Token embeddings after batch normalisation, gene embeddings and attention mask."""
         x, gene_emb = self.embed(gene_ids, values, known, pert_flags, modality)
         if self.dsbn is not None:
             if batch is None:
@@ -552,8 +616,7 @@ class ScGPTTransformer(nn.Module):
             if known is None
             else generative_attn_mask(known, padding_mask)
         )
-        h = self.transformer_encoder(x, mask)
-        return (h, gene_emb) if return_gene_emb else h
+        return x, gene_emb, mask
 
     def decode(
         self, h: torch.Tensor, gene_emb: torch.Tensor, batch: torch.Tensor | None = None

@@ -7,3 +7,7 @@ __all__ = ["embed"]
 from ._gene_programs import gene_programs  # noqa: E402
 
 __all__ += ["gene_programs"]
+
+from ._interactions import interaction_changes  # noqa: E402
+
+__all__ += ["interaction_changes"]

@@ -1,0 +1,34 @@
+"""The one recipe the gene-level benchmarks use to train a celltx model on their data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from anndata import AnnData
+
+
+def fit_celltx(adata: AnnData, defaults: Mapping, settings: Mapping, seed: int):
+    """Set up a copy of ``adata`` and train an :class:`~celltx.model.ScGPT` on it.
+
+    ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
+    key by key), ``epochs``, ``lr``, ``batch_size`` and ``accelerator``; ``settings`` wins.
+    Returns the trained model (its ``adata`` is the copy).
+    """
+    import scvi
+
+    from celltx.model import ScGPT
+
+    cfg = {**defaults, **settings}
+    cfg["model"] = {**defaults.get("model", {}), **settings.get("model", {})}
+    a = adata.copy()
+    scvi.settings.seed = seed
+    ScGPT.setup_anndata(a)
+    model = ScGPT(a, **cfg["model"])
+    model.train(
+        max_epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        accelerator=cfg["accelerator"],
+        enable_progress_bar=False,
+    )
+    return model
