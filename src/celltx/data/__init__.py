@@ -1,7 +1,7 @@
 """Data layer: gene vocabulary, gene matching, the on-device tokenizer and datasets."""
 
 from ._datasets import pbmc68k
-from ._genes import GeneMatch, check_expression, gene_names, match_genes
+from ._genes import GeneMatch, check_expression, gene_names, match_genes, nonzero_medians
 from ._mosaic import modality_presence, pad_mosaic, place_rows
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._tokenizer import (
@@ -42,6 +42,7 @@ __all__ = [
     "match_genes",
     "gene_names",
     "check_expression",
+    "nonzero_medians",
     "quantile_edges",
     "digitize",
     "pbmc68k",

@@ -170,3 +170,35 @@ def check_expression(x, what: str = "adata.X") -> None:
                 "log-normalized expression (both non-negative); scaled / centred data "
                 "(sc.pp.scale) cannot be tokenized. Pass layer= with counts."
             )
+
+
+def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Each column's median over its non-zero values (1 where a column is never non-zero).
+
+    The per-gene normaliser of rank-value gene selection (Geneformer's non-zero median).
+    At most ``max_cells`` rows are read (a reproducible random subset, in order, so backed
+    data is read in row order); dense, sparse or backed matrices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import nonzero_medians
+    >>> nonzero_medians(np.array([[0.0, 2.0, 0.0], [4.0, 6.0, 0.0], [2.0, 0.0, 0.0]])).tolist()
+    [3.0, 4.0, 1.0]
+    """
+    n = x.shape[0]
+    rows = np.arange(n)
+    if n > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    parts = []
+    for lo in range(0, len(rows), 5_000):  # bounded memory for backed data
+        block = x[rows[lo : lo + 5_000]]
+        parts.append(sparse.csr_matrix(block, dtype=np.float64))
+    m = sparse.vstack(parts).tocsc() if parts else sparse.csc_matrix(x.shape, dtype=np.float64)
+    out = np.ones(m.shape[1])
+    for j in range(m.shape[1]):  # one pass over the stored values of each gene
+        v = m.data[m.indptr[j] : m.indptr[j + 1]]
+        v = v[v > 0]
+        if len(v):
+            out[j] = float(np.median(v))
+    return out

@@ -298,8 +298,20 @@ class Tokenizer:
             return None
         raise ValueError(f"ties={ties!r}; use 'random', 'hash' or 'middle'.")
 
-    def _keys(self, x: torch.Tensor, gene_ids: torch.Tensor, sample: str) -> torch.Tensor:
+    def _keys(
+        self, x: torch.Tensor, gene_ids: torch.Tensor, sample: str, scale: torch.Tensor | None
+    ) -> torch.Tensor:
         B, G = x.shape
+        if sample == "rank":
+            if scale is None:
+                raise ValueError(
+                    "sample='rank' needs scale (per column: 1 / the gene's non-zero median)."
+                )
+            # highest relative expression first, exact ties broken by the reproducible hash
+            # (unexpressed genes, compared only among themselves for zero slots: the hash)
+            u = _uniform(self._cell_gene_hash(x, gene_ids))
+            score = x.double() * scale.to(x.device, torch.float64)[None, :]
+            return torch.where(x > 0, score * (1 + 1e-9 * u), u)
         if sample == "random":
             return torch.rand(B, G, device=x.device)
         if sample == "first":
@@ -308,16 +320,17 @@ class Tokenizer:
             # A pseudo-random order that depends only on the cell's expressed genes, the gene
             # and the seed: the same cell gets the same tokens in any batch, on any device.
             return _uniform(self._cell_gene_hash(x, gene_ids))
-        raise ValueError(f"sample={sample!r}; use 'random', 'hash' or 'first'.")
+        raise ValueError(f"sample={sample!r}; use 'random', 'hash', 'rank' or 'first'.")
 
     def __call__(
         self,
         x: torch.Tensor,
         gene_ids: torch.Tensor,
         *,
-        sample: Literal["random", "hash", "first"] = "random",
+        sample: Literal["random", "hash", "rank", "first"] = "random",
         max_seq_len: int | None = None,
         ties: Ties | None = None,
+        scale: torch.Tensor | None = None,
     ) -> TokenizedBatch:
         """Tokenize a batch.
 
@@ -330,8 +343,9 @@ class Tokenizer:
             (ignored, also for binning).
         sample
             How to choose genes when a cell has more than fit: ``"random"`` (training),
-            ``"hash"`` (reproducible: depends on the cell and :attr:`seed` only), or
-            ``"first"`` (column order).
+            ``"hash"`` (reproducible: depends on the cell and :attr:`seed` only),
+            ``"rank"`` (rank-value selection: the highest ``x · scale``, ties broken by the
+            hash; reproducible) or ``"first"`` (column order).
         max_seq_len
             Override :attr:`max_seq_len` for this call.
         ties
@@ -340,6 +354,10 @@ class Tokenizer:
             uniform choice, but drawn from a hash of the cell, the gene and :attr:`seed`:
             reproducible) or ``"middle"`` (the middle bin). Default: ``"random"`` when
             ``sample="random"``, else ``"hash"``.
+        scale
+            ``(G,)`` per-column factor of rank-value selection (``sample="rank"``): 1 / the
+            gene's non-zero median, so that a cell's tokens are its genes most above their
+            usual level (Geneformer's rank-value encoding).
         """
         L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
         if L < 2:
@@ -352,7 +370,7 @@ class Tokenizer:
 
         budget = L - 1
         n_zero_slots = int(np.floor(self.zero_fraction * budget)) if self.zero_fraction else 0
-        keys = self._keys(x, gene_ids, sample)
+        keys = self._keys(x, gene_ids, sample, scale)
         neg = torch.finfo(keys.dtype).min
         parts_idx, parts_valid = [], []
         for cand, k in ((expressed, budget - n_zero_slots), (known & ~expressed, n_zero_slots)):

@@ -17,7 +17,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from celltx.data import GeneVocab, gene_names
+from celltx.data import GeneVocab, gene_names, nonzero_medians
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import PretrainingPlan
@@ -176,6 +176,11 @@ class ScGPT(
             modalities=modalities,
             atac_ids=atac_ids,
         )
+        if config.gene_selection == "rank" and match is not None:
+            # rank-value selection: each gene's non-zero median over the training cells
+            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            medians = nonzero_medians(x, seed=config.seed)
+            self.module.set_gene_medians(torch.as_tensor(match.ids), torch.as_tensor(medians))
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))

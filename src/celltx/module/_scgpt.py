@@ -191,6 +191,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.pair_by_labels = False
         # whether the classifier / perturbation-response heads were ever trained (or loaded):
         # saved with the weights, so that predictions from a random head are refused
+        # rank-value gene selection: each vocabulary gene's non-zero median (saved with the
+        # weights of models that use it; 1 = rank by the expression itself)
+        self.register_buffer(
+            "gene_medians", torch.ones(n_tokens), persistent=config.gene_selection == "rank"
+        )
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
@@ -203,6 +208,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # count as trained, as they were treated then
         for name in ("cls_trained", "pert_trained"):
             state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
+        if self.config.gene_selection == "rank":
+            # a checkpoint without medians (a published scGPT one) keeps those of the data
+            state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- objective ----------------------------------------------------------------------
@@ -330,6 +338,19 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         finally:
             self.panel_gene_ids, self.panel_atac_ids = old, old_atac
 
+    def set_gene_medians(self, ids: torch.Tensor, medians: torch.Tensor) -> None:
+        """Store the non-zero medians of the genes ``ids`` (rank-value gene selection)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_medians.device)
+        med = torch.as_tensor(medians, dtype=torch.float32, device=self.gene_medians.device)
+        keep = (ids >= 0) & (med > 0) & torch.isfinite(med)
+        self.gene_medians[ids[keep]] = med[keep]
+
+    def rank_scale(self) -> torch.Tensor:
+        """Per panel column: 1 / the gene's non-zero median (0 outside the vocabulary)."""
+        ids = self.panel_gene_ids
+        med = self.gene_medians[ids.clamp(min=0)]
+        return torch.where(ids >= 0, 1.0 / med, 0.0)
+
     def atac_input(self, x_atac: torch.Tensor) -> torch.Tensor:
         """Peak values as the ATAC tokenizer takes them.
 
@@ -355,8 +376,13 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """
         if sample is None:
             sample = "random" if self.training else "hash"
+        scale = None
+        if self.config.gene_selection == "rank" and sample in ("random", "hash"):
+            sample, scale = "rank", self.rank_scale()
         if "atac" not in self.modalities:
-            return self.tokenizer(x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len)
+            return self.tokenizer(
+                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, scale=scale
+            )
         if x_atac is None:
             raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
         xa = self.atac_input(x_atac)
@@ -366,7 +392,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         if "rna" in self.modalities:
             if x is None:
                 raise ValueError("This model has an RNA part: pass the expression (x).")
-            rna = self.tokenizer(x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len)
+            rna = self.tokenizer(
+                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, scale=scale
+            )
             has_rna = (x[:, self.panel_gene_ids >= 0] > 0).any(1)
         t = self.tokenizer
         return join_modalities(rna, atac, has_rna, has_atac, pad_id=t.pad_id, pad_value=t.pad_value)

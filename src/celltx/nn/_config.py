@@ -32,9 +32,15 @@ class ScGPTConfig:
         Dropout on attention weights (scGPT uses ``dropout`` here too). Default 0: it keeps
         SDPA on its fused kernels and costs most of a CPU training step.
     max_seq_len
-        Tokens per cell including ``<cls>``. Cells with more expressed genes are subsampled:
-        at random while training, reproducibly (by a hash of the cell's genes and ``seed``)
-        at inference.
+        Tokens per cell including ``<cls>``. Cells with more expressed genes are subsampled
+        as ``gene_selection`` says.
+    gene_selection
+        Which expressed genes fill a cell's ``max_seq_len - 1`` tokens when it has more:
+        ``"random"`` (scGPT: at random while training, reproducibly by a hash of the cell's
+        genes and ``seed`` at inference) or ``"rank"`` (rank-value selection as Geneformer /
+        LangCell: the genes with the highest expression relative to the gene's non-zero
+        median over the training cells, the same in training and inference; the medians are
+        stored with the model).
     n_bins
         Value bins per cell, bin 0 = not expressed (scGPT: 51); ``None``: raw values.
     pad_value
@@ -99,6 +105,7 @@ class ScGPTConfig:
     dropout: float = 0.2
     attn_dropout: float = 0.0
     max_seq_len: int = 1200
+    gene_selection: str = "random"
     n_bins: int | None = 51
     pad_value: float = -2.0
     input_emb_style: str = "continuous"
@@ -190,6 +197,7 @@ def _validate(c: ScGPTConfig) -> None:
         ("input_emb_style", ("continuous", "category")),
         ("activation", ("relu", "gelu")),
         ("atac_values", ("binary", "binned")),
+        ("gene_selection", ("random", "rank")),
     ):
         if getattr(c, name) not in ok:
             raise ValueError(f"{name}={getattr(c, name)!r}; use one of {list(ok)}.")
