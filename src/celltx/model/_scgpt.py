@@ -20,7 +20,7 @@ from scvi.train import TrainRunner
 from celltx.data import GeneVocab, gene_names, nonzero_medians
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
-from celltx.train import PretrainingPlan
+from celltx.train import ContrastivePlan, PretrainingPlan
 
 from ._annotation import AnnotationMixin
 from ._base import DataMixin
@@ -306,6 +306,7 @@ class ScGPT(
         class_weight: str | Mapping[str, float] | None = None,
         label_smoothing: float = 0.0,
         freeze_layers: int = 0,
+        chunk_size: int | None = None,
         **trainer_kwargs,
     ):
         """Pretrain or fine-tune, from scratch or from loaded weights.
@@ -346,10 +347,13 @@ class ScGPT(
             ``<cls>`` embedding of whole cells; needs ``labels_key``), ``"integration"``
             (generation + elastic cell similarity ×10 + the adversarial batch
             discriminator when built with ``dab=True``; needs ``batch_key``; scGPT's
-            recipe). ``None`` keeps the objective of the previous call.
+            recipe), ``"contrastive"`` (InfoNCE between two views of each cell, each with its
+            own random known / unknown split; add ``loss_weights={"gep": 1, "mvc": 1}`` to
+            generate as well, as CellLM does). ``None`` keeps the objective of the previous
+            call.
         loss_weights
             Override single weights of the preset: ``gep``, ``mvc``, ``cls``, ``ecs``,
-            ``dab``, and ``ecs_threshold`` (default 0.8).
+            ``dab``, ``contrast``, and ``ecs_threshold`` (default 0.8).
         class_weight
             Classification only: ``"balanced"`` weighs each class by ``n_cells /
             (n_classes × n_class_cells)`` over the labelled training cells, or a
@@ -359,6 +363,12 @@ class ScGPT(
         freeze_layers
             Keep the gene / value embeddings and the first ``freeze_layers`` transformer
             layers fixed during this call (``-1``: all of them, train only the heads).
+        chunk_size
+            With the contrastive part: CellLM's divide-and-conquer training
+            (:class:`~celltx.train.ContrastivePlan`). Each ``batch_size`` minibatch is the
+            contrastive batch (every pair of its cells is compared), encoded ``chunk_size``
+            cells at a time, so memory follows ``chunk_size`` and the contrastive batch can be
+            thousands of cells. ``None``: one pass per minibatch.
         **trainer_kwargs
             Passed to Lightning's trainer through :class:`~scvi.train.Trainer`.
 
@@ -380,6 +390,17 @@ class ScGPT(
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
         self._set_objective(task, loss_weights, class_weight, label_smoothing)
         plan_kwargs = dict(plan_kwargs or {})
+        plan_cls = self._training_plan_cls
+        if chunk_size is not None:
+            if self.module.weight("contrast") <= 0:
+                raise ValueError(
+                    "chunk_size is for divide-and-conquer contrastive training: pass "
+                    "task='contrastive' (or loss_weights={'contrast': 1.0})."
+                )
+            plan_cls = ContrastivePlan
+            plan_kwargs["chunk_size"] = int(chunk_size)
+            if "gradient_clip_val" in trainer_kwargs:  # manual optimisation clips in the plan
+                plan_kwargs["gradient_clip_val"] = trainer_kwargs.pop("gradient_clip_val")
         if lr is not None:
             plan_kwargs["lr"] = lr
         if (
@@ -421,6 +442,7 @@ class ScGPT(
         # keeps submodules' modes: without this, a second train() call would run without
         # dropout and with batch norms on running statistics
         self.module.train()
+        self._training_plan_cls = plan_cls
         try:
             with self._panel(self.adata):
                 out = super().train(
@@ -436,6 +458,7 @@ class ScGPT(
                     **trainer_kwargs,
                 )
         finally:
+            self.__dict__.pop("_training_plan_cls", None)  # back to the class's plan
             for p in frozen:
                 p.requires_grad_(True)
             self._restore_reference_batches()  # a query model keeps its reference batches

@@ -1,7 +1,7 @@
 """scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
 from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
-from ._objectives import PARTS, TASKS, Part, PartLoss
+from ._objectives import PARTS, TASKS, Part, PartLoss, contrastive_loss
 from ._scgpt import ScGPTModule
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "TASKS",
     "Part",
     "PartLoss",
+    "contrastive_loss",
 ]

@@ -269,6 +269,58 @@ class PerturbationResponse(Part):
         return PartLoss(rows.mean(), rows, {"pert_mse": rows.mean().detach()})
 
 
+class Contrastive(Part):
+    """Contrastive learning between two views of each cell (CellLM's cell–cell term).
+
+    The split pass encodes every cell twice, each time with its own random known / unknown
+    split (and dropout): two views of the same cell. :func:`contrastive_loss` pulls a cell's
+    two ``<cls>`` embeddings together and pushes the other cells' apart. In a
+    divide-and-conquer step (:class:`celltx.train.ContrastivePlan`) it is computed over the
+    whole contrastive batch instead, outside the module.
+    """
+
+    name = "contrast"
+    pass_ = SPLIT
+    metrics = ("contrast_loss",)
+
+    def available(self, module):
+        if module.multimodal:
+            return "The contrastive loss is for RNA-only models (multiome models align views)."
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        cell_emb = inference["cell_emb"]
+        half = cell_emb.shape[0] // 2
+        loss = contrastive_loss(cell_emb[:half], cell_emb[half:], module.contrast_temperature)
+        return PartLoss(loss, None, {"contrast_loss": loss.detach()})
+
+
+def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two views ``(N, D)`` of the same ``N`` cells.
+
+    The embeddings are centred over all ``2N`` rows (early in training every ``<cls>``
+    output is nearly the same vector, and InfoNCE on raw cosines then stays at chance) and
+    L2-normalised; logits are cosines / ``temperature``; row ``i`` of one view must pick row
+    ``i`` of the other. Fewer than 2 cells give 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.module import contrastive_loss
+    >>> z = torch.randn(8, 4)
+    >>> bool(contrastive_loss(z, z, 0.1) < contrastive_loss(z, z.roll(1, 0), 0.1))
+    True
+    """
+    n = z1.shape[0]
+    if n < 2:
+        return z1.float().sum() * 0.0
+    z = torch.cat([z1, z2]).float()
+    z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
+    logits = z[:n] @ z[n:].T / temperature
+    target = torch.arange(n, device=z.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def alignment_loss(
     cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
 ) -> torch.Tensor | None:
@@ -319,6 +371,7 @@ PARTS: dict[str, Part] = {
         ElasticCellSimilarity(),
         BatchAdversarial(),
         ModalityAlignment(),
+        Contrastive(),
     )
 }
 
@@ -328,6 +381,7 @@ TASKS: dict[str, dict[str, float]] = {
     "annotation": {"cls": 1.0},
     "integration": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
     "perturbation": {"pert": 1.0},
+    "contrastive": {"contrast": 1.0},
 }
 
 

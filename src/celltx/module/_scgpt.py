@@ -169,6 +169,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 seed=config.seed,
             )
         self.align_temperature = 0.1
+        self.contrast_temperature = config.contrast_temperature
+        #: parts left out of :meth:`loss` (a divide-and-conquer plan computes them itself)
+        self.skip_parts: set[str] = set()
         self.register_buffer("mask_ratio", torch.tensor(list(config.mask_ratio)), persistent=False)
         self.register_buffer(
             "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
@@ -535,6 +538,13 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         if generative and self.multimodal:
             tokens, known, rows, view = self.generative_views(tokens, generator)
             batch = None if batch is None else batch[rows]
+        elif generative and self.weight("contrast") > 0:
+            # two views of every cell: rows 0..B-1 and B..2B-1, each with its own split
+            B = tokens.gene_ids.shape[0]
+            rows = torch.arange(B, device=tokens.gene_ids.device).repeat(2)
+            tokens = tokens.select(rows)
+            known = self.split_known(tokens, generator)
+            batch = None if batch is None else batch[rows]
         else:
             known = self.split_known(tokens, generator) if generative else None
         h, gene_emb = self.transformer.encode(
@@ -588,7 +598,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         cell_emb = inference_outputs["cell_emb"]
         R = cell_emb.shape[0]  # rows: cells, plus the single-modality views of multimodal cells
         rows = inference_outputs.get("rows")
-        n_cells = R if rows is None else len(self._codes(tensors, REGISTRY_KEYS.BATCH_KEY))
+        n_cells = R if rows is None else int(rows.max()) + 1 if len(rows) else 0
+        if rows is not None and REGISTRY_KEYS.X_KEY in tensors:
+            n_cells = len(tensors[REGISTRY_KEYS.X_KEY])
         if rows is None:
             rows = torch.arange(R, device=cell_emb.device)
         inference = {**inference_outputs, "rows": rows}
@@ -597,6 +609,8 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         metrics = {}
         for name, weight in self.objective.items():
             part = PARTS[name]
+            if name in self.skip_parts:
+                continue
             if part.pass_ == SPLIT and inference_outputs.get("known") is None:
                 continue  # e.g. an evaluation pass without a split
             out = part(self, tensors, inference, generative_outputs)

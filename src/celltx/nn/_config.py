@@ -60,6 +60,9 @@ class ScGPTConfig:
         Held-out ("unknown") fractions for generative pretraining; one drawn per cell.
     gep_weight, mvc_weight
         Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task.
+    contrast_temperature
+        Temperature of the contrastive loss between two views of a cell (``task=
+        "contrastive"``).
     seed
         Seed of the reproducible gene choice at inference.
     n_layers_cls
@@ -115,6 +118,7 @@ class ScGPTConfig:
     mask_ratio: tuple[float, ...] = (0.25, 0.5, 0.75)
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
+    contrast_temperature: float = 0.1
     seed: int = 0
     n_layers_cls: int = 3
     dsbn: bool = False
@@ -207,6 +211,9 @@ def _validate(c: ScGPTConfig) -> None:
         raise ValueError("atac_values='binned' needs n_bins.")
     if not c.mask_ratio or not all(0.0 < r < 1.0 for r in c.mask_ratio):
         raise ValueError(f"mask_ratio={c.mask_ratio} must be fractions strictly in (0, 1).")
+    t = c.contrast_temperature
+    if not _is_number(t) or not math.isfinite(t) or t <= 0:
+        raise ValueError(f"contrast_temperature={t!r} must be a finite number > 0.")
     for name in ("gep_weight", "mvc_weight"):
         v = getattr(c, name)
         if not _is_number(v) or not math.isfinite(v) or v < 0:

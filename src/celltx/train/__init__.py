@@ -1,5 +1,6 @@
-"""Lightning training plans (generative pretraining; later: fine-tuning, contrastive)."""
+"""Lightning training plans: generative pretraining and divide-and-conquer contrastive."""
 
-from ._plans import PretrainingPlan
+from ._contrastive import divide_and_conquer_step
+from ._plans import ContrastivePlan, PretrainingPlan
 
-__all__ = ["PretrainingPlan"]
+__all__ = ["PretrainingPlan", "ContrastivePlan", "divide_and_conquer_step"]

@@ -74,3 +74,56 @@ class PretrainingPlan(TrainingPlan):
         scheduler = torch.optim.lr_scheduler.LambdaLR(config["optimizer"], factor)
         config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
         return config
+
+
+class ContrastivePlan(PretrainingPlan):
+    """Divide-and-conquer contrastive training (CellLM): contrastive batch ≠ memory batch.
+
+    Each training step takes the loader's whole minibatch as the contrastive batch and runs
+    :func:`~celltx.train.divide_and_conquer_step` on it, ``chunk_size`` cells at a time
+    (Lightning's manual optimisation): the contrastive loss sees every pair of the batch,
+    memory grows with ``chunk_size`` only. Validation is as in :class:`PretrainingPlan`.
+
+    Parameters
+    ----------
+    module
+        A :class:`~celltx.module.ScGPTModule` whose objective includes ``contrast``.
+    chunk_size
+        Cells encoded with gradients at a time.
+    **kwargs
+        As :class:`PretrainingPlan`. Gradient clipping is done here
+        (``gradient_clip_val``), not by the Lightning trainer.
+    """
+
+    def __init__(
+        self, module, *, chunk_size: int = 64, gradient_clip_val: float | None = None, **kwargs
+    ):
+        super().__init__(module, **kwargs)
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
+        self.chunk_size = int(chunk_size)
+        self.gradient_clip_val = gradient_clip_val
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        from ._contrastive import divide_and_conquer_step
+
+        opt = self.optimizers()
+        opt.zero_grad()
+        out = divide_and_conquer_step(self.module, batch, self.chunk_size, self.manual_backward)
+        if self.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val)
+        opt.step()
+        sch = self.lr_schedulers()
+        if sch is not None and not self.reduce_lr_on_plateau:  # plateau: stepped on validation
+            sch.step()
+        self.log(
+            "train_loss",
+            out.loss,
+            on_step=self.on_step,
+            on_epoch=self.on_epoch,
+            prog_bar=True,
+            sync_dist=self.use_sync_dist,
+        )
+        self.compute_and_log_metrics(out, self.train_metrics, "train")
+        return out.loss

@@ -1,0 +1,108 @@
+"""CellLM's divide-and-conquer contrastive step: a contrastive batch larger than memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import LossOutput
+
+from celltx.module import contrastive_loss
+
+CONTRAST = "contrast"
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _chunks(tensors: dict, chunk_size: int) -> list[dict]:
+    n = len(next(iter(tensors.values())))
+    return [
+        {k: v[lo : lo + chunk_size] for k, v in tensors.items()} for lo in range(0, n, chunk_size)
+    ]
+
+
+def divide_and_conquer_step(
+    module,
+    tensors: dict,
+    chunk_size: int,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+) -> LossOutput:
+    """Gradients of the contrastive objective over the whole batch, ``chunk_size`` cells at a time.
+
+    CellLM's divide-and-conquer: the contrastive loss compares every cell of the batch with
+    every other, so its batch size would normally be bounded by activation memory. Here
+
+    1. every chunk's two views are encoded **without** gradients (recording the random
+       state first) and only their ``<cls>`` embeddings kept — ``2 · batch × d_model``
+       numbers;
+    2. the contrastive loss over the whole batch gives d(loss) / d(embedding) for every row;
+    3. each chunk is encoded again, **with** gradients, under the recorded random state (the
+       same gene choice, known / unknown split and dropout), and its embeddings are
+       backpropagated with the cached gradients, together with the chunk's share of the
+       other parts' losses (generation, …).
+
+    The parameter gradients equal those of one pass over the whole batch; peak activation
+    memory is that of one chunk. ``module`` must be in training mode with ``contrast`` in its
+    objective; ``backward`` is how a loss is backpropagated (Lightning's
+    ``manual_backward`` in a plan). Returns a :class:`~scvi.module.base.LossOutput` of the
+    batch (detached; for logging).
+    """
+    if module.weight(CONTRAST) <= 0:
+        raise ValueError("A divide-and-conquer step needs the contrastive part in the objective.")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
+    chunks = _chunks(tensors, chunk_size)
+    n = sum(len(c[REGISTRY_KEYS.X_KEY]) for c in chunks)
+    device = next(module.parameters()).device
+    states, z1, z2 = [], [], []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_rng_state(device))
+            inf = module.inference(**module._get_inference_input(chunk))
+            emb = inf["cell_emb"].float()
+            half = emb.shape[0] // 2
+            z1.append(emb[:half])
+            z2.append(emb[half:])
+    z1 = torch.cat(z1).requires_grad_(True)
+    z2 = torch.cat(z2).requires_grad_(True)
+    global_loss = contrastive_loss(z1, z2, module.contrast_temperature)
+    g1, g2 = torch.autograd.grad(global_loss, (z1, z2))
+    weight = module.weight(CONTRAST)
+    total = weight * global_loss.detach()
+    per_cell, metrics = [], {}
+    start = 0
+    skipped = set(module.skip_parts)
+    module.skip_parts = skipped | {CONTRAST}
+    try:
+        for chunk, state in zip(chunks, states, strict=True):
+            c = len(chunk[REGISTRY_KEYS.X_KEY])
+            _set_rng_state(state, device)
+            inf, gen, out = module(chunk)
+            emb = inf["cell_emb"].float()
+            surrogate = (emb[:c] * g1[start : start + c]).sum() + (
+                emb[c:] * g2[start : start + c]
+            ).sum()
+            backward(out.loss * (c / n) + weight * surrogate)
+            total = total + out.loss.detach() * (c / n)
+            rec = out.reconstruction_loss  # LossOutput keeps it as a dict of named terms
+            rec = sum(rec.values()) if isinstance(rec, dict) else rec
+            per_cell.append(rec.detach())
+            metrics = {k: v for k, v in out.extra_metrics.items()}
+            start += c
+    finally:
+        module.skip_parts = skipped
+    metrics["contrast_loss"] = global_loss.detach()
+    rec = torch.cat(per_cell)
+    return LossOutput(
+        loss=total, reconstruction_loss=rec, kl_local=torch.zeros_like(rec), extra_metrics=metrics
+    )
