@@ -41,6 +41,7 @@ from ._perturbation._metrics import perturbation_metrics, summarize_perturbation
 from ._perturbation._runner import perturbation
 from ._perturbation._split import perturbation_split
 from ._query import QUERY_CELLTX_DEFAULTS, QUERY_METHODS, query_mapping
+from ._representation import EMBED_CELLTX_DEFAULTS, EMBEDDING_METHODS, embedding
 from ._tokens import TOKEN_SELECTIONS, token_retention
 
 __all__ = [
@@ -89,3 +90,4 @@ __all__ += ["imputation", "IMPUTATION_METHODS", "IMPUTATION_CELLTX_DEFAULTS"]
 __all__ += ["gene_program_scores"]
 __all__ += ["gene_network", "NETWORK_METHODS", "NETWORK_CELLTX_DEFAULTS"]
 __all__ += ["token_retention", "TOKEN_SELECTIONS"]
+__all__ += ["embedding", "EMBEDDING_METHODS", "EMBED_CELLTX_DEFAULTS"]

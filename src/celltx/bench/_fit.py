@@ -11,7 +11,9 @@ def fit_celltx(adata: AnnData, defaults: Mapping, settings: Mapping, seed: int):
     """Set up a copy of ``adata`` and train an :class:`~celltx.model.ScGPT` on it.
 
     ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
-    key by key), ``epochs``, ``lr``, ``batch_size`` and ``accelerator``; ``settings`` wins.
+    key by key), ``epochs``, ``lr``, ``batch_size``, ``accelerator`` and optionally
+    ``task``, ``loss_weights`` and ``chunk_size`` (of :meth:`~celltx.model.ScGPT.train`);
+    ``settings`` wins.
     Returns the trained model (its ``adata`` is the copy).
     """
     import scvi
@@ -29,6 +31,9 @@ def fit_celltx(adata: AnnData, defaults: Mapping, settings: Mapping, seed: int):
         lr=cfg["lr"],
         batch_size=cfg["batch_size"],
         accelerator=cfg["accelerator"],
+        task=cfg.get("task"),
+        loss_weights=cfg.get("loss_weights"),
+        chunk_size=cfg.get("chunk_size"),
         enable_progress_bar=False,
     )
     return model
