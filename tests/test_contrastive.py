@@ -121,3 +121,8 @@ def test_train_with_chunks_and_bad_input(tmp_path):
         warnings.simplefilter("ignore")
         emb = model.get_latent_representation()
     assert emb.shape == (120, 16) and np.isfinite(emb).all()
+    # the training cells' mean output is removed: embeddings are centred, not collapsed
+    assert model.module.cell_offset.abs().sum() > 0
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    assert (unit @ unit.T).mean() < 0.5
+    np.testing.assert_allclose(emb[model.train_indices].mean(0), 0, atol=1e-4)

@@ -82,6 +82,8 @@ class EmbeddingMixin:
                 stacklevel=2,
             )
         emb = torch.cat(chunks).numpy().astype(np.float32)
+        # after contrastive training: the training cells' mean output (a constant offset)
+        emb -= self.module.cell_offset.float().cpu().numpy()
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -463,6 +464,14 @@ class ScGPT(
                 p.requires_grad_(True)
             self._restore_reference_batches()  # a query model keeps its reference batches
         m = self.module
+        if m.weight("contrast") > 0:
+            # the centred contrastive loss ignores a constant offset of every cell's <cls>
+            # output (cosine ~1 between all cells): store it, so that embeddings are centred
+            m.cell_offset.zero_()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                emb = self.get_latent_representation(indices=self.train_indices)
+            m.cell_offset.copy_(torch.as_tensor(emb.mean(0), device=m.cell_offset.device))
         if m.weight("cls") > 0:
             m.cls_trained.fill_(True)
         if m.weight("pert") > 0:

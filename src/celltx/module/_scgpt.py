@@ -199,6 +199,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.register_buffer(
             "gene_medians", torch.ones(n_tokens), persistent=config.gene_selection == "rank"
         )
+        # the mean <cls> output over the training cells after contrastive training: the
+        # centred objective leaves it as a constant offset, removed from cell embeddings
+        self.register_buffer("cell_offset", torch.zeros(config.d_model))
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
@@ -211,6 +214,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # count as trained, as they were treated then
         for name in ("cls_trained", "pert_trained"):
             state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
+        state_dict.setdefault(prefix + "cell_offset", torch.zeros_like(self.cell_offset))
         if self.config.gene_selection == "rank":
             # a checkpoint without medians (a published scGPT one) keeps those of the data
             state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
