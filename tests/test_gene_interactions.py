@@ -186,3 +186,17 @@ def test_gene_network_celltx_methods_and_bad_input(sim):
         celltx.bench.gene_network(sim, celltx.datasets.pbmc68k())
     with pytest.raises(ValueError, match="Unknown methods"):
         celltx.bench.gene_network(sim, sim, methods=["magic"])
+
+
+def test_simulator_stores_gene_modules(sim):
+    sims = sim.uns["simulation"]
+    modules = sims["gene_modules"]["module"]
+    loadings = sims["program_loadings"]
+    assert list(modules.index) == list(sim.var_names) == list(loadings.index)
+    strongest = loadings.abs().to_numpy().max(1)
+    assigned = modules.to_numpy() != "unassigned"
+    assert assigned.any() and (~assigned).any()
+    assert (strongest[assigned] >= 0.25).all() and (strongest[~assigned] < 0.25).all()
+    # a gene's module is its program of largest absolute loading
+    best = loadings.abs().idxmax(axis=1).to_numpy()
+    assert (modules.to_numpy()[assigned] == best[assigned]).all()

@@ -131,7 +131,10 @@ def simulate_perturbseq(
         control log rate ``b`` of every simulated gene), ``mean_expression``
         (conditions × panel genes: the noise-free log-normalised expression
         ``log1p(1e4 · p)``, ``p`` the expected expression proportions over the panel at
-        the average cell state), ``unmeasured_genes`` and ``params``.
+        the average cell state), ``unmeasured_genes``, ``program_loadings`` (panel genes × programs: a program's
+        effect on each gene's log rate, through the network), ``gene_modules`` (each panel
+        gene's program of largest absolute loading in the column ``module``,
+        ``"unassigned"`` where all are below 0.25: the known gene modules) and ``params``.
 
     Raises
     ------
@@ -281,9 +284,11 @@ def simulate_perturbseq(
     codes = np.repeat(np.arange(n_conditions), counts_per)
     n_cells = len(codes)
     inputs = rng.normal(0.0, regulator_noise, (n_cells, n_total)) * is_regulator
+    loadings = np.zeros((n_total, n_programs))
     if n_programs:
         L = rng.normal(0.0, 0.5, (n_total, n_programs)) * (rng.random((n_total, n_programs)) < 0.15)
         inputs += rng.normal(0.0, 1.0, (n_cells, n_programs)) @ L.T
+        loadings = M @ L  # a program's effect on each gene's log rate, through the network
     log_rate = b + D[codes] + inputs @ M.T
     log_rate -= log_rate.max(axis=1, keepdims=True)
     prop = np.exp(log_rate)
@@ -348,6 +353,10 @@ def simulate_perturbseq(
             np.log1p(1e4 * truth_prop), index=cond_names, columns=panel
         ),
         "unmeasured_genes": np.asarray(names[hidden], dtype=str),
+        "program_loadings": pd.DataFrame(
+            loadings[measured], index=panel, columns=[f"program{k}" for k in range(n_programs)]
+        ),
+        "gene_modules": _modules(loadings[measured], panel),
         "params": {
             "n_genes": n_genes,
             "n_perturbations": n_perturbations,
@@ -366,3 +375,17 @@ def simulate_perturbseq(
         },
     }
     return adata
+
+
+#: smallest absolute effective loading that puts a gene in a program's module
+MODULE_LOADING = 0.25
+
+
+def _modules(loadings: np.ndarray, genes: np.ndarray) -> pd.DataFrame:
+    """Each gene's module: its program of largest absolute loading ("unassigned" if all are small)."""
+    label = np.full(len(genes), "unassigned", dtype=object)
+    if loadings.shape[1]:
+        strongest = np.abs(loadings).argmax(1)
+        keep = np.abs(loadings).max(1) >= MODULE_LOADING
+        label[keep] = [f"program{k}" for k in strongest[keep]]
+    return pd.DataFrame({"module": pd.Categorical(label)}, index=pd.Index(genes, name="gene"))
