@@ -71,3 +71,17 @@ def test_imputation_bench_runs_celltx_and_skips_scvi_without_counts(pbmc):
     assert row.loc["celltx", "error"] is None or pd.isna(row.loc["celltx", "error"])
     assert np.isfinite(row.loc["celltx", ["pearson", "mse", "pearson_bins"]].astype(float)).all()
     assert str(row.loc["scvi", "error"]).startswith("skipped")
+
+
+def test_from_bins_maps_into_the_cells_visible_values():
+    from celltx.bench._imputation import _from_bins
+
+    masked = np.array([[0.0, 1.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    rows = np.array([0, 0, 0, 1])
+    vals = _from_bins(np.array([0.0, 25.0, 50.0, 25.0]), masked, rows, 51)
+    assert np.all(np.diff(vals[:3]) > 0)  # higher bins, higher values
+    assert vals[0] >= 1.0 and vals[2] <= 3.0  # within the cell's visible non-zero values
+    assert vals[3] == 0.0  # a cell with nothing visible
+    # without the window: the bin's centre quantile itself
+    exact = _from_bins(np.array([0.5, 50.5]), masked, rows[:2], 51, window=0.0)
+    np.testing.assert_allclose(exact, [1.0, 3.0])

@@ -23,7 +23,7 @@ IMPUTATION_METHODS = ("celltx", "knn", "scvi", "mean")
 #: the celltx recipe of :func:`imputation` (a model trained on the masked data)
 IMPUTATION_CELLTX_DEFAULTS = {
     "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256, "dropout": 0.1},
-    "epochs": 20,
+    "epochs": 80,
     "lr": 3e-3,
     "batch_size": 32,
     "accelerator": "auto",
@@ -62,17 +62,35 @@ def _knn(
     return masked_log[idx[rows], cols[:, None]].mean(1)
 
 
-def _from_bins(bins: np.ndarray, masked_log: np.ndarray, rows, n_bins: int) -> np.ndarray:
+#: half-width of the quantile window a predicted bin is averaged over (:func:`_from_bins`)
+BIN_WINDOW = 0.15
+
+
+def _from_bins(
+    bins: np.ndarray, masked_log: np.ndarray, rows, n_bins: int, window: float = BIN_WINDOW
+) -> np.ndarray:
     """Predicted value bins as values (celltx predicts on a per-cell rank scale).
 
-    A bin ``b`` becomes the quantile ``b / (n_bins - 1)`` of the cell's visible non-zero values.
+    Bin ``b`` (``1 … n_bins - 1``) holds the quantiles ``(b - 1) / (n_bins - 2)`` …
+    ``b / (n_bins - 2)`` of the cell's non-zero values (the tokenizer's edges), so a predicted
+    (fractional) bin stands for the quantile ``q = (b - 0.5) / (n_bins - 2)``. Its value is the
+    mean of the cell's visible non-zero values' quantile function (linearly interpolated) over
+    ``[q - window, q + window]`` (clipped to ``[0, 1]``): the prediction is an average over
+    possible ranks, and with tied values (low counts) the quantile function is a staircase
+    that a single lookup would jump across.
     """
-    sorted_vals = np.sort(np.where(masked_log > 0, masked_log, np.inf), axis=1)
-    n_nz = (masked_log > 0).sum(1)
-    q = np.clip(bins / max(n_bins - 1, 1), 0.0, 1.0)
-    pos = np.floor(q * np.maximum(n_nz[rows] - 1, 0)).astype(int)
-    vals = sorted_vals[rows, pos]
-    return np.where(np.isfinite(vals), vals, 0.0)
+    nz = masked_log > 0
+    sorted_vals = np.sort(np.where(nz, masked_log, np.inf), axis=1)
+    sorted_vals = np.where(np.isfinite(sorted_vals), sorted_vals, 0.0)
+    last = np.maximum(nz.sum(1)[rows] - 1, 0)[:, None]
+    q = np.clip((np.asarray(bins, dtype=np.float64) - 0.5) / max(n_bins - 2, 1), 0.0, 1.0)
+    grid = np.clip(q[:, None] + np.linspace(-window, window, 41)[None, :], 0.0, 1.0)
+    pos = grid * last
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, last)
+    r = np.asarray(rows)[:, None]
+    lo_vals, hi_vals = sorted_vals[r, lo], sorted_vals[r, hi]
+    return (lo_vals + (hi_vals - lo_vals) * (pos - lo)).mean(1)
 
 
 def _celltx(masked: AnnData, rows, cols, masked_log, settings: Mapping, seed: int):
@@ -125,7 +143,8 @@ def imputation(
     Methods: ``"celltx"`` (an :class:`~celltx.model.ScGPT` trained on the masked data with
     :data:`IMPUTATION_CELLTX_DEFAULTS`; its per-cell value bins from
     :meth:`~celltx.model.ScGPT.get_normalized_expression` mapped to values through the cell's
-    visible values — Pearson is also reported on the bins, ``pearson_bins``); ``"knn"``
+    visible values, averaged over a window of quantiles — Pearson is also reported on the
+    bins, ``pearson_bins``); ``"knn"``
     (MAGIC-style: the mean over the cell's ``n_neighbors`` neighbours in PCA space of the
     masked data); ``"scvi"`` (scVI's ``get_normalized_expression``, counts only); ``"mean"``
     (the gene's mean over the cells where it is visible and non-zero).
