@@ -7,13 +7,19 @@ from collections.abc import Mapping
 from anndata import AnnData
 
 
-def fit_celltx(adata: AnnData, defaults: Mapping, settings: Mapping, seed: int):
+def fit_celltx(
+    adata: AnnData,
+    defaults: Mapping,
+    settings: Mapping,
+    seed: int,
+    labels_key: str | None = None,
+):
     """Set up a copy of ``adata`` and train an :class:`~celltx.model.ScGPT` on it.
 
     ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
     key by key), ``epochs``, ``lr``, ``batch_size``, ``accelerator`` and optionally
     ``task``, ``loss_weights`` and ``chunk_size`` (of :meth:`~celltx.model.ScGPT.train`);
-    ``settings`` wins.
+    ``settings`` wins. ``labels_key`` is registered when given (label-aware tasks).
     Returns the trained model (its ``adata`` is the copy).
     """
     import scvi
@@ -24,7 +30,7 @@ def fit_celltx(adata: AnnData, defaults: Mapping, settings: Mapping, seed: int):
     cfg["model"] = {**defaults.get("model", {}), **settings.get("model", {})}
     a = adata.copy()
     scvi.settings.seed = seed
-    ScGPT.setup_anndata(a)
+    ScGPT.setup_anndata(a, labels_key=labels_key)
     model = ScGPT(a, **cfg["model"])
     model.train(
         max_epochs=cfg["epochs"],

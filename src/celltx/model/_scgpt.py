@@ -42,6 +42,7 @@ from ._validation import (
     registration_undone_on_failure,
     resolve_vocab,
 )
+from ._zero_shot import ZeroShotMixin
 
 
 class ScGPT(
@@ -53,6 +54,7 @@ class ScGPT(
     ImputationMixin,
     InteractionMixin,
     AnnotationMixin,
+    ZeroShotMixin,
     PerturbationMixin,
     MultiomeMixin,
     TrainingMixin,
@@ -350,11 +352,13 @@ class ScGPT(
             discriminator when built with ``dab=True``; needs ``batch_key``; scGPT's
             recipe), ``"contrastive"`` (InfoNCE between two views of each cell, each with its
             own random known / unknown split; add ``loss_weights={"gep": 1, "mvc": 1}`` to
-            generate as well, as CellLM does). ``None`` keeps the objective of the previous
-            call.
+            generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
+            alignment: each labelled cell against its label's Cell Ontology text; needs
+            ``labels_key`` and ``celltx[text]``; see :meth:`predict_zero_shot`). ``None``
+            keeps the objective of the previous call.
         loss_weights
             Override single weights of the preset: ``gep``, ``mvc``, ``cls``, ``ecs``,
-            ``dab``, ``contrast``, and ``ecs_threshold`` (default 0.8).
+            ``dab``, ``contrast``, ``text``, and ``ecs_threshold`` (default 0.8).
         class_weight
             Classification only: ``"balanced"`` weighs each class by ``n_cells /
             (n_classes × n_class_cells)`` over the labelled training cells, or a
@@ -389,6 +393,9 @@ class ScGPT(
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if task == "cell_text" or (loss_weights or {}).get("text", 0) > 0:
+            if not len(self.module.label_text):
+                self.set_label_texts()  # each label's Cell Ontology text, then the head
         self._set_objective(task, loss_weights, class_weight, label_smoothing)
         plan_kwargs = dict(plan_kwargs or {})
         plan_cls = self._training_plan_cls

@@ -1,7 +1,7 @@
 """scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
 from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
-from ._objectives import PARTS, TASKS, Part, PartLoss, contrastive_loss
+from ._objectives import PARTS, TASKS, Part, PartLoss, cell_text_loss, contrastive_loss
 from ._scgpt import ScGPTModule
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "Part",
     "PartLoss",
     "contrastive_loss",
+    "cell_text_loss",
 ]

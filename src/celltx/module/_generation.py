@@ -34,6 +34,20 @@ class GenerationMixin:
         return out["cell_emb"].float(), n_genes
 
     @torch.inference_mode()
+    def cell_text_embedding(
+        self,
+        x: torch.Tensor | None,
+        batch: torch.Tensor | None = None,
+        max_seq_len: int | None = None,
+        x_atac: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unit-norm cell vectors ``(B, d_text)`` in the cell–text space."""
+        if self.text_head is None:
+            raise ValueError("This model has no cell–text head: train(task='cell_text') first.")
+        emb, _ = self.cell_embedding(x, max_seq_len=max_seq_len, batch=batch, x_atac=x_atac)
+        return self.text_head.cell(emb)
+
+    @torch.inference_mode()
     def classify(
         self,
         x: torch.Tensor | None,

@@ -295,6 +295,68 @@ class Contrastive(Part):
         return PartLoss(loss, None, {"contrast_loss": loss.detach()})
 
 
+class CellText(Part):
+    """Cell–text contrastive alignment (LangCell's cell–text term).
+
+    Each labelled cell's ``<cls>`` embedding and the text embedding of its label (a frozen
+    sentence encoder's, :attr:`~celltx.module.ScGPTModule.label_text`) are projected into one
+    space by :class:`~celltx.nn.CellTextHead`; :func:`cell_text_loss` is a symmetric InfoNCE
+    with a learnable temperature. Cells with code ``-1`` (unlabelled) are left out.
+    """
+
+    name = "text"
+    metrics = ("text_loss", "text_accuracy")
+
+    def available(self, module):
+        if module.text_head is None or not len(module.label_text):
+            return (
+                "A cell–text loss needs labels and their texts: set up the AnnData with "
+                "labels_key and call model.train(task='cell_text')."
+            )
+        return None
+
+    def __call__(self, module, tensors, inference, predictions):
+        labels = module._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
+        lab = labels >= 0
+        logits = module.text_head.logits(inference["cell_emb"][lab], module.label_text)
+        loss = cell_text_loss(logits, labels[lab])
+        acc = (logits.argmax(1) == labels[lab]).float().mean() if lab.any() else None
+        return PartLoss(
+            loss,
+            None,
+            {"text_loss": loss.detach(), "text_accuracy": None if acc is None else acc.detach()},
+        )
+
+
+def cell_text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between cells and the texts of their labels.
+
+    ``logits`` ``(N, T)``: scaled similarities of ``N`` cells to every label's text;
+    ``labels`` ``(N,)``: each cell's text. Cell → text: cross-entropy over all texts. Text →
+    cell: for each text with cells in the batch, softmax over the batch's cells, maximising
+    the probability of its cells together (several cells share a label). The mean of both.
+    No cells give 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.module import cell_text_loss
+    >>> labels = torch.tensor([0, 0, 1, 2])
+    >>> good = 10 * torch.nn.functional.one_hot(labels, 3).float()
+    >>> bool(cell_text_loss(good, labels) < cell_text_loss(-good, labels))
+    True
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    logits = logits.float()
+    c2t = F.cross_entropy(logits, labels)
+    present = torch.unique(labels)
+    logp = torch.log_softmax(logits[:, present], dim=0)  # (N, P): over cells
+    pos = labels[:, None] == present[None, :]
+    t2c = -torch.logsumexp(logp.masked_fill(~pos, float("-inf")), dim=0).mean()
+    return (c2t + t2c) / 2
+
+
 def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two views ``(N, D)`` of the same ``N`` cells.
 
@@ -372,6 +434,7 @@ PARTS: dict[str, Part] = {
         BatchAdversarial(),
         ModalityAlignment(),
         Contrastive(),
+        CellText(),
     )
 }
 
@@ -382,6 +445,7 @@ TASKS: dict[str, dict[str, float]] = {
     "integration": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
     "perturbation": {"pert": 1.0},
     "contrastive": {"contrast": 1.0},
+    "cell_text": {"text": 1.0},
 }
 
 

@@ -18,7 +18,7 @@ from celltx.data import (
     Tokenizer,
     join_modalities,
 )
-from celltx.nn import ExprDecoder, ScGPTConfig, ScGPTTransformer
+from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
 
 from ._attention import AttentionMixin
 from ._constants import ATAC_KEY, PERTURBATION_KEY, VIEW_ATAC, VIEW_JOINT, VIEW_RNA
@@ -146,6 +146,12 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             # the response starts at "no change": the prediction is the control cell itself
             torch.nn.init.zeros_(self.pert_decoder.fc[-1].weight)
             torch.nn.init.zeros_(self.pert_decoder.fc[-1].bias)
+        # cell–text alignment (LangCell): built by add_text_head, or from a saved config
+        self.text_head = None
+        if config.text_dim is not None:
+            self.text_head = CellTextHead(d_model, config.text_dim)
+        # the text embedding of each label (set before cell–text training; saved with the model)
+        self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
         self.tokenizer = Tokenizer(
@@ -215,6 +221,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         for name in ("cls_trained", "pert_trained"):
             state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
         state_dict.setdefault(prefix + "cell_offset", torch.zeros_like(self.cell_offset))
+        # label texts: saved by models with a cell–text head (one row per label)
+        text = state_dict.setdefault(prefix + "label_text", self.label_text.clone())
+        if text.shape != self.label_text.shape:
+            self.label_text = torch.zeros_like(text, device=self.label_text.device)
         if self.config.gene_selection == "rank":
             # a checkpoint without medians (a published scGPT one) keeps those of the data
             state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
@@ -288,12 +298,13 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """Whether the head of a task is built.
 
         Tasks: ``"cls"`` (classifier), ``"dab"`` (batch discriminator), ``"pert"`` (perturbation
-        response).
+        response), ``"text"`` (cell–text alignment).
         """
         heads = {
             "cls": self.transformer.cls_decoder,
             "dab": self.transformer.grad_reverse_discriminator,
             "pert": self.pert_decoder,
+            "text": self.text_head,
         }
         return heads[name] is not None
 
@@ -322,6 +333,28 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         for p in params:
             p.requires_grad_(False)
         return params
+
+    def add_text_head(self, d_text: int) -> None:
+        """Build the cell–text head for text embeddings of width ``d_text`` (once).
+
+        Records ``text_dim`` in :attr:`config`, so that a saved model is rebuilt with it.
+        """
+        if self.text_head is not None:
+            if self.config.text_dim != d_text:
+                raise ValueError(
+                    f"This model's cell–text head takes {self.config.text_dim}-d text embeddings; "
+                    f"the text encoder gives {d_text}-d. Use the encoder it was trained with "
+                    f"({self.config.text_encoder!r})."
+                )
+            return
+        dev = self.cell_offset.device
+        self.text_head = CellTextHead(self.config.d_model, int(d_text)).to(dev)
+        self.config = replace(self.config, text_dim=int(d_text))
+        self.label_text = torch.zeros(0, int(d_text), device=dev)
+
+    def set_label_texts(self, text_emb: torch.Tensor) -> None:
+        """The text embedding ``(n_labels, d_text)`` of each registered label."""
+        self.label_text = torch.as_tensor(text_emb, dtype=torch.float32).to(self.cell_offset.device)
 
     def mark_loaded_heads(self, loaded: Sequence[str]) -> None:
         """Record which heads a checkpoint filled (``loaded``: transformer parameter names).

@@ -88,6 +88,13 @@ class ScGPTConfig:
     atac_values
         ``"binary"``: open peaks (count > 0) get the top value bin, closed ones 0;
         ``"binned"``: per-cell quantile bins of the counts, as RNA.
+    text_encoder
+        Sentence encoder of cell–text alignment (``task="cell_text"``,
+        :meth:`~celltx.model.ScGPT.predict_zero_shot`): ``"all-MiniLM-L6-v2"`` (bundled with
+        ``celltx[text]``) or the path of a local sentence-transformers model directory.
+    text_dim
+        Width of the encoder's text embeddings; ``None`` until the model has a cell–text
+        head (set by the first ``train(task="cell_text")``).
 
     Examples
     --------
@@ -127,6 +134,8 @@ class ScGPTConfig:
     max_peaks: int = 1000
     atac_zero_fraction: float = 0.5
     atac_values: str = "binary"
+    text_encoder: str = "all-MiniLM-L6-v2"
+    text_dim: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mask_ratio", tuple(float(r) for r in self.mask_ratio))
@@ -182,7 +191,9 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if not _is_int(v) or v < low:
             raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
-    for name, low in (("d_hid", 1), ("n_bins", 3)):
+    if not isinstance(c.text_encoder, str) or not c.text_encoder:
+        raise ValueError(f"text_encoder={c.text_encoder!r} must be a model name or a path.")
+    for name, low in (("d_hid", 1), ("n_bins", 3), ("text_dim", 1)):
         v = getattr(c, name)
         if v is not None and (not _is_int(v) or v < low):
             raise ValueError(f"{name}={v!r} must be an integer >= {low} or None.")

@@ -8,6 +8,8 @@ so that published state dicts load with at most a rename of the attention keys (
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -659,3 +661,48 @@ class ScGPTTransformer(nn.Module):
         if self.cls_decoder is not None:
             out["cls"] = self.cls_decoder(h[:, 0])
         return out
+
+
+class CellTextHead(nn.Module):
+    """Projections of cell and text embeddings into one space, and their similarity (LangCell).
+
+    ``cell`` maps a ``<cls>`` embedding ``(…, d_model)`` and ``text`` a frozen text encoder's
+    embedding ``(…, d_text)`` to unit vectors of width ``d_text``; :meth:`logits` is their
+    cosine times a learnable scale (1 / temperature, at most 100, CLIP's bound). The text
+    projection starts as the identity, so that texts never seen in training keep the
+    encoder's geometry.
+
+    Parameters
+    ----------
+    d_model
+        Width of the cell embedding.
+    d_text
+        Width of the text embeddings (and of the joint space).
+    temperature
+        Initial temperature.
+    """
+
+    def __init__(self, d_model: int, d_text: int, temperature: float = 0.07):
+        super().__init__()
+        self.cell_proj = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_text))
+        self.text_proj = nn.Linear(d_text, d_text)
+        nn.init.eye_(self.text_proj.weight)
+        nn.init.zeros_(self.text_proj.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def cell(self, cell_emb: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space vectors of ``<cls>`` embeddings."""
+        return F.normalize(self.cell_proj(cell_emb.float()), dim=-1)
+
+    def text(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space vectors of text embeddings."""
+        return F.normalize(self.text_proj(text_emb.float()), dim=-1)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """1 / temperature, clamped to at most 100."""
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def logits(self, cell_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarities ``(n_cells, n_texts)``."""
+        return self.scale * self.cell(cell_emb) @ self.text(text_emb).T

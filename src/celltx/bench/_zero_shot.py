@@ -1,0 +1,202 @@
+"""Zero-shot annotation: cell–text alignment against a classifier mapped by text, chance, majority."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from sklearn.metrics import f1_score
+
+from ._fit import fit_celltx
+from ._inputs import lognorm_expression
+
+#: the celltx recipe of :func:`zero_shot`: a small rank-token model trained on the source's
+#: labels with the cell–text objective only (measured in docs/zero_shot.md)
+ZERO_SHOT_CELLTX_DEFAULTS: dict = {
+    "model": {
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "max_seq_len": 256,
+        "gene_selection": "rank",
+        "dropout": 0.0,
+    },
+    "epochs": 30,
+    "lr": 1e-3,
+    "batch_size": 32,
+    "accelerator": "cpu",
+    "task": "cell_text",
+}
+
+#: the methods of :func:`zero_shot`, in table order
+ZERO_SHOT_METHODS = ("celltx zero-shot", "classifier + text mapping", "majority", "chance")
+
+
+def _labels(adata: AnnData, key: str, what: str) -> np.ndarray:
+    if key not in adata.obs:
+        raise ValueError(f"{what} has no obs column {key!r}; its columns: {list(adata.obs)}.")
+    lab = adata.obs[key]
+    if lab.isna().any():
+        raise ValueError(f"{what}.obs[{key!r}] has missing labels: drop those cells first.")
+    return lab.astype(str).to_numpy()
+
+
+def _scores(truth: np.ndarray, pred: np.ndarray, unseen: Sequence[str] | None) -> dict:
+    out = {
+        "accuracy": float((truth == pred).mean()),
+        "macro_f1": float(
+            f1_score(truth, pred, labels=np.unique(truth), average="macro", zero_division=0)
+        ),
+    }
+    if unseen:
+        sel = np.isin(truth, list(unseen))
+        out["unseen_accuracy"] = float((truth[sel] == pred[sel]).mean()) if sel.any() else np.nan
+    return out
+
+
+def _classifier(source, s_labels, target, seed) -> np.ndarray:
+    """Logistic regression on the source's 50 PCs of the shared genes: target predictions."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    genes = source.var_names.intersection(target.var_names)
+    if len(genes) < 2:
+        raise ValueError("Source and target share fewer than 2 genes: the classifier needs both.")
+
+    def dense(a):
+        x = lognorm_expression(a[:, genes])
+        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+
+    xs, xt = dense(source), dense(target)
+    scale = StandardScaler().fit(xs)
+    pca = PCA(n_components=min(50, len(genes) - 1, len(xs) - 1), random_state=seed)
+    zs = pca.fit_transform(scale.transform(xs))
+    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(zs, s_labels)
+    return clf.predict(pca.transform(scale.transform(xt)))
+
+
+def _nearest(encoder, queries: list[str], keys: list[str]) -> np.ndarray:
+    """For each query text, the index of the most similar key text."""
+    return (encoder.encode(queries) @ encoder.encode(keys).T).argmax(1)
+
+
+def zero_shot(
+    source: AnnData,
+    source_labels_key: str,
+    target: AnnData,
+    target_labels_key: str,
+    candidates: Mapping[str, str] | None = None,
+    seed: int = 0,
+    unseen: Sequence[str] | None = None,
+    celltx: Mapping | None = None,
+    methods: Sequence[str] = ZERO_SHOT_METHODS,
+) -> pd.DataFrame:
+    """Zero-shot annotation of ``target`` after training on ``source``'s labels.
+
+    celltx is trained with the cell–text objective on ``source`` (labels described by their
+    Cell Ontology text) and annotates ``target`` by similarity to the candidates' texts
+    (:meth:`~celltx.model.ScGPT.predict_zero_shot`). Baselines: ``classifier + text
+    mapping`` (logistic regression on the source's 50 PCs of the shared genes; each predicted
+    source label replaced by the most similar candidate, comparing either the names as
+    written or the same ontology descriptions celltx uses, with the same encoder: two rows), ``majority`` (every cell gets the target's most frequent
+    label: an upper bound for a constant answer) and ``chance`` (a uniformly random
+    candidate, drawn with ``seed``).
+
+    Use it (a) across datasets whose labels are named differently, (b) for types absent from
+    training (``unseen``: target labels to score separately).
+
+    Parameters
+    ----------
+    source, source_labels_key
+        Training cells and their label column.
+    target, target_labels_key
+        Cells to annotate and the column they are scored against.
+    candidates
+        ``{target label: candidate}``: the name, free text or CL id offered for each
+        target label (described through the Cell Ontology as names are). Default: the
+        labels themselves.
+    seed
+        Seed of training, the classifier and chance.
+    unseen
+        Target labels to report separately (``unseen_accuracy``): types absent from the
+        source.
+    celltx
+        Overrides of :data:`ZERO_SHOT_CELLTX_DEFAULTS` (``model``, ``epochs``, ``lr``,
+        ``batch_size``, ``accelerator``).
+    methods
+        Which of :data:`ZERO_SHOT_METHODS` to run.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method: ``method``, ``accuracy``, ``macro_f1`` (over the target's labels),
+        ``unseen_accuracy`` (with ``unseen``) and ``n_candidates``. ``df.attrs`` holds the
+        candidate texts (``"candidates"``), the source label texts (``"label_texts"``) and
+        the classifier's label mappings (``"mapping_names"``, ``"mapping_descriptions"``).
+
+    Examples
+    --------
+    >>> from celltx.bench import zero_shot
+    >>> zero_shot(ref, "cell_type", query, "annotation")  # doctest: +SKIP
+    """
+    unknown = sorted(set(methods) - set(ZERO_SHOT_METHODS))
+    if unknown:
+        raise ValueError(f"Unknown methods {unknown}; use {list(ZERO_SHOT_METHODS)}.")
+    s_labels = _labels(source, source_labels_key, "source")
+    t_labels = _labels(target, target_labels_key, "target")
+    present = list(dict.fromkeys(sorted(t_labels)))
+    candidates = dict(candidates) if candidates is not None else {t: t for t in present}
+    missing = sorted(set(present) - set(candidates))
+    if missing:
+        raise ValueError(f"candidates has no entry for the target labels {missing}.")
+    offered = list(candidates.values())
+    if len(set(offered)) < len(offered):
+        raise ValueError("candidates maps two target labels to the same candidate.")
+    back = {v: k for k, v in candidates.items()}
+    rows, attrs = [], {}
+    model = None
+    if "celltx zero-shot" in methods or "classifier + text mapping" in methods:
+        model = fit_celltx(
+            source, ZERO_SHOT_CELLTX_DEFAULTS, dict(celltx or {}), seed, source_labels_key
+        )
+        attrs["label_texts"] = model.label_texts_
+    if "celltx zero-shot" in methods:
+        t = target.copy()
+        chosen = model.predict_zero_shot(t, candidates=offered, key_added="zero_shot")
+        pred = np.asarray([back[c] for c in chosen])
+        attrs["candidates"] = model._candidate_texts(offered, True, None)
+        rows.append({"method": "celltx zero-shot", **_scores(t_labels, pred, unseen)})
+    if "classifier + text mapping" in methods:
+        texts = attrs.get("candidates")
+        if texts is None:
+            texts = model._candidate_texts(offered, True, None)
+        s_pred = _classifier(source, s_labels, target, seed)
+        enc = model._text_encoder()
+        s_names = list(model.label_texts_.index)
+        # each predicted source label -> the most similar candidate: by name (as the labels
+        # are written) and by description (the same ontology texts celltx uses)
+        for how, q, k in (
+            ("names", s_names, offered),
+            ("descriptions", model.label_texts_.text.tolist(), texts.text.tolist()),
+        ):
+            to = dict(zip(s_names, _nearest(enc, q, k), strict=True))
+            pred = np.asarray([back[offered[to[p]]] for p in s_pred])
+            attrs[f"mapping_{how}"] = {n: back[offered[i]] for n, i in to.items()}
+            rows.append(
+                {"method": f"classifier + text mapping ({how})", **_scores(t_labels, pred, unseen)}
+            )
+    if "majority" in methods:
+        vals, counts = np.unique(t_labels, return_counts=True)
+        pred = np.full(len(t_labels), vals[counts.argmax()])
+        rows.append({"method": "majority", **_scores(t_labels, pred, unseen)})
+    if "chance" in methods:
+        rng = np.random.default_rng(seed)
+        pred = np.asarray(list(candidates))[rng.integers(len(candidates), size=len(t_labels))]
+        rows.append({"method": "chance", **_scores(t_labels, pred, unseen)})
+    out = pd.DataFrame(rows)
+    out["n_candidates"] = len(candidates)
+    out.attrs.update(attrs)
+    return out

@@ -1,0 +1,233 @@
+"""Cell–text alignment and zero-shot annotation (LangCell)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from ._docs import doc_params
+
+
+def _check_candidates(candidates) -> tuple[list[str], list[str] | None]:
+    """Names (and explicit texts for a dict) of zero-shot candidates, validated."""
+    if isinstance(candidates, Mapping):
+        names, texts = list(candidates), list(candidates.values())
+    elif isinstance(candidates, str) or not isinstance(
+        candidates, Sequence | np.ndarray | pd.Index
+    ):
+        raise ValueError(
+            f"candidates must be a list of cell-type names, free texts or CL ids (or a "
+            f"{{name: text}} dict), got {type(candidates).__name__}."
+        )
+    else:
+        names, texts = list(candidates), None
+    if not names:
+        raise ValueError("candidates is empty: pass the cell types to choose from.")
+    for v in names + (texts or []):
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"Every candidate must be a non-empty string, got {v!r}.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"Duplicated candidates {dup}: each candidate must appear once.")
+    return names, texts
+
+
+class ZeroShotMixin:
+    """Cell–text alignment (``train(task="cell_text")``) and zero-shot annotation."""
+
+    # --- text side ------------------------------------------------------------------------
+    def _text_encoder(self):
+        from celltx.text import TextEncoder
+
+        enc = self.__dict__.get("_text_encoder_obj")
+        if enc is None:
+            enc = TextEncoder(self.module.config.text_encoder)
+            self.__dict__["_text_encoder_obj"] = enc
+        return enc
+
+    def _ontology(self, ontology):
+        if ontology is True:
+            from celltx.text import CellOntology
+
+            cl = self.__dict__.get("_ontology_obj")
+            if cl is None:
+                cl = CellOntology(encoder=self._text_encoder())
+                self.__dict__["_ontology_obj"] = cl
+            return cl
+        return ontology or None
+
+    def set_label_texts(
+        self,
+        ontology: bool = True,
+        overrides: Mapping[str, str] | None = None,
+    ) -> pd.DataFrame:
+        """Choose the text of each registered label for ``train(task="cell_text")``.
+
+        Each label is matched to a Cell Ontology term and described by its label and
+        definition (:func:`celltx.text.cell_type_texts`); ``train(task="cell_text")`` calls
+        this with the defaults when it was not called. The table is kept as
+        ``model.label_texts_`` (saved with the model).
+
+        Parameters
+        ----------
+        ontology
+            Describe labels by their Cell Ontology term (``False``: the label text itself).
+        overrides
+            ``{label: CL id or text}`` to correct a match.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per label: ``text``, ``term_id``, ``term_label``, ``how``, ``score``.
+
+        Examples
+        --------
+        >>> model.set_label_texts(overrides={"CD34+": "CL:0000037"})  # doctest: +SKIP
+        >>> model.train(task="cell_text", max_epochs=20)  # doctest: +SKIP
+        """
+        if not self._setup_args(self.adata).get("labels_key"):
+            raise ValueError(
+                "Cell–text alignment needs labels: ScGPT.setup_anndata(adata, labels_key="
+                "'<obs column>'), then build or load the model."
+            )
+        from celltx.text import cell_type_texts
+
+        labels = [str(c) for c in self._label_state().categorical_mapping]
+        enc = self._text_encoder()
+        table = cell_type_texts(labels, self._ontology(ontology), overrides, encoder=enc)
+        emb = torch.as_tensor(enc.encode(table.loc[labels, "text"].tolist()))
+        self.module.add_text_head(emb.shape[1])
+        self.module.set_label_texts(emb)
+        self.init_params_["kwargs"]["settings"]["text_dim"] = int(emb.shape[1])
+        self.label_texts_ = table
+        return table
+
+    def _candidate_texts(self, candidates, ontology, overrides) -> pd.DataFrame:
+        from celltx.text import cell_type_texts
+
+        names, texts = _check_candidates(candidates)
+        if texts is not None:
+            return pd.DataFrame(
+                {"text": texts, "term_id": "", "term_label": "", "how": "given", "score": np.nan},
+                index=pd.Index(names, name="name"),
+            )
+        return cell_type_texts(
+            names, self._ontology(ontology), overrides, encoder=self._text_encoder()
+        )
+
+    def _require_text_head(self) -> None:
+        if not self.module.has_head("text"):
+            raise ValueError(
+                "This model has no cell–text head: set up labels (labels_key), then "
+                "model.train(task='cell_text', ...) before zero-shot annotation."
+            )
+
+    @torch.inference_mode()
+    def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts in the cell–text space: unit vectors ``(len(texts), text_dim)``.
+
+        Cosine similarity with :meth:`predict_zero_shot`'s cell vectors ranks texts for a
+        cell. The texts are embedded as given (no ontology lookup).
+
+        Examples
+        --------
+        >>> emb = model.get_text_embeddings(["B cell", "natural killer cell"])  # doctest: +SKIP
+        """
+        self._require_text_head()
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of strings.")
+        names = list(texts)
+        head = self.module.text_head
+        raw = torch.as_tensor(self._text_encoder().encode(names), device=self.device)
+        return head.text(raw).cpu().numpy()
+
+    # --- zero-shot annotation -------------------------------------------------------------
+    @doc_params
+    @torch.inference_mode()
+    def predict_zero_shot(
+        self,
+        adata: AnnData | None = None,
+        candidates: Sequence[str] | Mapping[str, str] | None = None,
+        key_added: str = "zero_shot",
+        indices: Sequence[int] | None = None,
+        ontology: bool = True,
+        overrides: Mapping[str, str] | None = None,
+        batch_size: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> np.ndarray:
+        """Annotate cells by their similarity to candidate texts, without a classifier.
+
+        Each candidate (a cell-type name, a free text or a CL id) is described as in
+        training (:meth:`set_label_texts`: the Cell Ontology term's label and definition),
+        embedded by the frozen text encoder and projected; each cell is projected from its
+        ``<cls>`` embedding; a cell gets the candidate with the highest cosine similarity.
+        The candidates need not be the training labels (LangCell's zero-shot setting).
+
+        Parameters
+        ----------
+        %(adata)s
+        candidates
+            Cell types to choose from: names, free texts or CL ids, or a ``{name: text}``
+            dict to give the texts yourself. Default: the registered labels.
+        key_added
+            Written (when ``indices`` is ``None``): ``obs[key_added]`` (the chosen
+            candidate), ``obsm[key_added + "_similarity"]`` (cells × candidates cosine
+            similarities) and ``uns[key_added + "_candidates"]`` (the texts used and their
+            ontology match, to check).
+        %(indices)s
+        ontology
+            Describe candidates by their Cell Ontology term (``False``: the text as given).
+        overrides
+            ``{candidate: CL id or text}`` to correct a match.
+        %(batch_size)s
+        %(max_seq_len)s
+
+        Returns
+        -------
+        numpy.ndarray
+            The chosen candidate of each cell (``object`` array).
+
+        Examples
+        --------
+        >>> celltx.model.ScGPT.setup_anndata(ref, labels_key="cell_type")  # doctest: +SKIP
+        >>> model = celltx.model.ScGPT(ref, gene_selection="rank")  # doctest: +SKIP
+        >>> model.train(task="cell_text", max_epochs=20)  # doctest: +SKIP
+        >>> model.predict_zero_shot(query, candidates=["B cell", "CD14 Mono", "NK"])  # doctest: +SKIP
+        >>> sc.pl.umap(query, color="zero_shot")  # doctest: +SKIP
+        """
+        self._require_text_head()
+        if not isinstance(key_added, str) or not key_added:
+            raise ValueError(f"key_added={key_added!r} must be a non-empty string.")
+        if candidates is None:
+            candidates = [str(c) for c in self._label_state().categorical_mapping]
+        table = self._candidate_texts(candidates, ontology, overrides)
+        names = table.index.tolist()
+        text_vec = torch.as_tensor(
+            self.get_text_embeddings(table["text"].tolist()), device=self.device
+        )
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        chunks = []
+        with self._panel(adata), self._autocast():
+            for tensors in loader:
+                cell = self.module.cell_text_embedding(
+                    batch=self._batch_codes(tensors),
+                    max_seq_len=max_seq_len,
+                    **self._inputs(tensors),
+                )
+                chunks.append((cell.float() @ text_vec.T).cpu())
+        sim = torch.cat(chunks).numpy()
+        chosen = np.asarray(names, dtype=object)[sim.argmax(1)]
+        if indices is None:
+            adata.obs[key_added] = pd.Categorical(chosen, categories=names)
+            adata.obsm[f"{key_added}_similarity"] = sim
+            adata.uns[f"{key_added}_candidates"] = {
+                "name": np.asarray(names, dtype=str),
+                **{c: np.asarray(table[c].astype(str)) for c in ("text", "term_id", "how")},
+            }
+        return chosen
