@@ -70,6 +70,8 @@ SETTINGS: dict[str, dict[str, str]] = {
     "04_perturbation": {"CELLTX_TUTORIAL_EPOCHS": "30"},
     # quick mosaic (200 cells, no MULTIVI) for 40 epochs (full: 600 cells, 30, MULTIVI)
     "05_multiome": {"CELLTX_TUTORIAL_EPOCHS": "40"},
+    # the notebook's full setting: 30 cell–text epochs for each of its three models
+    "06_zero_shot": {},
     # the notebook's full setting: 20 epochs for each of its three small models
     "07_genes": {"CELLTX_TUTORIAL_EPOCHS": "20"},
 }
