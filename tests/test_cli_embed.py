@@ -155,5 +155,30 @@ def test_help_lists_verbs_and_options(capsys):
         "--backed",
         "--overwrite",
         "--no-progress",
+        "--precision",
     ):
         assert option in out
+
+
+def test_embed_bf16_close_to_fp32(saved, tmp_path, capsys):
+    """--precision bf16 runs under bf16 autocast on the CPU: close to, not equal to, fp32."""
+    out = tmp_path / "bf16.h5ad"
+    argv = ["embed", str(saved["ckpt"]), str(saved["input"]), str(out), "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--precision", "bf16"]) == 0
+    assert "(bf16)" in capsys.readouterr().out
+    emb, ref = ad.read_h5ad(out).obsm["X_scgpt"], saved["emb"]
+    assert emb.dtype == np.float32
+    cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+    assert np.median(cos) > 0.99
+    assert not np.allclose(emb, ref, atol=1e-6)  # bf16 really ran
+    with pytest.raises(SystemExit):
+        main([*argv[:-2], "--precision", "fp16"])
+
+
+def test_inference_precision_property(saved):
+    model = ScGPT.load(str(saved["ckpt"]), adata=celltx.datasets.pbmc68k())
+    assert model.inference_precision == "auto"
+    model.inference_precision = "fp32"
+    np.testing.assert_allclose(model.get_latent_representation(), saved["emb"], atol=1e-5)
+    with pytest.raises(ValueError, match="inference_precision='half'"):
+        model.inference_precision = "half"

@@ -26,3 +26,34 @@ def test_embedding_bench_rows_and_skips(pbmc):
         celltx.bench.embedding(small, "cell_type", methods=["umap"])
     with pytest.raises(ValueError, match="not a column"):
         celltx.bench.embedding(small, "nope")
+
+
+def test_pooling_choices(trained):
+    """Cell embedding choices: <cls>, mean and expression-weighted mean of the token outputs,
+    their concatenation; the means checked against the encoder's own outputs."""
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    model, adata = trained
+    idx = np.arange(40)
+    emb = {
+        p: model.get_latent_representation(indices=idx, pooling=p)
+        for p in ("cls", "mean", "weighted", "concat")
+    }
+    d = model.config.d_model
+    assert emb["concat"].shape == (40, 2 * d) and emb["mean"].shape == (40, d)
+    np.testing.assert_allclose(emb["concat"][:, :d], emb["cls"], atol=1e-5)
+    np.testing.assert_allclose(emb["concat"][:, d:], emb["mean"], atol=1e-5)
+    assert not np.allclose(emb["mean"], emb["weighted"], atol=1e-3)
+    # the mean by hand from the encoder's outputs
+    x = torch.as_tensor(model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)[idx].toarray())
+    m = model.module
+    with torch.inference_mode(), model._panel(adata):
+        out = m.inference(x, generative=False, sample="hash")
+    real = ~out["tokens"].padding_mask
+    real[:, 0] = False
+    h = out["h"].float()
+    want = torch.stack([h[i][real[i]].mean(0) for i in range(40)]).numpy()
+    np.testing.assert_allclose(emb["mean"], want, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling='max'"):
+        model.get_latent_representation(indices=idx, pooling="max")

@@ -1,4 +1,4 @@
-"""Command-line interface: ``celltx quickstart`` and ``celltx embed``."""
+"""Command-line interface: ``celltx quickstart``, ``embed``, ``pretrain`` and ``finetune``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from celltx import _cli_train
 
 logger = logging.getLogger("celltx")
 
@@ -185,6 +187,8 @@ def embed(
     backed: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    precision: str = "auto",
+    batch_tokens: int | None = None,
 ) -> dict:
     """Embed the cells of an ``.h5ad`` file with a checkpoint and write them to a new file.
 
@@ -223,12 +227,18 @@ def embed(
         Replace an existing ``output_path``.
     progress
         Show a progress bar over the cells.
+    batch_tokens
+        Token-budget batching (see :meth:`~celltx.model.ScGPT.get_latent_representation`):
+        at most this many padded tokens per forward pass, cells grouped by length.
+    precision
+        ``"auto"``, ``"fp32"`` or ``"bf16"``: the model's
+        :attr:`~celltx.model.ScGPT.inference_precision`.
 
     Returns
     -------
     dict
         ``n_cells``, ``n_genes``, ``n_genes_matched``, ``n_dims``, ``seconds``,
-        ``checkpoint_kind`` and ``output``.
+        ``checkpoint_kind``, ``output`` and ``precision``.
 
     Raises
     ------
@@ -258,6 +268,10 @@ def embed(
         raise EmbedError(f"output {dst} exists; pass --overwrite to replace it.")
     if device not in DEVICES:
         raise EmbedError(f"device={device!r}; use one of {list(DEVICES)}.")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise EmbedError(f"precision={precision!r}; use auto, fp32 or bf16.")
+    if batch_tokens is not None and batch_tokens < 2:
+        raise EmbedError(f"batch tokens {batch_tokens} must be >= 2.")
     if batch_size is not None and batch_size < 1:
         raise EmbedError(f"batch size {batch_size} must be >= 1.")
     if max_seq_len is not None and max_seq_len < 2:
@@ -274,10 +288,11 @@ def embed(
         else:
             _prepare_for_saved_model(adata, ckpt, gene_symbols)
             model = ScGPT.load(ckpt, adata=adata, accelerator=accelerator)
+        model.inference_precision = precision
         n_matched = model._match(adata).n_matched
         t_load = time.perf_counter() - t0
 
-        kw = {"batch_size": batch_size, "max_seq_len": max_seq_len}
+        kw = {"batch_size": batch_size, "max_seq_len": max_seq_len, "batch_tokens": batch_tokens}
         if not progress:
             emb = model.get_latent_representation(adata, **kw)
         else:  # the same call on consecutive blocks of cells (embeddings do not depend on them)
@@ -324,10 +339,11 @@ def embed(
         "seconds": seconds,
         "checkpoint_kind": kind,
         "output": str(dst),
+        "precision": precision,
     }
     print(
         f"celltx embed: {summary['n_cells']} cells, {n_matched}/{adata.n_vars} genes matched "
-        f"the vocabulary, {summary['n_dims']}-dim embedding on {model.device} "
+        f"the vocabulary, {summary['n_dims']}-dim embedding on {model.device} ({precision}) "
         f"({'scGPT' if kind == 'scgpt' else 'celltx'} checkpoint {ckpt}), {seconds:.1f} s "
         f"(loading {t_load:.1f} s)\nWrote obsm[{key_added!r}] to {dst}"
         + (
@@ -417,8 +433,23 @@ def main(argv: list[str] | None = None) -> int:
         help="read INPUT with backed='r' (the matrix stays on disk); OUTPUT then holds "
         "INPUT's obs, var, obsm and uns plus the embedding, without the expression matrix",
     )
+    e.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="token-budget batching: at most N padded tokens per forward pass, cells grouped "
+        "by length (with --batch-size as a cap on cells); faster on cells of mixed length",
+    )
+    e.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on a GPU that has it, fp32 elsewhere; bf16 also on CPUs "
+        "(faster with AVX-512 BF16 / AMX; see benchmarks/inference_precision.py)",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train_parsers = _cli_train.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "quickstart":
@@ -447,11 +478,15 @@ def main(argv: list[str] | None = None) -> int:
                 backed=args.backed,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
+                precision=args.precision,
+                batch_tokens=args.batch_tokens,
             )
         except EmbedError as err:
             e.error(str(err))  # usage and message, exit status 2
         except (ValueError, OSError) as err:  # data the model cannot embed, unreadable files
             e.exit(1, f"celltx embed: error: {err}\n")
+    else:
+        _cli_train.run(args, train_parsers)
     return 0
 
 

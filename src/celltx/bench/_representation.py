@@ -39,7 +39,7 @@ def _celltx(adata: AnnData, layer, settings: Mapping, seed: int) -> np.ndarray:
     a = AnnData(X=get_expression(adata, layer).copy(), obs=adata.obs[[]].copy())
     a.var_names = adata.var_names.copy()
     model = fit_celltx(a, EMBED_CELLTX_DEFAULTS, settings, seed)
-    return model.get_latent_representation()
+    return model.get_latent_representation(pooling=settings.get("pooling", "cls"))
 
 
 def embedding(

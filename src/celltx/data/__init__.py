@@ -1,5 +1,11 @@
 """Data layer: gene vocabulary, gene matching, the on-device tokenizer and datasets."""
 
+from ._batching import (
+    TokenBudgetSampler,
+    expressed_counts,
+    sequence_lengths,
+    token_budget_batches,
+)
 from ._datasets import pbmc68k
 from ._genes import GeneMatch, check_expression, gene_names, match_genes, nonzero_medians
 from ._mosaic import modality_presence, pad_mosaic, place_rows
@@ -21,6 +27,10 @@ from ._tokenizer import (
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
+    "TokenBudgetSampler",
+    "expressed_counts",
+    "sequence_lengths",
+    "token_budget_batches",
     "GeneVocab",
     "GeneMatch",
     "Tokenizer",

@@ -10,12 +10,26 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
-from celltx.data import GeneMatch, GeneVocab, check_expression, gene_names, match_genes
+from celltx.data import (
+    GeneMatch,
+    GeneVocab,
+    TokenBudgetSampler,
+    check_expression,
+    expressed_counts,
+    gene_names,
+    match_genes,
+    sequence_lengths,
+    token_budget_batches,
+)
 from celltx.module import ATAC_KEY
 
 from ._validation import check_modality_order
 
 logger = logging.getLogger(__name__)
+
+
+#: values of :attr:`DataMixin.inference_precision`
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class DataMixin:
@@ -52,6 +66,48 @@ class DataMixin:
         """Vocabulary id of each gene of ``adata`` (-1 if absent); raises if too few match."""
         match = self._match(adata)
         return None if match is None else match.ids
+
+    def _query_loader(self, adata, indices, batch_size, batch_tokens, max_seq_len):
+        """A loader over ``indices`` of ``adata`` and the order its cells come in.
+
+        Without ``batch_tokens``: scvi-tools' loader, ``batch_size`` cells at a time, in order
+        (the order is ``None``). With it: cells sorted by sequence length and grouped into
+        batches of at most ``batch_tokens`` padded tokens (:func:`celltx.data.token_budget_batches`
+        through scvi-tools' loader with a batch sampler); the order says which position of
+        ``indices`` each output row belongs to.
+        """
+        if batch_tokens is None:
+            loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+            return loader, None
+        if isinstance(batch_tokens, bool) or int(batch_tokens) != batch_tokens or batch_tokens < 2:
+            raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
+        if self.module.multimodal or "rna" not in self.module.modalities:
+            raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        known = self._gene_ids(adata) >= 0
+        x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
+        expressed = expressed_counts(x, known)[idx]
+        L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
+        lengths = sequence_lengths(
+            expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction
+        )
+        batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
+        loader = self._make_data_loader(
+            adata=adata, indices=idx, sampler=TokenBudgetSampler(batches)
+        )
+        # with a sampler of its own, scvi-tools' loader lets torch wrap each (already
+        # batched) item in a batch of one: drop that leading dimension
+        unwrapped = ({k: v[0] for k, v in t.items()} for t in loader)
+        return unwrapped, np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _restore_order(rows: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+        """Rows of a :meth:`_query_loader` pass back in the order of its ``indices``."""
+        if order is None:
+            return rows
+        out = np.empty_like(rows)
+        out[order] = rows
+        return out
 
     def _atac_ids(self, adata, vocab: GeneVocab | None = None) -> np.ndarray | None:
         """Vocabulary id of each peak of ``adata`` (its ATAC modality; -1 if absent)."""
@@ -108,10 +164,34 @@ class DataMixin:
             out["x_atac"] = tensors[ATAC_KEY].to(self.device)
         return out
 
+    @property
+    def inference_precision(self) -> str:
+        """Numeric precision of embeddings, predictions and the other queries.
+
+        ``"auto"`` (default): bf16 autocast on a GPU that supports it, float32 elsewhere;
+        ``"bf16"``: bf16 autocast on any device (CPUs with AVX-512 BF16 or AMX run it
+        faster; ``benchmarks/inference_precision.py`` measures speed and the deviation from
+        float32); ``"fp32"``: float32 everywhere. Outputs are float32 in every case. Training
+        precision is Lightning's ``precision`` argument of :meth:`train`.
+
+        Examples
+        --------
+        >>> model.inference_precision = "bf16"  # doctest: +SKIP
+        >>> emb = model.get_latent_representation()  # doctest: +SKIP
+        """
+        return self.__dict__.get("_inference_precision", "auto")
+
+    @inference_precision.setter
+    def inference_precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"inference_precision={value!r}; use one of {list(PRECISIONS)}.")
+        self.__dict__["_inference_precision"] = value
+
     def _autocast(self):
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
+        p, dev = self.inference_precision, self.device.type
+        if p == "bf16" or (p == "auto" and dev == "cuda" and torch.cuda.is_bf16_supported()):
+            return torch.autocast(dev, dtype=torch.bfloat16)
+        return torch.autocast(dev, enabled=False)
 
     def _batch_codes(self, tensors) -> torch.Tensor | None:
         b = tensors.get(REGISTRY_KEYS.BATCH_KEY)

@@ -25,8 +25,10 @@ class EmbeddingMixin:
         batch_size: int | None = None,
         max_seq_len: int | None = None,
         normalize: bool = False,
+        batch_tokens: int | None = None,
+        pooling: str = "cls",
     ) -> np.ndarray:
-        """Cell embeddings: the transformer's ``<cls>`` output.
+        """Cell embeddings: the transformer's ``<cls>`` output (or a pooling of its tokens).
 
         Deterministic: the same cell gives the same embedding in any call and batch.
         ``adata`` may have other genes, in another order, than the training data: genes are
@@ -40,11 +42,24 @@ class EmbeddingMixin:
         %(max_seq_len)s
         normalize
             Divide each embedding by its L2 norm (as scGPT's ``embed_data``).
+        batch_tokens
+            Token-budget batching: sort cells by sequence length and fill each forward pass
+            with at most ``batch_tokens`` padded tokens (``batch_size``, when given, caps the
+            cells per pass). Short cells then share a pass instead of being padded to long
+            ones, so throughput rises and peak memory follows the budget, not the longest
+            cell. Results are returned in the cells' order and equal those of plain batches
+            (to float tolerance). RNA models only.
+        pooling
+            ``"cls"`` (default: the ``<cls>`` output, which every objective trains),
+            ``"mean"`` (mean output of the cell's tokens), ``"weighted"`` (that mean weighted
+            by expression bin) or ``"concat"`` (``<cls>`` and mean, ``2 × d_model``). Measured
+            in the representation docs.
 
         Returns
         -------
         numpy.ndarray
-            ``float32`` array ``(n_cells, d_model)``. Cells without any expressed vocabulary
+            ``float32`` array ``(n_cells, d_model)`` (``2 × d_model`` with
+            ``pooling="concat"``). Cells without any expressed vocabulary
             gene get the embedding of a sequence holding only ``<cls>`` (a warning says how
             many).
 
@@ -61,7 +76,7 @@ class EmbeddingMixin:
                 stacklevel=2,
             )
         adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        loader, order = self._query_loader(adata, indices, batch_size, batch_tokens, max_seq_len)
         self.module.eval()
         chunks, n_empty = [], 0
         with self._panel(adata), self._autocast():
@@ -70,6 +85,7 @@ class EmbeddingMixin:
                     **self._inputs(tensors),
                     max_seq_len=max_seq_len,
                     batch=self._batch_codes(tensors),
+                    pooling=pooling,
                 )
                 n_empty += int((n_genes == 0).sum())
                 chunks.append(emb.cpu())
@@ -81,9 +97,11 @@ class EmbeddingMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        emb = torch.cat(chunks).numpy().astype(np.float32)
+        emb = self._restore_order(torch.cat(chunks).numpy().astype(np.float32), order)
         # after contrastive training: the training cells' mean output (a constant offset)
-        emb -= self.module.cell_offset.float().cpu().numpy()
+        if pooling in ("cls", "concat"):  # the offset is that of the <cls> output
+            d = self.module.cell_offset.shape[0]
+            emb[:, :d] -= self.module.cell_offset.float().cpu().numpy()
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb

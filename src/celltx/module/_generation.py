@@ -11,6 +11,9 @@ import torch
 
 from celltx.data import MOD_ATAC, MOD_RNA, append_queries
 
+#: cell embeddings :meth:`GenerationMixin.cell_embedding` can return
+POOLINGS = ("cls", "mean", "weighted", "concat")
+
 
 class GenerationMixin:
     """Held-out predictions, per-gene means, cross-modal prediction and imputation."""
@@ -22,16 +25,31 @@ class GenerationMixin:
         max_seq_len: int | None = None,
         batch: torch.Tensor | None = None,
         x_atac: torch.Tensor | None = None,
+        pooling: str = "cls",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``<cls>`` output ``(B, D)`` and the number of gene (and peak) tokens.
+        """Cell embedding ``(B, D)`` (``(B, 2D)`` for ``"concat"``) and the number of tokens.
 
-        All tokens are known.
+        All tokens are known. ``pooling``: ``"cls"`` (the ``<cls>`` output), ``"mean"`` (the
+        mean output of the cell's gene / peak tokens), ``"weighted"`` (that mean weighted by
+        each token's input value, i.e. its expression bin) or ``"concat"`` (``<cls>`` and
+        mean side by side). A cell without tokens gets zeros for the means.
         """
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; use one of {list(POOLINGS)}.")
         out = self.inference(
             x, batch, generative=False, sample="hash", max_seq_len=max_seq_len, x_atac=x_atac
         )
-        n_genes = (~out["tokens"].padding_mask).sum(1) - 1
-        return out["cell_emb"].float(), n_genes
+        tokens = out["tokens"]
+        n_genes = (~tokens.padding_mask).sum(1) - 1
+        cls = out["cell_emb"].float()
+        if pooling == "cls":
+            return cls, n_genes
+        w = (~tokens.padding_mask).float()
+        w[:, 0] = 0.0  # <cls>
+        if pooling == "weighted":
+            w = w * tokens.values.float().clamp(min=0.0)
+        mean = (out["h"].float() * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-8)
+        return (torch.cat([cls, mean], 1) if pooling == "concat" else mean), n_genes
 
     @torch.inference_mode()
     def cell_text_embedding(

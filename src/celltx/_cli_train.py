@@ -1,0 +1,403 @@
+"""``celltx pretrain`` and ``celltx finetune``: the Python API's training paths as CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+#: model sizes of ``celltx pretrain --size``
+SIZES = {
+    "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256},
+    "base": {"d_model": 256, "n_layers": 4, "n_heads": 8, "max_seq_len": 1200},
+    "scgpt_human": {"d_model": 512, "n_layers": 12, "n_heads": 8, "max_seq_len": 1200},
+}
+
+
+class TrainArgsError(ValueError):
+    """A bad argument of ``celltx pretrain`` / ``finetune``, found before any training."""
+
+
+def _out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainArgsError(f"--out {out} is a file; name a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TrainArgsError(f"--out {out} is not empty; pass --overwrite to write into it.")
+    return out
+
+
+def _read_inputs(paths: Sequence[str | os.PathLike]):
+    """The cells of one or several ``.h5ad`` files (several: concatenated, genes unioned)."""
+    import anndata as ad
+
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise TrainArgsError(f"input files do not exist: {missing}.")
+    if len(paths) == 1:
+        return ad.read_h5ad(paths[0])
+    parts = [ad.read_h5ad(p) for p in paths]
+    for p, a in zip(paths, parts, strict=True):
+        a.obs["source_file"] = p.name
+    return ad.concat(parts, join="outer", fill_value=0, index_unique="-")
+
+
+def _trainer_kwargs(accelerator: str, devices: str, strategy: str | None, precision: str | None):
+    kw = {"accelerator": accelerator, "devices": int(devices) if devices.isdigit() else devices}
+    if strategy:
+        kw["strategy"] = strategy
+    if precision:
+        kw["precision"] = precision
+    return kw
+
+
+def pretrain(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    size: str = "small",
+    task: str = "generative",
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float | None = None,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    gene_symbols: str | None = None,
+    gene_selection: str = "random",
+    max_seq_len: int | None = None,
+    accelerator: str = "auto",
+    devices: str = "auto",
+    strategy: str | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Pretrain a :class:`~celltx.model.ScGPT` from scratch on ``.h5ad`` files.
+
+    Writes to ``out``: ``model/`` (``model.save``: safetensors + JSON), ``scgpt/`` (the
+    same weights in scGPT's directory format, :meth:`~celltx.model.ScGPT.export_scgpt`, for
+    ``celltx finetune`` and the original package), ``history.csv`` and ``summary.json``.
+
+    Parameters
+    ----------
+    inputs
+        One or several ``.h5ad`` files (several are concatenated; genes unioned, missing
+        ones 0; ``obs["source_file"]`` names each cell's file).
+    out
+        Output folder.
+    size
+        ``"small"``, ``"base"`` or ``"scgpt_human"`` (:data:`SIZES`).
+    task
+        ``"generative"`` or ``"contrastive"`` (see :meth:`~celltx.model.ScGPT.train`).
+    epochs, batch_size, lr
+        Training length, cells per step and per device, peak learning rate.
+    layer, batch_key, gene_symbols
+        As in :meth:`~celltx.model.ScGPT.setup_anndata`.
+    gene_selection, max_seq_len
+        :class:`~celltx.nn.ScGPTConfig` settings (``max_seq_len`` overrides the size's).
+    accelerator, devices, strategy, precision
+        Lightning's arguments (``devices=2 strategy=ddp`` for two GPUs).
+    seed
+        Seed of scvi-tools / Lightning.
+    overwrite
+        Write into a non-empty ``out``.
+    progress
+        Show Lightning's progress bar.
+
+    Returns
+    -------
+    dict
+        What ``summary.json`` holds: cells, genes, parameters, epochs, seconds, final losses.
+    """
+    import scvi
+
+    from celltx.model import ScGPT
+
+    if size not in SIZES:
+        raise TrainArgsError(f"--size {size}; use one of {list(SIZES)}.")
+    if task not in ("generative", "contrastive"):
+        raise TrainArgsError(f"--task {task}; use generative or contrastive.")
+    if epochs < 1 or batch_size < 1:
+        raise TrainArgsError("--epochs and --batch-size must be >= 1.")
+    out = _out_dir(out, overwrite)
+    t0 = time.perf_counter()
+    adata = _read_inputs(inputs)
+    scvi.settings.seed = seed
+    ScGPT.setup_anndata(adata, layer=layer, batch_key=batch_key, gene_symbols=gene_symbols)
+    settings = {**SIZES[size], "gene_selection": gene_selection, "seed": seed}
+    if max_seq_len is not None:
+        settings["max_seq_len"] = max_seq_len
+    model = ScGPT(adata, **settings)
+    print(model._model_summary_string, flush=True)
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        task=task,
+        enable_progress_bar=progress,
+        **_trainer_kwargs(accelerator, devices, strategy, precision),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "model"), overwrite=True)
+    model.export_scgpt(str(out / "scgpt"), overwrite=True)
+    return _finish(model, adata, out, t0, "pretrain")
+
+
+def _finish(model, adata, out: Path, t0: float, verb: str) -> dict:
+    import pandas as pd
+
+    hist = pd.concat([v for v in model.history.values()], axis=1)
+    hist.to_csv(out / "history.csv")
+    last = {k: float(v) for k, v in hist.iloc[-1].items() if pd.notna(v)}
+    summary = {
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
+        "epochs": int(len(hist)),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "final": last,
+        "out": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shown = ", ".join(
+        f"{k} {v:.4g}"
+        for k, v in last.items()
+        if k == "train_loss"
+        or (k.endswith("_train") and not k.startswith(("elbo", "kl_", "reconstruction")))
+    )
+    print(
+        f"celltx {verb}: {summary['n_cells']} cells × {summary['n_genes']} genes, "
+        f"{summary['n_parameters']:,} parameters, {summary['epochs']} epochs in "
+        f"{summary['seconds']} s; last epoch: {shown}\nWrote {out}",
+        flush=True,
+    )
+    return summary
+
+
+def finetune(
+    checkpoint: str | os.PathLike,
+    input_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    labels_key: str,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    freeze_layers: int = 0,
+    class_weight: str | None = None,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    gene_symbols: str | None = None,
+    predict: str | os.PathLike | None = None,
+    predict_out: str | os.PathLike | None = None,
+    accelerator: str = "auto",
+    devices: str = "auto",
+    strategy: str | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune a scGPT-format checkpoint for cell-type annotation.
+
+    Loads ``checkpoint`` (a published scGPT directory, or the ``scgpt/`` folder that
+    ``celltx pretrain`` writes) with :meth:`~celltx.model.ScGPT.load_pretrained` on the
+    labelled cells of ``input_path``, trains ``task="annotation"`` and writes ``model/``,
+    ``history.csv`` and ``summary.json`` to ``out``. With ``predict`` (an ``.h5ad`` of
+    cells to annotate) and ``predict_out``, writes that file with ``obs["celltx_prediction"]``
+    and ``obs["celltx_confidence"]``.
+
+    Parameters
+    ----------
+    checkpoint
+        scGPT-format model directory (``args.json``, ``vocab.json``, weights).
+    input_path
+        Labelled cells (``.h5ad``).
+    out
+        Output folder.
+    labels_key
+        ``obs`` column with the labels (NaN: unlabelled).
+    epochs, batch_size, lr, freeze_layers, class_weight
+        As in :meth:`~celltx.model.ScGPT.train`.
+    layer, batch_key, gene_symbols
+        As in :meth:`~celltx.model.ScGPT.setup_anndata`.
+    predict, predict_out
+        Cells to annotate and where to write them.
+    accelerator, devices, strategy, precision, seed, overwrite, progress
+        As for :func:`pretrain`.
+
+    Returns
+    -------
+    dict
+        What ``summary.json`` holds.
+    """
+    import anndata as ad
+    import numpy as np
+    import scvi
+
+    from celltx.model import ScGPT
+
+    ckpt = Path(checkpoint)
+    if not (ckpt / "args.json").is_file() or not (ckpt / "vocab.json").is_file():
+        hint = (
+            f" ({ckpt / 'scgpt'} is the scGPT-format copy celltx pretrain writes)"
+            if (ckpt / "scgpt" / "args.json").is_file()
+            else ""
+        )
+        raise TrainArgsError(
+            f"checkpoint {ckpt} is not a scGPT-format model directory (args.json, vocab.json, "
+            f"weights){hint}."
+        )
+    src = Path(input_path)
+    if not src.is_file():
+        raise TrainArgsError(f"input {src} does not exist.")
+    if (predict is None) != (predict_out is None):
+        raise TrainArgsError("--predict and --predict-out go together.")
+    if predict is not None and not Path(predict).is_file():
+        raise TrainArgsError(f"--predict {predict} does not exist.")
+    if epochs < 1 or batch_size < 1:
+        raise TrainArgsError("--epochs and --batch-size must be >= 1.")
+    out = _out_dir(out, overwrite)
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(src)
+    if labels_key not in adata.obs.columns:
+        raise TrainArgsError(
+            f"--labels-key {labels_key!r} is not a column of {src}; its columns: "
+            f"{list(adata.obs.columns)}."
+        )
+    scvi.settings.seed = seed
+    ScGPT.setup_anndata(
+        adata, layer=layer, batch_key=batch_key, labels_key=labels_key, gene_symbols=gene_symbols
+    )
+    model = ScGPT.load_pretrained(ckpt, adata, gene_symbols=gene_symbols, accelerator=accelerator)
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        task="annotation",
+        freeze_layers=freeze_layers,
+        class_weight=class_weight,
+        enable_progress_bar=progress,
+        **_trainer_kwargs(accelerator, devices, strategy, precision),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out / "model"), overwrite=True)
+    summary = _finish(model, adata, out, t0, "finetune")
+    if predict is not None:
+        query = ad.read_h5ad(predict)
+        proba = model.predict(query, soft=True)
+        query.obs["celltx_prediction"] = proba.columns.to_numpy()[proba.to_numpy().argmax(1)]
+        query.obs["celltx_confidence"] = np.asarray(proba.max(axis=1), dtype=np.float32)
+        for k in [k for k in query.uns if str(k).startswith("_scvi")]:
+            del query.uns[k]
+        query.obs = query.obs[[c for c in query.obs.columns if not c.startswith("_scvi")]]
+        query.write_h5ad(predict_out)
+        print(f"Wrote predictions for {query.n_obs} cells to {predict_out}", flush=True)
+    return summary
+
+
+def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
+    """Add the ``pretrain`` and ``finetune`` sub-commands to ``sub``."""
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a ScGPT from scratch on .h5ad files",
+        description="Pretrain a ScGPT from scratch on one or several .h5ad files; write the "
+        "model (celltx save and scGPT format), its history and a summary to --out.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".h5ad files with the cells")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
+    p.add_argument("--task", choices=["generative", "contrastive"], default="generative")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--layer", default=None, help="layer with the expression (default X)")
+    p.add_argument("--batch-key", default=None, help="obs column with batches")
+    p.add_argument("--gene-symbols", default=None, help="var column with gene symbols")
+    p.add_argument("--gene-selection", choices=["random", "rank"], default="random")
+    p.add_argument("--max-seq-len", type=int, default=None)
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a scGPT-format checkpoint for cell-type annotation",
+        description="Fine-tune a scGPT-format checkpoint (published, or the scgpt/ folder of "
+        "celltx pretrain) for cell-type annotation on labelled cells; optionally annotate "
+        "another .h5ad.",
+    )
+    f.add_argument("checkpoint", metavar="CHECKPOINT", help="scGPT-format model directory")
+    f.add_argument("input", metavar="INPUT", help="labelled cells (.h5ad)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--labels-key", required=True, help="obs column with the labels")
+    f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--freeze-layers", type=int, default=0)
+    f.add_argument("--class-weight", choices=["balanced"], default=None)
+    f.add_argument("--layer", default=None)
+    f.add_argument("--batch-key", default=None)
+    f.add_argument("--gene-symbols", default=None)
+    f.add_argument("--predict", default=None, metavar="QUERY", help=".h5ad to annotate")
+    f.add_argument("--predict-out", default=None, metavar="OUTPUT", help="where to write it")
+    for a in (p, f):
+        a.add_argument("--accelerator", default="auto", help="Lightning accelerator")
+        a.add_argument("--devices", default="auto", help="Lightning devices (e.g. 2)")
+        a.add_argument("--strategy", default=None, help="Lightning strategy (e.g. ddp)")
+        a.add_argument("--precision", default=None, help="Lightning precision (bf16-mixed)")
+        a.add_argument("--seed", type=int, default=0)
+        a.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+        a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return {"pretrain": p, "finetune": f}
+
+
+def run(args, parsers: dict) -> None:
+    """Run a ``pretrain`` / ``finetune`` command; bad arguments exit 2, data problems 1."""
+    common = {
+        "accelerator": args.accelerator,
+        "devices": args.devices,
+        "strategy": args.strategy,
+        "precision": args.precision,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "layer": args.layer,
+        "batch_key": args.batch_key,
+        "gene_symbols": args.gene_symbols,
+    }
+    parser = parsers[args.command]
+    try:
+        if args.command == "pretrain":
+            pretrain(
+                args.inputs,
+                args.out,
+                size=args.size,
+                task=args.task,
+                gene_selection=args.gene_selection,
+                max_seq_len=args.max_seq_len,
+                **common,
+            )
+        else:
+            finetune(
+                args.checkpoint,
+                args.input,
+                args.out,
+                labels_key=args.labels_key,
+                freeze_layers=args.freeze_layers,
+                class_weight=args.class_weight,
+                predict=args.predict,
+                predict_out=args.predict_out,
+                **common,
+            )
+    except TrainArgsError as err:
+        parser.error(str(err))
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"celltx {args.command}: error: {err}\n")
+    if sys.stdout:
+        sys.stdout.flush()

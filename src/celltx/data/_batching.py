@@ -1,0 +1,104 @@
+"""Token-budget batching: cells grouped by sequence length, batches sized by total tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+#: rows read at a time from disk-backed matrices
+_CHUNK = 10_000
+
+
+def expressed_counts(x, columns: np.ndarray | None = None, chunk: int = _CHUNK) -> np.ndarray:
+    """Number of non-zero values per row of ``x``, over ``columns`` (a boolean mask).
+
+    ``x`` may be dense, scipy-sparse or disk-backed (rows are read ``chunk`` at a time, so a
+    backed matrix is never loaded whole).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import expressed_counts
+    >>> expressed_counts(np.array([[0, 1, 2], [3, 0, 0]]), np.array([True, True, False]))
+    array([1, 1])
+    """
+    n = x.shape[0]
+    out = np.zeros(n, dtype=np.int64)
+    for lo in range(0, n, chunk):
+        block = x[lo : lo + chunk]
+        if columns is not None:
+            block = block[:, columns]
+        if sp.issparse(block):
+            block = block.tocsr()
+            block.eliminate_zeros()
+            out[lo : lo + chunk] = np.diff(block.indptr)
+        else:
+            out[lo : lo + chunk] = np.count_nonzero(np.asarray(block), axis=1)
+    return out
+
+
+def sequence_lengths(
+    expressed: np.ndarray, n_known: int, max_seq_len: int, zero_fraction: float = 0.0
+) -> np.ndarray:
+    """Tokens of each cell as :class:`~celltx.data.Tokenizer` makes them (``<cls>`` included).
+
+    ``expressed``: expressed vocabulary genes per cell; ``n_known``: vocabulary genes of the
+    panel; ``zero_fraction``: the tokenizer's share of slots for non-expressed genes.
+    """
+    budget = max_seq_len - 1
+    zero_slots = int(np.floor(zero_fraction * budget)) if zero_fraction else 0
+    e = np.asarray(expressed, dtype=np.int64)
+    return np.minimum(e, budget - zero_slots) + np.minimum(n_known - e, zero_slots) + 1
+
+
+def token_budget_batches(
+    lengths: np.ndarray, batch_tokens: int, max_cells: int | None = None
+) -> list[np.ndarray]:
+    """Positions of cells grouped into batches of at most ``batch_tokens`` padded tokens.
+
+    Cells are sorted by length (stably), so a batch holds cells of similar length and is
+    padded only to its longest; a batch grows while ``n_cells × longest length`` stays within
+    ``batch_tokens`` (and ``n_cells <= max_cells``). A cell longer than the budget gets a
+    batch of its own.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import token_budget_batches
+    >>> [b.tolist() for b in token_budget_batches(np.array([5, 100, 6, 90]), 200)]
+    [[0, 2], [3, 1]]
+    """
+    if int(batch_tokens) < 1:
+        raise ValueError(f"batch_tokens={batch_tokens} must be >= 1.")
+    lengths = np.asarray(lengths)
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for i in range(1, len(order) + 1):
+        # the batch order[start:i] padded to its longest (the last, lengths are sorted)
+        if i < len(order):
+            n_next = i + 1 - start
+            too_many = max_cells is not None and n_next > max_cells
+            if not too_many and n_next * lengths[order[i]] <= batch_tokens:
+                continue
+        batches.append(order[start:i])
+        start = i
+    return batches
+
+
+class TokenBudgetSampler(torch.utils.data.Sampler):
+    """A batch sampler over precomputed batches (:func:`token_budget_batches`).
+
+    Pass it as ``sampler=`` to scvi-tools' ``AnnDataLoader``: each item is the list of
+    dataset positions of one batch.
+    """
+
+    def __init__(self, batches: list[np.ndarray]):
+        self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
+
+    def __iter__(self):
+        for b in self.batches:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches)

@@ -1,0 +1,117 @@
+"""Token-budget batching (issue 15 item 1): grouping, exact sequence lengths, equal results."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import celltx
+from celltx.cli import main
+from celltx.data import (
+    Tokenizer,
+    expressed_counts,
+    sequence_lengths,
+    token_budget_batches,
+)
+from celltx.model import ScGPT
+
+from _helpers import SMALL
+
+
+def test_batches_cover_every_cell_once_within_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=500)
+    batches = token_budget_batches(lengths, 2000, max_cells=40)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) <= 40
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 2000
+    # grouped by length: batches follow the sorted order
+    assert np.all(np.diff(lengths[flat]) >= 0)
+    # fewer padded tokens than fixed batches of the same mean size, in random order
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    size = int(np.ceil(500 / len(batches)))
+    fixed = sum(len(c) * c.max() for c in np.array_split(lengths, range(size, 500, size)))
+    assert padded < fixed
+
+
+def test_cell_longer_than_budget_gets_its_own_batch_and_bad_budget():
+    assert [b.tolist() for b in token_budget_batches(np.array([10, 500, 12]), 100)] == [
+        [0, 2],
+        [1],
+    ]
+    with pytest.raises(ValueError, match="batch_tokens"):
+        token_budget_batches(np.array([3]), 0)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.3])
+def test_sequence_lengths_match_the_tokenizer(zero_fraction):
+    g = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(64, 50, generator=g) * 2) * (torch.rand(64, 50, generator=g) > 0.4)
+    gene_ids = torch.arange(50)
+    gene_ids[[3, 7]] = -1  # two genes outside the vocabulary
+    tok = Tokenizer(max_seq_len=20, pad_id=0, cls_id=1, zero_fraction=zero_fraction)
+    for i in range(0, 64, 8):  # several small batches, each trimmed to its own longest
+        out = tok(x[i : i + 8], gene_ids, sample="hash")
+        real = (~out.padding_mask).sum(1).numpy()
+        known = (gene_ids >= 0).numpy()
+        e = expressed_counts(x[i : i + 8].numpy(), known)
+        np.testing.assert_array_equal(
+            real, sequence_lengths(e, int(known.sum()), 20, zero_fraction)
+        )
+
+
+def test_expressed_counts_dense_sparse_backed(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.poisson(0.5, size=(25, 12)).astype(np.float32)
+    cols = rng.random(12) > 0.3
+    want = (x[:, cols] > 0).sum(1)
+    np.testing.assert_array_equal(expressed_counts(x, cols), want)
+    np.testing.assert_array_equal(expressed_counts(sp.csr_matrix(x), cols, chunk=7), want)
+    ad.AnnData(sp.csr_matrix(x)).write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    np.testing.assert_array_equal(expressed_counts(backed.X, cols, chunk=4), want)
+
+
+@pytest.fixture(scope="module")
+def model():
+    adata = celltx.datasets.pbmc68k()
+    ScGPT.setup_anndata(adata)
+    m = ScGPT(adata, **{**SMALL, "max_seq_len": 512})
+    m.is_trained_ = True  # random weights: the equality of batchings is what is tested
+    return m
+
+
+def test_embeddings_equal_plain_batches_in_cell_order(model):
+    plain = model.get_latent_representation(batch_size=64)
+    budget = model.get_latent_representation(batch_tokens=6000)
+    np.testing.assert_allclose(budget, plain, atol=1e-5)
+    idx = np.array([699, 5, 300, 5, 0])  # any order, duplicates included
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=idx, batch_tokens=900, batch_size=2),
+        plain[idx],
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="batch_tokens=1 must be"):
+        model.get_latent_representation(batch_tokens=1)
+
+
+def test_cli_batch_tokens_matches(model, tmp_path, capsys):
+    model.save(str(tmp_path / "ckpt"))
+    src = tmp_path / "in.h5ad"
+    celltx.datasets.pbmc68k().write_h5ad(src)
+    out = tmp_path / "out.h5ad"
+    argv = ["embed", str(tmp_path / "ckpt"), str(src), str(out), "--device", "cpu"]
+    assert main([*argv, "--no-progress", "--batch-tokens", "4096"]) == 0
+    emb = ad.read_h5ad(out).obsm["X_scgpt"]
+    np.testing.assert_allclose(emb, model.get_latent_representation(), atol=1e-5)
+    capsys.readouterr()
+    bad = ["embed", str(tmp_path / "ckpt"), str(src), str(tmp_path / "o2.h5ad")]
+    with pytest.raises(SystemExit):
+        main([*bad, "--device", "cpu", "--batch-tokens", "1"])
+    assert "batch tokens 1" in capsys.readouterr().err
+    assert not (tmp_path / "o2.h5ad").exists()
