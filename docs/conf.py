@@ -62,10 +62,10 @@ autosummary_generate = True  # pages go to docs/generated (git-ignored), see api
 autosummary_imported_members = False
 autodoc_default_options = {
     "members": True,
-    # Inherited scvi-tools / Lightning / torch members carry docstrings with
-    # cross-references to their own docs that do not resolve here; document only what
-    # celltx defines.
-    "inherited-members": False,
+    # Class pages (docs/_templates/autosummary/class.rst) add inherited members, so that
+    # the task mixins that assemble ScGPT are documented; scvi-tools / Lightning / torch
+    # members carry docstrings with cross-references to their own docs that do not resolve
+    # here: _skip_foreign leaves them out.
     "show-inheritance": True,
 }
 autodoc_member_order = "bysource"
@@ -139,5 +139,15 @@ def _tutorials_outdated(app, env, added, changed, removed):
     return [d for d in env.found_docs if str(env.doc2path(d)).endswith(".nblink")]
 
 
+def _skip_foreign(app, what, name, obj, skip, options):
+    """Skip members defined outside celltx (scvi-tools, Lightning, torch, builtins)."""
+    if skip:
+        return None
+    target = getattr(obj, "fget", None) or getattr(obj, "__func__", None) or obj
+    module = getattr(target, "__module__", None) or ""
+    return None if module.startswith("celltx") else True
+
+
 def setup(app):
+    app.connect("autodoc-skip-member", _skip_foreign)
     app.connect("env-get-outdated", _tutorials_outdated)

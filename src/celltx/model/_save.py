@@ -261,12 +261,12 @@ class SafeSaveMixin:
         **anndata_write_kwargs
             Passed to :meth:`anndata.AnnData.write` (or ``MuData.write``).
 
-        Raises
-        ------
-        ValueError
-            When ``dir_path`` exists and ``overwrite`` is ``False``, for ``save_kwargs`` or
-            ``datamodule``, and when a model attribute ending in ``_`` holds a value the
-            format cannot store without a pickle (the message names it).
+        Notes
+        -----
+        A :class:`ValueError` is raised when ``dir_path`` exists and ``overwrite`` is
+        ``False``, for ``save_kwargs`` or ``datamodule``, and when a model attribute ending
+        in ``_`` holds a value the format cannot store without a pickle (the message names
+        it).
 
         Examples
         --------
