@@ -150,6 +150,10 @@ def test_cell_text_loss_prefers_alignment_and_handles_shared_labels():
     assert cell_text_loss(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) == 0
     logits = torch.randn(6, 4, requires_grad=True)
     cell_text_loss(logits, labels).backward()
+    # per-label weights change the cell -> text term
+    w = torch.tensor([1.0, 5.0, 1.0, 1.0])
+    with torch.no_grad():
+        assert not torch.isclose(cell_text_loss(logits, labels, w), cell_text_loss(logits, labels))
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
@@ -239,9 +243,18 @@ def test_cell_text_after_generative_pretraining(pbmc):
     m = ScGPT(pbmc, **SMALL)
     m.train(max_epochs=1, batch_size=64, accelerator="cpu", enable_progress_bar=False)
     m.train(
-        max_epochs=1, task="cell_text", batch_size=64, accelerator="cpu", enable_progress_bar=False
+        max_epochs=1,
+        task="cell_text",
+        batch_size=64,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        class_weight="balanced",
     )
     assert np.isfinite(m.history["text_loss_train"].to_numpy(dtype=float)[-1:]).all()
+    w = m.module.class_weights
+    assert w.shape[0] == 10 and w.max() > 2 * w.min()  # rare types weigh more
+    with pytest.raises(ValueError, match="label smoothing"):
+        m.train(max_epochs=1, task="cell_text", label_smoothing=0.1, accelerator="cpu")
     # combined with the contrastive part (CellLM + LangCell)
     m.train(
         max_epochs=1,

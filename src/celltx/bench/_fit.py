@@ -18,7 +18,9 @@ def fit_celltx(
 
     ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
     key by key), ``epochs``, ``lr``, ``batch_size``, ``accelerator`` and optionally
-    ``task``, ``loss_weights`` and ``chunk_size`` (of :meth:`~celltx.model.ScGPT.train`);
+    ``task``, ``loss_weights``, ``chunk_size`` and ``class_weight`` (of
+    :meth:`~celltx.model.ScGPT.train`) and ``label_texts`` (of
+    :meth:`~celltx.model.ScGPT.set_label_texts`);
     ``settings`` wins. ``labels_key`` is registered when given (label-aware tasks).
     Returns the trained model (its ``adata`` is the copy).
     """
@@ -32,6 +34,8 @@ def fit_celltx(
     scvi.settings.seed = seed
     ScGPT.setup_anndata(a, labels_key=labels_key)
     model = ScGPT(a, **cfg["model"])
+    if cfg.get("label_texts") is not None:  # cell–text alignment: how labels become texts
+        model.set_label_texts(**cfg["label_texts"])
     model.train(
         max_epochs=cfg["epochs"],
         lr=cfg["lr"],
@@ -40,6 +44,7 @@ def fit_celltx(
         task=cfg.get("task"),
         loss_weights=cfg.get("loss_weights"),
         chunk_size=cfg.get("chunk_size"),
+        class_weight=cfg.get("class_weight"),
         enable_progress_bar=False,
     )
     return model

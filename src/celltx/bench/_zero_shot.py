@@ -125,7 +125,9 @@ def zero_shot(
         source.
     celltx
         Overrides of :data:`ZERO_SHOT_CELLTX_DEFAULTS` (``model``, ``epochs``, ``lr``,
-        ``batch_size``, ``accelerator``).
+        ``batch_size``, ``accelerator``, ``loss_weights``, ``class_weight``, and
+        ``label_texts``: arguments of :meth:`~celltx.model.ScGPT.set_label_texts`, e.g.
+        ``{"ontology": False}`` to use the names as texts, for labels and candidates alike).
     methods
         Which of :data:`ZERO_SHOT_METHODS` to run.
 
@@ -163,16 +165,21 @@ def zero_shot(
             source, ZERO_SHOT_CELLTX_DEFAULTS, dict(celltx or {}), seed, source_labels_key
         )
         attrs["label_texts"] = model.label_texts_
+    # candidates are described as the labels were (Cell Ontology texts unless
+    # celltx={"label_texts": {"ontology": False}})
+    ontology = bool(dict((celltx or {}).get("label_texts") or {}).get("ontology", True))
     if "celltx zero-shot" in methods:
         t = target.copy()
-        chosen = model.predict_zero_shot(t, candidates=offered, key_added="zero_shot")
+        chosen = model.predict_zero_shot(
+            t, candidates=offered, key_added="zero_shot", ontology=ontology
+        )
         pred = np.asarray([back[c] for c in chosen])
-        attrs["candidates"] = model._candidate_texts(offered, True, None)
+        attrs["candidates"] = model._candidate_texts(offered, ontology, None)
         rows.append({"method": "celltx zero-shot", **_scores(t_labels, pred, unseen)})
     if "classifier + text mapping" in methods:
         texts = attrs.get("candidates")
         if texts is None:
-            texts = model._candidate_texts(offered, True, None)
+            texts = model._candidate_texts(offered, ontology, None)
         s_pred = _classifier(source, s_labels, target, seed)
         enc = model._text_encoder()
         s_names = list(model.label_texts_.index)

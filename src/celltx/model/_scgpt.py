@@ -360,7 +360,7 @@ class ScGPT(
             Override single weights of the preset: ``gep``, ``mvc``, ``cls``, ``ecs``,
             ``dab``, ``contrast``, ``text``, and ``ecs_threshold`` (default 0.8).
         class_weight
-            Classification only: ``"balanced"`` weighs each class by ``n_cells /
+            Classification and cell–text alignment: ``"balanced"`` weighs each class by ``n_cells /
             (n_classes × n_class_cells)`` over the labelled training cells, or a
             ``{label: weight}`` dict; ``None``: equal weights.
         label_smoothing

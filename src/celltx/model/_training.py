@@ -79,10 +79,18 @@ class TrainingMixin:
             raise ValueError(f"Unknown loss weights {sorted(unknown)}; use {', '.join(PARTS)}.")
         weights.update(extra)
         cw = None
-        if weights.get("cls", 0) > 0:
+        if weights.get("cls", 0) > 0 or weights.get("text", 0) > 0:
             cw = self._class_weights(class_weight)
-        elif class_weight is not None or label_smoothing:
-            raise ValueError("class_weight and label_smoothing apply to classification (cls > 0).")
+        elif class_weight is not None:
+            raise ValueError(
+                "class_weight applies to the label-aware parts: classification (cls > 0) and "
+                "cell–text alignment (text > 0)."
+            )
+        if label_smoothing and not weights.get("cls", 0) > 0:
+            raise ValueError(
+                f"label_smoothing={label_smoothing}: label smoothing and class weights apply to "
+                "classification (cls > 0); class weights also to cell–text alignment (text > 0)."
+            )
         m.set_objective(
             **weights, ecs_threshold=threshold, label_smoothing=label_smoothing, class_weights=cw
         )

@@ -319,7 +319,7 @@ class CellText(Part):
         labels = module._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
         lab = labels >= 0
         logits = module.text_head.logits(inference["cell_emb"][lab], module.label_text)
-        loss = cell_text_loss(logits, labels[lab])
+        loss = cell_text_loss(logits, labels[lab], weight=module.class_weights)
         acc = (logits.argmax(1) == labels[lab]).float().mean() if lab.any() else None
         return PartLoss(
             loss,
@@ -328,14 +328,17 @@ class CellText(Part):
         )
 
 
-def cell_text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cell_text_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric InfoNCE between cells and the texts of their labels.
 
     ``logits`` ``(N, T)``: scaled similarities of ``N`` cells to every label's text;
-    ``labels`` ``(N,)``: each cell's text. Cell → text: cross-entropy over all texts. Text →
-    cell: for each text with cells in the batch, softmax over the batch's cells, maximising
-    the probability of its cells together (several cells share a label). The mean of both.
-    No cells give 0.
+    ``labels`` ``(N,)``: each cell's text. Cell → text: cross-entropy over all texts
+    (weighted per label by ``weight``, e.g. ``class_weight="balanced"``). Text → cell: for
+    each text with cells in the batch, softmax over the batch's cells, maximising the
+    probability of its cells together (several cells share a label); averaged over texts,
+    so every label present counts alike. The mean of both. No cells give 0.
 
     Examples
     --------
@@ -349,7 +352,9 @@ def cell_text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     logits = logits.float()
-    c2t = F.cross_entropy(logits, labels)
+    if weight is not None and weight.shape[0] != logits.shape[1]:
+        weight = None  # the default all-ones buffer of a model without classes
+    c2t = F.cross_entropy(logits, labels, weight=weight)
     present = torch.unique(labels)
     logp = torch.log_softmax(logits[:, present], dim=0)  # (N, P): over cells
     pos = labels[:, None] == present[None, :]
