@@ -36,7 +36,8 @@ Run from the repository root::
     python benchmarks/throughput.py                        # both configs, auto device
     python benchmarks/throughput.py --configs small        # pbmc68k only
     python benchmarks/throughput.py --configs scgpt_human --n-cells 64 --steps 3
-    python benchmarks/throughput.py --device cuda          # GPU, bf16 autocast
+    python benchmarks/throughput.py --device cuda          # GPU, bf16 autocast, with MFU
+    python benchmarks/throughput.py --peak-tflops 2.0      # MFU against a given peak
     python benchmarks/throughput.py --quick                # smoke test, tiny settings
     python benchmarks/throughput.py --threads 1            # fix torch's thread count
 
@@ -260,6 +261,40 @@ class Row:
     cells_per_s: float
     tokens_per_s: float
     peak_mib: float
+    mfu: float = float("nan")
+
+
+#: dense bf16 peak TFLOP/s of GPUs by name (vendor data sheets; no sparsity)
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float:
+    """The device's peak TFLOP/s: ``given``, or looked up by GPU name (NaN if unknown)."""
+    if given is not None:
+        return given
+    if device.type != "cuda":
+        return float("nan")
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
+
+
+def flops_per_token(model, seq_len: float, train: bool) -> float:
+    """Model FLOPs per token: 2 N + 4 n_layers L d forward (N = non-embedding parameters,
+    L = mean tokens per sequence; the attention term counts QK^T and AV), 3× that for a
+    training step (forward + backward), as in the PaLM paper's MFU."""
+    t = model.module.transformer
+    emb = sum(p.numel() for p in t.encoder.embedding.parameters())
+    n = sum(p.numel() for p in model.module.parameters()) - emb
+    cfg = model.config
+    fwd = 2 * n + 4 * cfg.n_layers * seq_len * cfg.d_model
+    return (3 if train else 1) * fwd
 
 
 def bench_tokenize(model, batches, sample: str, device) -> tuple[float, float, float]:
@@ -365,11 +400,15 @@ def run_config(name: str, args, device: torch.device) -> tuple[list[Row], str]:
         c, t, m = bench_tokenize(model, batches, sample, device)
         rows.append(Row(name, f"tokenize ({sample})", batch_size, c, t, m))
         print(f"  {rows[-1].phase}: {c:.1f} cells/s", flush=True)
+    peak = peak_tflops(device, args.peak_tflops) * 1e12
+    L = float(tok_cell.mean())
     c, t, m = bench_train(model, batches, steps, warmup, device)
-    rows.append(Row(name, "train step", batch_size, c, t, m))
+    mfu = t * flops_per_token(model, L, train=True) / peak
+    rows.append(Row(name, "train step", batch_size, c, t, m, mfu))
     print(f"  train step: {c:.2f} cells/s", flush=True)
     c, t, m = bench_embed(model, adata, batch_size, int(tok_cell.sum()), device)
-    rows.append(Row(name, "embed (get_latent_representation)", batch_size, c, t, m))
+    mfu = t * flops_per_token(model, L, train=False) / peak
+    rows.append(Row(name, "embed (get_latent_representation)", batch_size, c, t, m, mfu))
     print(f"  embed: {c:.2f} cells/s", flush=True)
 
     del model, batches
@@ -424,6 +463,13 @@ def main(argv=None) -> None:
         help="torch intra-op threads (default: torch's own choice)",
     )
     p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for MFU (default: looked up for known GPUs in bf16; "
+        "n/a on CPU)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: 32 cells, 1 warm-up + 2 steps, batch <= 4",
@@ -456,12 +502,13 @@ def main(argv=None) -> None:
         infos.append(info)
 
     print()
-    print("| config | phase | batch | cells/s | tokens/s | peak mem (MiB) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| config | phase | batch | cells/s | tokens/s | peak mem (MiB) | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        mfu = "n/a" if r.mfu != r.mfu else f"{r.mfu:.1%}"
         print(
             f"| {r.config} | {r.phase} | {r.batch} | {fmt(r.cells_per_s)} | "
-            f"{fmt(r.tokens_per_s)} | {fmt(r.peak_mib)} |"
+            f"{fmt(r.tokens_per_s)} | {fmt(r.peak_mib)} | {mfu} |"
         )
     print()
     print("Notes:")
@@ -474,6 +521,10 @@ def main(argv=None) -> None:
     )
     print(
         "- embed: timed end to end, incl. scvi-tools data loading; tokens from the cells' gene counts."
+    )
+    print(
+        "- MFU: tokens/s × model FLOPs per token (2N + 4·layers·L·d forward, ×3 for a train "
+        f"step) / peak ({fmt(peak_tflops(device, args.peak_tflops))} TFLOP/s)."
     )
     print("- numbers are machine- and load-specific; compare only runs on the same machine.")
 
