@@ -57,3 +57,16 @@ def test_pooling_choices(trained):
     np.testing.assert_allclose(emb["mean"], want, atol=1e-5)
     with pytest.raises(ValueError, match="pooling='max'"):
         model.get_latent_representation(indices=idx, pooling="max")
+
+
+def test_cell_embedding_owns_its_memory(trained):
+    """The <cls> embedding is a copy, not a view of the (B, L, D) outputs: a view kept every
+    batch's whole output alive while results were collected (peak memory grew with cells)."""
+    import torch
+    from scvi import REGISTRY_KEYS
+
+    model, adata = trained
+    x = torch.as_tensor(model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)[:16].toarray())
+    with torch.inference_mode(), model._panel(adata):
+        emb, _ = model.module.cell_embedding(x)
+    assert emb.untyped_storage().nbytes() == emb.numel() * emb.element_size()

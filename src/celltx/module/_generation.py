@@ -41,7 +41,9 @@ class GenerationMixin:
         )
         tokens = out["tokens"]
         n_genes = (~tokens.padding_mask).sum(1) - 1
-        cls = out["cell_emb"].float()
+        # a copy, not a view of the (B, L, D) outputs: a view would keep every batch's whole
+        # output tensor alive in the caller's list of results (memory grew with the cells)
+        cls = out["cell_emb"].float().clone()
         if pooling == "cls":
             return cls, n_genes
         w = (~tokens.padding_mask).float()
