@@ -156,6 +156,8 @@ def test_help_lists_verbs_and_options(capsys):
         "--overwrite",
         "--no-progress",
         "--precision",
+        "--low-memory",
+        "--batch-tokens",
     ):
         assert option in out
 

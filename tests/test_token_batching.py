@@ -115,3 +115,17 @@ def test_cli_batch_tokens_matches(model, tmp_path, capsys):
         main([*bad, "--device", "cpu", "--batch-tokens", "1"])
     assert "batch tokens 1" in capsys.readouterr().err
     assert not (tmp_path / "o2.h5ad").exists()
+
+
+def test_fix_mmap_threshold_on_glibc():
+    import sys
+
+    from celltx.data import fix_mmap_threshold
+
+    ok = fix_mmap_threshold()
+    assert isinstance(ok, bool)
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert ok

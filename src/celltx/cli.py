@@ -189,6 +189,7 @@ def embed(
     progress: bool = True,
     precision: str = "auto",
     batch_tokens: int | None = None,
+    low_memory: bool = False,
 ) -> dict:
     """Embed the cells of an ``.h5ad`` file with a checkpoint and write them to a new file.
 
@@ -230,6 +231,9 @@ def embed(
     batch_tokens
         Token-budget batching (see :meth:`~celltx.model.ScGPT.get_latent_representation`):
         at most this many padded tokens per forward pass, cells grouped by length.
+    low_memory
+        Keep resident memory flat over many batches (:func:`celltx.data.fix_mmap_threshold`;
+        glibc only), at some speed: measured in ``benchmarks/streaming.py``.
     precision
         ``"auto"``, ``"fp32"`` or ``"bf16"``: the model's
         :attr:`~celltx.model.ScGPT.inference_precision`.
@@ -277,6 +281,10 @@ def embed(
     if max_seq_len is not None and max_seq_len < 2:
         raise EmbedError(f"max_seq_len {max_seq_len} must be >= 2 (<cls> and one gene).")
 
+    if low_memory:
+        from celltx.data import fix_mmap_threshold
+
+        fix_mmap_threshold()  # memory stays flat over many batches (see its docstring)
     adata = ad.read_h5ad(src, backed="r" if backed else None)
     try:
         obs_columns, uns_keys = list(adata.obs.columns), set(adata.uns.keys())
@@ -447,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: bf16 on a GPU that has it, fp32 elsewhere; bf16 also on CPUs "
         "(faster with AVX-512 BF16 / AMX; see benchmarks/inference_precision.py)",
     )
+    e.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="keep memory flat over many batches (fixed glibc mmap threshold), at some speed",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train_parsers = _cli_train.add_parsers(sub)
@@ -480,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
                 precision=args.precision,
                 batch_tokens=args.batch_tokens,
+                low_memory=args.low_memory,
             )
         except EmbedError as err:
             e.error(str(err))  # usage and message, exit status 2

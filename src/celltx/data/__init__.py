@@ -8,6 +8,7 @@ from ._batching import (
 )
 from ._datasets import pbmc68k
 from ._genes import GeneMatch, check_expression, gene_names, match_genes, nonzero_medians
+from ._memory import fix_mmap_threshold
 from ._mosaic import modality_presence, pad_mosaic, place_rows
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._tokenizer import (
@@ -27,6 +28,7 @@ from ._tokenizer import (
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
+    "fix_mmap_threshold",
     "TokenBudgetSampler",
     "expressed_counts",
     "sequence_lengths",
