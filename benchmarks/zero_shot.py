@@ -30,19 +30,7 @@ from sklearn.model_selection import train_test_split
 
 import celltx
 
-#: pbmc68k's names -> an Azimuth-like naming (fixed before measuring)
-RENAME = {
-    "CD14+ Monocyte": "CD14 Mono",
-    "CD19+ B": "B",
-    "CD34+": "HSPC",
-    "CD4+/CD25 T Reg": "Treg",
-    "CD4+/CD45RA+/CD25- Naive T": "CD4 Naive",
-    "CD4+/CD45RO+ Memory": "CD4 TCM",
-    "CD56+ NK": "NK",
-    "CD8+ Cytotoxic T": "CD8 TEM",
-    "CD8+/CD45RA+ Naive Cytotoxic": "CD8 Naive",
-    "Dendritic": "DC",
-}
+RENAME = celltx.bench.PBMC68K_SHORT_NAMES
 HELDOUT = ["CD56+ NK", "CD19+ B", "CD34+"]
 
 

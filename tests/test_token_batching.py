@@ -75,6 +75,9 @@ def test_expressed_counts_dense_sparse_backed(tmp_path):
     ad.AnnData(sp.csr_matrix(x)).write_h5ad(tmp_path / "a.h5ad")
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
     np.testing.assert_array_equal(expressed_counts(backed.X, cols, chunk=4), want)
+    rows = np.array([20, 3, 3, 0, 24])  # unsorted, repeated
+    np.testing.assert_array_equal(expressed_counts(backed.X, cols, chunk=2, rows=rows), want[rows])
+    np.testing.assert_array_equal(expressed_counts(x, cols, rows=rows), want[rows])
 
 
 @pytest.fixture(scope="module")

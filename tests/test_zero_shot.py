@@ -20,19 +20,7 @@ from celltx.text._ontology import normalize  # noqa: E402
 
 from _helpers import SMALL  # noqa: E402
 
-#: pbmc68k's names -> short names of another convention (as benchmarks/zero_shot.py)
-RENAME = {
-    "CD14+ Monocyte": "CD14 Mono",
-    "CD19+ B": "B",
-    "CD34+": "HSPC",
-    "CD4+/CD25 T Reg": "Treg",
-    "CD4+/CD45RA+/CD25- Naive T": "CD4 Naive",
-    "CD4+/CD45RO+ Memory": "CD4 TCM",
-    "CD56+ NK": "NK",
-    "CD8+ Cytotoxic T": "CD8 TEM",
-    "CD8+/CD45RA+ Naive Cytotoxic": "CD8 Naive",
-    "Dendritic": "DC",
-}
+RENAME = celltx.bench.PBMC68K_SHORT_NAMES
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -43,7 +43,12 @@ from ._perturbation._split import perturbation_split
 from ._query import QUERY_CELLTX_DEFAULTS, QUERY_METHODS, query_mapping
 from ._representation import EMBED_CELLTX_DEFAULTS, EMBEDDING_METHODS, embedding
 from ._tokens import TOKEN_SELECTIONS, token_retention
-from ._zero_shot import ZERO_SHOT_CELLTX_DEFAULTS, ZERO_SHOT_METHODS, zero_shot
+from ._zero_shot import (
+    PBMC68K_SHORT_NAMES,
+    ZERO_SHOT_CELLTX_DEFAULTS,
+    ZERO_SHOT_METHODS,
+    zero_shot,
+)
 
 __all__ = [
     "embedding_scores",
@@ -92,4 +97,4 @@ __all__ += ["gene_program_scores"]
 __all__ += ["gene_network", "NETWORK_METHODS", "NETWORK_CELLTX_DEFAULTS"]
 __all__ += ["token_retention", "TOKEN_SELECTIONS"]
 __all__ += ["embedding", "EMBEDDING_METHODS", "EMBED_CELLTX_DEFAULTS"]
-__all__ += ["zero_shot", "ZERO_SHOT_METHODS", "ZERO_SHOT_CELLTX_DEFAULTS"]
+__all__ += ["zero_shot", "ZERO_SHOT_METHODS", "ZERO_SHOT_CELLTX_DEFAULTS", "PBMC68K_SHORT_NAMES"]

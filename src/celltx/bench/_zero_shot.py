@@ -30,6 +30,21 @@ ZERO_SHOT_CELLTX_DEFAULTS: dict = {
     "task": "cell_text",
 }
 
+#: pbmc68k's cell-type names -> an Azimuth-like short naming, fixed before any
+#: measurement: the cross-naming target of ``benchmarks/zero_shot.py`` (and the tests)
+PBMC68K_SHORT_NAMES = {
+    "CD14+ Monocyte": "CD14 Mono",
+    "CD19+ B": "B",
+    "CD34+": "HSPC",
+    "CD4+/CD25 T Reg": "Treg",
+    "CD4+/CD45RA+/CD25- Naive T": "CD4 Naive",
+    "CD4+/CD45RO+ Memory": "CD4 TCM",
+    "CD56+ NK": "NK",
+    "CD8+ Cytotoxic T": "CD8 TEM",
+    "CD8+/CD45RA+ Naive Cytotoxic": "CD8 Naive",
+    "Dendritic": "DC",
+}
+
 #: the methods of :func:`zero_shot`, in table order
 ZERO_SHOT_METHODS = ("celltx zero-shot", "classifier + text mapping", "majority", "chance")
 

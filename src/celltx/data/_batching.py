@@ -10,11 +10,14 @@ import torch
 _CHUNK = 10_000
 
 
-def expressed_counts(x, columns: np.ndarray | None = None, chunk: int = _CHUNK) -> np.ndarray:
+def expressed_counts(
+    x, columns: np.ndarray | None = None, chunk: int = _CHUNK, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Number of non-zero values per row of ``x``, over ``columns`` (a boolean mask).
 
     ``x`` may be dense, scipy-sparse or disk-backed (rows are read ``chunk`` at a time, so a
-    backed matrix is never loaded whole).
+    backed matrix is never loaded whole). ``rows``: count only these rows (any order,
+    repeats allowed; each distinct row is read once), in their order.
 
     Examples
     --------
@@ -22,11 +25,17 @@ def expressed_counts(x, columns: np.ndarray | None = None, chunk: int = _CHUNK) 
     >>> from celltx.data import expressed_counts
     >>> expressed_counts(np.array([[0, 1, 2], [3, 0, 0]]), np.array([True, True, False]))
     array([1, 1])
+    >>> expressed_counts(np.array([[0, 1, 2], [3, 0, 0]]), rows=np.array([1, 0, 1]))
+    array([1, 2, 1])
     """
-    n = x.shape[0]
+    if rows is None:
+        uniq, inv, n = None, None, x.shape[0]
+    else:
+        uniq, inv = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        n = len(uniq)
     out = np.zeros(n, dtype=np.int64)
     for lo in range(0, n, chunk):
-        block = x[lo : lo + chunk]
+        block = x[lo : lo + chunk] if uniq is None else x[uniq[lo : lo + chunk]]
         if columns is not None:
             block = block[:, columns]
         if sp.issparse(block):
@@ -35,7 +44,7 @@ def expressed_counts(x, columns: np.ndarray | None = None, chunk: int = _CHUNK) 
             out[lo : lo + chunk] = np.diff(block.indptr)
         else:
             out[lo : lo + chunk] = np.count_nonzero(np.asarray(block), axis=1)
-    return out
+    return out if inv is None else out[inv]
 
 
 def sequence_lengths(

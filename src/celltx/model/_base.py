@@ -86,7 +86,8 @@ class DataMixin:
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         known = self._gene_ids(adata) >= 0
         x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
-        expressed = expressed_counts(x, known)[idx]
+        # only the requested cells are read (a caller embedding block by block reads each once)
+        expressed = expressed_counts(x, known, rows=None if indices is None else idx)
         L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
         lengths = sequence_lengths(
             expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction
