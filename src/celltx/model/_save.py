@@ -263,6 +263,9 @@ class SafeSaveMixin:
 
         Notes
         -----
+        Under data-parallel training (Lightning DDP) only the process of rank 0 writes; on
+        the other ranks ``save`` does nothing, so a training script needs no guard.
+
         A :class:`ValueError` is raised when ``dir_path`` exists and ``overwrite`` is
         ``False``, for ``save_kwargs`` or ``datamodule``, and when a model attribute ending
         in ``_`` holds a value the format cannot store without a pickle (the message names
@@ -274,9 +277,14 @@ class SafeSaveMixin:
         >>> model = celltx.model.ScGPT.load("my_model/")  # doctest: +SKIP
         """
         from anndata import AnnData
+        from lightning.pytorch.utilities import rank_zero_only
         from mudata import MuData
         from safetensors.torch import save_file
 
+        if rank_zero_only.rank != 0:
+            # a DDP script runs on every rank after training; the weights are the same on
+            # all of them, and two processes writing one file would corrupt it
+            return
         if save_kwargs:
             raise ValueError(
                 f"save_kwargs={save_kwargs!r} are torch.save options; celltx saves with "

@@ -36,7 +36,7 @@ from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
-from ._training import TrainingMixin
+from ._training import TrainingMixin, data_parallel_defaults
 from ._validation import (
     check_anndata_setup,
     registration_undone_on_failure,
@@ -418,6 +418,7 @@ class ScGPT(
             and torch.cuda.is_bf16_supported()
         ):
             trainer_kwargs["precision"] = "bf16-mixed"
+        data_parallel_defaults(trainer_kwargs)
         if not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
             # no validation cells (train_size=1.0, or very few cells): train without a
             # validation loop rather than fail inside Lightning

@@ -1,4 +1,4 @@
-"""Objective selection, class weights and the validation split of :meth:`ScGPT.train`."""
+"""Objective selection, class weights, the validation split and the DDP defaults of :meth:`ScGPT.train`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,28 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from celltx.module import PARTS, TASKS
+
+_DDP_FIND_UNUSED = {
+    "ddp": "ddp_find_unused_parameters_true",
+    "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+    "ddp_notebook": "ddp_notebook_find_unused_parameters_true",
+    "ddp_fork": "ddp_fork_find_unused_parameters_true",
+}
+
+
+def data_parallel_defaults(trainer_kwargs: dict) -> None:
+    """Adapt Lightning's DDP strategy names to celltx's objectives (in place).
+
+    An objective uses some heads and not others (annotation leaves the expression decoders
+    idle), which plain DDP refuses: the named DDP strategies become their
+    ``find_unused_parameters`` variants. Validation runs under ``torch.no_grad`` instead of
+    inference mode, whose tensors gloo's in-place all-reduce of the logged metrics rejects.
+    """
+    strategy = trainer_kwargs.get("strategy")
+    if isinstance(strategy, str) and strategy in _DDP_FIND_UNUSED:
+        trainer_kwargs["strategy"] = _DDP_FIND_UNUSED[strategy]
+    if isinstance(trainer_kwargs.get("strategy"), str) and "ddp" in trainer_kwargs["strategy"]:
+        trainer_kwargs.setdefault("inference_mode", False)
 
 
 class TrainingMixin:

@@ -58,6 +58,16 @@ class PretrainingPlan(TrainingPlan):
         self.lr_schedule = lr_schedule
         self.warmup_ratio = warmup_ratio
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """scvi-tools' metric logging, under ``torch.no_grad`` instead of inference mode.
+
+        Under DDP Lightning averages each logged metric across processes by updating its
+        tensor in place, which inference-mode tensors refuse (``RuntimeError: Inplace update
+        to inference tensor``); no_grad logs the same values with ordinary tensors.
+        """
+        with torch.no_grad():
+            TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+
     def configure_optimizers(self):
         config = super().configure_optimizers()
         if self.reduce_lr_on_plateau or self.lr_schedule == "constant":
