@@ -52,10 +52,16 @@ N_TOKENS = 60_697
 SHAPE = {"embsize": 512, "nheads": 8, "nlayers": 12, "d_hid": 512}
 
 
-def write_human_sized_checkpoint(out: Path, safetensors: bool = False) -> int:
-    """Write a scGPT_human-shaped model directory; returns the number of parameters."""
+def write_human_sized_checkpoint(
+    out: Path, safetensors: bool = False, genes: list[str] | None = None
+) -> int:
+    """Write a scGPT_human-shaped model directory; returns the number of parameters.
+
+    The vocabulary starts with ``genes`` (default: the pbmc68k genes) and is filled up to
+    60,697 tokens with generated names.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    genes = list(celltx.datasets.pbmc68k().var_names)
+    genes = list(celltx.datasets.pbmc68k().var_names if genes is None else genes)
     genes += [f"GENE{i:05d}" for i in range(N_TOKENS - 3 - len(genes))]
     GeneVocab.from_genes(genes).save(out / "vocab.json")
     args = {

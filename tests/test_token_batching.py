@@ -90,9 +90,13 @@ def model():
 
 
 def test_embeddings_equal_plain_batches_in_cell_order(model):
-    plain = model.get_latent_representation(batch_size=64)
+    plain = model.get_latent_representation(batch_size=64, batch_tokens=None)
     budget = model.get_latent_representation(batch_tokens=6000)
     np.testing.assert_allclose(budget, plain, atol=1e-5)
+    # the default is a token budget ("auto"), with the same results
+    np.testing.assert_allclose(model.get_latent_representation(), plain, atol=1e-5)
+    with pytest.raises(ValueError, match="use 'auto', an integer"):
+        model.get_latent_representation(batch_tokens="fast")
     idx = np.array([699, 5, 300, 5, 0])  # any order, duplicates included
     np.testing.assert_allclose(
         model.get_latent_representation(indices=idx, batch_tokens=900, batch_size=2),
@@ -117,7 +121,14 @@ def test_cli_batch_tokens_matches(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*bad, "--device", "cpu", "--batch-tokens", "1"])
     assert "batch tokens 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*bad, "--device", "cpu", "--batch-tokens", "lots"])
+    assert "'lots' is not an integer, 'auto' or 'none'" in capsys.readouterr().err
     assert not (tmp_path / "o2.h5ad").exists()
+    # plain batches on request
+    assert main([*argv, "--no-progress", "--batch-tokens", "none", "--overwrite"]) == 0
+    emb = ad.read_h5ad(out).obsm["X_scgpt"]
+    np.testing.assert_allclose(emb, model.get_latent_representation(), atol=1e-5)
 
 
 def test_fix_mmap_threshold_on_glibc():

@@ -175,6 +175,16 @@ def _prepare_for_saved_model(adata, ckpt: Path, gene_symbols: str | None) -> Non
         )
 
 
+def _batch_tokens(text: str) -> int | str | None:
+    """``--batch-tokens``: an integer, ``auto`` or ``none``."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer, 'auto' or 'none'") from None
+
+
 def embed(
     checkpoint: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -188,7 +198,7 @@ def embed(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = "auto",
-    batch_tokens: int | None = None,
+    batch_tokens: int | str | None = "auto",
     low_memory: bool = False,
 ) -> dict:
     """Embed the cells of an ``.h5ad`` file with a checkpoint and write them to a new file.
@@ -230,7 +240,9 @@ def embed(
         Show a progress bar over the cells.
     batch_tokens
         Token-budget batching (see :meth:`~celltx.model.ScGPT.get_latent_representation`):
-        at most this many padded tokens per forward pass, cells grouped by length.
+        at most this many padded tokens per forward pass, cells grouped by length;
+        ``"auto"`` (default): :data:`celltx.data.DEFAULT_BATCH_TOKENS` for RNA models;
+        ``None``: plain batches of ``batch_size`` cells.
     low_memory
         Keep resident memory flat over many batches (:func:`celltx.data.fix_mmap_threshold`;
         glibc only), at some speed: measured in ``benchmarks/streaming.py``.
@@ -274,8 +286,10 @@ def embed(
         raise EmbedError(f"device={device!r}; use one of {list(DEVICES)}.")
     if precision not in ("auto", "fp32", "bf16"):
         raise EmbedError(f"precision={precision!r}; use auto, fp32 or bf16.")
-    if batch_tokens is not None and batch_tokens < 2:
-        raise EmbedError(f"batch tokens {batch_tokens} must be >= 2.")
+    if batch_tokens not in (None, "auto") and (
+        isinstance(batch_tokens, str | bool) or batch_tokens < 2
+    ):
+        raise EmbedError(f"batch tokens {batch_tokens!r} must be 'auto', 'none' or >= 2.")
     if batch_size is not None and batch_size < 1:
         raise EmbedError(f"batch size {batch_size} must be >= 1.")
     if max_seq_len is not None and max_seq_len < 2:
@@ -443,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     e.add_argument(
         "--batch-tokens",
-        type=int,
-        default=None,
+        type=_batch_tokens,
+        default="auto",
+        metavar="N|auto|none",
         help="token-budget batching: at most N padded tokens per forward pass, cells grouped "
-        "by length (with --batch-size as a cap on cells); faster on cells of mixed length",
+        "by length (with --batch-size as a cap on cells); auto (default): 16384 for RNA "
+        "models; none: plain batches of --batch-size cells",
     )
     e.add_argument(
         "--precision",

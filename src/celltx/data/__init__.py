@@ -1,6 +1,7 @@
 """Data layer: gene vocabulary, gene matching, the on-device tokenizer and datasets."""
 
 from ._batching import (
+    DEFAULT_BATCH_TOKENS,
     TokenBudgetSampler,
     expressed_counts,
     sequence_lengths,
@@ -30,6 +31,7 @@ from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 __all__ = [
     "fix_mmap_threshold",
     "TokenBudgetSampler",
+    "DEFAULT_BATCH_TOKENS",
     "expressed_counts",
     "sequence_lengths",
     "token_budget_batches",

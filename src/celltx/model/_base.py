@@ -11,6 +11,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from celltx.data import (
+    DEFAULT_BATCH_TOKENS,
     GeneMatch,
     GeneVocab,
     TokenBudgetSampler,
@@ -70,18 +71,26 @@ class DataMixin:
     def _query_loader(self, adata, indices, batch_size, batch_tokens, max_seq_len):
         """A loader over ``indices`` of ``adata`` and the order its cells come in.
 
-        Without ``batch_tokens``: scvi-tools' loader, ``batch_size`` cells at a time, in order
+        ``batch_tokens="auto"``: :data:`celltx.data.DEFAULT_BATCH_TOKENS` for RNA models,
+        ``None`` otherwise. Without ``batch_tokens``: scvi-tools' loader, ``batch_size`` cells at a time, in order
         (the order is ``None``). With it: cells sorted by sequence length and grouped into
         batches of at most ``batch_tokens`` padded tokens (:func:`celltx.data.token_budget_batches`
         through scvi-tools' loader with a batch sampler); the order says which position of
         ``indices`` each output row belongs to.
         """
+        rna_only = not self.module.multimodal and "rna" in self.module.modalities
+        if isinstance(batch_tokens, str):
+            if batch_tokens != "auto":
+                raise ValueError(
+                    f"batch_tokens={batch_tokens!r}; use 'auto', an integer >= 2 or None."
+                )
+            batch_tokens = DEFAULT_BATCH_TOKENS if rna_only else None
         if batch_tokens is None:
             loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
             return loader, None
         if isinstance(batch_tokens, bool) or int(batch_tokens) != batch_tokens or batch_tokens < 2:
             raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
-        if self.module.multimodal or "rna" not in self.module.modalities:
+        if not rna_only:
             raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         known = self._gene_ids(adata) >= 0

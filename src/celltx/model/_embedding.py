@@ -25,7 +25,7 @@ class EmbeddingMixin:
         batch_size: int | None = None,
         max_seq_len: int | None = None,
         normalize: bool = False,
-        batch_tokens: int | None = None,
+        batch_tokens: int | str | None = "auto",
         pooling: str = "cls",
     ) -> np.ndarray:
         """Cell embeddings: the transformer's ``<cls>`` output (or a pooling of its tokens).
@@ -48,7 +48,9 @@ class EmbeddingMixin:
             cells per pass). Short cells then share a pass instead of being padded to long
             ones, so throughput rises and peak memory follows the budget, not the longest
             cell. Results are returned in the cells' order and equal those of plain batches
-            (to float tolerance). RNA models only.
+            (to float tolerance). ``"auto"`` (default): :data:`celltx.data.DEFAULT_BATCH_TOKENS`
+            (16,384) for RNA models, plain batches for models with ATAC; ``None``: plain
+            batches of ``batch_size`` cells. Raise it on a GPU with memory to spare.
         pooling
             ``"cls"`` (default: the ``<cls>`` output, which every objective trains),
             ``"mean"`` (mean output of the cell's tokens), ``"weighted"`` (that mean weighted
