@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from celltx.module import PARTS, TASKS
+from celltx.train import StepCheckpoint
 
 _DDP_FIND_UNUSED = {
     "ddp": "ddp_find_unused_parameters_true",
@@ -31,6 +33,22 @@ def data_parallel_defaults(trainer_kwargs: dict) -> None:
         trainer_kwargs["strategy"] = _DDP_FIND_UNUSED[strategy]
     if isinstance(trainer_kwargs.get("strategy"), str) and "ddp" in trainer_kwargs["strategy"]:
         trainer_kwargs.setdefault("inference_mode", False)
+
+
+def step_checkpoints(trainer_kwargs: dict, every: int, directory) -> dict:
+    """Trainer arguments that write a :class:`~celltx.train.StepCheckpoint` every ``every`` steps."""
+    import scvi
+
+    if isinstance(every, bool) or int(every) != every or every < 1:
+        raise ValueError(f"checkpoint_every={every!r} must be a number of steps >= 1.")
+    if directory is None:
+        directory = os.path.join(scvi.settings.logging_dir, "checkpoints")
+    kw = dict(trainer_kwargs)
+    callbacks = list(kw.pop("callbacks", None) or [])
+    callbacks.append(StepCheckpoint(dirpath=str(directory), every_n_train_steps=int(every)))
+    kw["callbacks"] = callbacks
+    kw["enable_checkpointing"] = True
+    return kw
 
 
 class TrainingMixin:

@@ -312,6 +312,25 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """Gene token embeddings (embedding + LayerNorm) of vocabulary ``ids``."""
         return self.transformer.encoder(ids)
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer layer's activations in the backward pass (or stop).
+
+        Saves activation memory on long sequences at about one extra forward pass of
+        compute; see :class:`~celltx.nn.TransformerEncoder`.
+        """
+        self.transformer.transformer_encoder.gradient_checkpointing = bool(enabled)
+
+    def compile_encoder(self, **kwargs) -> None:
+        """Compile the transformer layers in place with :func:`torch.compile`.
+
+        ``kwargs`` go to :meth:`torch.nn.Module.compile` (default ``dynamic=True``: sequence
+        lengths vary between batches). The parameters and their names are unchanged, so
+        saving and loading are unaffected.
+        """
+        kwargs.setdefault("dynamic", True)
+        for layer in self.transformer.transformer_encoder.layers:
+            layer.compile(**kwargs)
+
     def freeze(self, n_layers: int) -> list[torch.nn.Parameter]:
         """Freeze the embeddings and the first ``n_layers`` transformer layers.
 

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ._config import ScGPTConfig
 
@@ -165,17 +166,29 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of :class:`TransformerEncoderLayer` (``layers.N.*``)."""
+    """A stack of :class:`TransformerEncoderLayer` (``layers.N.*``).
+
+    With ``gradient_checkpointing = True``, training passes keep only each layer's input and
+    recompute the layer's activations during the backward pass (``torch.utils.checkpoint``,
+    random state preserved, so dropout draws the same masks): activation memory no longer
+    grows with the number of layers, at about one more forward pass of compute. Passes
+    without gradients are unaffected.
+    """
 
     def __init__(self, n_layers: int, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers)
         )
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, attn_mask)
+            if recompute:
+                x = checkpoint(layer, x, attn_mask, use_reentrant=False)
+            else:
+                x = layer(x, attn_mask)
         return x
 
     def attention_weights(

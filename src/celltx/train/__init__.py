@@ -1,6 +1,7 @@
-"""Lightning training plans: generative pretraining and divide-and-conquer contrastive."""
+"""Lightning training plans (generative pretraining, divide-and-conquer contrastive) and callbacks."""
 
+from ._callbacks import StepCheckpoint
 from ._contrastive import divide_and_conquer_step
 from ._plans import ContrastivePlan, PretrainingPlan
 
-__all__ = ["PretrainingPlan", "ContrastivePlan", "divide_and_conquer_step"]
+__all__ = ["PretrainingPlan", "ContrastivePlan", "divide_and_conquer_step", "StepCheckpoint"]
