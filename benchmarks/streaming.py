@@ -1,4 +1,4 @@
-"""Embedding a disk-backed h5ad: peak memory does not grow with the number of cells.
+"""Embedding and training from a disk-backed h5ad: peak memory does not grow with the cells.
 
 Writes simulated sparse counts (``--genes`` genes, ~``--density`` non-zero) as two h5ad
 files of ``--small`` and ``--cells`` cells, saves a small celltx model (d_model 64, 2 layers,
@@ -7,9 +7,15 @@ files of ``--small`` and ``--cells`` cells, saves a small celltx model (d_model 
 with ``--low-memory``, printing cells/s and the process's peak resident memory
 (``ru_maxrss``).
 
+``--train-steps N`` measures training instead: in a fresh process per file, the backed file
+is registered (``ScGPT.setup_anndata`` on ``backed="r"`` data), the same small model is built
+and trained for ``N`` steps of 64 cells (scvi-tools' loader reads each batch from disk), so
+the work is the same for both files and only the number of cells differs.
+
 Run from the repository root, on an otherwise idle machine::
 
     python benchmarks/streaming.py [--cells 300000] [--small 10000] [--dir /tmp/stream]
+    python benchmarks/streaming.py --train-steps 200
 """
 
 from __future__ import annotations
@@ -60,6 +66,50 @@ def write_h5ad(path: Path, n_cells: int, n_genes: int, density: float, seed: int
     ad.AnnData(x, obs=obs, var=var).write_h5ad(path)
 
 
+TRAIN_CHILD = """
+import json, resource, sys, time
+import anndata as ad
+from celltx.model import ScGPT
+t = time.perf_counter()
+adata = ad.read_h5ad(sys.argv[1], backed="r")
+ScGPT.setup_anndata(adata)
+model = ScGPT(adata, d_model=64, n_layers=2, n_heads=4, max_seq_len=256)
+t_setup = time.perf_counter() - t
+model.train(max_epochs=1, max_steps=int(sys.argv[2]), batch_size=64, accelerator="cpu",
+            enable_progress_bar=False, check_val_every_n_epoch=None)
+print(json.dumps({"seconds": time.perf_counter() - t, "setup_seconds": t_setup,
+                  "steps": int(model.trainer.global_step),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def train_rows(d: Path, files: list[tuple[int, Path]], steps: int) -> None:
+    import pandas as pd
+
+    rows = []
+    for n, f in files:
+        out = subprocess.run(
+            [sys.executable, "-c", TRAIN_CHILD, str(f), str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(
+            {
+                "cells in file": n,
+                "steps × 64 cells": res["steps"],
+                "setup (s)": round(res["setup_seconds"], 1),
+                "seconds": round(res["seconds"], 1),
+                "cells/s (training)": round(
+                    res["steps"] * 64 / (res["seconds"] - res["setup_seconds"])
+                ),
+                "peak RSS (GB)": round(res["peak_rss_gb"], 2),
+            }
+        )
+        print(pd.DataFrame(rows).to_string(index=False), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=300_000)
@@ -67,6 +117,7 @@ def main() -> None:
     p.add_argument("--genes", type=int, default=2_000)
     p.add_argument("--density", type=float, default=0.1)
     p.add_argument("--dir", default=None)
+    p.add_argument("--train-steps", type=int, default=None, help="measure training instead")
     args = p.parse_args()
     import anndata as ad
     import scvi
@@ -75,6 +126,15 @@ def main() -> None:
 
     d = Path(args.dir or tempfile.mkdtemp(prefix="celltx-stream-"))
     d.mkdir(parents=True, exist_ok=True)
+    if args.train_steps:
+        files = []
+        for n in (args.small, args.cells):
+            f = d / f"cells_{n}.h5ad"
+            if not f.exists():
+                write_h5ad(f, n, args.genes, args.density)
+            files.append((n, f))
+        train_rows(d, files, args.train_steps)
+        return
     rows = []
     for n, extra in (
         (args.small, []),

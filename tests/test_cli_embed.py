@@ -58,6 +58,20 @@ def test_embed_celltx_save_matches_python_api(saved, tmp_path, capsys):
     assert (res.X != orig.X).nnz == 0
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_embed_to_npy_block_by_block(saved, tmp_path, capsys, progress):
+    """An .npy OUTPUT gets only the embedding, written block by block (memory-mapped)."""
+    out = tmp_path / "emb.npy"
+    argv = ["embed", str(saved["ckpt"]), str(saved["input"]), str(out), "--device", "cpu"]
+    argv += ["--backed", "--batch-size", "64"]  # 700 cells: blocks of 64 cells
+    assert main(argv if progress else [*argv, "--no-progress"]) == 0
+    assert "700 × 16 float32 embedding" in capsys.readouterr().out
+    emb = np.load(out)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(emb, saved["emb"], atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy"]  # no partial file left
+
+
 def test_embed_backed_without_labels_column(saved, tmp_path, capsys):
     """--backed writes obs/var/obsm without X; a labels column the model was set up with
     but the input lacks is replaced by a placeholder (labels do not enter the embedding)."""

@@ -88,3 +88,36 @@ def test_ddp_strategy_names_keep_unused_heads():
     kw = {}
     data_parallel_defaults(kw)
     assert kw == {}
+
+
+def test_cli_pretrain_on_two_processes_with_checkpoints(tmp_path):
+    """``celltx pretrain --devices 2 --strategy ddp``: rank 0 writes; a checkpoint resumes."""
+    import anndata as ad
+
+    import celltx
+
+    celltx.datasets.pbmc68k()[:160].write_h5ad(tmp_path / "cells.h5ad")
+    exe = os.path.join(os.path.dirname(sys.executable), "celltx")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    base = [exe, "pretrain", str(tmp_path / "cells.h5ad"), "--accelerator", "cpu"]
+    base += ["--batch-size", "16", "--max-seq-len", "64", "--no-progress"]
+    out = tmp_path / "run"
+    cmd = [*base, "--out", str(out), "--epochs", "1", "--devices", "2", "--strategy", "ddp"]
+    cmd += ["--checkpoint-every", "2", "--accumulate-grad-batches", "2"]
+    cmd += ["--gradient-checkpointing"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("Wrote ") == 1  # only rank 0 writes and reports
+    # 144 training cells, 2 ranks × 16 cells a batch: 5 batches a rank, 2 optimizer steps
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step=2", "step=2.ckpt"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1
+    # resume for a second epoch (one process)
+    cmd = [*base, "--out", str(out), "--epochs", "2", "--accumulate-grad-batches", "2"]
+    cmd += ["--resume", str(out / "checkpoints" / "step=2.ckpt")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["epochs"] >= 1
+    emb = celltx.model.ScGPT.load(str(out / "model"), adata=ad.read_h5ad(tmp_path / "cells.h5ad"))
+    assert np.isfinite(emb.get_latent_representation()).all()

@@ -77,6 +77,11 @@ def pretrain(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    accumulate_grad_batches: int = 1,
+    gradient_checkpointing: bool = False,
+    compile: bool = False,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> dict:
     """Pretrain a :class:`~celltx.model.ScGPT` from scratch on ``.h5ad`` files.
 
@@ -109,13 +114,24 @@ def pretrain(
         Write into a non-empty ``out``.
     progress
         Show Lightning's progress bar.
+    accumulate_grad_batches
+        Optimizer step every this many batches (Lightning's gradient accumulation).
+    gradient_checkpointing, compile
+        As in :meth:`~celltx.model.ScGPT.train`.
+    checkpoint_every
+        Write a resumable checkpoint every this many optimizer steps to
+        ``out/checkpoints/`` (the latest is kept).
+    resume
+        A ``.ckpt`` of ``checkpoint_every`` to continue from (same inputs and settings).
 
     Returns
     -------
     dict
-        What ``summary.json`` holds: cells, genes, parameters, epochs, seconds, final losses.
+        What ``summary.json`` holds: cells, genes, parameters, epochs, seconds, final losses
+        (empty on DDP ranks other than 0, which write nothing).
     """
     import scvi
+    from lightning.pytorch.utilities import rank_zero_only
 
     from celltx.model import ScGPT
 
@@ -123,9 +139,13 @@ def pretrain(
         raise TrainArgsError(f"--size {size}; use one of {list(SIZES)}.")
     if task not in ("generative", "contrastive"):
         raise TrainArgsError(f"--task {task}; use generative or contrastive.")
-    if epochs < 1 or batch_size < 1:
-        raise TrainArgsError("--epochs and --batch-size must be >= 1.")
-    out = _out_dir(out, overwrite)
+    if epochs < 1 or batch_size < 1 or accumulate_grad_batches < 1:
+        raise TrainArgsError("--epochs, --batch-size and --accumulate-grad-batches must be >= 1.")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise TrainArgsError("--checkpoint-every must be >= 1.")
+    if resume is not None and not Path(resume).is_file():
+        raise TrainArgsError(f"--resume {resume} is not a file (a .ckpt of --checkpoint-every).")
+    out = _out_dir(out, overwrite or resume is not None)
     t0 = time.perf_counter()
     adata = _read_inputs(inputs)
     scvi.settings.seed = seed
@@ -135,14 +155,25 @@ def pretrain(
         settings["max_seq_len"] = max_seq_len
     model = ScGPT(adata, **settings)
     print(model._model_summary_string, flush=True)
+    extra = {}
+    if checkpoint_every is not None:
+        extra = {"checkpoint_every": checkpoint_every, "checkpoint_dir": out / "checkpoints"}
+    if resume is not None:
+        extra["ckpt_path"] = str(resume)
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         task=task,
         enable_progress_bar=progress,
+        accumulate_grad_batches=accumulate_grad_batches,
+        gradient_checkpointing=gradient_checkpointing,
+        compile=compile,
+        **extra,
         **_trainer_kwargs(accelerator, devices, strategy, precision),
     )
+    if rank_zero_only.rank != 0:
+        return {}  # DDP: the other ranks hold the same weights; rank 0 writes
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "model"), overwrite=True)
     model.export_scgpt(str(out / "scgpt"), overwrite=True)
@@ -322,6 +353,29 @@ def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     p.add_argument("--gene-symbols", default=None, help="var column with gene symbols")
     p.add_argument("--gene-selection", choices=["random", "rank"], default="random")
     p.add_argument("--max-seq-len", type=int, default=None)
+    p.add_argument(
+        "--accumulate-grad-batches",
+        type=int,
+        default=1,
+        metavar="N",
+        help="optimizer step every N batches",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory on long sequences)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write a resumable checkpoint to OUT/checkpoints every STEPS optimizer steps",
+    )
+    p.add_argument(
+        "--resume", default=None, metavar="CKPT", help="continue from a .ckpt of --checkpoint-every"
+    )
     f = sub.add_parser(
         "finetune",
         help="fine-tune a scGPT-format checkpoint for cell-type annotation",
@@ -381,6 +435,11 @@ def run(args, parsers: dict) -> None:
                 task=args.task,
                 gene_selection=args.gene_selection,
                 max_seq_len=args.max_seq_len,
+                accumulate_grad_batches=args.accumulate_grad_batches,
+                gradient_checkpointing=args.gradient_checkpointing,
+                compile=args.compile,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
                 **common,
             )
         else:

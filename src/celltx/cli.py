@@ -219,7 +219,10 @@ def embed(
     output_path
         The ``.h5ad`` to write: the input with the embedding in ``obsm[key_added]``. With
         ``backed=True`` it holds the input's ``obs``, ``var``, ``obsm`` and ``uns`` but no
-        expression matrix.
+        expression matrix. A path ending in ``.npy`` receives only the embedding
+        (``float32``, rows in the input's order), written block by block into a
+        memory-mapped file as it is computed, so that memory holds one block; the file
+        appears under its name only when complete.
     key_added
         ``obsm`` key of the embedding.
     batch_size
@@ -279,7 +282,9 @@ def embed(
             "another output file."
         )
     if dst.is_dir():
-        raise EmbedError(f"output {dst} is a directory; name an .h5ad file.")
+        raise EmbedError(f"output {dst} is a directory; name an .h5ad or .npy file.")
+    npy = dst.suffix.lower() == ".npy"
+    partial = dst.with_name(dst.name + ".partial.npy")
     if dst.exists() and not overwrite:
         raise EmbedError(f"output {dst} exists; pass --overwrite to replace it.")
     if device not in DEVICES:
@@ -315,7 +320,7 @@ def embed(
         t_load = time.perf_counter() - t0
 
         kw = {"batch_size": batch_size, "max_seq_len": max_seq_len, "batch_tokens": batch_tokens}
-        if not progress:
+        if not progress and not npy:
             emb = model.get_latent_representation(adata, **kw)
         else:  # the same call on consecutive blocks of cells (embeddings do not depend on them)
             import scvi
@@ -323,13 +328,32 @@ def embed(
 
             bs = batch_size or scvi.settings.batch_size
             step = bs * max(1, -(-adata.n_obs // (100 * bs)))  # at most ~100 updates
-            parts = []
-            with tqdm(total=adata.n_obs, unit="cell", desc="embedding", file=sys.stderr) as bar:
+            parts, sink = [], None
+            with tqdm(
+                total=adata.n_obs,
+                unit="cell",
+                desc="embedding",
+                file=sys.stderr,
+                disable=not progress,
+            ) as bar:
                 for lo in range(0, adata.n_obs, step):
                     idx = np.arange(lo, min(lo + step, adata.n_obs))
-                    parts.append(model.get_latent_representation(adata, indices=idx, **kw))
+                    block = model.get_latent_representation(adata, indices=idx, **kw)
+                    if npy:  # rows go to disk as they come; memory holds one block
+                        if sink is None:
+                            shape = (adata.n_obs, block.shape[1])
+                            sink = np.lib.format.open_memmap(
+                                partial, mode="w+", dtype=np.float32, shape=shape
+                            )
+                        sink[lo : lo + len(idx)] = block
+                    else:
+                        parts.append(block)
                     bar.update(len(idx))
-            emb = np.concatenate(parts)
+            if npy:
+                sink.flush()
+                emb = sink
+            else:
+                emb = np.concatenate(parts)
 
         # the output: the input without the registration the model added, plus the embedding
         adata.obs = adata.obs[obs_columns]
@@ -347,11 +371,14 @@ def embed(
     finally:
         if backed:
             adata.file.close()
-    if key_added in out.obsm:
-        print(f"note: replacing obsm[{key_added!r}] of the input.", file=sys.stderr)
-    out.obsm[key_added] = emb
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    out.write_h5ad(dst)
+    if npy:
+        os.replace(partial, dst)  # complete: only now does OUTPUT appear
+    else:
+        if key_added in out.obsm:
+            print(f"note: replacing obsm[{key_added!r}] of the input.", file=sys.stderr)
+        out.obsm[key_added] = emb
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        out.write_h5ad(dst)
     seconds = time.perf_counter() - t0
     summary = {
         "n_cells": int(emb.shape[0]),
@@ -367,11 +394,17 @@ def embed(
         f"celltx embed: {summary['n_cells']} cells, {n_matched}/{adata.n_vars} genes matched "
         f"the vocabulary, {summary['n_dims']}-dim embedding on {model.device} ({precision}) "
         f"({'scGPT' if kind == 'scgpt' else 'celltx'} checkpoint {ckpt}), {seconds:.1f} s "
-        f"(loading {t_load:.1f} s)\nWrote obsm[{key_added!r}] to {dst}"
+        f"(loading {t_load:.1f} s)\n"
         + (
-            " (obs, var, obsm, uns; no expression matrix: the input was read backed)"
-            if backed
-            else ""
+            f"Wrote the {summary['n_cells']} × {summary['n_dims']} float32 embedding (rows in "
+            f"the input's order) to {dst}"
+            if npy
+            else f"Wrote obsm[{key_added!r}] to {dst}"
+            + (
+                " (obs, var, obsm, uns; no expression matrix: the input was read backed)"
+                if backed
+                else ""
+            )
         ),
         flush=True,
     )
@@ -420,7 +453,13 @@ def main(argv: list[str] | None = None) -> int:
         "directory written by celltx's model.save (model.json, model.safetensors)",
     )
     e.add_argument("input", metavar="INPUT", help="the cells: an .h5ad file")
-    e.add_argument("output", metavar="OUTPUT", help="the .h5ad to write (must differ from INPUT)")
+    e.add_argument(
+        "output",
+        metavar="OUTPUT",
+        help="the .h5ad to write (must differ from INPUT), or a .npy: then only the embedding "
+        "is written, block by block as it is computed (for inputs whose embedding does not "
+        "fit in memory; use with --backed)",
+    )
     e.add_argument(
         "--key-added", default="X_scgpt", help="obsm key of the embedding (default X_scgpt)"
     )
