@@ -31,6 +31,44 @@ def _chunks(tensors: dict, chunk_size: int) -> list[dict]:
     ]
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(z: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every process's rows of ``z`` stacked in rank order, and where this process's start.
+
+    Without a process group (or with one process) ``z`` itself and 0. Ranks may hold
+    different numbers of rows. No gradient flows through the gathered rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.train import gather_rows
+    >>> z, start = gather_rows(torch.ones(3, 2))
+    >>> z.shape, start
+    (torch.Size([3, 2]), 0)
+    """
+    rank, world = _world()
+    if world == 1:
+        return z, 0
+    dist = torch.distributed
+    n = torch.tensor([z.shape[0]], device=z.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = z.new_zeros((max(sizes), *z.shape[1:]))
+    padded[: z.shape[0]] = z
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    rows = torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
+    return rows, sum(sizes[:rank])
+
+
 def divide_and_conquer_step(
     module,
     tensors: dict,
@@ -52,7 +90,11 @@ def divide_and_conquer_step(
        other parts' losses (generation, …).
 
     The parameter gradients equal those of one pass over the whole batch; peak activation
-    memory is that of one chunk. ``module`` must be in training mode with ``contrast`` in its
+    memory is that of one chunk. Under data parallelism (a ``torch.distributed`` process
+    group, as Lightning's DDP sets up) the embeddings of every process are gathered
+    (:func:`gather_rows`), so the contrastive batch is the global batch: each process takes
+    the gradients of its own rows, scaled by the number of processes because DDP averages
+    the parameter gradients. ``module`` must be in training mode with ``contrast`` in its
     objective; ``backward`` is how a loss is backpropagated (Lightning's
     ``manual_backward`` in a plan). Returns a :class:`~scvi.module.base.LossOutput` of the
     batch (detached; for logging).
@@ -73,10 +115,15 @@ def divide_and_conquer_step(
             half = emb.shape[0] // 2
             z1.append(emb[:half])
             z2.append(emb[half:])
-    z1 = torch.cat(z1).requires_grad_(True)
-    z2 = torch.cat(z2).requires_grad_(True)
-    global_loss = contrastive_loss(z1, z2, module.contrast_temperature)
-    g1, g2 = torch.autograd.grad(global_loss, (z1, z2))
+    z1, z2 = torch.cat(z1), torch.cat(z2)
+    _, world = _world()
+    (a1, start), (a2, _) = gather_rows(z1), gather_rows(z2)
+    a1, a2 = a1.requires_grad_(True), a2.requires_grad_(True)
+    global_loss = contrastive_loss(a1, a2, module.contrast_temperature)
+    g1, g2 = torch.autograd.grad(global_loss, (a1, a2))
+    # this process's rows; DDP divides the summed parameter gradients by the world size
+    g1 = g1[start : start + n] * world
+    g2 = g2[start : start + n] * world
     weight = module.weight(CONTRAST)
     total = weight * global_loss.detach()
     per_cell, metrics = [], {}
