@@ -111,6 +111,10 @@ def test_bad_soma_inputs(soma_trained):
         )
     with pytest.raises(ValueError, match="gene_column='feature_name'.*var_id"):
         ScGPT(datamodule=datamodule(exp), gene_column="feature_name", **SMALL)
+    with pytest.raises(ValueError, match="no batch-aware parts"):
+        ScGPT(datamodule=datamodule(exp), dsbn=True, **SMALL)
+    with pytest.raises(ValueError, match="not both"):
+        ScGPT(celltx.datasets.pbmc68k(), datamodule=datamodule(exp), **SMALL)
     with pytest.raises(ValueError, match="Measurement does not exist"):
         exp.axis_query("ATAC")  # tiledbsoma's own check
     with pytest.raises(ValueError, match="train_size"):

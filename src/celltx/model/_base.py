@@ -176,9 +176,22 @@ class DataMixin:
         with self.module.gene_panel(self._gene_ids(adata), self._atac_ids(adata)):
             yield
 
+    def _check_datamodule_model(self) -> None:
+        """Raise unless this model can take a datamodule's batches (genes only, no batches)."""
+        if self.module.multimodal or "rna" not in self.module.modalities:
+            raise ValueError("A datamodule feeds RNA models (genes), not models with ATAC.")
+        c = self.config
+        if c.dsbn or c.dab or c.batch_token:
+            raise ValueError(
+                "This model has batch-aware parts (dsbn, dab or batch_token) whose batches "
+                "come from its AnnData setup; a datamodule's batch codes would not match. Use "
+                "an AnnData, or a model without batch-aware parts."
+            )
+
     @contextmanager
     def _datamodule_panel(self, datamodule):
         """Map the columns of a datamodule's batches to the vocabulary (genes matched by name)."""
+        self._check_datamodule_model()
         panel = datamodule_panel(datamodule, self.gene_column)
         match = match_genes(
             panel,

@@ -113,7 +113,7 @@ class EmbeddingMixin:
                 emb, n_genes = self.module.cell_embedding(
                     **self._inputs(tensors),
                     max_seq_len=max_seq_len,
-                    batch=self._batch_codes(tensors),
+                    batch=None if datamodule is not None else self._batch_codes(tensors),
                     pooling=pooling,
                 )
                 n_empty += int((n_genes == 0).sum())

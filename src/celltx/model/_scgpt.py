@@ -92,6 +92,17 @@ class ScGPT(
         Fewest genes of an AnnData that must be in the vocabulary.
     min_gene_fraction
         Smallest fraction of an AnnData's genes that must be in the vocabulary.
+    datamodule
+        Instead of ``adata``: scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a
+        SOMA experiment (``pip install 'celltx[soma]'``); the vocabulary is built from its
+        genes. Train with ``model.train(datamodule=...)`` and embed with
+        ``model.get_latent_representation(datamodule=...)``. Such a model has no labels,
+        batches or perturbations; ``model.save(dir)`` then ``ScGPT.load(dir, adata)`` puts it
+        on an AnnData.
+    gene_column
+        Column of the SOMA measurement's ``var`` holding gene names (:attr:`gene_column`):
+        ``"var_id"`` (default) is where ``tiledbsoma.io.from_h5ad`` writes ``var_names``;
+        CELLxGENE Census keeps symbols in ``"feature_name"``.
     **settings
         Any field of :class:`~celltx.nn.ScGPTConfig` (``d_model=64``, ``n_layers=2``,
         ``max_seq_len=256``, ``dsbn=True``, …), overriding ``config``.
@@ -234,14 +245,9 @@ class ScGPT(
             "kwargs": {"settings": config.to_dict()},
         }
 
-    def _check_datamodule_training(
-        self, datamodule, max_epochs, task, loss_weights, early_stopping
-    ) -> None:
+    def _check_datamodule_training(self, datamodule, task, loss_weights, early_stopping) -> None:
         check_datamodule(datamodule, self.gene_column)
-        if self.module.multimodal or "rna" not in self.module.modalities:
-            raise ValueError("Training from a datamodule is for RNA models (genes), not ATAC.")
-        if max_epochs is None:
-            raise ValueError("Training from a datamodule needs max_epochs=<epochs>.")
+        self._check_datamodule_model()
         if task not in (None, "generative"):
             raise ValueError(
                 f"task={task!r}: training from a datamodule supports task='generative' (labels, "
@@ -466,7 +472,7 @@ class ScGPT(
             ``batch_size``, ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do
             not apply. Its genes are matched to the vocabulary by name (``var`` column
             :attr:`gene_column`). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
-            RNA models; ``max_epochs`` is needed.
+            RNA models without batch-aware parts.
         **trainer_kwargs
             Passed to Lightning's trainer through :class:`~scvi.train.Trainer`
             (``ckpt_path`` resumes from a checkpoint).
@@ -491,9 +497,7 @@ class ScGPT(
                 "model.train(datamodule=..., max_epochs=...)."
             )
         if datamodule is not None:
-            self._check_datamodule_training(
-                datamodule, max_epochs, task, loss_weights, early_stopping
-            )
+            self._check_datamodule_training(datamodule, task, loss_weights, early_stopping)
         if max_epochs is not None and (
             isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
         ):
