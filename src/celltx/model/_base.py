@@ -24,6 +24,7 @@ from celltx.data import (
 )
 from celltx.module import ATAC_KEY
 
+from ._datamodule import datamodule_panel
 from ._validation import check_modality_order
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class DataMixin:
     """Shared plumbing of the task mixins: registry look-ups, gene panels, loader inputs, autocast."""
 
     def _setup_args(self, adata: AnnData) -> dict:
+        if adata is None and self.adata is None:
+            # built from a datamodule: no AnnData setup (no labels, batches, perturbations)
+            return {}
         return self.get_anndata_manager(adata, required=True).registry["setup_args"]
 
     def _modality(self, adata, key: str) -> AnnData | None:
@@ -142,6 +146,13 @@ class DataMixin:
         return ids
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        if self.adata is None:
+            raise ValueError(
+                "This model was built from a datamodule and has no AnnData. Pass the "
+                "datamodule (train(datamodule=...), get_latent_representation(datamodule=...)), "
+                "or save it and load it onto an AnnData: model.save(dir); "
+                "ScGPT.load(dir, adata)."
+            )
         if adata is not None and hasattr(adata, "mod"):
             # a MuData: its modalities must follow mdata.obs_names (checked before scvi-tools
             # transfers the registration onto it)
@@ -164,6 +175,47 @@ class DataMixin:
     def _panel(self, adata):
         with self.module.gene_panel(self._gene_ids(adata), self._atac_ids(adata)):
             yield
+
+    def _check_datamodule_model(self) -> None:
+        """Raise unless this model can take a datamodule's batches (genes only, no batches)."""
+        if self.module.multimodal or "rna" not in self.module.modalities:
+            raise ValueError("A datamodule feeds RNA models (genes), not models with ATAC.")
+        c = self.config
+        if c.dsbn or c.dab or c.batch_token:
+            raise ValueError(
+                "This model has batch-aware parts (dsbn, dab or batch_token) whose batches "
+                "come from its AnnData setup; a datamodule's batch codes would not match. Use "
+                "an AnnData, or a model without batch-aware parts."
+            )
+
+    @contextmanager
+    def _datamodule_panel(self, datamodule):
+        """Map the columns of a datamodule's batches to the vocabulary (genes matched by name)."""
+        self._check_datamodule_model()
+        panel = datamodule_panel(datamodule, self.gene_column)
+        match = match_genes(
+            panel,
+            self.vocab,
+            min_genes=min(self.min_genes, panel.n_vars),
+            min_fraction=self.min_gene_fraction,
+        )
+        with self.module.gene_panel(match.ids):
+            yield
+
+    @property
+    def gene_column(self) -> str:
+        """The ``var`` column with gene names in SOMA data (``ScGPT(datamodule=..., gene_column=...)``).
+
+        Default ``"var_id"``, where ``tiledbsoma.io.from_h5ad`` puts an AnnData's
+        ``var_names``; CELLxGENE Census keeps gene symbols in ``"feature_name"``. Settable.
+        """
+        return self.__dict__.get("gene_column_", "var_id")
+
+    @gene_column.setter
+    def gene_column(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"gene_column={value!r} must be the name of a var column.")
+        self.__dict__["gene_column_"] = value
 
     def _inputs(self, tensors) -> dict:
         """The module's data inputs of a loader batch (``x``, ``x_atac``), on the model's device."""

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from lightning.pytorch import LightningDataModule
 
+from ._datamodule import inference_loader
 from ._docs import doc_params
 
 
@@ -27,6 +29,7 @@ class EmbeddingMixin:
         normalize: bool = False,
         batch_tokens: int | str | None = "auto",
         pooling: str = "cls",
+        datamodule: LightningDataModule | None = None,
     ) -> np.ndarray:
         """Cell embeddings: the transformer's ``<cls>`` output (or a pooling of its tokens).
 
@@ -56,6 +59,13 @@ class EmbeddingMixin:
             ``"mean"`` (mean output of the cell's tokens), ``"weighted"`` (that mean weighted
             by expression bin) or ``"concat"`` (``<cls>`` and mean, ``2 × d_model``). Measured
             in the representation docs.
+        datamodule
+            Embed the cells of scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` (a SOMA
+            query, ``pip install 'celltx[soma]'``) instead of an AnnData, one row per cell in
+            the query's order. Build it with ``shuffle=False`` (and the default
+            ``train_size=1.0``); its batches are used as they are (``batch_size`` and
+            ``batch_tokens`` do not apply). Genes are matched by name (``var`` column
+            :attr:`gene_column`).
 
         Returns
         -------
@@ -69,6 +79,12 @@ class EmbeddingMixin:
         --------
         >>> adata.obsm["X_scgpt"] = model.get_latent_representation()  # doctest: +SKIP
         >>> sc.pp.neighbors(adata, use_rep="X_scgpt")  # doctest: +SKIP
+
+        From a SOMA experiment, in the query's cell order:
+
+        >>> dm = TileDBDataModule(query, layer_name="data", shuffle=False,
+        ...                       batch_column_names=["dataset_id"])  # doctest: +SKIP
+        >>> emb = model.get_latent_representation(datamodule=dm)  # doctest: +SKIP
         """
         if not self.is_trained_:
             warnings.warn(
@@ -77,16 +93,27 @@ class EmbeddingMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        adata = self._validate_anndata(adata)
-        loader, order = self._query_loader(adata, indices, batch_size, batch_tokens, max_seq_len)
+        if datamodule is not None:
+            if adata is not None or indices is not None:
+                raise ValueError(
+                    "Pass datamodule alone: its query selects the cells (not adata or indices)."
+                )
+            panel = self._datamodule_panel(datamodule)
+            loader, order = inference_loader(datamodule), None
+        else:
+            adata = self._validate_anndata(adata)
+            panel = self._panel(adata)
+            loader, order = self._query_loader(
+                adata, indices, batch_size, batch_tokens, max_seq_len
+            )
         self.module.eval()
         chunks, n_empty = [], 0
-        with self._panel(adata), self._autocast():
+        with panel, self._autocast():
             for tensors in loader:
                 emb, n_genes = self.module.cell_embedding(
                     **self._inputs(tensors),
                     max_seq_len=max_seq_len,
-                    batch=self._batch_codes(tensors),
+                    batch=None if datamodule is not None else self._batch_codes(tensors),
                     pooling=pooling,
                 )
                 n_empty += int((n_genes == 0).sum())

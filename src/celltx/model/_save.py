@@ -477,10 +477,11 @@ class SafeSaveMixin:
                 f"{jpath} has no setup arguments in its registry; the save is damaged."
             )
         if method_name == "setup_datamodule":
-            raise ValueError(
-                f"{jpath} was set up with a datamodule, which celltx does not support."
-            )
-        getattr(cls, method_name)(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])
+            # built from a SOMA datamodule (ScGPT(datamodule=...)): no labels, batches or
+            # conditions, so the AnnData is set up plainly; genes are matched by name
+            cls.setup_anndata(adata)
+        else:
+            getattr(cls, method_name)(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])
         state, extra = _read_tensors(wpath, meta, "cpu")
         model = _build_model(cls, adata, jpath, attr_dict)
         _warn_if_var_names_differ(model, meta["var_names"])

@@ -12,19 +12,21 @@ import pandas as pd
 import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup uses rich.pretty unimported)
 import torch
 from anndata import AnnData
+from lightning.pytorch import LightningDataModule
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from celltx.data import GeneVocab, gene_names, nonzero_medians
-from celltx.module import ATAC_KEY, ScGPTModule
+from celltx.data import GeneVocab, gene_names, match_genes, nonzero_medians
+from celltx.module import ATAC_KEY, PARTS, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import ContrastivePlan, PretrainingPlan
 
 from ._annotation import AnnotationMixin
 from ._base import DataMixin
+from ._datamodule import check_datamodule, datamodule_panel, datamodule_registry
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
 from ._fields import anndata_setup_fields
@@ -43,6 +45,9 @@ from ._validation import (
     resolve_vocab,
 )
 from ._zero_shot import ZeroShotMixin
+
+#: objective parts a model can train from a datamodule (no labels, batches or conditions)
+_DM_PARTS = ("gep", "mvc", "ecs")
 
 
 class ScGPT(
@@ -87,6 +92,17 @@ class ScGPT(
         Fewest genes of an AnnData that must be in the vocabulary.
     min_gene_fraction
         Smallest fraction of an AnnData's genes that must be in the vocabulary.
+    datamodule
+        Instead of ``adata``: scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a
+        SOMA experiment (``pip install 'celltx[soma]'``); the vocabulary is built from its
+        genes. Train with ``model.train(datamodule=...)`` and embed with
+        ``model.get_latent_representation(datamodule=...)``. Such a model has no labels,
+        batches or perturbations; ``model.save(dir)`` then ``ScGPT.load(dir, adata)`` puts it
+        on an AnnData.
+    gene_column
+        Column of the SOMA measurement's ``var`` holding gene names (:attr:`gene_column`):
+        ``"var_id"`` (default) is where ``tiledbsoma.io.from_h5ad`` writes ``var_names``;
+        CELLxGENE Census keeps symbols in ``"feature_name"``.
     **settings
         Any field of :class:`~celltx.nn.ScGPTConfig` (``d_model=64``, ``n_layers=2``,
         ``max_seq_len=256``, ``dsbn=True``, …), overriding ``config``.
@@ -114,12 +130,19 @@ class ScGPT(
         *,
         min_genes: int = 10,
         min_gene_fraction: float = 0.0,
+        datamodule: LightningDataModule | None = None,
+        gene_column: str = "var_id",
         **settings,
     ):
-        if adata is None:
+        if adata is None and datamodule is None:
             raise ValueError(
-                "ScGPT needs an AnnData registered with ScGPT.setup_anndata(adata) to build "
-                "its gene vocabulary."
+                "ScGPT needs an AnnData registered with ScGPT.setup_anndata(adata) (or a SOMA "
+                "datamodule: ScGPT(datamodule=TileDBDataModule(...))) to build its gene "
+                "vocabulary."
+            )
+        if adata is not None and datamodule is not None:
+            raise ValueError(
+                "Pass adata or datamodule, not both: the model's genes come from one of them."
             )
         config = ScGPTConfig.from_dict(settings) if config is None else replace(config, **settings)
         if (
@@ -130,13 +153,27 @@ class ScGPT(
             raise ValueError(f"min_genes={min_genes!r} must be an integer >= 0.")
         if not 0 <= min_gene_fraction < 1:
             raise ValueError(f"min_gene_fraction={min_gene_fraction!r} must be in [0, 1).")
-        super().__init__(adata)
-        setup = self._setup_args(self.adata)
-        conditions = self._registered_conditions()
-        rna, atac = (
-            self._modality(self.adata, REGISTRY_KEYS.X_KEY),
-            self._modality(self.adata, ATAC_KEY),
-        )
+        if datamodule is None:
+            super().__init__(adata)
+            setup = self._setup_args(self.adata)
+            conditions = self._registered_conditions()
+            rna, atac = (
+                self._modality(self.adata, REGISTRY_KEYS.X_KEY),
+                self._modality(self.adata, ATAC_KEY),
+            )
+        else:
+            # scvi-tools' pattern for datamodules: no AnnData, the datamodule's registry
+            if config.dsbn or config.dab or config.batch_token or config.gene_selection == "rank":
+                raise ValueError(
+                    "A model built from a datamodule has no batch-aware parts (dsbn, dab, "
+                    "batch_token) and no rank-value gene selection (gene_selection='rank' needs "
+                    "gene medians over the cells); build it from an AnnData for those."
+                )
+            rna = datamodule_panel(datamodule, gene_column)  # cell-less: the genes of X
+            registry = datamodule_registry(datamodule, type(self).__name__, rna.var_names)
+            super().__init__(None, registry=registry)
+            setup, conditions, atac = {}, None, None
+        self.gene_column = gene_column
         modalities = tuple(m for m, a in (("rna", rna), ("atac", atac)) if a is not None)
         peaks = [] if atac is None else [str(p) for p in atac.var_names]
         if vocab is None:
@@ -158,7 +195,12 @@ class ScGPT(
         self.vocab = vocab
         self.min_genes = min_genes
         self.min_gene_fraction = min_gene_fraction
-        match = self._match(self.adata, vocab)
+        if datamodule is None:
+            match = self._match(self.adata, vocab)
+        else:
+            match = match_genes(
+                rna, vocab, min_genes=min(min_genes, rna.n_vars), min_fraction=min_gene_fraction
+            )
         atac_ids = None if atac is None else self._atac_ids(self.adata, vocab)
         n_labels = self.summary_stats.n_labels if setup.get("labels_key") else None
         n_batch = self.summary_stats.n_batch if setup.get("batch_key") else 0
@@ -198,9 +240,34 @@ class ScGPT(
                 "config": None,
                 "min_genes": min_genes,
                 "min_gene_fraction": min_gene_fraction,
+                "gene_column": gene_column,
             },
             "kwargs": {"settings": config.to_dict()},
         }
+
+    def _check_datamodule_training(self, datamodule, task, loss_weights, early_stopping) -> None:
+        check_datamodule(datamodule, self.gene_column)
+        self._check_datamodule_model()
+        if task not in (None, "generative"):
+            raise ValueError(
+                f"task={task!r}: training from a datamodule supports task='generative' (labels, "
+                "batches and perturbations come with an AnnData: ScGPT.setup_anndata)."
+            )
+        other = [
+            k
+            for k, w in (loss_weights or {}).items()
+            if k in PARTS and w > 0 and k not in _DM_PARTS
+        ]
+        if other:
+            raise ValueError(
+                f"loss_weights {other}: training from a datamodule supports the generative "
+                f"parts {list(_DM_PARTS)}."
+            )
+        if early_stopping and getattr(datamodule, "validation_size", 0.0) <= 0:
+            raise ValueError(
+                "early_stopping monitors the validation loss, but the datamodule has no "
+                "validation cells: build it with train_size < 1 (e.g. 0.9)."
+            )
 
     @property
     def config(self) -> ScGPTConfig:
@@ -314,6 +381,7 @@ class ScGPT(
         compile: bool = False,
         checkpoint_every: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
+        datamodule: LightningDataModule | None = None,
         **trainer_kwargs,
     ):
         """Pretrain or fine-tune, from scratch or from loaded weights.
@@ -397,6 +465,14 @@ class ScGPT(
             ``torch.load(weights_only=True)``; nothing is unpickled).
         checkpoint_dir
             Directory of the checkpoints of ``checkpoint_every``.
+        datamodule
+            Train from scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a SOMA
+            experiment (``pip install 'celltx[soma]'``) instead of the AnnData: its batches,
+            shuffling and train / validation split (its ``train_size``) are used, so
+            ``batch_size``, ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do
+            not apply. Its genes are matched to the vocabulary by name (``var`` column
+            :attr:`gene_column`). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
+            RNA models without batch-aware parts.
         **trainer_kwargs
             Passed to Lightning's trainer through :class:`~scvi.train.Trainer`
             (``ckpt_path`` resumes from a checkpoint).
@@ -407,7 +483,21 @@ class ScGPT(
         >>> model = celltx.model.ScGPT.load_pretrained("scGPT_human", adata)  # doctest: +SKIP
         >>> model.train(max_epochs=10, task="annotation", lr=1e-4)  # doctest: +SKIP
         >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
+
+        From a SOMA experiment (``pip install 'celltx[soma]'``):
+
+        >>> dm = TileDBDataModule(query, layer_name="data", batch_size=64,
+        ...                       batch_column_names=["dataset_id"])  # doctest: +SKIP
+        >>> model = celltx.model.ScGPT(datamodule=dm, d_model=64)  # doctest: +SKIP
+        >>> model.train(max_epochs=1, datamodule=dm)  # doctest: +SKIP
         """
+        if datamodule is None and self.adata is None:
+            raise ValueError(
+                "This model was built from a datamodule and has no AnnData: pass "
+                "model.train(datamodule=..., max_epochs=...)."
+            )
+        if datamodule is not None:
+            self._check_datamodule_training(datamodule, task, loss_weights, early_stopping)
         if max_epochs is not None and (
             isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
         ):
@@ -421,6 +511,13 @@ class ScGPT(
             if not len(self.module.label_text):
                 self.set_label_texts()  # each label's Cell Ontology text, then the head
         self._set_objective(task, loss_weights, class_weight, label_smoothing)
+        if datamodule is not None:
+            other = [p for p, w in self.module.objective.items() if w > 0 and p not in _DM_PARTS]
+            if other:
+                raise ValueError(
+                    f"Training from a datamodule supports the generative parts {list(_DM_PARTS)}; "
+                    f"this objective also has {other}. Pass task='generative'."
+                )
         plan_kwargs = dict(plan_kwargs or {})
         plan_cls = self._training_plan_cls
         if chunk_size is not None:
@@ -450,7 +547,10 @@ class ScGPT(
         if compile and not getattr(self, "_encoder_compiled", False):
             self.module.compile_encoder()
             self._encoder_compiled = True
-        if not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
+        if datamodule is not None:
+            if getattr(datamodule, "validation_size", 0.0) <= 0:
+                check_val_every_n_epoch = None  # the datamodule has no validation cells
+        elif not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
             # no validation cells (train_size=1.0, or very few cells): train without a
             # validation loop rather than fail inside Lightning
             if early_stopping and "validation" in str(
@@ -485,7 +585,12 @@ class ScGPT(
         self.module.train()
         self._training_plan_cls = plan_cls
         try:
-            with self._panel(self.adata):
+            panel = (
+                self._panel(self.adata)
+                if datamodule is None
+                else self._datamodule_panel(datamodule)
+            )
+            with panel:
                 out = super().train(
                     max_epochs=max_epochs,
                     accelerator=accelerator,
@@ -496,6 +601,7 @@ class ScGPT(
                     early_stopping=early_stopping,
                     plan_kwargs=plan_kwargs,
                     datasplitter_kwargs=datasplitter_kwargs,
+                    datamodule=datamodule,
                     **trainer_kwargs,
                 )
         finally:
