@@ -143,3 +143,39 @@ def test_fix_mmap_threshold_on_glibc():
 
         if platform.libc_ver()[0] == "glibc":
             assert ok
+
+
+def test_training_batches_regrouped_every_epoch_within_budget():
+    from celltx.data import ShuffledTokenBudgetSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 300, size=500)
+    sampler = ShuffledTokenBudgetSampler(lengths, 4096, max_cells=64, seed=0)
+    epochs = [list(sampler) for _ in range(2)]
+    for batches in epochs:
+        cells = np.concatenate(batches)
+        assert np.array_equal(np.sort(cells), np.arange(500))  # every cell once an epoch
+        assert max(len(b) * lengths[b].max() for b in batches) <= 4096
+        assert max(len(b) for b in batches) <= 64
+    assert epochs[0] != epochs[1]  # regrouped and reordered
+    again = ShuffledTokenBudgetSampler(lengths, 4096, max_cells=64, seed=0)
+    assert list(again) == epochs[0]  # reproducible from the seed
+
+
+def test_train_with_token_budget(model):
+    adata = model.adata
+    model.train(max_epochs=1, batch_tokens=8192, batch_size=64, accelerator="cpu")
+    loader = model.trainer.train_dataloader
+    lengths = model._sequence_lengths(adata)
+    sizes = []
+    for batch in loader:
+        x = batch["X"]
+        assert x.ndim == 2 and x.shape[1] == adata.n_vars  # whole batches, not wrapped
+        sizes.append(len(x))
+    assert sum(sizes) == len(model.train_indices) and max(sizes) <= 64
+    assert np.isfinite(model.history["train_loss"].to_numpy(dtype=float)).all()
+    assert lengths.max() <= 512
+    with pytest.raises(ValueError, match="batch_tokens is for training on an AnnData in one"):
+        model.train(max_epochs=1, batch_tokens=8192, strategy="ddp", devices=2)
+    with pytest.raises(ValueError, match="batch_tokens=1 must be"):
+        model.train(max_epochs=1, batch_tokens=1)

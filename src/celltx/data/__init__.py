@@ -2,9 +2,12 @@
 
 from ._batching import (
     DEFAULT_BATCH_TOKENS,
+    ShuffledTokenBudgetSampler,
     TokenBudgetSampler,
     expressed_counts,
+    first_item,
     sequence_lengths,
+    shuffled_token_budget_batches,
     token_budget_batches,
 )
 from ._datasets import pbmc68k
@@ -31,6 +34,9 @@ from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 __all__ = [
     "fix_mmap_threshold",
     "TokenBudgetSampler",
+    "ShuffledTokenBudgetSampler",
+    "shuffled_token_budget_batches",
+    "first_item",
     "DEFAULT_BATCH_TOKENS",
     "expressed_counts",
     "sequence_lengths",

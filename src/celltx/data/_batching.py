@@ -101,6 +101,22 @@ def token_budget_batches(
     return batches
 
 
+def shuffled_token_budget_batches(
+    lengths: np.ndarray, batch_tokens: int, max_cells: int | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """:func:`token_budget_batches` for training: random within equal lengths, random order.
+
+    Cells of equal length are grouped in a random order (a random permutation before the
+    stable sort by length) and the batches come in a random order, so each epoch sees other
+    batches while every batch stays within the budget.
+    """
+    perm = rng.permutation(len(lengths))
+    batches = [
+        perm[b] for b in token_budget_batches(np.asarray(lengths)[perm], batch_tokens, max_cells)
+    ]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class TokenBudgetSampler(torch.utils.data.Sampler):
     """A batch sampler over precomputed batches (:func:`token_budget_batches`).
 
@@ -117,3 +133,40 @@ class TokenBudgetSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class ShuffledTokenBudgetSampler(torch.utils.data.Sampler):
+    """Training batches of at most ``batch_tokens`` padded tokens, regrouped every epoch.
+
+    Each pass (epoch) draws new batches with :func:`shuffled_token_budget_batches` from
+    ``seed`` and the epoch number; every cell appears once per epoch. ``len`` is that of the
+    first epoch's grouping (the number of batches varies little between epochs).
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, batch_tokens: int, max_cells: int | None = None, seed: int = 0
+    ):
+        if int(batch_tokens) < 1:
+            raise ValueError(f"batch_tokens={batch_tokens} must be >= 1.")
+        self.lengths = np.asarray(lengths)
+        self.batch_tokens, self.max_cells, self.seed = int(batch_tokens), max_cells, seed
+        self.epoch = 0
+        self._n = len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        return shuffled_token_budget_batches(self.lengths, self.batch_tokens, self.max_cells, rng)
+
+    def __iter__(self):
+        batches = self._batches(self.epoch)
+        self.epoch += 1
+        for b in batches:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return self._n
+
+
+def first_item(items: list):
+    """Collate of a loader whose sampler yields whole batches: the one item, as tensors."""
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in items[0].items()}

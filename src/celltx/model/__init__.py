@@ -4,5 +4,13 @@ from celltx.module import TASKS
 
 from ._fields import GeneLayerField, LabelsField, PerturbationField
 from ._scgpt import ScGPT
+from ._training import TokenBudgetSplitter
 
-__all__ = ["ScGPT", "GeneLayerField", "LabelsField", "PerturbationField", "TASKS"]
+__all__ = [
+    "ScGPT",
+    "GeneLayerField",
+    "LabelsField",
+    "PerturbationField",
+    "TokenBudgetSplitter",
+    "TASKS",
+]

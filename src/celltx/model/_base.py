@@ -97,14 +97,7 @@ class DataMixin:
         if not rna_only:
             raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        known = self._gene_ids(adata) >= 0
-        x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
-        # only the requested cells are read (a caller embedding block by block reads each once)
-        expressed = expressed_counts(x, known, rows=None if indices is None else idx)
-        L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
-        lengths = sequence_lengths(
-            expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction
-        )
+        lengths = self._sequence_lengths(adata, None if indices is None else idx, max_seq_len)
         batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
         loader = self._make_data_loader(
             adata=adata, indices=idx, sampler=TokenBudgetSampler(batches)
@@ -113,6 +106,15 @@ class DataMixin:
         # batched) item in a batch of one: drop that leading dimension
         unwrapped = ({k: v[0] for k, v in t.items()} for t in loader)
         return unwrapped, np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+    def _sequence_lengths(self, adata, rows=None, max_seq_len=None) -> np.ndarray:
+        """Tokens of each cell (``rows``: only these) under the tokenizer's rules."""
+        known = self._gene_ids(adata) >= 0
+        x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
+        # only the requested cells are read (a caller embedding block by block reads each once)
+        expressed = expressed_counts(x, known, rows=rows)
+        L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
+        return sequence_lengths(expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction)
 
     @staticmethod
     def _restore_order(rows: np.ndarray, order: np.ndarray | None) -> np.ndarray:

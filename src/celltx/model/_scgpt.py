@@ -38,7 +38,12 @@ from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
-from ._training import TrainingMixin, data_parallel_defaults, step_checkpoints
+from ._training import (
+    TokenBudgetSplitter,
+    TrainingMixin,
+    data_parallel_defaults,
+    step_checkpoints,
+)
 from ._validation import (
     check_anndata_setup,
     registration_undone_on_failure,
@@ -382,6 +387,7 @@ class ScGPT(
         checkpoint_every: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         datamodule: LightningDataModule | None = None,
+        batch_tokens: int | None = None,
         **trainer_kwargs,
     ):
         """Pretrain or fine-tune, from scratch or from loaded weights.
@@ -473,6 +479,13 @@ class ScGPT(
             not apply. Its genes are matched to the vocabulary by name (``var`` column
             :attr:`gene_column`). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
             RNA models without batch-aware parts.
+        batch_tokens
+            Token-budget batches for training: the cells are grouped by sequence length into
+            batches of at most ``batch_tokens`` padded tokens (``batch_size`` caps the cells
+            of a batch), regrouped at random every epoch (:class:`TokenBudgetSplitter`).
+            Less padding, so more cells per second on cells of mixed length; the number of
+            cells per step varies. Not with DDP or a datamodule. ``None``: batches of
+            ``batch_size`` cells.
         **trainer_kwargs
             Passed to Lightning's trainer through :class:`~scvi.train.Trainer`
             (``ckpt_path`` resumes from a checkpoint).
@@ -540,6 +553,30 @@ class ScGPT(
         ):
             trainer_kwargs["precision"] = "bf16-mixed"
         data_parallel_defaults(trainer_kwargs)
+        splitter_cls = None
+        if batch_tokens is not None:
+            if (
+                isinstance(batch_tokens, bool)
+                or int(batch_tokens) != batch_tokens
+                or batch_tokens < 2
+            ):
+                raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
+            if datamodule is not None or "ddp" in str(trainer_kwargs.get("strategy", "")):
+                raise ValueError(
+                    "batch_tokens is for training on an AnnData in one process; with DDP or a "
+                    "datamodule, use batch_size."
+                )
+            if self.module.multimodal or "rna" not in self.module.modalities:
+                raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
+            import scvi
+
+            datasplitter_kwargs = {
+                **(datasplitter_kwargs or {}),
+                "lengths": self._sequence_lengths(self.adata),
+                "batch_tokens": int(batch_tokens),
+                "seed": scvi.settings.seed or 0,
+            }
+            splitter_cls = TokenBudgetSplitter
         if checkpoint_every is not None:
             trainer_kwargs = step_checkpoints(trainer_kwargs, checkpoint_every, checkpoint_dir)
         elif checkpoint_dir is not None:
@@ -584,6 +621,8 @@ class ScGPT(
         # dropout and with batch norms on running statistics
         self.module.train()
         self._training_plan_cls = plan_cls
+        if splitter_cls is not None:
+            self._data_splitter_cls = splitter_cls
         try:
             panel = (
                 self._panel(self.adata)
@@ -607,6 +646,7 @@ class ScGPT(
         finally:
             self.module.set_gradient_checkpointing(False)
             self.__dict__.pop("_training_plan_cls", None)  # back to the class's plan
+            self.__dict__.pop("_data_splitter_cls", None)
             for p in frozen:
                 p.requires_grad_(True)
             self._restore_reference_batches()  # a query model keeps its reference batches

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
+from scvi.dataloaders import DataSplitter
 
+from celltx.data import (
+    ShuffledTokenBudgetSampler,
+    TokenBudgetSampler,
+    first_item,
+    token_budget_batches,
+)
 from celltx.module import PARTS, TASKS
 from celltx.train import StepCheckpoint
 
@@ -49,6 +56,48 @@ def step_checkpoints(trainer_kwargs: dict, every: int, directory) -> dict:
     kw["callbacks"] = callbacks
     kw["enable_checkpointing"] = True
     return kw
+
+
+class TokenBudgetSplitter(DataSplitter):
+    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` with token-budget batches.
+
+    Same split of the cells; the training loader groups them into batches of at most
+    ``batch_tokens`` padded tokens, regrouped every epoch
+    (:class:`~celltx.data.ShuffledTokenBudgetSampler`), and the validation loader into fixed
+    ones. ``batch_size`` caps the cells of a batch. ``lengths``: every cell's token count.
+    """
+
+    def __init__(self, adata_manager, *, lengths, batch_tokens: int, seed: int = 0, **kwargs):
+        super().__init__(adata_manager, **kwargs)
+        self.lengths = np.asarray(lengths)
+        self.batch_tokens, self.seed = int(batch_tokens), int(seed)
+
+    def _loader(self, indices, sampler):
+        skip = ("batch_size", "distributed_sampler", "shuffle", "drop_last")
+        kw = {k: v for k, v in self.data_loader_kwargs.items() if k not in skip}
+        return self.data_loader_cls(
+            self.adata_manager,
+            indices=indices,
+            sampler=sampler,
+            load_sparse_tensor=self.load_sparse_tensor,
+            pin_memory=self.pin_memory,
+            collate_fn=first_item,
+            **kw,
+        )
+
+    def train_dataloader(self):
+        cap = self.data_loader_kwargs.get("batch_size")
+        sampler = ShuffledTokenBudgetSampler(
+            self.lengths[self.train_idx], self.batch_tokens, cap, self.seed
+        )
+        return self._loader(self.train_idx, sampler)
+
+    def val_dataloader(self):
+        if len(self.val_idx) == 0:
+            return None
+        cap = self.data_loader_kwargs.get("batch_size")
+        batches = token_budget_batches(self.lengths[self.val_idx], self.batch_tokens, cap)
+        return self._loader(self.val_idx, TokenBudgetSampler(batches))
 
 
 class TrainingMixin:
