@@ -109,6 +109,15 @@ def shuffled_token_budget_batches(
     Cells of equal length are grouped in a random order (a random permutation before the
     stable sort by length) and the batches come in a random order, so each epoch sees other
     batches while every batch stays within the budget.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import shuffled_token_budget_batches
+    >>> b = shuffled_token_budget_batches(np.array([5, 100, 6, 90]), 200, None,
+    ...                                   np.random.default_rng(0))
+    >>> sorted(sorted(x.tolist()) for x in b)
+    [[0, 2], [1, 3]]
     """
     perm = rng.permutation(len(lengths))
     batches = [
@@ -141,6 +150,14 @@ class ShuffledTokenBudgetSampler(torch.utils.data.Sampler):
     Each pass (epoch) draws new batches with :func:`shuffled_token_budget_batches` from
     ``seed`` and the epoch number; every cell appears once per epoch. ``len`` is that of the
     first epoch's grouping (the number of batches varies little between epochs).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import ShuffledTokenBudgetSampler
+    >>> sampler = ShuffledTokenBudgetSampler(np.array([5, 100, 6, 90]), 200)
+    >>> sorted(i for batch in sampler for i in batch)  # every cell once an epoch
+    [0, 1, 2, 3]
     """
 
     def __init__(
@@ -168,5 +185,13 @@ class ShuffledTokenBudgetSampler(torch.utils.data.Sampler):
 
 
 def first_item(items: list):
-    """Collate of a loader whose sampler yields whole batches: the one item, as tensors."""
+    """Collate of a loader whose sampler yields whole batches: the one item, as tensors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import first_item
+    >>> first_item([{"X": np.zeros((3, 2))}])["X"].shape
+    torch.Size([3, 2])
+    """
     return {k: torch.as_tensor(np.asarray(v)) for k, v in items[0].items()}
