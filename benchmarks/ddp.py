@@ -90,7 +90,6 @@ def train(args) -> None:
         for k, v in model.history.items()
         if "loss" in k
     }
-    tokens = int(np.minimum((adata.X > 0).sum(1), args.max_seq_len - 1).sum()) + adata.n_obs
     result = {
         "devices": args.devices,
         "strategy": kwargs.get("strategy", "single process"),
@@ -100,7 +99,6 @@ def train(args) -> None:
         "epochs": args.epochs,
         "seconds": seconds,
         "cells_per_s": args.cells * args.epochs / seconds,
-        "tokens_per_s_approx": tokens * args.cells / n * args.epochs / seconds,
         "torch_threads": torch.get_num_threads(),
         "history": history,
     }

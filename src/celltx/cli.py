@@ -368,6 +368,9 @@ def embed(
             )
         else:
             out = adata
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed run leaves no half-written embedding
+        raise
     finally:
         if backed:
             adata.file.close()

@@ -11,8 +11,8 @@ _CHUNK = 10_000
 
 #: Padded tokens per forward pass of inference by default (``batch_tokens="auto"``).
 #: Measured with a scGPT_human-sized model on 100 whole-transcriptome PBMCs, whole process on
-#: 2 CPU cores: 38 s and 1.57 GB peak RSS, against 79 s and 2.87 GB with 128-cell batches
-#: (``benchmarks/embed_whole_process.py``).
+#: 2 CPU cores: 38.2 s and 1.64 GB peak RSS, against 78.3 s and 2.86 GB with 128-cell
+#: batches (``benchmarks/embed_whole_process.py``; the table in docs/large_data.md).
 DEFAULT_BATCH_TOKENS = 16_384
 
 

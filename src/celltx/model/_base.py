@@ -17,6 +17,7 @@ from celltx.data import (
     TokenBudgetSampler,
     check_expression,
     expressed_counts,
+    first_item,
     gene_names,
     match_genes,
     sequence_lengths,
@@ -99,13 +100,11 @@ class DataMixin:
         idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         lengths = self._sequence_lengths(adata, None if indices is None else idx, max_seq_len)
         batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
+        # each sampler item is a whole batch: first_item keeps it as it is (no batch of one)
         loader = self._make_data_loader(
-            adata=adata, indices=idx, sampler=TokenBudgetSampler(batches)
+            adata=adata, indices=idx, sampler=TokenBudgetSampler(batches), collate_fn=first_item
         )
-        # with a sampler of its own, scvi-tools' loader lets torch wrap each (already
-        # batched) item in a batch of one: drop that leading dimension
-        unwrapped = ({k: v[0] for k, v in t.items()} for t in loader)
-        return unwrapped, np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        return loader, np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
 
     def _sequence_lengths(self, adata, rows=None, max_seq_len=None) -> np.ndarray:
         """Tokens of each cell (``rows``: only these) under the tokenizer's rules."""
@@ -194,15 +193,18 @@ class DataMixin:
     def _datamodule_panel(self, datamodule):
         """Map the columns of a datamodule's batches to the vocabulary (genes matched by name)."""
         self._check_datamodule_model()
-        panel = datamodule_panel(datamodule, self.gene_column)
-        match = match_genes(
+        match = self._match_panel(datamodule_panel(datamodule, self.gene_column))
+        with self.module.gene_panel(match.ids):
+            yield
+
+    def _match_panel(self, panel: AnnData, vocab: GeneVocab | None = None) -> GeneMatch:
+        """Match the genes of a cell-less panel (a datamodule's columns) to the vocabulary."""
+        return match_genes(
             panel,
-            self.vocab,
+            self.vocab if vocab is None else vocab,
             min_genes=min(self.min_genes, panel.n_vars),
             min_fraction=self.min_gene_fraction,
         )
-        with self.module.gene_panel(match.ids):
-            yield
 
     @property
     def gene_column(self) -> str:

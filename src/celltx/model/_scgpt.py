@@ -19,8 +19,8 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from celltx.data import GeneVocab, gene_names, match_genes, nonzero_medians
-from celltx.module import ATAC_KEY, PARTS, ScGPTModule
+from celltx.data import GeneVocab, gene_names, nonzero_medians
+from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import ContrastivePlan, PretrainingPlan
 
@@ -203,9 +203,7 @@ class ScGPT(
         if datamodule is None:
             match = self._match(self.adata, vocab)
         else:
-            match = match_genes(
-                rna, vocab, min_genes=min(min_genes, rna.n_vars), min_fraction=min_gene_fraction
-            )
+            match = self._match_panel(rna, vocab)
         atac_ids = None if atac is None else self._atac_ids(self.adata, vocab)
         n_labels = self.summary_stats.n_labels if setup.get("labels_key") else None
         n_batch = self.summary_stats.n_batch if setup.get("batch_key") else 0
@@ -250,23 +248,13 @@ class ScGPT(
             "kwargs": {"settings": config.to_dict()},
         }
 
-    def _check_datamodule_training(self, datamodule, task, loss_weights, early_stopping) -> None:
+    def _check_datamodule_training(self, datamodule, task, early_stopping) -> None:
         check_datamodule(datamodule, self.gene_column)
         self._check_datamodule_model()
         if task not in (None, "generative"):
             raise ValueError(
                 f"task={task!r}: training from a datamodule supports task='generative' (labels, "
                 "batches and perturbations come with an AnnData: ScGPT.setup_anndata)."
-            )
-        other = [
-            k
-            for k, w in (loss_weights or {}).items()
-            if k in PARTS and w > 0 and k not in _DM_PARTS
-        ]
-        if other:
-            raise ValueError(
-                f"loss_weights {other}: training from a datamodule supports the generative "
-                f"parts {list(_DM_PARTS)}."
             )
         if early_stopping and getattr(datamodule, "validation_size", 0.0) <= 0:
             raise ValueError(
@@ -510,7 +498,7 @@ class ScGPT(
                 "model.train(datamodule=..., max_epochs=...)."
             )
         if datamodule is not None:
-            self._check_datamodule_training(datamodule, task, loss_weights, early_stopping)
+            self._check_datamodule_training(datamodule, task, early_stopping)
         if max_epochs is not None and (
             isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
         ):
