@@ -49,6 +49,26 @@ def test_pretrain_writes_both_formats_and_summary(pretrained, capsys):
     assert model.get_latent_representation().shape == (700, 64)
 
 
+def test_pretrain_backed_reads_the_file_from_disk(files, capsys, monkeypatch):
+    import celltx._cli_train as cli_train
+
+    seen = []
+    read = cli_train._read_inputs
+
+    def spy(paths, backed=False):
+        adata = read(paths, backed)
+        seen.append(adata.isbacked)
+        return adata
+
+    monkeypatch.setattr(cli_train, "_read_inputs", spy)
+    out = files / "pre_backed"
+    argv = ["pretrain", str(files / "a.h5ad"), "--out", str(out), "--backed", "--epochs", "1"]
+    assert main([*argv, "--accelerator", "cpu", "--no-progress"]) == 0
+    assert seen == [True]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_cells"] == 350 and np.isfinite(s["final"]["train_loss"])
+
+
 def test_finetune_from_pretrain_and_predict(pretrained, files, capsys):
     out, pred = files / "ft", files / "pred.h5ad"
     argv = [
@@ -83,6 +103,15 @@ def test_bad_arguments_exit_with_a_message(pretrained, files, capsys):
     cases = [
         (["pretrain", str(files / "nope.h5ad"), "--out", str(files / "x")], "do not exist"),
         (["pretrain", str(files / "a.h5ad"), "--out", str(pretrained)], "--overwrite"),
+        (
+            ["pretrain", str(files / "a.h5ad"), str(files / "b.h5ad"), "--out", str(files / "x")]
+            + ["--backed"],
+            "concatenate the files",
+        ),
+        (
+            ["pretrain", str(files / "a.h5ad"), "--out", str(files / "x"), "--obs-filter", "a"],
+            "for a SOMA experiment",
+        ),
         (
             ["pretrain", str(files / "a.h5ad"), "--out", str(files / "y"), "--epochs", "0"],
             "--epochs",

@@ -125,3 +125,48 @@ def test_bad_soma_inputs(soma_trained):
         model.get_latent_representation()
     with pytest.raises(ValueError, match="TileDBDataModule"):
         model.get_latent_representation(datamodule=object())
+
+
+def test_pretrain_cli_from_a_soma_uri(soma_pbmc, tmp_path, capsys):
+    """``celltx pretrain URI``: the same datamodule path, cells selected by --obs-filter."""
+    import json
+
+    from celltx.cli import main
+
+    adata, exp = soma_pbmc
+    out = tmp_path / "pre"
+    keep = adata.obs["bulk_labels"].astype(str) != "Dendritic"
+    argv = ["pretrain", f"soma:{exp.uri}", "--out", str(out), "--batch-key", "sample"]
+    argv += ["--obs-filter", "bulk_labels != 'Dendritic'", "--epochs", "1", "--batch-size", "64"]
+    assert main([*argv, "--accelerator", "cpu", "--no-progress"]) == 0
+    assert f"celltx pretrain: {int(keep.sum())} cells × 765 genes" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cells"] == int(keep.sum()) < adata.n_obs
+    assert np.isfinite(summary["final"]["train_loss"])
+    loaded = ScGPT.load(str(out / "model"), adata=adata.copy())
+    assert loaded.vocab.genes[: adata.n_vars] == list(adata.var_names)
+    z = loaded.get_latent_representation()
+    assert z.shape == (adata.n_obs, 64) and np.isfinite(z).all()
+    assert (out / "scgpt" / "args.json").is_file()
+
+    base = ["pretrain", exp.uri, "--out", str(tmp_path / "bad")]
+    cases = [
+        (base, "obs column for --batch-key"),
+        ([*base, "--batch-key", "nope"], "'nope' is not one of"),
+        ([*base, "--batch-key", "sample", "--task", "contrastive"], "--task generative"),
+        ([*base, "--batch-key", "sample", "--measurement", "ATAC"], "measurements: ['RNA']"),
+        ([*base, "--batch-key", "sample", "--layer", "counts"], None),
+        ([*base, "--batch-key", "sample", "--backed"], "--backed is for .h5ad"),
+        ([*base[:2], str(tmp_path / "x.h5ad"), *base[2:], "--batch-key", "sample"], "on its own"),
+        (["pretrain", str(tmp_path), "--out", str(tmp_path / "bad")], "nor a SOMA experiment"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--epochs", "1", "--accelerator", "cpu", "--no-progress"])
+        err = capsys.readouterr().err
+        if message is None:  # found by celltx's datamodule check: a data problem, exit 1
+            assert exc.value.code == 1 and "layer_name='counts'" in err
+        else:
+            assert exc.value.code == 2 and message in err, (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "bad").exists()

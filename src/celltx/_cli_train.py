@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 #: model sizes of ``celltx pretrain --size``
@@ -31,7 +32,31 @@ def _out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def _read_inputs(paths: Sequence[str | os.PathLike]):
+def _soma_uri(inputs: Sequence[str | os.PathLike]) -> str | None:
+    """The SOMA experiment URI among ``inputs``, or ``None`` when they are ``.h5ad`` files."""
+    candidates = [str(p) for p in inputs if not Path(p).is_file()]
+    looks_soma = [c for c in candidates if Path(c).is_dir() or "://" in c or c.startswith("soma:")]
+    if not looks_soma:
+        return None
+    try:
+        import tiledbsoma
+    except ImportError:
+        raise TrainArgsError(
+            f"{looks_soma[0]} is not an .h5ad file; reading a SOMA experiment needs tiledbsoma "
+            "(pip install 'celltx[soma]')."
+        ) from None
+    uris = [c.removeprefix("soma:") for c in looks_soma]
+    if not tiledbsoma.Experiment.exists(uris[0]):
+        raise TrainArgsError(f"{looks_soma[0]} is neither an .h5ad file nor a SOMA experiment.")
+    if len(inputs) > 1:
+        raise TrainArgsError(
+            "A SOMA experiment is read on its own: pass one experiment URI (select cells "
+            "with --obs-filter), or .h5ad files."
+        )
+    return uris[0]
+
+
+def _read_inputs(paths: Sequence[str | os.PathLike], backed: bool = False):
     """The cells of one or several ``.h5ad`` files (several: concatenated, genes unioned)."""
     import anndata as ad
 
@@ -39,12 +64,71 @@ def _read_inputs(paths: Sequence[str | os.PathLike]):
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise TrainArgsError(f"input files do not exist: {missing}.")
+    if backed and len(paths) > 1:
+        raise TrainArgsError(
+            "--backed streams one .h5ad file from disk; concatenate the files first (e.g. "
+            "anndata.experimental.concat_on_disk) or drop --backed."
+        )
     if len(paths) == 1:
-        return ad.read_h5ad(paths[0])
+        return ad.read_h5ad(paths[0], backed="r" if backed else None)
     parts = [ad.read_h5ad(p) for p in paths]
     for p, a in zip(paths, parts, strict=True):
         a.obs["source_file"] = p.name
     return ad.concat(parts, join="outer", fill_value=0, index_unique="-")
+
+
+def _soma_datamodule(
+    experiment,
+    *,
+    measurement: str,
+    layer: str | None,
+    batch_key: str | None,
+    obs_filter: str | None,
+    batch_size: int,
+    seed: int,
+    accelerator: str,
+    devices: str,
+):
+    """scvi-tools' ``TileDBDataModule`` over the cells of ``experiment`` (90 / 10 split)."""
+    import tiledbsoma
+    from scvi.dataloaders import TileDBDataModule
+
+    if measurement not in experiment.ms:
+        raise TrainArgsError(
+            f"--measurement {measurement!r} is not in the experiment; its measurements: "
+            f"{sorted(experiment.ms.keys())}."
+        )
+    layers = sorted(experiment.ms[measurement].X.keys())
+    if layer is None:
+        if len(layers) != 1:
+            raise TrainArgsError(
+                f"measurement {measurement!r} has the X layers {layers}; name one with --layer "
+                "(raw counts or normalised values, as for an .h5ad)."
+            )
+        layer = layers[0]
+    columns = [c for c in experiment.obs.schema.names if c != "soma_joinid"]
+    if batch_key is None or batch_key not in columns:
+        what = "needs" if batch_key is None else f"--batch-key {batch_key!r} is not one of"
+        raise TrainArgsError(
+            f"A SOMA input {what} an obs column for --batch-key (scvi-tools' TileDBDataModule "
+            f"labels each cell's batch from obs columns, e.g. dataset_id for CELLxGENE "
+            f"Census); the experiment's obs columns: {columns}."
+        )
+    obs_query = None if obs_filter is None else tiledbsoma.AxisQuery(value_filter=obs_filter)
+    query = experiment.axis_query(measurement, obs_query=obs_query)
+    return TileDBDataModule(
+        query,
+        layer_name=layer,
+        batch_size=batch_size,
+        batch_column_names=[batch_key],
+        shuffle=True,
+        seed=seed,
+        train_size=0.9,
+        split_seed=seed,
+        accelerator=accelerator,
+        device=int(devices) if devices.isdigit() else devices,
+        dataloader_kwargs={"num_workers": 0},
+    )
 
 
 def _trainer_kwargs(accelerator: str, devices: str, strategy: str | None, precision: str | None):
@@ -82,8 +166,11 @@ def pretrain(
     compile: bool = False,
     checkpoint_every: int | None = None,
     resume: str | os.PathLike | None = None,
+    backed: bool = False,
+    measurement: str = "RNA",
+    obs_filter: str | None = None,
 ) -> dict:
-    """Pretrain a :class:`~celltx.model.ScGPT` from scratch on ``.h5ad`` files.
+    """Pretrain a :class:`~celltx.model.ScGPT` from scratch on ``.h5ad`` files or SOMA.
 
     Writes to ``out``: ``model/`` (``model.save``: safetensors + JSON), ``scgpt/`` (the
     same weights in scGPT's directory format, :meth:`~celltx.model.ScGPT.export_scgpt`, for
@@ -93,7 +180,14 @@ def pretrain(
     ----------
     inputs
         One or several ``.h5ad`` files (several are concatenated; genes unioned, missing
-        ones 0; ``obs["source_file"]`` names each cell's file).
+        ones 0; ``obs["source_file"]`` names each cell's file), or one TileDB-SOMA
+        experiment URI (a local folder, ``s3://...``, ``tiledb://...``; ``soma:`` may prefix
+        it). A SOMA experiment is streamed through scvi-tools' ``TileDBDataModule``
+        (90 / 10 split; ``task="generative"``, ``gene_selection="random"``): ``layer`` names
+        its ``X`` layer (needed when there are several), ``batch_key`` an ``obs`` column
+        (required) and ``gene_symbols`` the ``var`` column of gene names (default
+        ``"var_id"``, what ``tiledbsoma.io.from_h5ad`` writes; ``"feature_name"`` for
+        CELLxGENE Census).
     out
         Output folder.
     size
@@ -123,6 +217,12 @@ def pretrain(
         ``out/checkpoints/`` (the latest is kept).
     resume
         A ``.ckpt`` of ``checkpoint_every`` to continue from (same inputs and settings).
+    backed
+        Read the (single) ``.h5ad`` file with ``backed="r"``: training streams its rows, so
+        memory does not grow with the number of cells.
+    measurement, obs_filter
+        For a SOMA input: the measurement (default ``"RNA"``) and a ``value_filter`` on
+        ``obs`` selecting the cells (e.g. ``"tissue_general == 'blood'"``).
 
     Returns
     -------
@@ -145,50 +245,85 @@ def pretrain(
         raise TrainArgsError("--checkpoint-every must be >= 1.")
     if resume is not None and not Path(resume).is_file():
         raise TrainArgsError(f"--resume {resume} is not a file (a .ckpt of --checkpoint-every).")
+    soma = _soma_uri(inputs)
+    if soma is not None:
+        if backed:
+            raise TrainArgsError("--backed is for .h5ad files; a SOMA experiment is streamed.")
+        if task != "generative" or gene_selection != "random":
+            raise TrainArgsError(
+                "From a SOMA experiment celltx pretrains --task generative with "
+                "--gene-selection random (the datamodule path has no contrastive views or "
+                "rank-value medians); export the cells to .h5ad for the others."
+            )
+    elif measurement != "RNA" or obs_filter is not None:
+        raise TrainArgsError("--measurement and --obs-filter are for a SOMA experiment input.")
     out = _out_dir(out, overwrite or resume is not None)
     t0 = time.perf_counter()
-    adata = _read_inputs(inputs)
     scvi.settings.seed = seed
-    ScGPT.setup_anndata(adata, layer=layer, batch_key=batch_key, gene_symbols=gene_symbols)
     settings = {**SIZES[size], "gene_selection": gene_selection, "seed": seed}
     if max_seq_len is not None:
         settings["max_seq_len"] = max_seq_len
-    model = ScGPT(adata, **settings)
-    print(model._model_summary_string, flush=True)
     extra = {}
     if checkpoint_every is not None:
         extra = {"checkpoint_every": checkpoint_every, "checkpoint_dir": out / "checkpoints"}
     if resume is not None:
         extra["ckpt_path"] = str(resume)
-    model.train(
-        max_epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        task=task,
-        enable_progress_bar=progress,
-        accumulate_grad_batches=accumulate_grad_batches,
-        gradient_checkpointing=gradient_checkpointing,
-        compile=compile,
-        **extra,
-        **_trainer_kwargs(accelerator, devices, strategy, precision),
-    )
-    if rank_zero_only.rank != 0:
-        return {}  # DDP: the other ranks hold the same weights; rank 0 writes
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / "model"), overwrite=True)
-    model.export_scgpt(str(out / "scgpt"), overwrite=True)
-    return _finish(model, adata, out, t0, "pretrain")
+    with ExitStack() as stack:
+        if soma is None:
+            adata = _read_inputs(inputs, backed)
+            if backed:
+                stack.callback(adata.file.close)
+            ScGPT.setup_anndata(adata, layer=layer, batch_key=batch_key, gene_symbols=gene_symbols)
+            model = ScGPT(adata, **settings)
+            n_cells, n_genes = adata.n_obs, adata.n_vars
+        else:
+            import tiledbsoma
+
+            experiment = stack.enter_context(tiledbsoma.Experiment.open(soma))
+            datamodule = _soma_datamodule(
+                experiment,
+                measurement=measurement,
+                layer=layer,
+                batch_key=batch_key,
+                obs_filter=obs_filter,
+                batch_size=batch_size,
+                seed=seed,
+                accelerator=accelerator,
+                devices=devices,
+            )
+            model = ScGPT(datamodule=datamodule, gene_column=gene_symbols or "var_id", **settings)
+            extra["datamodule"] = datamodule
+            n_cells, n_genes = datamodule.query.n_obs, datamodule.query.n_vars
+        print(model._model_summary_string, flush=True)
+        model.train(
+            max_epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            task=task,
+            enable_progress_bar=progress,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_checkpointing=gradient_checkpointing,
+            compile=compile,
+            **extra,
+            **_trainer_kwargs(accelerator, devices, strategy, precision),
+        )
+        if rank_zero_only.rank != 0:
+            return {}  # DDP: the other ranks hold the same weights; rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(str(out / "model"), overwrite=True)
+        model.export_scgpt(str(out / "scgpt"), overwrite=True)
+    return _finish(model, n_cells, n_genes, out, t0, "pretrain")
 
 
-def _finish(model, adata, out: Path, t0: float, verb: str) -> dict:
+def _finish(model, n_cells: int, n_genes: int, out: Path, t0: float, verb: str) -> dict:
     import pandas as pd
 
     hist = pd.concat([v for v in model.history.values()], axis=1)
     hist.to_csv(out / "history.csv")
     last = {k: float(v) for k, v in hist.iloc[-1].items() if pd.notna(v)}
     summary = {
-        "n_cells": int(adata.n_obs),
-        "n_genes": int(adata.n_vars),
+        "n_cells": int(n_cells),
+        "n_genes": int(n_genes),
         "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
         "epochs": int(len(hist)),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -319,7 +454,7 @@ def finetune(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "model"), overwrite=True)
-    summary = _finish(model, adata, out, t0, "finetune")
+    summary = _finish(model, adata.n_obs, adata.n_vars, out, t0, "finetune")
     if predict is not None:
         query = ad.read_h5ad(predict)
         proba = model.predict(query, soft=True)
@@ -337,22 +472,46 @@ def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     """Add the ``pretrain`` and ``finetune`` sub-commands to ``sub``."""
     p = sub.add_parser(
         "pretrain",
-        help="pretrain a ScGPT from scratch on .h5ad files",
-        description="Pretrain a ScGPT from scratch on one or several .h5ad files; write the "
+        help="pretrain a ScGPT from scratch on .h5ad files or a SOMA experiment",
+        description="Pretrain a ScGPT from scratch on one or several .h5ad files or a "
+        "TileDB-SOMA experiment (streamed; needs --batch-key); write the "
         "model (celltx save and scGPT format), its history and a summary to --out.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".h5ad files with the cells")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=".h5ad files with the cells, or one TileDB-SOMA experiment URI",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", choices=list(SIZES), default="small", help="model size")
     p.add_argument("--task", choices=["generative", "contrastive"], default="generative")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
-    p.add_argument("--layer", default=None, help="layer with the expression (default X)")
-    p.add_argument("--batch-key", default=None, help="obs column with batches")
-    p.add_argument("--gene-symbols", default=None, help="var column with gene symbols")
+    p.add_argument(
+        "--layer", default=None, help="layer with the expression (default X; SOMA: an X layer)"
+    )
+    p.add_argument("--batch-key", default=None, help="obs column with batches (SOMA: required)")
+    p.add_argument(
+        "--gene-symbols",
+        default=None,
+        help="var column with gene symbols (SOMA: default var_id; feature_name for Census)",
+    )
     p.add_argument("--gene-selection", choices=["random", "rank"], default="random")
     p.add_argument("--max-seq-len", type=int, default=None)
+    p.add_argument(
+        "--backed",
+        action="store_true",
+        help="stream the (single) .h5ad from disk instead of loading it",
+    )
+    p.add_argument("--measurement", default="RNA", help="SOMA input: the measurement")
+    p.add_argument(
+        "--obs-filter",
+        default=None,
+        metavar="FILTER",
+        help="SOMA input: value_filter on obs selecting the cells",
+    )
     p.add_argument(
         "--accumulate-grad-batches",
         type=int,
@@ -440,6 +599,9 @@ def run(args, parsers: dict) -> None:
                 compile=args.compile,
                 checkpoint_every=args.checkpoint_every,
                 resume=args.resume,
+                backed=args.backed,
+                measurement=args.measurement,
+                obs_filter=args.obs_filter,
                 **common,
             )
         else:

@@ -1,9 +1,12 @@
-"""Data from a Lightning datamodule: scvi-tools' ``TileDBDataModule`` over a SOMA experiment.
+"""Data from a Lightning datamodule: scvi-tools' SOMA and lamindb datamodules.
 
-celltx reads no SOMA data itself: batches come from scvi-tools' ``TileDBDataModule``
-(``tiledbsoma_ml``'s loader underneath). What celltx needs beyond the batches is which gene
-each column of ``X`` is, read here from the query's ``var`` in the order of
-``query.var_joinids()`` (the column order of ``tiledbsoma_ml``'s batches).
+``TileDBDataModule`` streams a SOMA experiment, ``MappedCollectionDataModule`` a lamindb
+collection of ``.h5ad`` artifacts. celltx reads no such data itself: batches come from the scvi-tools datamodule
+(``tiledbsoma_ml``'s or lamindb's ``MappedCollection`` loader underneath). What celltx needs
+beyond the batches is which gene each column of ``X`` is: for SOMA, read from the query's
+``var`` in the order of ``query.var_joinids()`` (the column order of ``tiledbsoma_ml``'s
+batches); for a lamindb collection, the datamodule's ``var_names`` (the collection's joined
+genes, the column order of ``MappedCollection``'s batches).
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from anndata import AnnData
 from scipy import sparse
 
 
+def _is_mapped(datamodule) -> bool:
+    """Whether ``datamodule`` is scvi-tools' ``MappedCollectionDataModule`` (lamindb)."""
+    from scvi.dataloaders import MappedCollectionDataModule
+
+    return isinstance(datamodule, MappedCollectionDataModule)
+
+
 def _soma_query(datamodule):
     query = getattr(datamodule, "query", None)
     if query is None or not all(
@@ -24,9 +34,31 @@ def _soma_query(datamodule):
             f"datamodule={type(datamodule).__name__}: celltx trains and embeds from scvi-tools' "
             "TileDBDataModule over a SOMA query, e.g. scvi.dataloaders.TileDBDataModule("
             "experiment.axis_query('RNA'), layer_name='data', batch_column_names=[...]) "
-            "(pip install 'celltx[soma]')."
+            "(pip install 'celltx[soma]'), or from its MappedCollectionDataModule over a "
+            "lamindb collection (pip install 'celltx[lamindb]')."
         )
     return query
+
+
+def _mapped_genes(datamodule) -> np.ndarray:
+    try:
+        genes = datamodule.var_names
+    except AttributeError:
+        genes = None
+    if genes is None:
+        raise ValueError(
+            "The MappedCollectionDataModule has no joined genes: build it with "
+            "join='inner' (the default) or join='outer', so that the columns of its batches "
+            "are one list of genes."
+        )
+    return np.asarray(genes).astype(str)
+
+
+def has_validation(datamodule) -> bool:
+    """Whether the datamodule holds validation cells (a split, or a validation collection)."""
+    if _is_mapped(datamodule):
+        return datamodule.val_dataloader() is not None
+    return getattr(datamodule, "validation_size", 0.0) > 0
 
 
 def _layer_name(datamodule) -> str | None:
@@ -41,8 +73,13 @@ def check_datamodule(datamodule, gene_column: str) -> None:
     """Raise a :class:`ValueError` naming the fix when ``datamodule`` cannot feed a model.
 
     Checks that it is built on a SOMA query, that its ``layer_name`` is an ``X`` layer of the
-    query's measurement and that ``gene_column`` is a column of the measurement's ``var``.
+    query's measurement and that ``gene_column`` is a column of the measurement's ``var``; or
+    that a lamindb datamodule has one list of genes (``gene_column`` does not apply: its genes
+    are the artifacts' ``var_names``).
     """
+    if _is_mapped(datamodule):
+        _mapped_genes(datamodule)
+        return
     query = _soma_query(datamodule)
     ms = query.experiment.ms[query.measurement_name]
     layers = sorted(ms.X.keys())
@@ -68,9 +105,10 @@ def datamodule_panel(datamodule, gene_column: str) -> AnnData:
     Parameters
     ----------
     datamodule
-        scvi-tools' ``TileDBDataModule`` (any object with a SOMA ``query`` attribute).
+        scvi-tools' ``TileDBDataModule`` (any object with a SOMA ``query`` attribute) or
+        ``MappedCollectionDataModule``.
     gene_column
-        Column of the measurement's ``var`` with the gene names.
+        Column of the measurement's ``var`` with the gene names (SOMA only).
 
     Returns
     -------
@@ -78,6 +116,12 @@ def datamodule_panel(datamodule, gene_column: str) -> AnnData:
         ``0 × n_vars``; gene ``j`` is column ``j`` of the datamodule's batches.
     """
     check_datamodule(datamodule, gene_column)
+    if _is_mapped(datamodule):
+        genes = _mapped_genes(datamodule)
+        return AnnData(
+            X=sparse.csr_matrix((0, len(genes)), dtype=np.float32),
+            var=pd.DataFrame(index=pd.Index(genes)),
+        )
     query = _soma_query(datamodule)
     var = query.var(column_names=["soma_joinid", gene_column]).concat().to_pandas()
     names = var.set_index("soma_joinid")[gene_column]
@@ -93,6 +137,8 @@ def datamodule_registry(datamodule, model_name: str, genes) -> dict:
     """The datamodule's scvi-tools registry, naming the model and its genes, JSON-ready.
 
     ``TileDBDataModule`` names the ``X`` columns by SOMA joinid and the model ``"SCVI"``;
+    ``MappedCollectionDataModule`` keeps its genes as an index and its label encoders keyed by
+    label;
     the model's registry names its genes (what :meth:`~scvi.model.base.BaseModelClass.get_var_names`
     and a save report) and its class. Tensors become lists (celltx saves registries as JSON).
     """
@@ -101,7 +147,11 @@ def datamodule_registry(datamodule, model_name: str, genes) -> dict:
         if isinstance(value, torch.Tensor):
             return value.tolist()
         if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray | pd.Index):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
         return value
 
     registry = plain(datamodule.registry)  # a new dict
@@ -110,8 +160,14 @@ def datamodule_registry(datamodule, model_name: str, genes) -> dict:
     return registry
 
 
-def inference_loader(datamodule):
-    """The datamodule's inference loader, after checking that it keeps the query's cell order."""
+def inference_loader(datamodule, batch_size: int = 64):
+    """The datamodule's inference loader, after checking that it keeps the cells' order.
+
+    ``batch_size``: cells per batch of a lamindb datamodule (a SOMA datamodule's batches are
+    its own).
+    """
+    if _is_mapped(datamodule):
+        return datamodule.inference_dataloader(shuffle=False, batch_size=batch_size)
     _soma_query(datamodule)
     kwargs = getattr(datamodule, "dataset_kwargs", None) or {}
     if kwargs.get("shuffle", True):

@@ -65,7 +65,10 @@ class EmbeddingMixin:
             the query's order. Build it with ``shuffle=False`` (and the default
             ``train_size=1.0``); its batches are used as they are (``batch_size`` and
             ``batch_tokens`` do not apply). Genes are matched by name (``var`` column
-            :attr:`gene_column`).
+            :attr:`gene_column`). Or scvi-tools'
+            :class:`~scvi.dataloaders.MappedCollectionDataModule` (a lamindb collection): its
+            cells in the collection's order, ``batch_size`` cells at a time (default 64),
+            genes by their ``var_names``.
 
         Returns
         -------
@@ -99,7 +102,7 @@ class EmbeddingMixin:
                     "Pass datamodule alone: its query selects the cells (not adata or indices)."
                 )
             panel = self._datamodule_panel(datamodule)
-            loader, order = inference_loader(datamodule), None
+            loader, order = inference_loader(datamodule, batch_size or 64), None
         else:
             adata = self._validate_anndata(adata)
             panel = self._panel(adata)

@@ -26,7 +26,12 @@ from celltx.train import ContrastivePlan, PretrainingPlan
 
 from ._annotation import AnnotationMixin
 from ._base import DataMixin
-from ._datamodule import check_datamodule, datamodule_panel, datamodule_registry
+from ._datamodule import (
+    check_datamodule,
+    datamodule_panel,
+    datamodule_registry,
+    has_validation,
+)
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
 from ._fields import anndata_setup_fields
@@ -99,13 +104,15 @@ class ScGPT(
         Smallest fraction of an AnnData's genes that must be in the vocabulary.
     datamodule
         Instead of ``adata``: scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a
-        SOMA experiment (``pip install 'celltx[soma]'``); the vocabulary is built from its
-        genes. Train with ``model.train(datamodule=...)`` and embed with
+        SOMA experiment (``pip install 'celltx[soma]'``) or
+        :class:`~scvi.dataloaders.MappedCollectionDataModule` over a lamindb collection
+        (``pip install 'celltx[lamindb]'``); the vocabulary is built from its genes. Train with ``model.train(datamodule=...)`` and embed with
         ``model.get_latent_representation(datamodule=...)``. Such a model has no labels,
         batches or perturbations; ``model.save(dir)`` then ``ScGPT.load(dir, adata)`` puts it
         on an AnnData.
     gene_column
-        Column of the SOMA measurement's ``var`` holding gene names (:attr:`gene_column`):
+        Column of the SOMA measurement's ``var`` holding gene names (:attr:`gene_column`;
+        unused for lamindb collections, whose genes are their ``var_names``):
         ``"var_id"`` (default) is where ``tiledbsoma.io.from_h5ad`` writes ``var_names``;
         CELLxGENE Census keeps symbols in ``"feature_name"``.
     **settings
@@ -256,10 +263,11 @@ class ScGPT(
                 f"task={task!r}: training from a datamodule supports task='generative' (labels, "
                 "batches and perturbations come with an AnnData: ScGPT.setup_anndata)."
             )
-        if early_stopping and getattr(datamodule, "validation_size", 0.0) <= 0:
+        if early_stopping and not has_validation(datamodule):
             raise ValueError(
                 "early_stopping monitors the validation loss, but the datamodule has no "
-                "validation cells: build it with train_size < 1 (e.g. 0.9)."
+                "validation cells: build it with train_size < 1 (e.g. 0.9), or a lamindb "
+                "MappedCollectionDataModule with collection_val=...."
             )
 
     @property
@@ -461,11 +469,13 @@ class ScGPT(
             Directory of the checkpoints of ``checkpoint_every``.
         datamodule
             Train from scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a SOMA
-            experiment (``pip install 'celltx[soma]'``) instead of the AnnData: its batches,
-            shuffling and train / validation split (its ``train_size``) are used, so
-            ``batch_size``, ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do
-            not apply. Its genes are matched to the vocabulary by name (``var`` column
-            :attr:`gene_column`). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
+            experiment (``pip install 'celltx[soma]'``) or its
+            :class:`~scvi.dataloaders.MappedCollectionDataModule` over a lamindb collection
+            instead of the AnnData: its batches, shuffling and train / validation split (SOMA:
+            its ``train_size``; lamindb: its ``collection_val``) are used, so ``batch_size``,
+            ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do not apply. Its
+            genes are matched to the vocabulary by name (SOMA: ``var`` column
+            :attr:`gene_column`; lamindb: the collection's joined ``var_names``). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
             RNA models without batch-aware parts.
         batch_tokens
             Token-budget batches for training: the cells are grouped by sequence length into
@@ -573,7 +583,7 @@ class ScGPT(
             self.module.compile_encoder()
             self._encoder_compiled = True
         if datamodule is not None:
-            if getattr(datamodule, "validation_size", 0.0) <= 0:
+            if not has_validation(datamodule):
                 check_val_every_n_epoch = None  # the datamodule has no validation cells
         elif not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
             # no validation cells (train_size=1.0, or very few cells): train without a
