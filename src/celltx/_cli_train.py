@@ -498,7 +498,7 @@ def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
         default=None,
         help="var column with gene symbols (SOMA: default var_id; feature_name for Census)",
     )
-    p.add_argument("--gene-selection", choices=["random", "rank"], default="random")
+    p.add_argument("--gene-selection", choices=["random", "rank", "hvg"], default="random")
     p.add_argument("--max-seq-len", type=int, default=None)
     p.add_argument(
         "--backed",

@@ -11,12 +11,12 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.decomposition import PCA
 
-from celltx.data import Tokenizer, nonzero_medians
+from celltx.data import Tokenizer, highly_variable, nonzero_medians
 
 from ._embedding import knn_accuracy
 from ._inputs import get_expression
 
-TOKEN_SELECTIONS = ("random", "rank")
+TOKEN_SELECTIONS = ("random", "rank", "hvg")
 
 
 def _pca_knn(x: np.ndarray, labels, n_comps: int, seed: int) -> tuple[float, float]:
@@ -36,6 +36,7 @@ def token_retention(
     n_bins: int = 51,
     n_comps: int = 50,
     batch_size: int = 256,
+    n_hvg: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Accuracy of kNN on PCA of what the model sees: the binned values of the chosen genes.
@@ -57,8 +58,9 @@ def token_retention(
     max_seq_len
         Token budgets to try (``<cls>`` included, as the model's setting).
     selections
-        ``"random"`` (scGPT's reproducible random choice) and / or ``"rank"`` (rank-value:
-        the highest expression relative to the gene's non-zero median).
+        ``"random"`` (scGPT's reproducible random choice), ``"rank"`` (rank-value: the
+        highest expression relative to the gene's non-zero median) and / or ``"hvg"``
+        (rank-value, the cell's highly variable genes first).
     layer
         Layer with the expression (default ``.X``).
     n_bins
@@ -67,6 +69,8 @@ def token_retention(
         Principal components.
     batch_size
         Cells tokenized at a time.
+    n_hvg
+        Highly variable genes of ``"hvg"`` (:func:`celltx.data.highly_variable`).
     seed
         Seed of the random choice, PCA and the folds.
 
@@ -82,7 +86,7 @@ def token_retention(
     >>> import celltx
     >>> df = celltx.bench.token_retention(celltx.datasets.pbmc68k(), "cell_type", max_seq_len=[64])
     >>> df["selection"].tolist()
-    ['all', 'random', 'rank']
+    ['all', 'random', 'rank', 'hvg']
     """
     if labels_key not in adata.obs.columns:
         raise ValueError(
@@ -101,19 +105,27 @@ def token_retention(
     G = x.shape[1]
     ids = torch.arange(2, G + 2)
     scale = torch.as_tensor(1.0 / nonzero_medians(x, seed=seed))
+    priority = None
+    if "hvg" in selections:
+        priority = torch.as_tensor(highly_variable(x, n_top=n_hvg, seed=seed), dtype=torch.float32)
 
-    def tokenized(sample: str | None, budget: int) -> tuple[np.ndarray, float]:
+    def tokenized(sel: str | None, budget: int) -> tuple[np.ndarray, float]:
         tok = Tokenizer(max_seq_len=max(budget, 2), pad_id=0, cls_id=1, n_bins=n_bins, seed=seed)
         out = np.zeros(x.shape, dtype=np.float32)
         n_tokens = 0
         for lo in range(0, x.shape[0], batch_size):
             block = x[lo : lo + batch_size]
             xb = torch.as_tensor(block.toarray() if sparse.issparse(block) else block).float()
-            if sample is None:
+            if sel is None:
                 out[lo : lo + len(xb)] = tok.bin(xb, ids).numpy()
                 n_tokens += int((xb > 0).sum())
                 continue
-            t = tok(xb, ids, sample=sample, scale=scale if sample == "rank" else None)
+            if sel == "random":
+                t = tok(xb, ids, sample="hash")
+            else:
+                t = tok(
+                    xb, ids, sample="rank", scale=scale, priority=priority if sel == "hvg" else None
+                )
             real = ~t.padding_mask[:, 1:]
             rows = torch.nonzero(real)[:, 0]
             cols = t.gene_ids[:, 1:][real] - 2
@@ -127,7 +139,7 @@ def token_retention(
     rows.append(("all", G + 1, ceiling, sd, n_full))
     for sel in selections:
         for budget in budgets:
-            mat, n_tok = tokenized("hash" if sel == "random" else "rank", int(budget))
+            mat, n_tok = tokenized(sel, int(budget))
             acc, sd = _pca_knn(mat, labels, n_comps, seed)
             rows.append((sel, int(budget), acc, sd, n_tok))
     df = pd.DataFrame(

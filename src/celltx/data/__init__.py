@@ -11,8 +11,15 @@ from ._batching import (
     token_budget_batches,
 )
 from ._datasets import pbmc68k
-from ._genes import GeneMatch, check_expression, gene_names, match_genes, nonzero_medians
-from ._memory import fix_mmap_threshold
+from ._genes import (
+    GeneMatch,
+    check_expression,
+    gene_names,
+    highly_variable,
+    match_genes,
+    nonzero_medians,
+)
+from ._memory import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._tokenizer import (
@@ -33,6 +40,7 @@ from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
     "fix_mmap_threshold",
+    "trim_heap",
     "TokenBudgetSampler",
     "ShuffledTokenBudgetSampler",
     "shuffled_token_budget_batches",
@@ -63,6 +71,7 @@ __all__ = [
     "gene_names",
     "check_expression",
     "nonzero_medians",
+    "highly_variable",
     "quantile_edges",
     "digitize",
     "pbmc68k",

@@ -186,15 +186,7 @@ def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
     >>> nonzero_medians(np.array([[0.0, 2.0, 0.0], [4.0, 6.0, 0.0], [2.0, 0.0, 0.0]])).tolist()
     [3.0, 4.0, 1.0]
     """
-    n = x.shape[0]
-    rows = np.arange(n)
-    if n > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
-    parts = []
-    for lo in range(0, len(rows), 5_000):  # bounded memory for backed data
-        block = x[rows[lo : lo + 5_000]]
-        parts.append(sparse.csr_matrix(block, dtype=np.float64))
-    m = sparse.vstack(parts).tocsc() if parts else sparse.csc_matrix(x.shape, dtype=np.float64)
+    m = _sampled_rows(x, max_cells, seed).tocsc()
     out = np.ones(m.shape[1])
     for j in range(m.shape[1]):  # one pass over the stored values of each gene
         v = m.data[m.indptr[j] : m.indptr[j + 1]]
@@ -202,3 +194,50 @@ def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
         if len(v):
             out[j] = float(np.median(v))
     return out
+
+
+def _sampled_rows(x, max_cells: int, seed: int) -> sparse.csr_matrix:
+    """At most ``max_cells`` rows of ``x`` (a reproducible random subset, in row order) as CSR.
+
+    Backed data is read in row order, 5,000 rows at a time.
+    """
+    n = x.shape[0]
+    rows = np.arange(n)
+    if n > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    parts = []
+    for lo in range(0, len(rows), 5_000):  # bounded memory for backed data
+        parts.append(sparse.csr_matrix(x[rows[lo : lo + 5_000]], dtype=np.float64))
+    return sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix(x.shape, dtype=np.float64)
+
+
+def highly_variable(x, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Boolean mask of the ``n_top`` most variable columns of ``x`` (all when there are fewer).
+
+    scanpy's ``highly_variable_genes`` (``"seurat"`` flavour: normalised dispersion in bins
+    of mean expression) on log-normalised values: raw counts (non-negative integers) are
+    first scaled to 10,000 per cell and ``log1p``-transformed, other values are used as they
+    are. At most ``max_cells`` rows are read (a reproducible random subset). The gene set of
+    HVG-aware token selection (``gene_selection="hvg"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import highly_variable
+    >>> x = np.random.default_rng(0).poisson(1.0, (200, 50))
+    >>> mask = highly_variable(x, n_top=5)
+    >>> mask.shape, int(mask.sum())
+    ((50,), 5)
+    """
+    import scanpy as sc
+
+    n_genes = x.shape[1]
+    if n_top >= n_genes:
+        return np.ones(n_genes, dtype=bool)
+    m = _sampled_rows(x, max_cells, seed).astype(np.float32)
+    a = AnnData(X=m)
+    if m.nnz and (m.data >= 0).all() and (m.data == np.round(m.data)).all():
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    sc.pp.highly_variable_genes(a, n_top_genes=int(n_top))
+    return a.var["highly_variable"].to_numpy(dtype=bool)

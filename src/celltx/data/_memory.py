@@ -40,3 +40,17 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``).
+
+    Between blocks of a long inference run this undoes the growth that
+    :func:`fix_mmap_threshold` prevents, without mapping every batch's memory anew: the
+    heap's freed pages leave the resident set once per block instead of accumulating.
+    Returns False where glibc is not the allocator (nothing is done).
+    """
+    if _LIBC is None or not hasattr(_LIBC, "malloc_trim"):
+        return False
+    _LIBC.malloc_trim(0)
+    return True

@@ -299,7 +299,13 @@ class Tokenizer:
         raise ValueError(f"ties={ties!r}; use 'random', 'hash' or 'middle'.")
 
     def _keys(
-        self, x: torch.Tensor, gene_ids: torch.Tensor, sample: str, scale: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        gene_ids: torch.Tensor,
+        sample: str,
+        scale: torch.Tensor | None,
+        priority: torch.Tensor | None = None,
+        random_fraction: float = 0.0,
     ) -> torch.Tensor:
         B, G = x.shape
         if sample == "rank":
@@ -311,7 +317,16 @@ class Tokenizer:
             # (unexpressed genes, compared only among themselves for zero slots: the hash)
             u = _uniform(self._cell_gene_hash(x, gene_ids))
             score = x.double() * scale.to(x.device, torch.float64)[None, :]
-            return torch.where(x > 0, score * (1 + 1e-9 * u), u)
+            key = score * (1 + 1e-9 * u)
+            if priority is None and not random_fraction:
+                return torch.where(x > 0, key, u)
+            key = key / (1 + key)  # the same order, in [0, 1)
+            if random_fraction:  # these cells' genes in random order instead (training)
+                drawn = torch.rand(B, 1, device=x.device) < random_fraction
+                key = torch.where(drawn, torch.rand(B, G, device=x.device, dtype=key.dtype), key)
+            if priority is not None:  # the priority genes first, each group in key order
+                key = key + priority.to(x.device, torch.float64)[None, :]
+            return torch.where(x > 0, key, u)
         if sample == "random":
             return torch.rand(B, G, device=x.device)
         if sample == "first":
@@ -331,6 +346,8 @@ class Tokenizer:
         max_seq_len: int | None = None,
         ties: Ties | None = None,
         scale: torch.Tensor | None = None,
+        priority: torch.Tensor | None = None,
+        random_fraction: float = 0.0,
     ) -> TokenizedBatch:
         """Tokenize a batch.
 
@@ -358,6 +375,14 @@ class Tokenizer:
             ``(G,)`` per-column factor of rank-value selection (``sample="rank"``): 1 / the
             gene's non-zero median, so that a cell's tokens are its genes most above their
             usual level (Geneformer's rank-value encoding).
+        priority
+            ``(G,)`` 0 / 1 per column, for ``sample="rank"``: a cell's expressed genes with
+            priority 1 (e.g. highly variable genes) take its tokens first, in rank order;
+            its other genes fill the remaining tokens, in rank order.
+        random_fraction
+            For ``sample="rank"``: each cell draws, with this probability, its genes in
+            random order instead of by rank (still priority genes first). Training may mix
+            both; leave 0 for reproducible tokens.
         """
         L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
         if L < 2:
@@ -370,7 +395,7 @@ class Tokenizer:
 
         budget = L - 1
         n_zero_slots = int(np.floor(self.zero_fraction * budget)) if self.zero_fraction else 0
-        keys = self._keys(x, gene_ids, sample, scale)
+        keys = self._keys(x, gene_ids, sample, scale, priority, random_fraction)
         neg = torch.finfo(keys.dtype).min
         parts_idx, parts_valid = [], []
         for cand, k in ((expressed, budget - n_zero_slots), (known & ~expressed, n_zero_slots)):

@@ -11,8 +11,13 @@ import torch
 from anndata import AnnData
 from lightning.pytorch import LightningDataModule
 
+from celltx.data import trim_heap
+
 from ._datamodule import inference_loader
 from ._docs import doc_params
+
+#: batches between two returns of the C heap's free pages to the system (``trim_heap``)
+TRIM_EVERY = 16
 
 
 class EmbeddingMixin:
@@ -112,7 +117,9 @@ class EmbeddingMixin:
         self.module.eval()
         chunks, n_empty = [], 0
         with panel, self._autocast():
-            for tensors in loader:
+            for i, tensors in enumerate(loader):
+                if i % TRIM_EVERY == TRIM_EVERY - 1:
+                    trim_heap()  # freed batches leave the resident set (long runs)
                 emb, n_genes = self.module.cell_embedding(
                     **self._inputs(tensors),
                     max_seq_len=max_seq_len,

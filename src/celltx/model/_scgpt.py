@@ -19,7 +19,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import TrainRunner
 
-from celltx.data import GeneVocab, gene_names, nonzero_medians
+from celltx.data import GeneVocab, gene_names, highly_variable, nonzero_medians
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import ContrastivePlan, PretrainingPlan
@@ -175,11 +175,11 @@ class ScGPT(
             )
         else:
             # scvi-tools' pattern for datamodules: no AnnData, the datamodule's registry
-            if config.dsbn or config.dab or config.batch_token or config.gene_selection == "rank":
+            if config.dsbn or config.dab or config.batch_token or config.gene_selection != "random":
                 raise ValueError(
                     "A model built from a datamodule has no batch-aware parts (dsbn, dab, "
-                    "batch_token) and no rank-value gene selection (gene_selection='rank' needs "
-                    "gene medians over the cells); build it from an AnnData for those."
+                    "batch_token) and no rank-value gene selection (gene_selection='rank' / 'hvg' "
+                    "need gene statistics over the cells); build it from an AnnData for those."
                 )
             rna = datamodule_panel(datamodule, gene_column)  # cell-less: the genes of X
             registry = datamodule_registry(datamodule, type(self).__name__, rna.var_names)
@@ -231,11 +231,14 @@ class ScGPT(
             modalities=modalities,
             atac_ids=atac_ids,
         )
-        if config.gene_selection == "rank" and match is not None:
+        if config.gene_selection in ("rank", "hvg") and match is not None:
             # rank-value selection: each gene's non-zero median over the training cells
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             medians = nonzero_medians(x, seed=config.seed)
             self.module.set_gene_medians(torch.as_tensor(match.ids), torch.as_tensor(medians))
+            if config.gene_selection == "hvg":
+                hvg = highly_variable(x, n_top=config.n_hvg, seed=config.seed)
+                self.module.set_gene_hvg(torch.as_tensor(match.ids), hvg)
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))

@@ -202,8 +202,12 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # saved with the weights, so that predictions from a random head are refused
         # rank-value gene selection: each vocabulary gene's non-zero median (saved with the
         # weights of models that use it; 1 = rank by the expression itself)
+        ranked = config.gene_selection in ("rank", "hvg")
+        self.register_buffer("gene_medians", torch.ones(n_tokens), persistent=ranked)
+        # HVG-aware selection: 1 for each vocabulary gene that is highly variable over the
+        # training cells (saved with the weights of models that use it)
         self.register_buffer(
-            "gene_medians", torch.ones(n_tokens), persistent=config.gene_selection == "rank"
+            "gene_hvg", torch.zeros(n_tokens), persistent=config.gene_selection == "hvg"
         )
         # the mean <cls> output over the training cells after contrastive training: the
         # centred objective leaves it as a constant offset, removed from cell embeddings
@@ -225,9 +229,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         text = state_dict.setdefault(prefix + "label_text", self.label_text.clone())
         if text.shape != self.label_text.shape:
             self.label_text = torch.zeros_like(text, device=self.label_text.device)
-        if self.config.gene_selection == "rank":
-            # a checkpoint without medians (a published scGPT one) keeps those of the data
+        if self.config.gene_selection in ("rank", "hvg"):
+            # a checkpoint without medians / HVGs (a published scGPT one) keeps the data's
             state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
+        if self.config.gene_selection == "hvg":
+            state_dict.setdefault(prefix + "gene_hvg", self.gene_hvg.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- objective ----------------------------------------------------------------------
@@ -404,6 +410,19 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         keep = (ids >= 0) & (med > 0) & torch.isfinite(med)
         self.gene_medians[ids[keep]] = med[keep]
 
+    def set_gene_hvg(self, ids: torch.Tensor, mask) -> None:
+        """Mark the genes ``ids`` whose ``mask`` is true as highly variable (the others not)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_hvg.device)
+        flag = torch.as_tensor(mask, dtype=torch.float32, device=self.gene_hvg.device)
+        keep = ids >= 0
+        self.gene_hvg.zero_()
+        self.gene_hvg[ids[keep]] = flag[keep]
+
+    def hvg_priority(self) -> torch.Tensor:
+        """Per panel column: 1 for the highly variable genes of HVG-aware selection, else 0."""
+        ids = self.panel_gene_ids
+        return torch.where(ids >= 0, self.gene_hvg[ids.clamp(min=0)], 0.0)
+
     def rank_scale(self) -> torch.Tensor:
         """Per panel column: 1 / the gene's non-zero median (0 outside the vocabulary)."""
         ids = self.panel_gene_ids
@@ -435,12 +454,18 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """
         if sample is None:
             sample = "random" if self.training else "hash"
-        scale = None
-        if self.config.gene_selection == "rank" and sample in ("random", "hash"):
-            sample, scale = "rank", self.rank_scale()
+        rank = {}
+        c = self.config
+        if c.gene_selection in ("rank", "hvg") and sample in ("random", "hash"):
+            rank = {
+                "scale": self.rank_scale(),
+                "priority": self.hvg_priority() if c.gene_selection == "hvg" else None,
+                "random_fraction": c.random_token_fraction if sample == "random" else 0.0,
+            }
+            sample = "rank"
         if "atac" not in self.modalities:
             return self.tokenizer(
-                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, scale=scale
+                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, **rank
             )
         if x_atac is None:
             raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
@@ -452,7 +477,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             if x is None:
                 raise ValueError("This model has an RNA part: pass the expression (x).")
             rna = self.tokenizer(
-                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, scale=scale
+                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, **rank
             )
             has_rna = (x[:, self.panel_gene_ids >= 0] > 0).any(1)
         t = self.tokenizer

@@ -37,10 +37,20 @@ class ScGPTConfig:
     gene_selection
         Which expressed genes fill a cell's ``max_seq_len - 1`` tokens when it has more:
         ``"random"`` (scGPT: at random while training, reproducibly by a hash of the cell's
-        genes and ``seed`` at inference) or ``"rank"`` (rank-value selection as Geneformer /
+        genes and ``seed`` at inference), ``"rank"`` (rank-value selection as Geneformer /
         LangCell: the genes with the highest expression relative to the gene's non-zero
         median over the training cells, the same in training and inference; the medians are
-        stored with the model).
+        stored with the model) or ``"hvg"`` (HVG-aware rank-value selection: a cell's
+        expressed highly variable genes first — ``n_hvg`` genes chosen over the training
+        cells by :func:`celltx.data.highly_variable`, stored with the model — then its other
+        genes, each group in rank order).
+    n_hvg
+        Highly variable genes of ``gene_selection="hvg"``.
+    random_token_fraction
+        With ``"rank"`` or ``"hvg"``: the fraction of training cells whose genes are drawn
+        in random order instead of by rank (``"hvg"``: still highly variable genes first),
+        mixing scGPT's random choice into rank-value training. Inference stays
+        deterministic.
     n_bins
         Value bins per cell, bin 0 = not expressed (scGPT: 51); ``None``: raw values.
     pad_value
@@ -116,6 +126,8 @@ class ScGPTConfig:
     attn_dropout: float = 0.0
     max_seq_len: int = 1200
     gene_selection: str = "random"
+    n_hvg: int = 2000
+    random_token_fraction: float = 0.0
     n_bins: int | None = 51
     pad_value: float = -2.0
     input_emb_style: str = "continuous"
@@ -197,6 +209,16 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if v is not None and (not _is_int(v) or v < low):
             raise ValueError(f"{name}={v!r} must be an integer >= {low} or None.")
+    if isinstance(c.n_hvg, bool) or not isinstance(c.n_hvg, int) or c.n_hvg < 1:
+        raise ValueError(f"n_hvg={c.n_hvg!r} must be an integer >= 1.")
+    r = c.random_token_fraction
+    if not _is_number(r) or not 0 <= r <= 1:
+        raise ValueError(f"random_token_fraction={r!r} must be a number in [0, 1].")
+    if r and c.gene_selection == "random":
+        raise ValueError(
+            "random_token_fraction mixes random choices into gene_selection='rank' or 'hvg'; "
+            "with gene_selection='random' every training cell is drawn at random already."
+        )
     for name in ("dropout", "attn_dropout", "atac_zero_fraction", "zero_fraction"):
         v = getattr(c, name)
         if v is None and name == "zero_fraction":
@@ -212,7 +234,7 @@ def _validate(c: ScGPTConfig) -> None:
         ("input_emb_style", ("continuous", "category")),
         ("activation", ("relu", "gelu")),
         ("atac_values", ("binary", "binned")),
-        ("gene_selection", ("random", "rank")),
+        ("gene_selection", ("random", "rank", "hvg")),
     ):
         if getattr(c, name) not in ok:
             raise ValueError(f"{name}={getattr(c, name)!r}; use one of {list(ok)}.")
