@@ -11,6 +11,11 @@ variable genes (seurat_v3, per batch). Two celltx models are trained from scratc
     ``dsbn=True, dab=True, batch_token=True`` and ``train(task="integration")``:
     generation + elastic cell similarity + adversarial batch discriminator.
 
+``--models recipe`` adds (or, alone, runs only) ``celltx (representation recipe)``: the
+representation recipe of :data:`celltx.bench.EMBED_CELLTX_DEFAULTS` (contrastive,
+rank-value tokens, dropout 0; no batch terms), with ``--epochs`` / ``--lr`` of the recipe
+unless given.
+
 Run from the repository root::
 
     python benchmarks/integration.py                       # CellBench, all baselines
@@ -18,6 +23,7 @@ Run from the repository root::
     python benchmarks/integration.py --h5ad my.h5ad --batch donor --labels cell_type
     python benchmarks/integration.py --plot-dir results/   # scib-metrics' table figure
     python benchmarks/integration.py --parts dab,batch_token --loss-weights '{"ecs": 0}'  # ablations
+    python benchmarks/integration.py --models recipe --scvi-epochs 100   # the new representation
 
 Prints scib-metrics' table (rows: embeddings; bio conservation, batch correction, total).
 """
@@ -68,13 +74,38 @@ def train_celltx(
     return model.get_latent_representation(), model
 
 
+def train_recipe(adata, a):
+    """The representation recipe (EMBED_CELLTX_DEFAULTS) on the benchmark's cells."""
+    recipe = celltx.bench.EMBED_CELLTX_DEFAULTS
+    x = adata.copy()
+    scvi.settings.seed = a.seed
+    celltx.model.ScGPT.setup_anndata(x)
+    model = celltx.model.ScGPT(x, **recipe["model"])
+    model.train(
+        max_epochs=a.epochs or recipe["epochs"],
+        lr=a.lr or recipe["lr"],
+        task=recipe["task"],
+        batch_size=recipe["batch_size"],
+        accelerator=a.accelerator,
+        enable_progress_bar=False,
+    )
+    return model.get_latent_representation()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--h5ad", default=str(CELLBENCH))
     p.add_argument("--batch", default="batch")
     p.add_argument("--labels", default="cell_line")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=["generative", "integration", "recipe"],
+        default=["generative", "integration"],
+        help="celltx models to train and score",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default 30 (recipe: its own)")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (recipe: its own)")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--max-seq-len", type=int, default=512)
@@ -107,14 +138,20 @@ def main(argv=None) -> None:
         "dropout": 0.1,
     }
     emb, timing = {}, {}
+    if "recipe" in a.models:
+        t0 = time.perf_counter()
+        emb["celltx (representation recipe)"] = train_recipe(adata, a)
+        timing["celltx (representation recipe)"] = time.perf_counter() - t0
     for name, integrate in (("celltx (generative)", False), ("celltx (integration)", True)):
+        if name.split("(")[1].rstrip(")") not in a.models:
+            continue
         t0 = time.perf_counter()
         emb[name], _ = train_celltx(
             adata,
             a.batch,
             integrate,
-            a.epochs,
-            a.lr,
+            a.epochs or 30,
+            a.lr or 1e-3,
             a.seed,
             a.accelerator,
             parts=[x for x in a.parts.split(",") if x],
@@ -134,9 +171,12 @@ def main(argv=None) -> None:
         scvi_kwargs={"max_epochs": a.scvi_epochs, "accelerator": a.accelerator},
         plot_dir=a.plot_dir,
     )
+    models = (f"{kw}, {a.epochs or 30} epochs; " if set(a.models) - {"recipe"} else "") + (
+        "recipe: EMBED_CELLTX_DEFAULTS; " if "recipe" in a.models else ""
+    )
     print(
         f"\n{adata.n_obs} cells × {adata.n_vars} HVGs, {adata.obs[a.batch].nunique()} batches, "
-        f"{adata.obs[a.labels].nunique()} labels; celltx: {kw}, {a.epochs} epochs; "
+        f"{adata.obs[a.labels].nunique()} labels; celltx: {models}"
         f"training s: { {k: round(v) for k, v in timing.items()} }; baselines + metrics "
         f"{time.perf_counter() - t0:.0f} s\n"
     )

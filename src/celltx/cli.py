@@ -247,8 +247,10 @@ def embed(
         ``"auto"`` (default): :data:`celltx.data.DEFAULT_BATCH_TOKENS` for RNA models;
         ``None``: plain batches of ``batch_size`` cells.
     low_memory
-        Keep resident memory flat over many batches (:func:`celltx.data.fix_mmap_threshold`;
-        glibc only), at some speed: measured in ``benchmarks/streaming.py``.
+        Keep resident memory flatter still over many batches
+        (:func:`celltx.data.fix_mmap_threshold`; glibc only), at about half the speed. By
+        default embedding already gives freed memory back every 16 batches
+        (:func:`celltx.data.trim_heap`): measured in ``benchmarks/streaming.py``.
     precision
         ``"auto"``, ``"fp32"`` or ``"bf16"``: the model's
         :attr:`~celltx.model.ScGPT.inference_precision`.
@@ -516,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument(
         "--low-memory",
         action="store_true",
-        help="keep memory flat over many batches (fixed glibc mmap threshold), at some speed",
+        help="keep memory flatter still (fixed glibc mmap threshold), at about half the speed",
     )
     e.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -37,7 +37,8 @@ ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "scanvi", "celltypist")
 CELLTX_DEFAULTS = {
     "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 512, "dropout": 0.1},
     "pretrained": None,  # a scGPT model directory to start from instead of a new model
-    "pretrain_epochs": 20,  # generative pretraining on all cells of the fold (no labels)
+    "pretrain_epochs": 20,  # pretraining on all cells of the fold (no labels)
+    "pretrain_task": "generative",  # or "contrastive" (the representation recipe's)
     "pretrain_lr": 1e-2,
     "finetune_epochs": 40,
     "finetune_lr": 1e-3,
@@ -166,7 +167,10 @@ def _celltx(data, y, train, test, seed, **kw):
         model = ScGPT(a, **cfg["model"])
     if cfg["pretrain_epochs"]:
         model.train(
-            max_epochs=cfg["pretrain_epochs"], lr=cfg["pretrain_lr"], task="generative", **train_kw
+            max_epochs=cfg["pretrain_epochs"],
+            lr=cfg["pretrain_lr"],
+            task=cfg["pretrain_task"],
+            **train_kw,
         )
     model.train(
         max_epochs=cfg["finetune_epochs"],

@@ -30,7 +30,7 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     glibc raises its mmap threshold each time a large block is freed, and then serves the
     next large tensors from the heap; with batches of varying sequence length the heap's
     freed pages stay mapped and resident memory grows with the number of batches (embedding
-    300,000 cells: 3.3 GB instead of 1.0 GB). A fixed threshold (glibc's
+    300,000 cells: 3.9 GB instead of 1.0 GB). A fixed threshold (glibc's
     ``MALLOC_MMAP_THRESHOLD_`` environment variable does the same) returns each batch's
     memory when it is freed, at the cost of mapping it again for the next batch (slower:
     see ``benchmarks/streaming.py``). ``celltx embed --low-memory`` calls this; in Python,
