@@ -274,8 +274,9 @@ def annotation(
     the values); each method gets the input it needs, computed on a copy. Methods:
 
     ``"celltx"``
-        :class:`~celltx.model.ScGPT` on the values as given: generative pretraining on
-        all cells of the data (held-out labels hidden, as for scANVI), then
+        :class:`~celltx.model.ScGPT` on the values as given: pretraining (generative, or
+        ``"pretrain_task": "contrastive"``) on all cells of the data (held-out labels
+        hidden, as for scANVI), then
         ``train(task="annotation")`` on the labelled cells, then
         :meth:`~celltx.model.ScGPT.predict`. Settings: ``celltx.bench.CELLTX_DEFAULTS``,
         overridden by ``method_kwargs["celltx"]`` (e.g. ``{"pretrained": "scGPT_human",
