@@ -32,3 +32,15 @@ def need(path: Path) -> Path:
             f"{path} is absent (shared fixtures/data live beside the project, in ../shared)"
         )
     return path
+
+
+def run_checked(cmd, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run the command ``cmd`` (a list) in a fresh process; fail the test with its stderr if
+    it fails. Returns the completed process (``stdout`` / ``stderr`` as text)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

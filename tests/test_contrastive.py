@@ -136,21 +136,13 @@ def test_divide_and_conquer_gathers_across_processes(tmp_path):
     """
     import json
     import os
-    import subprocess
     import sys
 
-    from _helpers import ROOT
+    from _helpers import ROOT, run_checked
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     script = ROOT / "tests" / "dc_gather_worker.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_checked([sys.executable, script, tmp_path], env=env)
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["n_tensors"] > 10
     assert res["max_relative_difference"] < 1e-5

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from _helpers import ROOT
+from _helpers import ROOT, run_checked
 
 SCRIPT = ROOT / "benchmarks" / "ddp.py"
 
@@ -19,8 +18,7 @@ def _run(out, devices):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, str(SCRIPT), "train", "--devices", str(devices), "--out", str(out)]
     cmd += ["--cells", "32", "--validation-cells", "8", "--epochs", "3", "--max-seq-len", "200"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_checked(cmd, env=env)
     return json.loads((out / "result.json").read_text())
 
 
@@ -105,8 +103,7 @@ def test_cli_pretrain_on_two_processes_with_checkpoints(tmp_path):
     cmd = [*base, "--out", str(out), "--epochs", "1", "--devices", "2", "--strategy", "ddp"]
     cmd += ["--checkpoint-every", "2", "--accumulate-grad-batches", "2"]
     cmd += ["--gradient-checkpointing"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_checked(cmd, env=env)
     assert proc.stdout.count("Wrote ") == 1  # only rank 0 writes and reports
     # 144 training cells, 2 ranks × 16 cells a batch: 5 batches a rank, 2 optimizer steps
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -116,8 +113,7 @@ def test_cli_pretrain_on_two_processes_with_checkpoints(tmp_path):
     # resume for a second epoch (one process)
     cmd = [*base, "--out", str(out), "--epochs", "2", "--accumulate-grad-batches", "2"]
     cmd += ["--resume", str(out / "checkpoints" / "step=2.ckpt")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_checked(cmd, env=env)
     assert json.loads((out / "summary.json").read_text())["epochs"] >= 1
     emb = celltx.model.ScGPT.load(str(out / "model"), adata=ad.read_h5ad(tmp_path / "cells.h5ad"))
     assert np.isfinite(emb.get_latent_representation()).all()

@@ -9,12 +9,11 @@ per process and keeps its instance settings under ``~/.lamin``.
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from _helpers import ROOT
+from _helpers import ROOT, run_checked
 
 pytest.importorskip("lamindb", reason="lamindb is not installed (pip install 'celltx[lamindb]')")
 
@@ -24,15 +23,9 @@ def test_train_and_embed_from_a_lamindb_collection(tmp_path):
     (tmp_path / "work").mkdir()
     env = dict(os.environ, HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
     for step in ("init", "run"):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "lamindb_worker.py"), str(tmp_path), step],
-            cwd=tmp_path / "work",  # lamindb refuses HOME as its working directory
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        # lamindb refuses HOME as its working directory
+        worker = ROOT / "tests" / "lamindb_worker.py"
+        run_checked([sys.executable, worker, tmp_path, step], env, tmp_path / "work")
     res = json.loads((tmp_path / "result.json").read_text())
     # the vocabulary is the collection's joined genes (the second artifact lacks 5)
     assert res["genes"] == res["shared"] and len(res["shared"]) == 760
