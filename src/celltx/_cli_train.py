@@ -34,8 +34,9 @@ def _out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
 
 def _soma_uri(inputs: Sequence[str | os.PathLike]) -> str | None:
     """The SOMA experiment URI among ``inputs``, or ``None`` when they are ``.h5ad`` files."""
-    candidates = [str(p) for p in inputs if not Path(p).is_file()]
-    looks_soma = [c for c in candidates if Path(c).is_dir() or "://" in c or c.startswith("soma:")]
+    looks_soma = [
+        str(p) for p in inputs if Path(p).is_dir() or "://" in str(p) or str(p).startswith("soma:")
+    ]
     if not looks_soma:
         return None
     try:
@@ -45,15 +46,15 @@ def _soma_uri(inputs: Sequence[str | os.PathLike]) -> str | None:
             f"{looks_soma[0]} is not an .h5ad file; reading a SOMA experiment needs tiledbsoma "
             "(pip install 'celltx[soma]')."
         ) from None
-    uris = [c.removeprefix("soma:") for c in looks_soma]
-    if not tiledbsoma.Experiment.exists(uris[0]):
+    uri = looks_soma[0].removeprefix("soma:")
+    if not tiledbsoma.Experiment.exists(uri):
         raise TrainArgsError(f"{looks_soma[0]} is neither an .h5ad file nor a SOMA experiment.")
     if len(inputs) > 1:
         raise TrainArgsError(
             "A SOMA experiment is read on its own: pass one experiment URI (select cells "
             "with --obs-filter), or .h5ad files."
         )
-    return uris[0]
+    return uri
 
 
 def _read_inputs(paths: Sequence[str | os.PathLike], backed: bool = False):
@@ -126,13 +127,18 @@ def _soma_datamodule(
         train_size=0.9,
         split_seed=seed,
         accelerator=accelerator,
-        device=int(devices) if devices.isdigit() else devices,
+        device=_devices(devices),
         dataloader_kwargs={"num_workers": 0},
     )
 
 
+def _devices(devices: str) -> int | str:
+    """``--devices`` as Lightning takes it: a count, or a word such as ``auto``."""
+    return int(devices) if devices.isdigit() else devices
+
+
 def _trainer_kwargs(accelerator: str, devices: str, strategy: str | None, precision: str | None):
-    kw = {"accelerator": accelerator, "devices": int(devices) if devices.isdigit() else devices}
+    kw = {"accelerator": accelerator, "devices": _devices(devices)}
     if strategy:
         kw["strategy"] = strategy
     if precision:

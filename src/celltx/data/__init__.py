@@ -16,6 +16,7 @@ from ._genes import (
     check_expression,
     gene_names,
     highly_variable,
+    is_counts,
     match_genes,
     nonzero_medians,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "check_expression",
     "nonzero_medians",
     "highly_variable",
+    "is_counts",
     "quantile_edges",
     "digitize",
     "pbmc68k",

@@ -14,6 +14,11 @@ from ._vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
 
+#: values sampled by :func:`is_counts` (and the benchmarks' ``expression_kind``)
+N_SAMPLE = 1_000_000
+#: rows read from a matrix that is neither in memory nor sparse (backed data)
+_N_ROWS = 10_000
+
 
 @dataclass(frozen=True)
 class GeneMatch:
@@ -236,8 +241,50 @@ def highly_variable(x, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0
         return np.ones(n_genes, dtype=bool)
     m = _sampled_rows(x, max_cells, seed).astype(np.float32)
     a = AnnData(X=m)
-    if m.nnz and (m.data >= 0).all() and (m.data == np.round(m.data)).all():
+    if is_counts(m):
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
     sc.pp.highly_variable_genes(a, n_top_genes=int(n_top))
     return a.var["highly_variable"].to_numpy(dtype=bool)
+
+
+def _sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` stored values of ``x`` drawn at random (non-zero ones for dense data)."""
+    rng = np.random.default_rng(seed)
+    if sparse.issparse(x):
+        v = np.asarray(x.data).ravel()
+    elif isinstance(x, np.ndarray):
+        v = x.reshape(-1)
+    else:  # backed (h5py / anndata sparse dataset) or another array-like: the first rows
+        block = x[: min(_N_ROWS, x.shape[0])]
+        v = block.data if sparse.issparse(block) else np.asarray(block).reshape(-1)
+    if v.size > n:
+        v = v[rng.integers(0, v.size, n)]
+    v = np.asarray(v)
+    return v[v != 0]
+
+
+def is_counts(x) -> bool:
+    """Whether ``x`` holds raw counts: non-negative integers.
+
+    Judged on a random sample of up to a million stored non-zero values.
+
+    Parameters
+    ----------
+    x
+        A cells × genes matrix (dense, sparse or backed).
+
+    Returns
+    -------
+    bool
+        ``False`` also for a matrix without non-zero values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import is_counts
+    >>> is_counts(np.array([[0, 3], [1, 0]])), is_counts(np.log1p(np.array([[0, 3], [1, 0]])))
+    (True, False)
+    """
+    v = _sample_values(x)
+    return bool(v.size) and bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))

@@ -45,9 +45,11 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
 def trim_heap() -> bool:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``).
 
-    Between blocks of a long inference run this undoes the growth that
-    :func:`fix_mmap_threshold` prevents, without mapping every batch's memory anew: the
-    heap's freed pages leave the resident set once per block instead of accumulating.
+    Called every few batches of a long inference run (embedding calls it every 16), this
+    undoes the growth that :func:`fix_mmap_threshold` prevents, without mapping every
+    batch's memory anew: the heap's freed pages leave the resident set instead of
+    accumulating (``benchmarks/streaming.py``: 300,000 cells peak at 1.34 GB instead of
+    3.87 GB, 9% slower).
     Returns False where glibc is not the allocator (nothing is done).
     """
     if _LIBC is None or not hasattr(_LIBC, "malloc_trim"):

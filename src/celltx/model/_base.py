@@ -25,7 +25,7 @@ from celltx.data import (
 )
 from celltx.module import ATAC_KEY
 
-from ._datamodule import datamodule_panel
+from ._datamodule import check_datamodule_config, datamodule_panel
 from ._validation import check_modality_order
 
 logger = logging.getLogger(__name__)
@@ -181,13 +181,7 @@ class DataMixin:
         """Raise unless this model can take a datamodule's batches (genes only, no batches)."""
         if self.module.multimodal or "rna" not in self.module.modalities:
             raise ValueError("A datamodule feeds RNA models (genes), not models with ATAC.")
-        c = self.config
-        if c.dsbn or c.dab or c.batch_token:
-            raise ValueError(
-                "This model has batch-aware parts (dsbn, dab or batch_token) whose batches "
-                "come from its AnnData setup; a datamodule's batch codes would not match. Use "
-                "an AnnData, or a model without batch-aware parts."
-            )
+        check_datamodule_config(self.config)
 
     @contextmanager
     def _datamodule_panel(self, datamodule):

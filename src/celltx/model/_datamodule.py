@@ -1,8 +1,8 @@
 """Data from a Lightning datamodule: scvi-tools' SOMA and lamindb datamodules.
 
 ``TileDBDataModule`` streams a SOMA experiment, ``MappedCollectionDataModule`` a lamindb
-collection of ``.h5ad`` artifacts. celltx reads no such data itself: batches come from the scvi-tools datamodule
-(``tiledbsoma_ml``'s or lamindb's ``MappedCollection`` loader underneath). What celltx needs
+collection of ``.h5ad`` artifacts. celltx reads no such data itself: batches come from the
+scvi-tools datamodule (``tiledbsoma_ml``'s or lamindb's ``MappedCollection`` loader underneath). What celltx needs
 beyond the batches is which gene each column of ``X`` is: for SOMA, read from the query's
 ``var`` in the order of ``query.var_joinids()`` (the column order of ``tiledbsoma_ml``'s
 batches); for a lamindb collection, the datamodule's ``var_names`` (the collection's joined
@@ -52,6 +52,19 @@ def _mapped_genes(datamodule) -> np.ndarray:
             "are one list of genes."
         )
     return np.asarray(genes).astype(str)
+
+
+def check_datamodule_config(config) -> None:
+    """Raise unless a model of ``config`` can take a datamodule's batches.
+
+    A datamodule brings genes only: no AnnData batch codes for the batch-aware parts.
+    """
+    if config.dsbn or config.dab or config.batch_token:
+        raise ValueError(
+            "A model fed by a datamodule has no batch-aware parts (dsbn, dab, batch_token): "
+            "their batches come from an AnnData setup, and a datamodule's batch codes would "
+            "not match. Use an AnnData, or a model without batch-aware parts."
+        )
 
 
 def has_validation(datamodule) -> bool:
@@ -117,19 +130,16 @@ def datamodule_panel(datamodule, gene_column: str) -> AnnData:
     """
     check_datamodule(datamodule, gene_column)
     if _is_mapped(datamodule):
-        genes = _mapped_genes(datamodule)
-        return AnnData(
-            X=sparse.csr_matrix((0, len(genes)), dtype=np.float32),
-            var=pd.DataFrame(index=pd.Index(genes)),
-        )
-    query = _soma_query(datamodule)
-    var = query.var(column_names=["soma_joinid", gene_column]).concat().to_pandas()
-    names = var.set_index("soma_joinid")[gene_column]
-    joinids = np.asarray(query.var_joinids().to_numpy())
-    genes = names.reindex(joinids).astype(str).to_numpy()
+        genes, name = _mapped_genes(datamodule), None
+    else:
+        query = _soma_query(datamodule)
+        var = query.var(column_names=["soma_joinid", gene_column]).concat().to_pandas()
+        names = var.set_index("soma_joinid")[gene_column]
+        joinids = np.asarray(query.var_joinids().to_numpy())
+        genes, name = names.reindex(joinids).astype(str).to_numpy(), gene_column
     return AnnData(
         X=sparse.csr_matrix((0, len(genes)), dtype=np.float32),
-        var=pd.DataFrame(index=pd.Index(genes, name=gene_column)),
+        var=pd.DataFrame(index=pd.Index(genes, name=name)),
     )
 
 
@@ -138,8 +148,7 @@ def datamodule_registry(datamodule, model_name: str, genes) -> dict:
 
     ``TileDBDataModule`` names the ``X`` columns by SOMA joinid and the model ``"SCVI"``;
     ``MappedCollectionDataModule`` keeps its genes as an index and its label encoders keyed by
-    label;
-    the model's registry names its genes (what :meth:`~scvi.model.base.BaseModelClass.get_var_names`
+    label; the model's registry names its genes (what :meth:`~scvi.model.base.BaseModelClass.get_var_names`
     and a save report) and its class. Tensors become lists (celltx saves registries as JSON).
     """
 

@@ -477,8 +477,8 @@ class SafeSaveMixin:
                 f"{jpath} has no setup arguments in its registry; the save is damaged."
             )
         if method_name == "setup_datamodule":
-            # built from a SOMA datamodule (ScGPT(datamodule=...)): no labels, batches or
-            # conditions, so the AnnData is set up plainly; genes are matched by name
+            # built from a datamodule (ScGPT(datamodule=...), SOMA or lamindb): no labels,
+            # batches or conditions, so the AnnData is set up plainly; genes matched by name
             cls.setup_anndata(adata)
         else:
             getattr(cls, method_name)(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])

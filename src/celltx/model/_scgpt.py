@@ -28,6 +28,7 @@ from ._annotation import AnnotationMixin
 from ._base import DataMixin
 from ._datamodule import (
     check_datamodule,
+    check_datamodule_config,
     datamodule_panel,
     datamodule_registry,
     has_validation,
@@ -106,7 +107,8 @@ class ScGPT(
         Instead of ``adata``: scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a
         SOMA experiment (``pip install 'celltx[soma]'``) or
         :class:`~scvi.dataloaders.MappedCollectionDataModule` over a lamindb collection
-        (``pip install 'celltx[lamindb]'``); the vocabulary is built from its genes. Train with ``model.train(datamodule=...)`` and embed with
+        (``pip install 'celltx[lamindb]'``); the vocabulary is built from its genes. Train with
+        ``model.train(datamodule=...)`` and embed with
         ``model.get_latent_representation(datamodule=...)``. Such a model has no labels,
         batches or perturbations; ``model.save(dir)`` then ``ScGPT.load(dir, adata)`` puts it
         on an AnnData.
@@ -148,9 +150,9 @@ class ScGPT(
     ):
         if adata is None and datamodule is None:
             raise ValueError(
-                "ScGPT needs an AnnData registered with ScGPT.setup_anndata(adata) (or a SOMA "
-                "datamodule: ScGPT(datamodule=TileDBDataModule(...))) to build its gene "
-                "vocabulary."
+                "ScGPT needs an AnnData registered with ScGPT.setup_anndata(adata) (or a "
+                "datamodule: ScGPT(datamodule=TileDBDataModule(...)) for SOMA, "
+                "MappedCollectionDataModule(...) for lamindb) to build its gene vocabulary."
             )
         if adata is not None and datamodule is not None:
             raise ValueError(
@@ -175,11 +177,12 @@ class ScGPT(
             )
         else:
             # scvi-tools' pattern for datamodules: no AnnData, the datamodule's registry
-            if config.dsbn or config.dab or config.batch_token or config.gene_selection != "random":
+            check_datamodule_config(config)
+            if config.gene_selection != "random":
                 raise ValueError(
-                    "A model built from a datamodule has no batch-aware parts (dsbn, dab, "
-                    "batch_token) and no rank-value gene selection (gene_selection='rank' / 'hvg' "
-                    "need gene statistics over the cells); build it from an AnnData for those."
+                    "A model built from a datamodule has no rank-value gene selection "
+                    "(gene_selection='rank' / 'hvg' need gene statistics over the cells); "
+                    "build it from an AnnData for those."
                 )
             rna = datamodule_panel(datamodule, gene_column)  # cell-less: the genes of X
             registry = datamodule_registry(datamodule, type(self).__name__, rna.var_names)
@@ -478,8 +481,9 @@ class ScGPT(
             its ``train_size``; lamindb: its ``collection_val``) are used, so ``batch_size``,
             ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do not apply. Its
             genes are matched to the vocabulary by name (SOMA: ``var`` column
-            :attr:`gene_column`; lamindb: the collection's joined ``var_names``). Generative objectives only (``gep``, ``mvc``, ``ecs``) on
-            RNA models without batch-aware parts.
+            :attr:`gene_column`; lamindb: the collection's joined ``var_names``). Generative
+            objectives only (``gep``, ``mvc``, ``ecs``) on RNA models without batch-aware
+            parts.
         batch_tokens
             Token-budget batches for training: the cells are grouped by sequence length into
             batches of at most ``batch_tokens`` padded tokens (``batch_size`` caps the cells
