@@ -94,7 +94,7 @@ def test_finetune_predict_out_never_replaces_an_input(files, tmp_path, capsys, n
     os.link(train, hard)
     for target in (train, query, link, hard):
         argv = _finetune(files, tmp_path / "ft", "--predict", str(query), "--predict-out")
-        _refused([*argv, str(target), "--overwrite"], capsys, "--predict-out", "is an input")
+        _refused([*argv, str(target), "--overwrite"], capsys, "--predict-out", "is the input")
     assert {p: _sha256(p) for p in (train, query)} == before
     assert not (tmp_path / "ft").exists()
 
@@ -106,7 +106,7 @@ def test_embed_output_never_an_input_even_with_overwrite(files, tmp_path, capsys
     hard = tmp_path / "hard.h5ad"
     os.link(src, hard)
     for target in (src, link, hard):
-        _refused([*_embed(files, target), "--overwrite"], capsys, "is an input")
+        _refused([*_embed(files, target), "--overwrite"], capsys, "is the input file")
     # an output inside the checkpoint would change the model
     _refused(
         [*_embed(files, files / "ckpt" / "model.json.npy"), "--overwrite"],

@@ -138,10 +138,17 @@ def check_outputs(
             raise error(f"{o.option} {o.path} is a file; name a folder.")
         _check_location(o, error)
         for i in local:
-            if _exists(i) and i.is_dir() and _within(o.path, i):
+            if o.kind == "file" and _same(o.path, i):
                 raise error(
-                    f"{o.option} {o.path} is an input or lies inside the input {i}; celltx "
-                    "never writes into its inputs. Name another location."
+                    f"{o.option} {o.path} is the input file {i} (the same file by path, symlink "
+                    "or hardlink); celltx never modifies its inputs, even with --overwrite. "
+                    "Name another output."
+                )
+            if _exists(i) and i.is_dir() and _within(o.path, i):
+                where = "is an input" if _within(i, o.path) else f"lies inside the input {i}"
+                raise error(
+                    f"{o.option} {o.path} {where}; celltx never writes into its inputs. Name "
+                    "another location."
                 )
             for w in o.written():
                 if _same(w, i) or (_exists(i) and _within(i, w)):
