@@ -269,6 +269,7 @@ def pretrain(
     check_devices(devices, TrainArgsError)
     if resume is not None:
         check_checkpoint_file(resume, "--resume", TrainArgsError)
+    soma = _soma_uri(inputs)  # which kind of input (a SOMA experiment: opens no data)
     check_outputs(
         [Output(out, "--out", kind="dir", writes=PRETRAIN_WRITES)],
         inputs,
@@ -276,7 +277,6 @@ def pretrain(
         TrainArgsError,
     )
     out = Path(out)
-    soma = _soma_uri(inputs)
     if soma is not None:
         if backed:
             raise TrainArgsError("--backed is for .h5ad files; a SOMA experiment is streamed.")
