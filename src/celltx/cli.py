@@ -386,7 +386,6 @@ def embed(
                 if npy:
                     sink.flush()
                     emb = sink
-                    del sink
                 else:
                     emb = np.concatenate(parts)
         if not npy:
