@@ -11,6 +11,18 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from celltx._cli_io import (
+    Output,
+    UsageError,
+    atomic_output,
+    check_checkpoint_file,
+    check_devices,
+    check_h5ad_input,
+    check_outputs,
+    check_positive,
+    keep_user_fields,
+)
+
 #: model sizes of ``celltx pretrain --size``
 SIZES = {
     "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256},
@@ -19,17 +31,21 @@ SIZES = {
 }
 
 
-class TrainArgsError(ValueError):
+#: what ``celltx pretrain`` / ``finetune`` write into ``--out``
+PRETRAIN_WRITES = ("model", "scgpt", "history.csv", "summary.json", "checkpoints")
+FINETUNE_WRITES = ("model", "history.csv", "summary.json")
+
+
+class TrainArgsError(UsageError):
     """A bad argument of ``celltx pretrain`` / ``finetune``, found before any training."""
 
 
-def _out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TrainArgsError(f"--out {out} is a file; name a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TrainArgsError(f"--out {out} is not empty; pass --overwrite to write into it.")
-    return out
+def _check_h5ad_inputs(paths: Sequence[str | os.PathLike]) -> None:
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise TrainArgsError(f"input files do not exist: {missing}.")
+    for p in paths:
+        check_h5ad_input(p, "input", TrainArgsError)
 
 
 def _soma_uri(inputs: Sequence[str | os.PathLike]) -> str | None:
@@ -249,9 +265,18 @@ def pretrain(
         raise TrainArgsError("--epochs, --batch-size and --accumulate-grad-batches must be >= 1.")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise TrainArgsError("--checkpoint-every must be >= 1.")
-    if resume is not None and not Path(resume).is_file():
-        raise TrainArgsError(f"--resume {resume} is not a file (a .ckpt of --checkpoint-every).")
-    soma = _soma_uri(inputs)
+    check_positive(lr, "--lr", TrainArgsError)
+    check_devices(devices, TrainArgsError)
+    if resume is not None:
+        check_checkpoint_file(resume, "--resume", TrainArgsError)
+    soma = _soma_uri(inputs)  # which kind of input (a SOMA experiment: opens no data)
+    check_outputs(
+        [Output(out, "--out", kind="dir", writes=PRETRAIN_WRITES)],
+        inputs,
+        overwrite or resume is not None,
+        TrainArgsError,
+    )
+    out = Path(out)
     if soma is not None:
         if backed:
             raise TrainArgsError("--backed is for .h5ad files; a SOMA experiment is streamed.")
@@ -263,7 +288,8 @@ def pretrain(
             )
     elif measurement != "RNA" or obs_filter is not None:
         raise TrainArgsError("--measurement and --obs-filter are for a SOMA experiment input.")
-    out = _out_dir(out, overwrite or resume is not None)
+    else:
+        _check_h5ad_inputs(inputs)
     t0 = time.perf_counter()
     scvi.settings.seed = seed
     settings = {**SIZES[size], "gene_selection": gene_selection, "seed": seed}
@@ -427,15 +453,21 @@ def finetune(
             f"weights){hint}."
         )
     src = Path(input_path)
-    if not src.is_file():
-        raise TrainArgsError(f"input {src} does not exist.")
     if (predict is None) != (predict_out is None):
         raise TrainArgsError("--predict and --predict-out go together.")
-    if predict is not None and not Path(predict).is_file():
-        raise TrainArgsError(f"--predict {predict} does not exist.")
     if epochs < 1 or batch_size < 1:
         raise TrainArgsError("--epochs and --batch-size must be >= 1.")
-    out = _out_dir(out, overwrite)
+    check_positive(lr, "--lr", TrainArgsError)
+    check_devices(devices, TrainArgsError)
+    outputs = [Output(out, "--out", kind="dir", writes=FINETUNE_WRITES)]
+    if predict_out is not None:
+        outputs.append(Output(predict_out, "--predict-out", suffixes=(".h5ad",)))
+    reads = [ckpt, src] + ([] if predict is None else [predict])
+    check_outputs(outputs, reads, overwrite, TrainArgsError)
+    out = Path(out)
+    check_h5ad_input(src, "input", TrainArgsError)
+    if predict is not None:
+        check_h5ad_input(predict, "--predict", TrainArgsError)
     t0 = time.perf_counter()
     adata = ad.read_h5ad(src)
     if labels_key not in adata.obs.columns:
@@ -463,13 +495,12 @@ def finetune(
     summary = _finish(model, adata.n_obs, adata.n_vars, out, t0, "finetune")
     if predict is not None:
         query = ad.read_h5ad(predict)
-        proba = model.predict(query, soft=True)
+        with keep_user_fields(query):  # the query's obs and uns as they were
+            proba = model.predict(query, soft=True)
         query.obs["celltx_prediction"] = proba.columns.to_numpy()[proba.to_numpy().argmax(1)]
         query.obs["celltx_confidence"] = np.asarray(proba.max(axis=1), dtype=np.float32)
-        for k in [k for k in query.uns if str(k).startswith("_scvi")]:
-            del query.uns[k]
-        query.obs = query.obs[[c for c in query.obs.columns if not c.startswith("_scvi")]]
-        query.write_h5ad(predict_out)
+        with atomic_output(predict_out) as partial:  # a failed write keeps an earlier file
+            query.write_h5ad(partial)
         print(f"Wrote predictions for {query.n_obs} cells to {predict_out}", flush=True)
     return summary
 

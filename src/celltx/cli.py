@@ -7,13 +7,24 @@ import logging
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from celltx import _cli_train
+from celltx._cli_io import (
+    Output,
+    UsageError,
+    atomic_output,
+    check_h5ad_input,
+    check_outputs,
+    keep_user_fields,
+)
 
 logger = logging.getLogger("celltx")
 
 QUICKSTART_MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}
+#: what ``celltx quickstart`` writes into ``--out`` (replaced only with ``--overwrite``)
+QUICKSTART_FILES = ("pbmc68k_scgpt.h5ad", "umap_cell_type.png", "model", "scores.csv")
 
 
 def quickstart(
@@ -24,14 +35,23 @@ def quickstart(
     lr: float = 1e-2,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Train a small ScGPT on real PBMCs and compare its embedding with PCA.
 
     Uses :func:`celltx.datasets.pbmc68k` (700 cells, 10 FACS-sorted types). Writes to
     ``out``: ``pbmc68k_scgpt.h5ad`` (with ``obsm["X_scgpt"]``), ``umap_cell_type.png``, the
     saved model (``model/``) and ``scores.csv``; returns the score table and the held-out
-    generation errors.
+    generation errors. ``out`` may hold other files; when it holds any of the files
+    quickstart writes (:data:`QUICKSTART_FILES`), they are replaced only with
+    ``overwrite=True`` (otherwise a ``ValueError``, before any work).
     """
+    out = Path(out)
+    check_outputs(
+        [Output(out, "--out", kind="dir", writes=QUICKSTART_FILES, only_writes=True)],
+        [],
+        overwrite,
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +60,6 @@ def quickstart(
 
     import celltx
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = seed
     t0 = time.perf_counter()
@@ -106,7 +125,11 @@ CELLTX_FILES = ("model.json", "model.safetensors")
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}
 
 
-class EmbedError(ValueError):
+#: the output formats of ``celltx embed``
+EMBED_SUFFIXES = (".h5ad", ".npy")
+
+
+class EmbedError(UsageError):
     """A problem with the arguments of ``celltx embed`` found before any work is done."""
 
 
@@ -276,19 +299,19 @@ def embed(
     t0 = time.perf_counter()
     ckpt, src, dst = Path(checkpoint), Path(input_path), Path(output_path)
     kind = checkpoint_kind(ckpt)
-    if not src.is_file():
-        raise EmbedError(f"input {src} does not exist.")
-    if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
+    if not isinstance(key_added, str) or not key_added or "/" in key_added:
         raise EmbedError(
-            f"output {dst} is the input file; celltx embed never modifies its input. Name "
-            "another output file."
+            f"--key-added {key_added!r}: an obsm key must be a non-empty name without '/' "
+            "(HDF5 reads '/' as a group separator)."
         )
-    if dst.is_dir():
-        raise EmbedError(f"output {dst} is a directory; name an .h5ad or .npy file.")
+    check_outputs(
+        [Output(output_path, "OUTPUT", suffixes=EMBED_SUFFIXES)],
+        [ckpt, src],
+        overwrite,
+        EmbedError,
+    )
+    check_h5ad_input(src, "input", EmbedError)
     npy = dst.suffix.lower() == ".npy"
-    partial = dst.with_name(dst.name + ".partial.npy")
-    if dst.exists() and not overwrite:
-        raise EmbedError(f"output {dst} exists; pass --overwrite to replace it.")
     if device not in DEVICES:
         raise EmbedError(f"device={device!r}; use one of {list(DEVICES)}.")
     if precision not in ("auto", "fp32", "bf16"):
@@ -307,83 +330,80 @@ def embed(
 
         fix_mmap_threshold()  # memory stays flat over many batches (see its docstring)
     adata = ad.read_h5ad(src, backed="r" if backed else None)
-    try:
-        obs_columns, uns_keys = list(adata.obs.columns), set(adata.uns.keys())
-        accelerator = DEVICES[device]
-        if kind == "scgpt":
-            model = ScGPT.load_pretrained(
-                ckpt, adata, gene_symbols=gene_symbols, accelerator=accelerator
-            )
-        else:
-            _prepare_for_saved_model(adata, ckpt, gene_symbols)
-            model = ScGPT.load(ckpt, adata=adata, accelerator=accelerator)
-        model.inference_precision = precision
-        n_matched = model._match(adata).n_matched
-        t_load = time.perf_counter() - t0
-
-        kw = {"batch_size": batch_size, "max_seq_len": max_seq_len, "batch_tokens": batch_tokens}
-        if not progress and not npy:
-            emb = model.get_latent_representation(adata, **kw)
-        else:  # the same call on consecutive blocks of cells (embeddings do not depend on them)
-            import scvi
-            from tqdm.auto import tqdm
-
-            bs = batch_size or scvi.settings.batch_size
-            step = bs * max(1, -(-adata.n_obs // (100 * bs)))  # at most ~100 updates
-            parts, sink = [], None
-            with tqdm(
-                total=adata.n_obs,
-                unit="cell",
-                desc="embedding",
-                file=sys.stderr,
-                disable=not progress,
-            ) as bar:
-                for lo in range(0, adata.n_obs, step):
-                    idx = np.arange(lo, min(lo + step, adata.n_obs))
-                    block = model.get_latent_representation(adata, indices=idx, **kw)
-                    if npy:  # rows go to disk as they come; memory holds one block
-                        if sink is None:
-                            shape = (adata.n_obs, block.shape[1])
-                            sink = np.lib.format.open_memmap(
-                                partial, mode="w+", dtype=np.float32, shape=shape
-                            )
-                        sink[lo : lo + len(idx)] = block
-                    else:
-                        parts.append(block)
-                    bar.update(len(idx))
-            if npy:
-                sink.flush()
-                emb = sink
+    with ExitStack() as stack:
+        if backed:
+            stack.callback(adata.file.close)
+        with keep_user_fields(adata):  # the output: the input's obs and uns as they were
+            accelerator = DEVICES[device]
+            if kind == "scgpt":
+                model = ScGPT.load_pretrained(
+                    ckpt, adata, gene_symbols=gene_symbols, accelerator=accelerator
+                )
             else:
-                emb = np.concatenate(parts)
+                _prepare_for_saved_model(adata, ckpt, gene_symbols)
+                model = ScGPT.load(ckpt, adata=adata, accelerator=accelerator)
+            model.inference_precision = precision
+            n_matched = model._match(adata).n_matched
+            t_load = time.perf_counter() - t0
 
-        # the output: the input without the registration the model added, plus the embedding
-        adata.obs = adata.obs[obs_columns]
-        for k in set(adata.uns.keys()) - uns_keys:
-            del adata.uns[k]
-        if backed:
-            out = ad.AnnData(
-                obs=adata.obs.copy(),
-                var=adata.var.copy(),
-                obsm=dict(adata.obsm.items()),
-                uns=dict(adata.uns.items()),
-            )
-        else:
-            out = adata
-    except BaseException:
-        partial.unlink(missing_ok=True)  # a failed run leaves no half-written embedding
-        raise
-    finally:
-        if backed:
-            adata.file.close()
-    if npy:
-        os.replace(partial, dst)  # complete: only now does OUTPUT appear
-    else:
+            kw = {
+                "batch_size": batch_size,
+                "max_seq_len": max_seq_len,
+                "batch_tokens": batch_tokens,
+            }
+            if not progress and not npy:
+                emb = model.get_latent_representation(adata, **kw)
+            else:  # the same call on consecutive blocks of cells (embeddings do not depend on them)
+                import scvi
+                from tqdm.auto import tqdm
+
+                bs = batch_size or scvi.settings.batch_size
+                step = bs * max(1, -(-adata.n_obs // (100 * bs)))  # at most ~100 updates
+                parts, sink = [], None
+                # .npy: rows go to a memory-mapped file as they come; memory holds one block, and
+                # the file appears under its name only when complete
+                partial = stack.enter_context(atomic_output(dst)) if npy else None
+                with tqdm(
+                    total=adata.n_obs,
+                    unit="cell",
+                    desc="embedding",
+                    file=sys.stderr,
+                    disable=not progress,
+                ) as bar:
+                    for lo in range(0, adata.n_obs, step):
+                        idx = np.arange(lo, min(lo + step, adata.n_obs))
+                        block = model.get_latent_representation(adata, indices=idx, **kw)
+                        if npy:
+                            if sink is None:
+                                shape = (adata.n_obs, block.shape[1])
+                                sink = np.lib.format.open_memmap(
+                                    partial, mode="w+", dtype=np.float32, shape=shape
+                                )
+                            sink[lo : lo + len(idx)] = block
+                        else:
+                            parts.append(block)
+                        bar.update(len(idx))
+                if npy:
+                    sink.flush()
+                    emb = sink
+                else:
+                    emb = np.concatenate(parts)
+        if not npy:
+            if backed:  # the output: obs, var, obsm, uns (the matrix stays on disk)
+                out = ad.AnnData(
+                    obs=adata.obs.copy(),
+                    var=adata.var.copy(),
+                    obsm=dict(adata.obsm.items()),
+                    uns=dict(adata.uns.items()),
+                )
+            else:
+                out = adata
+    if not npy:  # written beside OUTPUT and renamed: a failed write leaves OUTPUT as it was
         if key_added in out.obsm:
             print(f"note: replacing obsm[{key_added!r}] of the input.", file=sys.stderr)
         out.obsm[key_added] = emb
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        out.write_h5ad(dst)
+        with atomic_output(dst) as partial:
+            out.write_h5ad(partial)
     seconds = time.perf_counter() - t0
     summary = {
         "n_cells": int(emb.shape[0]),
@@ -442,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    q.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier quickstart in --out (other files are kept)",
+    )
     e = sub.add_parser(
         "embed",
         help="embed the cells of an .h5ad file with a scGPT or celltx checkpoint",
@@ -528,15 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "quickstart":
         if args.epochs < 1:
             parser.error("--epochs must be >= 1")
-        quickstart(
-            out=args.out,
-            epochs=args.epochs,
-            accelerator=args.accelerator,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
+        try:
+            quickstart(
+                out=args.out,
+                epochs=args.epochs,
+                accelerator=args.accelerator,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
+        except UsageError as err:
+            q.error(str(err))  # usage and message, exit status 2
     elif args.command == "embed":
         try:
             embed(

@@ -21,7 +21,7 @@ class ImputationMixin:
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        gene_list: Sequence[str] | None = None,
+        gene_list: str | Sequence[str] | None = None,
         batch_size: int | None = None,
         chunk_size: int = 512,
         return_numpy: bool = False,
@@ -45,7 +45,8 @@ class ImputationMixin:
         %(adata)s
         %(indices)s
         gene_list
-            Genes to return (default: every gene of the data that is in the vocabulary).
+            Genes to return: a list of names, or one name (default: every gene of the data
+            that is in the vocabulary).
         %(batch_size)s
         chunk_size
             Genes generated per forward pass (memory; the result does not depend on it).
@@ -61,6 +62,8 @@ class ImputationMixin:
         --------
         >>> denoised = model.get_normalized_expression(gene_list=["CD3E", "MS4A1"])  # doctest: +SKIP
         """
+        if isinstance(gene_list, str):
+            gene_list = [gene_list]  # one gene, not the characters of its name
         adata = self._validate_anndata(adata)
         symbols = self._setup_args(adata).get("gene_symbols")
         var_names = adata.var_names if not symbols else pd.Index(adata.var[symbols].astype(str))
