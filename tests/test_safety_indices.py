@@ -175,9 +175,7 @@ def test_gene_interactions_without_contributing_cells(data):
     silent = np.flatnonzero((X[cells] == 0).all(0))[:3]
     assert len(silent) == 3
     genes = list(mem.var_names[silent])
-    scores = model.get_gene_interactions(
-        mem, genes=genes, indices=cells, include_zeros=False
-    )
+    scores = model.get_gene_interactions(mem, genes=genes, indices=cells, include_zeros=False)
     assert scores.shape == (3, 3) and np.isnan(scores.to_numpy()).all()
     groups = model.get_gene_interactions(
         mem, genes=genes, indices=cells, include_zeros=False, groupby="cell_type"
@@ -187,3 +185,22 @@ def test_gene_interactions_without_contributing_cells(data):
     assert all(np.isnan(g.to_numpy()).all() for g in groups.values())
     # with include_zeros (the default) the same cells give finite scores
     assert np.isfinite(model.get_gene_interactions(mem, genes=genes, indices=cells)).all().all()
+
+
+def test_multiome_cross_prediction_takes_the_same_indices():
+    """The MuData queries go through the same check (mask, order, refusals)."""
+    mdata = celltx.data.pad_mosaic(celltx.datasets.simulate_multiome(n_cells=30, seed=0))
+    ScGPT.setup_mudata(mdata)
+    model = ScGPT(mdata, d_model=16, n_heads=2, n_layers=1, max_seq_len=32, max_peaks=32)
+    model.is_trained_ = True
+    full = model.predict_rna_from_atac(mdata)
+    mask = np.zeros(mdata.n_obs, dtype=bool)
+    mask[[4, 9]] = True
+    for idx, want in ((mask, [4, 9]), ([9, 4, 9], [9, 4, 9]), ([-1], [mdata.n_obs - 1])):
+        got = model.predict_rna_from_atac(mdata, indices=idx)
+        assert list(got.obs_names) == list(mdata.obs_names[want])
+        np.testing.assert_allclose(got.X, full.X[want], atol=1e-5, equal_nan=True)
+    with pytest.raises(ValueError, match="boolean mask of length 5"):
+        model.predict_atac_from_rna(mdata, indices=mask[:5])
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict_atac_from_rna(mdata, batch_size=0)
