@@ -122,6 +122,8 @@ class DataMixin:
                 raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
             lengths = self._sequence_lengths(adata, None if indices is None else rows, max_seq_len)
             batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
+            # a batch's cells in data order: read as they lie (no reordering copy)
+            batches = [b[np.argsort(rows[b], kind="stable")] for b in batches]
             order = np.concatenate(batches)
         dataset = RowsInOrder(self.get_anndata_manager(adata).create_torch_dataset(), rows)
         # each sampler item is a whole batch (positions into rows); batch_size=None passes it
