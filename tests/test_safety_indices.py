@@ -80,13 +80,17 @@ def test_backed_labelled_outputs_follow_indices(data):
 
 
 def test_cli_embed_backed_equals_in_memory(data, tmp_path):
-    """Item 1: `celltx embed --backed` (block by block, token budget) puts rows on their cells."""
+    """Item 1: `celltx embed --backed` (one call, or block by block) puts rows on their cells."""
     model, src = data["model"], data["dir"] / "a.h5ad"
     model.save(str(tmp_path / "ckpt"))
-    for extra in ([], ["--batch-size", "16"]):
+    argv = ["embed", str(tmp_path / "ckpt"), str(src)]
+    opts = ["--device", "cpu", "--backed", "--no-progress"]
+    assert main([*argv, str(tmp_path / "out.h5ad"), *opts]) == 0  # one call
+    emb = ad.read_h5ad(tmp_path / "out.h5ad").obsm["X_scgpt"]
+    np.testing.assert_allclose(emb, data["ref"], atol=1e-5)
+    for extra in ([], ["--batch-size", "16"]):  # .npy: blocks of cells
         out = tmp_path / f"emb{len(extra)}.npy"
-        argv = ["embed", str(tmp_path / "ckpt"), str(src), str(out), "--device", "cpu"]
-        assert main([*argv, "--backed", "--no-progress", *extra]) == 0
+        assert main([*argv, str(out), *opts, *extra]) == 0
         np.testing.assert_allclose(np.load(out), data["ref"], atol=1e-5)
 
 
