@@ -13,7 +13,6 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from ._docs import doc_params
-from ._validation import check_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +92,6 @@ class InteractionMixin:
         adata = self._validate_anndata(adata)
         names, columns = self._interaction_genes(adata, genes)
         rows = self._cells(adata, indices)
-        batch_size = check_batch_size(batch_size)
         if groupby is None:
             labels = pd.Categorical(np.zeros(len(rows), dtype=np.int8))
         else:
