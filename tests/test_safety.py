@@ -319,6 +319,10 @@ def _variants(base: ad.AnnData, tmp_path) -> dict:
     a.X = sparse.csr_matrix(X)
     a.write_h5ad(tmp_path / "v.h5ad")
     out["backed"] = ad.read_h5ad(tmp_path / "v.h5ad", backed="r")
+    a = base.copy()
+    a.X = X
+    a.write_h5ad(tmp_path / "dense.h5ad")
+    out["backed_dense"] = ad.read_h5ad(tmp_path / "dense.h5ad", backed="r")
     return out
 
 
@@ -341,9 +345,18 @@ def _bad(base: ad.AnnData) -> dict:
     return out
 
 
+#: batch_tokens of the sweep: the default budget, plain batches, a budget of a few cells
+BATCHINGS = ("auto", None, 1500)
+#: tokens per cell in the sweep's long pass: above every cell's expressed genes, so cells
+#: differ in length and token-budget batches regroup and reorder them
+LONG_SEQ = 1200
+
+
 def test_input_kinds_sweep(pbmc, tmp_path):
-    """Every legal kind embeds exactly like the clean in-memory input; every bad kind raises
-    a ValueError naming the problem; the user's AnnData is unchanged either way."""
+    """Every legal kind embeds exactly like the clean in-memory input, in every batching mode
+    (``batch_tokens`` auto / None / a number) with cells of different lengths, also for
+    unsorted and repeated ``indices``; every bad kind raises a ValueError naming the problem;
+    the user's AnnData is unchanged either way."""
     base = pbmc[:40].copy()
     X = base.X.toarray() if sparse.issparse(base.X) else np.array(base.X)
     X[:3] = 0  # empty cells in every variant
@@ -355,7 +368,12 @@ def test_input_kinds_sweep(pbmc, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         ref = model.get_latent_representation()
+        ref_long = model.get_latent_representation(max_seq_len=LONG_SEQ, batch_tokens=None)
+        lengths = model._sequence_lengths(base, max_seq_len=LONG_SEQ)
+        assert len(np.unique(lengths)) > base.n_obs // 2  # the cells differ in length
+        idx = [5, 3, 1, 3]
         ref_counts = None
+        ref_counts_long = None
         for name, a in _variants(clean, tmp_path).items():
             snap = _snapshot(a) if not a.isbacked else None
             if a.is_view:  # registration writes to the data: a view is refused, naming the fix
@@ -371,6 +389,19 @@ def test_input_kinds_sweep(pbmc, tmp_path):
                 np.testing.assert_array_equal(emb, ref_counts, err_msg=name)
             else:
                 np.testing.assert_array_equal(emb, ref, err_msg=name)
+            for bt in BATCHINGS:
+                long = model.get_latent_representation(
+                    a, max_seq_len=LONG_SEQ, batch_tokens=bt, batch_size=16
+                )
+                want = ref_long
+                if name in ("int_counts", "float_counts"):
+                    ref_counts_long = long if ref_counts_long is None else ref_counts_long
+                    want = ref_counts_long
+                np.testing.assert_allclose(long, want, atol=1e-5, err_msg=f"{name} {bt}")
+                picked = model.get_latent_representation(
+                    a, indices=idx, max_seq_len=LONG_SEQ, batch_tokens=bt
+                )
+                np.testing.assert_allclose(picked, want[idx], atol=1e-5, err_msg=f"{name} {bt}")
             if snap is not None:
                 _assert_unchanged(a, snap)
     for name, (a, match) in _bad(clean).items():

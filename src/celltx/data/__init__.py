@@ -2,6 +2,7 @@
 
 from ._batching import (
     DEFAULT_BATCH_TOKENS,
+    RowsInOrder,
     ShuffledTokenBudgetSampler,
     TokenBudgetSampler,
     expressed_counts,
@@ -46,6 +47,7 @@ __all__ = [
     "ShuffledTokenBudgetSampler",
     "shuffled_token_budget_batches",
     "first_item",
+    "RowsInOrder",
     "DEFAULT_BATCH_TOKENS",
     "expressed_counts",
     "sequence_lengths",

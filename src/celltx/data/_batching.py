@@ -184,6 +184,45 @@ class ShuffledTokenBudgetSampler(torch.utils.data.Sampler):
         return self._n
 
 
+class RowsInOrder(torch.utils.data.Dataset):
+    """The rows of ``dataset`` that ``rows`` names, in exactly the order asked for.
+
+    Item ``positions`` (a list of positions into ``rows``) is the batch
+    ``dataset[rows[positions]]``: each distinct row is read once, in increasing order, and
+    the result is put back in the order of ``positions``, repeats included. scvi-tools'
+    ``AnnTorchDataset`` reads the rows of a disk-backed AnnData sorted (HDF5 needs increasing
+    positions) and returns them in that sorted order; through this class a batch of
+    unsorted or repeated cells still comes back row for row. Pass it to a
+    :class:`torch.utils.data.DataLoader` with ``batch_size=None`` and a sampler yielding
+    lists of positions (:class:`TokenBudgetSampler`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import RowsInOrder
+    >>> class Sorted(torch.utils.data.Dataset):  # reads rows sorted, as backed data is read
+    ...     def __getitem__(self, rows):
+    ...         return {"x": np.sort(np.asarray(rows)) * 10}
+    >>> RowsInOrder(Sorted(), np.array([5, 3, 1, 3]))[[0, 1, 2, 3]]["x"].tolist()
+    [50, 30, 10, 30]
+    """
+
+    def __init__(self, dataset, rows: np.ndarray):
+        self.dataset = dataset
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions) -> dict:
+        rows = self.rows[np.atleast_1d(np.asarray(positions, dtype=np.int64))]
+        uniq, inv = np.unique(rows, return_inverse=True)
+        data = self.dataset[uniq]
+        if len(uniq) == len(rows) and (uniq == rows).all():
+            return data  # already increasing and distinct: the rows as read
+        return {k: v[inv] for k, v in data.items()}
+
+
 def first_item(items: list):
     """Collate of a loader whose sampler yields whole batches: the one item, as tensors.
 

@@ -65,7 +65,8 @@ class AnnotationMixin:
             )
         adata = self._validate_anndata(adata)
         cats = np.asarray(self._label_state().categorical_mapping)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        rows = self._cells(adata, indices)
+        loader, _ = self._query_loader(adata, rows, batch_size)
         self.module.eval()
         chunks = []
         with self._panel(adata), self._autocast():
@@ -79,9 +80,8 @@ class AnnotationMixin:
                 )
         proba = torch.cat(chunks).numpy()
         if soft:
-            names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
             return pd.DataFrame(
-                proba, index=names, columns=pd.Index(cats.astype(str), name="label")
+                proba, index=adata.obs_names[rows], columns=pd.Index(cats.astype(str), name="label")
             )
         return cats[proba.argmax(1)].astype(object)
 

@@ -9,15 +9,16 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
+from scvi import settings as scvi_settings
 
 from celltx.data import (
     DEFAULT_BATCH_TOKENS,
     GeneMatch,
     GeneVocab,
+    RowsInOrder,
     TokenBudgetSampler,
     check_expression,
     expressed_counts,
-    first_item,
     gene_names,
     match_genes,
     sequence_lengths,
@@ -26,7 +27,7 @@ from celltx.data import (
 from celltx.module import ATAC_KEY
 
 from ._datamodule import check_datamodule_config, datamodule_panel
-from ._validation import check_modality_order
+from ._validation import check_batch_size, check_indices, check_modality_order
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +74,32 @@ class DataMixin:
         match = self._match(adata)
         return None if match is None else match.ids
 
-    def _query_loader(self, adata, indices, batch_size, batch_tokens, max_seq_len):
+    def _cells(self, adata, indices) -> np.ndarray:
+        """The cells a query reads: ``indices`` checked (:func:`check_indices`), all if ``None``.
+
+        The one check of ``indices`` behind every inference method: integer positions in any
+        order, repeats allowed, negative from the end; or a boolean mask over all cells.
+        """
+        rows = check_indices(indices, adata.n_obs)
+        return np.arange(adata.n_obs) if rows is None else rows
+
+    def _query_loader(self, adata, indices, batch_size, batch_tokens=None, max_seq_len=None):
         """A loader over ``indices`` of ``adata`` and the order its cells come in.
 
+        ``indices`` and ``batch_size`` are checked (:meth:`_cells`, :func:`check_batch_size`).
+        Each batch holds exactly the cells it names, in that order, also from disk-backed
+        data (:class:`celltx.data.RowsInOrder`; scvi-tools' own loader returns a backed
+        batch's rows sorted).
+
         ``batch_tokens="auto"``: :data:`celltx.data.DEFAULT_BATCH_TOKENS` for RNA models,
-        ``None`` otherwise. Without ``batch_tokens``: scvi-tools' loader, ``batch_size`` cells at a time, in order
-        (the order is ``None``). With it: cells sorted by sequence length and grouped into
-        batches of at most ``batch_tokens`` padded tokens (:func:`celltx.data.token_budget_batches`
-        through scvi-tools' loader with a batch sampler); the order says which position of
-        ``indices`` each output row belongs to.
+        ``None`` otherwise. Without ``batch_tokens``: ``batch_size`` cells at a time, in the
+        order of ``indices`` (the order is ``None``). With it: cells sorted by sequence length
+        and grouped into batches of at most ``batch_tokens`` padded tokens
+        (:func:`celltx.data.token_budget_batches`); the order says which position of
+        ``indices`` each output row belongs to (:meth:`_restore_order`).
         """
+        rows = self._cells(adata, indices)
+        batch_size = check_batch_size(batch_size)
         rna_only = not self.module.multimodal and "rna" in self.module.modalities
         if isinstance(batch_tokens, str):
             if batch_tokens != "auto":
@@ -90,21 +107,35 @@ class DataMixin:
                     f"batch_tokens={batch_tokens!r}; use 'auto', an integer >= 2 or None."
                 )
             batch_tokens = DEFAULT_BATCH_TOKENS if rna_only else None
+        order = None
         if batch_tokens is None:
-            loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-            return loader, None
-        if isinstance(batch_tokens, bool) or int(batch_tokens) != batch_tokens or batch_tokens < 2:
-            raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
-        if not rna_only:
-            raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
-        lengths = self._sequence_lengths(adata, None if indices is None else idx, max_seq_len)
-        batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
-        # each sampler item is a whole batch: first_item keeps it as it is (no batch of one)
-        loader = self._make_data_loader(
-            adata=adata, indices=idx, sampler=TokenBudgetSampler(batches), collate_fn=first_item
+            step = scvi_settings.batch_size if batch_size is None else batch_size
+            batches = [np.arange(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
+        else:
+            if (
+                isinstance(batch_tokens, bool)
+                or int(batch_tokens) != batch_tokens
+                or batch_tokens < 2
+            ):
+                raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
+            if not rna_only:
+                raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
+            lengths = self._sequence_lengths(adata, None if indices is None else rows, max_seq_len)
+            batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
+            # a batch's cells in data order: read as they lie (no reordering copy)
+            batches = [b[np.argsort(rows[b], kind="stable")] for b in batches]
+            order = np.concatenate(batches)
+        dataset = RowsInOrder(self.get_anndata_manager(adata).create_torch_dataset(), rows)
+        # each sampler item is a whole batch (positions into rows); batch_size=None passes it
+        # to the dataset as it is
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            sampler=TokenBudgetSampler(batches),
+            batch_size=None,
+            num_workers=scvi_settings.dl_num_workers,
+            persistent_workers=scvi_settings.dl_persistent_workers,
         )
-        return loader, np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        return loader, order
 
     def _sequence_lengths(self, adata, rows=None, max_seq_len=None) -> np.ndarray:
         """Tokens of each cell (``rows``: only these) under the tokenizer's rules."""

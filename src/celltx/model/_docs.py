@@ -16,9 +16,12 @@ PARAMS = {
     model's registry if it was not; another gene panel works (genes are matched to the
     vocabulary by name, the others ignored).""",
     "indices": """indices
-    Cells to use (default all).""",
+    Cells to use (default all): integer positions, in any order and with repeats (the
+    result follows them; negative ones count from the end), or a boolean mask with one
+    value per cell. An empty selection, positions out of range and a mask of another
+    length raise a ``ValueError``.""",
     "batch_size": """batch_size
-    Cells per forward pass (default: scvi-tools' ``settings.batch_size``).""",
+    Cells per forward pass, a positive integer (default: scvi-tools' ``settings.batch_size``).""",
     "max_seq_len": """max_seq_len
     Tokens per cell for this call (e.g. the cells' largest number of expressed genes + 1 to
     use every gene); default: the model's ``max_seq_len``.""",

@@ -201,9 +201,9 @@ class EmbeddingMixin:
         heldout = []
         gen = torch.Generator(device=device).manual_seed(seed)
         with self._panel(adata), self._autocast():
-            ref = self._make_data_loader(adata, indices=reference_indices, batch_size=batch_size)
+            ref, _ = self._query_loader(adata, reference_indices, batch_size)
             gene_mean = self.module.mean_token_values(self._inputs(t) for t in ref)
-            for tensors in self._make_data_loader(adata, indices=indices, batch_size=batch_size):
+            for tensors in self._query_loader(adata, indices, batch_size)[0]:
                 inputs = self._inputs(tensors)
                 errors = self.module.heldout_squared_errors(
                     inputs["x"], gen, gene_mean, self._batch_codes(tensors), x_atac=inputs["x_atac"]

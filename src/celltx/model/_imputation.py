@@ -67,7 +67,8 @@ class ImputationMixin:
         adata = self._validate_anndata(adata)
         symbols = self._setup_args(adata).get("gene_symbols")
         var_names = adata.var_names if not symbols else pd.Index(adata.var[symbols].astype(str))
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        rows = self._cells(adata, indices)
+        loader, _ = self._query_loader(adata, rows, batch_size)
         self.module.eval()
         chunks, cols = [], None
         with self._panel(adata), self._autocast():
@@ -95,5 +96,4 @@ class ImputationMixin:
             X, genes = X[:, pos], pd.Index(wanted, name="gene")
         if return_numpy:
             return X
-        rows = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-        return pd.DataFrame(X, index=rows, columns=genes)
+        return pd.DataFrame(X, index=adata.obs_names[rows], columns=genes)

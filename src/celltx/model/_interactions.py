@@ -91,7 +91,7 @@ class InteractionMixin:
             )
         adata = self._validate_anndata(adata)
         names, columns = self._interaction_genes(adata, genes)
-        rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        rows = self._cells(adata, indices)
         if groupby is None:
             labels = pd.Categorical(np.zeros(len(rows), dtype=np.int8))
         else:
@@ -107,7 +107,7 @@ class InteractionMixin:
             per_cell = self.module.network.transformer_encoder.layers[0].self_attn.n_heads
             per_cell *= (k + 1) ** 2
             batch_size = int(max(1, min(128, _ATTENTION_ELEMENTS // per_cell)))
-        loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
+        loader, _ = self._query_loader(adata, rows, batch_size)
         sums = torch.zeros(n_groups, k, k, dtype=torch.float64)
         counts = torch.zeros(n_groups, k, k, dtype=torch.float64)
         cols = torch.as_tensor(columns, device=self.device)
@@ -128,14 +128,16 @@ class InteractionMixin:
                 sums.index_add_(0, code[keep], attn.double().cpu()[keep] * pair)
                 counts.index_add_(0, code[keep], pair.double())
         index = pd.Index(names, name="source")
+        n_cells = np.bincount(labels.codes[labels.codes >= 0], minlength=n_groups)
         out = {}
         for g, group in enumerate(labels.categories):
-            if not counts[g].any():
-                continue
+            if not n_cells[g]:
+                continue  # a group without cells among indices
+            # NaN where no cell of the group contributes to a pair (include_zeros=False)
             mean = (sums[g] / counts[g]).numpy().T  # rows: attended (source), cols: attending
             out[str(group)] = pd.DataFrame(mean, index=index, columns=index.rename("target"))
         if groupby is None:
-            return next(iter(out.values()))
+            return out["0"]
         return out
 
     def _interaction_genes(self, adata, genes) -> tuple[list[str], np.ndarray]:

@@ -156,7 +156,8 @@ class MultiomeMixin:
         mdata = self._validate_anndata(mdata)
         key = REGISTRY_KEYS.X_KEY if target == "rna" else ATAC_KEY
         target_mod = self._modality(mdata, key)
-        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        rows = self._cells(mdata, indices)
+        loader, _ = self._query_loader(mdata, rows, batch_size)
         self.module.eval()
         chunks, cols = [], None
         with self._panel(mdata), self._autocast():
@@ -176,7 +177,6 @@ class MultiomeMixin:
         top = float(self.module.tokenizer.n_bins - 1) if self.module.tokenizer.n_bins else 1.0
         if target == "atac" and self.module.atac_values == "binary":
             X = np.clip(X / top, 0.0, 1.0)
-        rows = np.arange(mdata.n_obs) if indices is None else np.asarray(indices)
         cols = cols.cpu().numpy()
         out = AnnData(X=X, obs=mdata.obs.iloc[rows].copy(), var=target_mod.var.iloc[cols].copy())
         out.uns["celltx"] = {

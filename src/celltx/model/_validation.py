@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -362,3 +363,69 @@ def check_anndata_setup(
             adata, perturbation_key, control_value, max_perturbed_genes, min_cells_per_condition
         )
         check_log_normalized(values, where)
+
+
+def check_indices(indices, n_obs: int) -> np.ndarray | None:
+    """``indices`` of a query as integer positions into ``n_obs`` cells (``None``: all cells).
+
+    Integer positions may come in any order and repeat (the result follows them); negative
+    ones count from the end, as in numpy. A boolean mask over all ``n_obs`` cells selects its
+    ``True`` cells. Refused with a ``ValueError``: a mask of another length, positions out of
+    range, fractional or named positions, and a selection of no cell.
+    """
+    if indices is None:
+        return None
+    if isinstance(indices, str | bytes):
+        raise ValueError(
+            f"indices={indices!r}: pass integer positions or a boolean mask over the cells "
+            "(for cell names: adata.obs_names.get_indexer(names))."
+        )
+    arr = np.asarray(indices)
+    if arr.dtype == object and arr.size:  # e.g. a list mixing Python and numpy values
+        if all(isinstance(v, bool | np.bool_) for v in arr.flat):
+            arr = arr.astype(bool)
+        elif all(isinstance(v, numbers.Integral) for v in arr.flat):
+            arr = arr.astype(np.int64)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"indices must be one-dimensional (integer positions or a boolean mask over the "
+            f"cells), not an array of shape {arr.shape}."
+        )
+    if arr.dtype == bool:
+        if len(arr) != n_obs:
+            raise ValueError(
+                f"indices is a boolean mask of length {len(arr)}, but the data has {n_obs} "
+                "cells; a mask must have one value per cell (e.g. adata.obs['x'] == 'y')."
+            )
+        arr = np.flatnonzero(arr)
+    elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"indices must be integer positions or a boolean mask over the cells, not "
+            f"{arr.dtype} values such as {arr[:3].tolist()} (for cell names: "
+            "adata.obs_names.get_indexer(names))."
+        )
+    arr = arr.astype(np.int64)
+    if arr.size == 0:
+        raise ValueError(
+            "indices selects no cells (an empty list or an all-False mask); pass at least one cell."
+        )
+    bad = (arr < -n_obs) | (arr >= n_obs)
+    if bad.any():
+        raise ValueError(
+            f"indices {arr[bad][:5].tolist()} are out of range for data with {n_obs} cells "
+            f"(positions 0 … {n_obs - 1}, or -{n_obs} … -1 from the end)."
+        )
+    return np.where(arr < 0, arr + n_obs, arr)
+
+
+def check_batch_size(batch_size) -> int | None:
+    """``batch_size`` of a query: ``None`` (the default) or a positive integer."""
+    if batch_size is None:
+        return None
+    if (
+        isinstance(batch_size, bool | np.bool_)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (cells per pass).")
+    return int(batch_size)

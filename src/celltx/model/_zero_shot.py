@@ -210,7 +210,7 @@ class ZeroShotMixin:
             self.get_text_embeddings(table["text"].tolist()), device=self.device
         )
         adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        loader, _ = self._query_loader(adata, indices, batch_size)
         self.module.eval()
         chunks = []
         with self._panel(adata), self._autocast():
