@@ -668,4 +668,6 @@ class ScGPT(
             m.cls_trained.fill_(True)
         if m.weight("pert") > 0:
             m.pert_trained.fill_(True)
+        if m.weight("text") > 0:
+            m.text_trained.fill_(True)
         return out

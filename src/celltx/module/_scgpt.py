@@ -214,6 +214,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.register_buffer("cell_offset", torch.zeros(config.d_model))
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("text_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
         self.set_objective(
             gep=config.gep_weight, mvc=config.mvc_weight, align=1.0 if self.multimodal else 0.0
@@ -224,6 +225,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # count as trained, as they were treated then
         for name in ("cls_trained", "pert_trained"):
             state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
+        # a saved cell–text head from before its flag counts as trained as well
+        has_text = any(k.startswith(prefix + "text_head.") for k in state_dict)
+        state_dict.setdefault(prefix + "text_trained", torch.tensor(has_text))
         state_dict.setdefault(prefix + "cell_offset", torch.zeros_like(self.cell_offset))
         # label texts: saved by models with a cell–text head (one row per label)
         text = state_dict.setdefault(prefix + "label_text", self.label_text.clone())
@@ -374,6 +378,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             return
         dev = self.cell_offset.device
         self.text_head = CellTextHead(self.config.d_model, int(d_text)).to(dev)
+        self.text_trained.fill_(False)  # a new head is random until cell–text training
         self.config = replace(self.config, text_dim=int(d_text))
         self.label_text = torch.zeros(0, int(d_text), device=dev)
 
