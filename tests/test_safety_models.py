@@ -273,5 +273,7 @@ def test_zero_shot_override_of_no_candidate_is_refused(pbmc):
     assert "B cell" in str(e.value) and "T cell" in str(e.value)
     with pytest.raises(ValueError, match="'nope'"):
         model.set_label_texts(overrides={"nope": "CL:0000236"})
-    out = model.predict_zero_shot(candidates=["B cell", "T cell"], overrides={"B cell": "CL:0000236"})
+    out = model.predict_zero_shot(
+        candidates=["B cell", "T cell"], overrides={"B cell": "CL:0000236"}
+    )
     assert set(out) <= {"B cell", "T cell"}
