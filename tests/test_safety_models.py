@@ -16,6 +16,7 @@ import scanpy as sc
 import torch
 from scipy import sparse
 
+from celltx.data import nonzero_medians
 from celltx.model import ScGPT
 
 from _helpers import Evil
@@ -277,3 +278,27 @@ def test_zero_shot_override_of_no_candidate_is_refused(pbmc):
         candidates=["B cell", "T cell"], overrides={"B cell": "CL:0000236"}
     )
     assert set(out) <= {"B cell", "T cell"}
+
+
+def test_rank_models_saved_before_linear_medians_keep_their_tokens(counts_and_log):
+    """A save without the ``rank_linear`` flag holds medians of the values as they were."""
+    _, log = counts_and_log
+    a = log.copy()
+    ScGPT.setup_anndata(a)
+    model = ScGPT(a, **{**TINY, "max_seq_len": 48}, gene_selection="rank")
+    state = model.module.state_dict()
+    assert bool(state["rank_linear"])
+    old = {k: v for k, v in state.items() if k != "rank_linear"}
+    ids = torch.as_tensor(model._gene_ids(a))
+    old["gene_medians"] = old["gene_medians"].clone()
+    old["gene_medians"][ids] = torch.as_tensor(nonzero_medians(a.X), dtype=torch.float32)
+    again = ScGPT(a, **{**TINY, "max_seq_len": 48}, gene_selection="rank")
+    again.module.load_state_dict(old)
+    assert not bool(again.module.rank_linear)
+    x = torch.as_tensor(a.X.toarray())
+    again.module.eval()
+    with again._panel(a):
+        got = again.module.tokenize(x)
+        scale = again.module.rank_scale()
+    want = again.module.tokenizer(x, again.module.panel_gene_ids, sample="rank", scale=scale)
+    torch.testing.assert_close(got.gene_ids, want.gene_ids, rtol=0, atol=0)

@@ -17,6 +17,11 @@ _TIE_SALT = 0x5BD1E9955BD1E995  # decorrelates the tie hash from the gene-choice
 Ties = Literal["random", "hash", "middle"]
 
 
+#: relative resolution of linear rank-value scores (``Tokenizer(..., linear=True)``): genes
+#: whose ``value / median`` differ by less are tied (ordered by the reproducible hash)
+RANK_RESOLUTION = 1e-3
+
+
 @dataclass
 class TokenizedBatch:
     """A batch of token sequences.
@@ -306,6 +311,7 @@ class Tokenizer:
         scale: torch.Tensor | None,
         priority: torch.Tensor | None = None,
         random_fraction: float = 0.0,
+        linear: bool = False,
     ) -> torch.Tensor:
         B, G = x.shape
         if sample == "rank":
@@ -316,7 +322,18 @@ class Tokenizer:
             # highest relative expression first, exact ties broken by the reproducible hash
             # (unexpressed genes, compared only among themselves for zero slots: the hash)
             u = _uniform(self._cell_gene_hash(x, gene_ids))
-            score = x.double() * scale.to(x.device, torch.float64)[None, :]
+            v = x.double()
+            if linear:  # counts cells as they are, log1p cells back on the linear scale
+                whole = (v == torch.round(v)).all(1, keepdim=True)
+                v = torch.where(whole, v, torch.expm1(v))
+            score = v * scale.to(x.device, torch.float64)[None, :]
+            if linear:
+                # relative to the cell's top score, to RANK_RESOLUTION: genes within float32
+                # rounding of log values (and of counts scaled per cell) count as tied, so
+                # counts and log values of a cell order them alike (by the hash)
+                top = score.amax(1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
+                steps = torch.round(torch.log(score / top) / RANK_RESOLUTION)
+                score = torch.where(score > 0, torch.exp(steps * RANK_RESOLUTION), 0.0)
             key = score * (1 + 1e-9 * u)
             if priority is None and not random_fraction:
                 return torch.where(x > 0, key, u)
@@ -348,6 +365,7 @@ class Tokenizer:
         scale: torch.Tensor | None = None,
         priority: torch.Tensor | None = None,
         random_fraction: float = 0.0,
+        linear: bool = False,
     ) -> TokenizedBatch:
         """Tokenize a batch.
 
@@ -383,6 +401,12 @@ class Tokenizer:
             For ``sample="rank"``: each cell draws, with this probability, its genes in
             random order instead of by rank (still priority genes first). Training may mix
             both; leave 0 for reproducible tokens.
+        linear
+            For ``sample="rank"``: rank ``x · scale`` on the linear scale, whatever scale
+            the cells come in: a cell of whole numbers (counts) as it is, any other cell
+            (``log1p`` values) ``expm1``-ed; ``scale`` from
+            ``nonzero_medians(..., linear=True)``. The same cells as counts or as
+            ``log1p(normalize_total(counts))`` then get the same genes.
         """
         L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
         if L < 2:
@@ -395,7 +419,7 @@ class Tokenizer:
 
         budget = L - 1
         n_zero_slots = int(np.floor(self.zero_fraction * budget)) if self.zero_fraction else 0
-        keys = self._keys(x, gene_ids, sample, scale, priority, random_fraction)
+        keys = self._keys(x, gene_ids, sample, scale, priority, random_fraction, linear)
         neg = torch.finfo(keys.dtype).min
         parts_idx, parts_valid = [], []
         for cand, k in ((expressed, budget - n_zero_slots), (known & ~expressed, n_zero_slots)):

@@ -238,7 +238,7 @@ class ScGPT(
         if config.gene_selection in ("rank", "hvg") and match is not None:
             # rank-value selection: each gene's non-zero median over the training cells
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            medians = nonzero_medians(x, seed=config.seed)
+            medians = nonzero_medians(x, seed=config.seed, linear=True)
             self.module.set_gene_medians(torch.as_tensor(match.ids), torch.as_tensor(medians))
             if config.gene_selection == "hvg":
                 hvg = highly_variable(x, n_top=config.n_hvg, seed=config.seed)

@@ -204,6 +204,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # weights of models that use it; 1 = rank by the expression itself)
         ranked = config.gene_selection in ("rank", "hvg")
         self.register_buffer("gene_medians", torch.ones(n_tokens), persistent=ranked)
+        # whether the medians are of depth-normalised linear values and cells are ranked on
+        # that scale (counts and log values of the same cells: the same tokens); saves from
+        # before this flag keep their medians of the values as they were
+        self.register_buffer("rank_linear", torch.ones((), dtype=torch.bool), persistent=ranked)
         # HVG-aware selection: 1 for each vocabulary gene that is highly variable over the
         # training cells (saved with the weights of models that use it)
         self.register_buffer(
@@ -235,7 +239,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             self.label_text = torch.zeros_like(text, device=self.label_text.device)
         if self.config.gene_selection in ("rank", "hvg"):
             # a checkpoint without medians / HVGs (a published scGPT one) keeps the data's
+            if prefix + "gene_medians" in state_dict:
+                state_dict.setdefault(prefix + "rank_linear", torch.zeros((), dtype=torch.bool))
             state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
+            state_dict.setdefault(prefix + "rank_linear", self.rank_linear.clone())
         if self.config.gene_selection == "hvg":
             state_dict.setdefault(prefix + "gene_hvg", self.gene_hvg.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -466,6 +473,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 "scale": self.rank_scale(),
                 "priority": self.hvg_priority() if c.gene_selection == "hvg" else None,
                 "random_fraction": c.random_token_fraction if sample == "random" else 0.0,
+                "linear": bool(self.rank_linear),
             }
             sample = "rank"
         if "atac" not in self.modalities:
