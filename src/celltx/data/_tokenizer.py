@@ -22,6 +22,22 @@ Ties = Literal["random", "hash", "middle"]
 RANK_RESOLUTION = 1e-3
 
 
+def _linear_rank_score(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``value · scale`` on the linear scale, relative to the cell's top, in ``[0, 1]``.
+
+    A cell of whole numbers (counts) is taken as it is, any other cell as ``log1p`` values
+    (``expm1``-ed). Computed in log space (no overflow) and rounded to
+    :data:`RANK_RESOLUTION`: genes within float32 rounding of log values count as tied, so
+    a cell's counts and its log values order them alike (ties: the reproducible hash).
+    """
+    whole = (v == torch.round(v)).all(1, keepdim=True)
+    log_v = torch.where(whole, torch.log(v), v + torch.log(-torch.expm1(-v)))
+    log_score = log_v + torch.log(scale)  # -inf where the gene is not expressed
+    top = log_score.amax(1, keepdim=True).clamp(min=torch.finfo(torch.float64).min)
+    steps = torch.round((log_score - top) / RANK_RESOLUTION)
+    return torch.where(v > 0, torch.exp(steps * RANK_RESOLUTION), 0.0)
+
+
 @dataclass
 class TokenizedBatch:
     """A batch of token sequences.
@@ -322,18 +338,11 @@ class Tokenizer:
             # highest relative expression first, exact ties broken by the reproducible hash
             # (unexpressed genes, compared only among themselves for zero slots: the hash)
             u = _uniform(self._cell_gene_hash(x, gene_ids))
-            v = x.double()
-            if linear:  # counts cells as they are, log1p cells back on the linear scale
-                whole = (v == torch.round(v)).all(1, keepdim=True)
-                v = torch.where(whole, v, torch.expm1(v))
-            score = v * scale.to(x.device, torch.float64)[None, :]
+            v, s = x.double(), scale.to(x.device, torch.float64)[None, :]
             if linear:
-                # relative to the cell's top score, to RANK_RESOLUTION: genes within float32
-                # rounding of log values (and of counts scaled per cell) count as tied, so
-                # counts and log values of a cell order them alike (by the hash)
-                top = score.amax(1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
-                steps = torch.round(torch.log(score / top) / RANK_RESOLUTION)
-                score = torch.where(score > 0, torch.exp(steps * RANK_RESOLUTION), 0.0)
+                score = _linear_rank_score(v, s)
+            else:
+                score = v * s
             key = score * (1 + 1e-9 * u)
             if priority is None and not random_fraction:
                 return torch.where(x > 0, key, u)
