@@ -25,6 +25,20 @@ SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
 """Model size of the small models the tests train."""
 
 
+class Evil:
+    """A pickle payload: unpickling it creates the file ``marker``.
+
+    Plant it in a file (``torch.save({"x": Evil(marker)}, path)``); a loader that runs code
+    from files leaves ``marker`` behind.
+    """
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def need(path: Path) -> Path:
     """Return ``path``; skip the test with a clear reason when it is absent."""
     if not path.exists():

@@ -19,19 +19,9 @@ from scvi.model.base import BaseModelClass
 from celltx.io import read_scgpt_dir, read_weights, scgpt_args_to_kwargs
 from celltx.model import ScGPT
 
-from _helpers import FIXTURES, SMALL, need
+from _helpers import FIXTURES, SMALL, Evil, need
 
 PICKLE_OR_ZIP = (b"\x80", b"PK\x03\x04")
-
-
-class _Evil:
-    """Unpickling this creates ``marker``: the proof that a loader ran code from a file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def _scvi_shaped_dir(tmp_path, pbmc):
@@ -43,7 +33,7 @@ def _scvi_shaped_dir(tmp_path, pbmc):
         {
             "model_state_dict": {},
             "var_names": pbmc.var_names.to_numpy(),
-            "attr_dict": {"payload": _Evil(marker)},
+            "attr_dict": {"payload": Evil(marker)},
         },
         d / "model.pt",
     )
@@ -248,7 +238,7 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
 
 def test_pickled_code_is_refused_for_safety(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"w": torch.zeros(1), "evil": _Evil(marker)}, tmp_path / "evil.pt")
+    torch.save({"w": torch.zeros(1), "evil": Evil(marker)}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="Refused .*could run code") as e:
         read_weights(tmp_path / "evil.pt")
     assert "open" in str(e.value)  # names the pickled callable

@@ -104,7 +104,7 @@ def token_retention(
     x = sparse.csr_matrix(x)[np.flatnonzero(keep)] if sparse.issparse(x) else np.asarray(x)[keep]
     G = x.shape[1]
     ids = torch.arange(2, G + 2)
-    scale = torch.as_tensor(1.0 / nonzero_medians(x, seed=seed))
+    scale = torch.as_tensor(1.0 / nonzero_medians(x, seed=seed, linear=True))  # as the model
     priority = None
     if "hvg" in selections:
         priority = torch.as_tensor(highly_variable(x, n_top=n_hvg, seed=seed), dtype=torch.float32)
@@ -124,7 +124,12 @@ def token_retention(
                 t = tok(xb, ids, sample="hash")
             else:
                 t = tok(
-                    xb, ids, sample="rank", scale=scale, priority=priority if sel == "hvg" else None
+                    xb,
+                    ids,
+                    sample="rank",
+                    scale=scale,
+                    priority=priority if sel == "hvg" else None,
+                    linear=True,
                 )
             real = ~t.padding_mask[:, 1:]
             rows = torch.nonzero(real)[:, 0]

@@ -177,12 +177,50 @@ def check_expression(x, what: str = "adata.X") -> None:
             )
 
 
-def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
+#: depth each row of counts is scaled to by ``nonzero_medians(..., linear=True)``
+LINEAR_TARGET = 1e4
+
+
+def _linear_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Rows of counts or log1p-normalised values on one linear, depth-normalised scale.
+
+    A row of whole numbers (counts) is scaled to sum to 10,000; any other row is taken as
+    ``log1p`` of normalised values and ``expm1``-transformed. The same cells as counts or
+    as ``log1p(normalize_total(counts))`` then differ by one factor per cell, which leaves
+    each cell's order of ``value / gene median`` (rank-value selection) unchanged.
+    """
+    m = sparse.csr_matrix(m, dtype=np.float64, copy=True)
+    lengths = np.diff(m.indptr)
+    row = np.repeat(np.arange(m.shape[0]), lengths)
+    frac = np.mod(m.data, 1) != 0
+    logged = np.zeros(m.shape[0], dtype=bool)
+    np.logical_or.at(logged, row[frac], True)
+    on = logged[row]
+    m.data[on] = np.expm1(m.data[on])
+    sums = np.asarray(m.sum(1)).ravel()
+    factor = np.where(~logged & (sums > 0), LINEAR_TARGET / np.where(sums > 0, sums, 1), 1.0)
+    m.data *= factor[row]
+    return m
+
+
+def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0, linear: bool = False) -> np.ndarray:
     """Each column's median over its non-zero values (1 where a column is never non-zero).
 
     The per-gene normaliser of rank-value gene selection (Geneformer's non-zero median).
     At most ``max_cells`` rows are read (a reproducible random subset, in order, so backed
     data is read in row order); dense, sparse or backed matrices.
+
+    Parameters
+    ----------
+    x
+        Cells × genes.
+    max_cells, seed
+        The rows read.
+    linear
+        Medians of depth-normalised linear values instead of the values as they are: rows
+        of counts scaled to 10,000 per cell, other rows (``log1p`` values) ``expm1``-ed
+        (see ``_linear_rows``). What rank-value selection uses, so that the same cells as
+        counts or as log values give the same tokens.
 
     Examples
     --------
@@ -191,7 +229,10 @@ def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
     >>> nonzero_medians(np.array([[0.0, 2.0, 0.0], [4.0, 6.0, 0.0], [2.0, 0.0, 0.0]])).tolist()
     [3.0, 4.0, 1.0]
     """
-    m = _sampled_rows(x, max_cells, seed).tocsc()
+    m = _sampled_rows(x, max_cells, seed)
+    if linear:
+        m = _linear_rows(m)
+    m = m.tocsc()
     out = np.ones(m.shape[1])
     for j in range(m.shape[1]):  # one pass over the stored values of each gene
         v = m.data[m.indptr[j] : m.indptr[j + 1]]

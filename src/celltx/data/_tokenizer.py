@@ -17,6 +17,27 @@ _TIE_SALT = 0x5BD1E9955BD1E995  # decorrelates the tie hash from the gene-choice
 Ties = Literal["random", "hash", "middle"]
 
 
+#: relative resolution of linear rank-value scores (``Tokenizer(..., linear=True)``): genes
+#: whose ``value / median`` differ by less are tied (ordered by the reproducible hash)
+RANK_RESOLUTION = 1e-3
+
+
+def _linear_rank_score(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``value · scale`` on the linear scale, relative to the cell's top, in ``[0, 1]``.
+
+    A cell of whole numbers (counts) is taken as it is, any other cell as ``log1p`` values
+    (``expm1``-ed). Computed in log space (no overflow) and rounded to
+    :data:`RANK_RESOLUTION`: genes within float32 rounding of log values count as tied, so
+    a cell's counts and its log values order them alike (ties: the reproducible hash).
+    """
+    whole = (v == torch.round(v)).all(1, keepdim=True)
+    log_v = torch.where(whole, torch.log(v), v + torch.log(-torch.expm1(-v)))
+    log_score = log_v + torch.log(scale)  # -inf where the gene is not expressed
+    top = log_score.amax(1, keepdim=True).clamp(min=torch.finfo(torch.float64).min)
+    steps = torch.round((log_score - top) / RANK_RESOLUTION)
+    return torch.where(v > 0, torch.exp(steps * RANK_RESOLUTION), 0.0)
+
+
 @dataclass
 class TokenizedBatch:
     """A batch of token sequences.
@@ -306,6 +327,7 @@ class Tokenizer:
         scale: torch.Tensor | None,
         priority: torch.Tensor | None = None,
         random_fraction: float = 0.0,
+        linear: bool = False,
     ) -> torch.Tensor:
         B, G = x.shape
         if sample == "rank":
@@ -316,7 +338,11 @@ class Tokenizer:
             # highest relative expression first, exact ties broken by the reproducible hash
             # (unexpressed genes, compared only among themselves for zero slots: the hash)
             u = _uniform(self._cell_gene_hash(x, gene_ids))
-            score = x.double() * scale.to(x.device, torch.float64)[None, :]
+            v, s = x.double(), scale.to(x.device, torch.float64)[None, :]
+            if linear:
+                score = _linear_rank_score(v, s)
+            else:
+                score = v * s
             key = score * (1 + 1e-9 * u)
             if priority is None and not random_fraction:
                 return torch.where(x > 0, key, u)
@@ -348,6 +374,7 @@ class Tokenizer:
         scale: torch.Tensor | None = None,
         priority: torch.Tensor | None = None,
         random_fraction: float = 0.0,
+        linear: bool = False,
     ) -> TokenizedBatch:
         """Tokenize a batch.
 
@@ -383,6 +410,12 @@ class Tokenizer:
             For ``sample="rank"``: each cell draws, with this probability, its genes in
             random order instead of by rank (still priority genes first). Training may mix
             both; leave 0 for reproducible tokens.
+        linear
+            For ``sample="rank"``: rank ``x · scale`` on the linear scale, whatever scale
+            the cells come in: a cell of whole numbers (counts) as it is, any other cell
+            (``log1p`` values) ``expm1``-ed; ``scale`` from
+            ``nonzero_medians(..., linear=True)``. The same cells as counts or as
+            ``log1p(normalize_total(counts))`` then get the same genes.
         """
         L = self.max_seq_len if max_seq_len is None else int(max_seq_len)
         if L < 2:
@@ -395,7 +428,7 @@ class Tokenizer:
 
         budget = L - 1
         n_zero_slots = int(np.floor(self.zero_fraction * budget)) if self.zero_fraction else 0
-        keys = self._keys(x, gene_ids, sample, scale, priority, random_fraction)
+        keys = self._keys(x, gene_ids, sample, scale, priority, random_fraction, linear)
         neg = torch.finfo(keys.dtype).min
         parts_idx, parts_valid = [], []
         for cand, k in ((expressed, budget - n_zero_slots), (known & ~expressed, n_zero_slots)):

@@ -17,7 +17,7 @@ from ._checkpoint import (
     write_scgpt_dir,
 )
 from ._json import CorruptJSON, UnsupportedValue, from_json, to_json
-from ._state_dict import detect_layout, from_scgpt, read_weights, to_scgpt
+from ._state_dict import detect_layout, from_scgpt, read_checkpoint, read_weights, to_scgpt
 
 __all__ = [
     "to_json",
@@ -30,6 +30,7 @@ __all__ = [
     "from_scgpt",
     "to_scgpt",
     "read_weights",
+    "read_checkpoint",
     "read_scgpt_dir",
     "write_scgpt_dir",
     "load_into",

@@ -88,12 +88,18 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _not_a_checkpoint(path: Path, why: str) -> ValueError:
-    return ValueError(
-        f"{path} is not a valid PyTorch or safetensors checkpoint ({why}). Pass the weight "
-        "file of a model directory (best_model.pt or a .safetensors file), and download it "
-        "again if it may be damaged."
-    )
+_WEIGHTS_HINT = (
+    "Pass the weight file of a model directory (best_model.pt or a .safetensors file), and "
+    "download it again if it may be damaged."
+)
+_CKPT_HINT = (
+    "Pass a .ckpt written by training with checkpoint_every (celltx pretrain / finetune "
+    "--checkpoint-every)."
+)
+
+
+def _not_a_checkpoint(path: Path, why: str, hint: str = _WEIGHTS_HINT) -> ValueError:
+    return ValueError(f"{path} is not a valid PyTorch or safetensors checkpoint ({why}). {hint}")
 
 
 def _torch_reason(e: BaseException) -> str:
@@ -109,6 +115,92 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def _torch_load_safely(path: Path, kind: str, advice: str, hint: str = _WEIGHTS_HINT, mmap=False):
+    """``torch.load(weights_only=True)`` of a zip or pickle file, its failures as ValueErrors.
+
+    ``advice``: what to do with a file that holds pickled objects (refused).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise _not_a_checkpoint(
+                path, "its data cannot be read as tensors; it may be damaged", hint
+            ) from None
+        raise ValueError(
+            f"Refused to load {path}: besides tensors it contains pickled objects "
+            f"(e.g. {found.group(1)}), and unpickling them could run code from the "
+            f"file. celltx never unpickles arbitrary objects; {advice}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
+        if kind == "pickle" and not isinstance(e, EOFError | RuntimeError):
+            raise _not_a_checkpoint(path, _torch_reason(e), hint) from None
+        raise ValueError(
+            f"{path} is corrupt or truncated and cannot be read ({_torch_reason(e)}). "
+            "Download or save it again."
+        ) from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a training checkpoint (a Lightning ``.ckpt``) without executing code from the file.
+
+    ``torch.load(..., weights_only=True)`` (memory-mapped for ``torch.save``'s zip format):
+    tensors, numbers, strings and plain containers are rebuilt, nothing else is unpickled,
+    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` or the torch version's default say.
+
+    Parameters
+    ----------
+    path
+        A file written by ``torch.save``, such as the ``step=N.ckpt`` of
+        ``ScGPT.train(checkpoint_every=...)``.
+
+    Returns
+    -------
+    dict
+        The checkpoint's contents.
+
+    Raises
+    ------
+    ValueError
+        When the file is absent, empty, not written by ``torch.save``, corrupt, holds
+        pickled objects other than tensors and plain values (refused: unpickling them could
+        run code from the file), or holds something other than a mapping.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from celltx.io import read_checkpoint
+    >>> path = tempfile.mkdtemp() + "/step=3.ckpt"
+    >>> torch.save({"global_step": 3, "state_dict": {"w": torch.zeros(2)}}, path)
+    >>> read_checkpoint(path)["global_step"]
+    3
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Checkpoint {path} does not exist (or is not a file). {_CKPT_HINT}")
+    kind = _sniff(path)
+    if kind not in ("zip", "pickle"):
+        why = (
+            "the file is empty"
+            if path.stat().st_size == 0
+            else "it is neither a zip archive written by torch.save nor a pickle"
+        )
+        raise _not_a_checkpoint(path, why, _CKPT_HINT)
+    ckpt = _torch_load_safely(
+        path,
+        kind,
+        "resume only from checkpoints that training wrote (checkpoint_every).",
+        _CKPT_HINT,
+        mmap=kind == "zip",
+    )
+    if not isinstance(ckpt, dict):
+        raise ValueError(
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a mapping). {_CKPT_HINT}"
+        )
+    return ckpt
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -154,28 +246,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             )
             raise _not_a_checkpoint(path, why)
         else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-                if found is None:
-                    raise _not_a_checkpoint(
-                        path, "its data cannot be read as tensors; it may be damaged"
-                    ) from None
-                raise ValueError(
-                    f"Refused to load {path}: besides tensors it contains pickled objects "
-                    f"(e.g. {found.group(1)}), and unpickling them could run code from the "
-                    "file. celltx never unpickles arbitrary objects; re-save the weights as "
-                    "a plain state dict (torch.save(model.state_dict(), path)) or as "
-                    ".safetensors."
-                ) from None
-            except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
-                if kind == "pickle" and not isinstance(e, EOFError | RuntimeError):
-                    raise _not_a_checkpoint(path, _torch_reason(e)) from None
-                raise ValueError(
-                    f"{path} is corrupt or truncated and cannot be read ({_torch_reason(e)}). "
-                    "Download or save it again."
-                ) from None
+            sd = _torch_load_safely(
+                path,
+                kind,
+                "re-save the weights as a plain state dict (torch.save(model.state_dict(), "
+                "path)) or as .safetensors.",
+            )
         if (
             isinstance(sd, dict)
             and "model_state_dict" in sd

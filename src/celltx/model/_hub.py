@@ -27,8 +27,13 @@ def _hub_api():
     return HubMetadata, HubModel
 
 
-def check_hub_dir(local_dir: str | os.PathLike, prefix: str = "") -> None:
-    """Refuse a directory that is not a hub directory of a celltx model, naming what is missing."""
+def check_hub_dir(
+    local_dir: str | os.PathLike, prefix: str = "", cls_name: str | None = None
+) -> None:
+    """Refuse a directory that is not a hub directory of a celltx model, naming what is missing.
+
+    ``cls_name``: the model class the metadata must name.
+    """
     d = Path(local_dir)
     if not d.is_dir():
         raise ValueError(f"{d} is not a directory; pass the folder that to_hub wrote (or pulled).")
@@ -50,12 +55,23 @@ def check_hub_dir(local_dir: str | os.PathLike, prefix: str = "") -> None:
         )
     try:
         meta = json.loads((d / HUB_METADATA).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{d / HUB_METADATA} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{d / HUB_METADATA} is not a JSON object (it holds a {type(meta).__name__}): the "
+            "metadata is damaged or was edited. Write the directory again with model.to_hub()."
+        )
     if meta.get("model_parent_module") != "celltx.model":
         raise ValueError(
             f"{d / HUB_METADATA} describes a {meta.get('model_parent_module')}."
             f"{meta.get('model_cls_name')} model, not a celltx model."
+        )
+    if cls_name is not None and meta.get("model_cls_name") != cls_name:
+        raise ValueError(
+            f"{d / HUB_METADATA} names the class model_cls_name="
+            f"{meta.get('model_cls_name')!r}; this directory can only be loaded as a celltx "
+            f"{cls_name}. Write it again with model.to_hub()."
         )
 
 
@@ -201,10 +217,10 @@ class HubMixin:
         --------
         >>> model = celltx.model.ScGPT.from_hub("me/pbmc-scgpt", adata)  # doctest: +SKIP
         """
-        _, HubModel = _hub_api()
         if Path(source).is_dir():
             local = str(source)
         else:
+            _hub_api()  # a clear error without huggingface_hub
             # scvi-tools' HubModel.pull_from_huggingface_hub fetches only a pickled model.pt:
             # download the files of celltx's safe format instead
             import huggingface_hub
@@ -221,10 +237,19 @@ class HubMixin:
                 cache_dir=cache_dir,
                 revision=revision,
             )
-        check_hub_dir(local)
-        hub_model = HubModel(local)
-        hub_model.load_model(adata=adata, accelerator=accelerator, device=device)
-        model = hub_model.model
+        check_hub_dir(local, cls_name=cls.__name__)
+        if adata is None and not any(
+            (Path(local) / name).is_file() for name in ("adata.h5ad", "mdata.h5mu")
+        ):
+            # scvi-tools' HubModel would now download the metadata's training_data_url: a
+            # hub directory is loaded from its own files only
+            raise ValueError(
+                f"{local} holds no stored data (no adata.h5ad / mdata.h5mu; to_hub(..., "
+                "save_anndata=True) stores it): pass the data to load the model on, "
+                "ScGPT.from_hub(source, adata)."
+            )
+        # what HubModel.load_model does with data at hand, without its download fallback
+        model = cls.load(local, adata=adata, accelerator=accelerator, device=device)
         if not isinstance(model, cls):
             raise ValueError(f"{local} holds a {type(model).__name__}, not a {cls.__name__}.")
         return model

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._docs import doc_params
-from ._validation import resolve_device
+from ._validation import registration_undone_on_failure, resolve_device
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -83,6 +83,12 @@ class QueryMixin:
                 f"reference must be a trained {cls.__name__} or a directory saved with "
                 f"model.save(), not {type(reference).__name__}."
             )
+        if not reference.is_trained_:
+            raise ValueError(
+                "The reference model was never trained (its weights are random): a query mapped "
+                "onto it gets random embeddings. Train it first (reference.train(...)), or pass "
+                "a trained or loaded model (ScGPT.load, ScGPT.load_pretrained)."
+            )
         registry = reference.registry_
         method = registry.get("setup_method_name", "setup_anndata")
         setup = dict(registry["setup_args"])
@@ -91,16 +97,20 @@ class QueryMixin:
                 f"The query has no obs column {setup['batch_key']!r}, the reference's batch_key; "
                 "add it (each query batch a category of its own, e.g. adata.obs[key] = 'query')."
             )
-        getattr(cls, method)(adata, source_registry=registry, extend_categories=True, **setup)
-        init = reference.init_params_
-        model = cls(
-            adata,
-            **init["non_kwargs"],
-            **{k: v for g in init["kwargs"].values() for k, v in g.items()},
-        )
+        # a query refused anywhere below leaves the user's AnnData as it was (the setup's own
+        # guard only covers the registration, which succeeds before e.g. the gene check)
+        with registration_undone_on_failure(adata):
+            getattr(cls, method)(adata, source_registry=registry, extend_categories=True, **setup)
+            init = reference.init_params_
+            model = cls(
+                adata,
+                **init["non_kwargs"],
+                **{k: v for g in init["kwargs"].values() for k, v in g.items()},
+            )
+            target = resolve_device(accelerator, device)
         model.module.load_state_dict(_grown_state(reference.module, model.module))
-        model.module.cls_trained.copy_(reference.module.cls_trained)
-        model.module.pert_trained.copy_(reference.module.pert_trained)
+        for flag in ("cls_trained", "pert_trained", "text_trained"):
+            getattr(model.module, flag).copy_(getattr(reference.module, flag))
         model.module.set_objective(**reference.module.objective)
         n_ref = reference.summary_stats.n_batch if setup.get("batch_key") else 0
         model._query_restore = {
@@ -124,7 +134,7 @@ class QueryMixin:
             logger.info(
                 "The reference has no batch-specific parts: the query is embedded as it is."
             )
-        model.to_device(resolve_device(accelerator, device))
+        model.to_device(target)
         return model
 
     @classmethod

@@ -17,7 +17,6 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
-from scvi.train import TrainRunner
 
 from celltx.data import GeneVocab, gene_names, highly_variable, nonzero_medians
 from celltx.module import ATAC_KEY, ScGPTModule
@@ -45,8 +44,10 @@ from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
 from ._training import (
+    SafeTrainRunner,
     TokenBudgetSplitter,
     TrainingMixin,
+    check_resume,
     data_parallel_defaults,
     step_checkpoints,
 )
@@ -134,7 +135,7 @@ class ScGPT(
     _module_cls = ScGPTModule
     _training_plan_cls = PretrainingPlan
     _data_splitter_cls = DataSplitter
-    _train_runner_cls = TrainRunner
+    _train_runner_cls = SafeTrainRunner  # reads checkpoints with weights_only=True
 
     def __init__(
         self,
@@ -237,7 +238,7 @@ class ScGPT(
         if config.gene_selection in ("rank", "hvg") and match is not None:
             # rank-value selection: each gene's non-zero median over the training cells
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            medians = nonzero_medians(x, seed=config.seed)
+            medians = nonzero_medians(x, seed=config.seed, linear=True)
             self.module.set_gene_medians(torch.as_tensor(match.ids), torch.as_tensor(medians))
             if config.gene_selection == "hvg":
                 hvg = highly_variable(x, n_top=config.n_hvg, seed=config.seed)
@@ -470,7 +471,9 @@ class ScGPT(
             celltx save of the model at that step (``step=N/``, loadable with :meth:`load`).
             The latest is kept. Resume an interrupted run with the same arguments plus
             ``ckpt_path="<checkpoint_dir>/step=N.ckpt"`` (read with
-            ``torch.load(weights_only=True)``; nothing is unpickled).
+            :func:`celltx.io.read_checkpoint`, then by Lightning with
+            ``weights_only=True``; nothing is unpickled, a file holding other objects is
+            refused).
         checkpoint_dir
             Directory of the checkpoints of ``checkpoint_every``.
         datamodule
@@ -525,6 +528,8 @@ class ScGPT(
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if trainer_kwargs.get("ckpt_path") is not None:
+            check_resume(trainer_kwargs["ckpt_path"])  # nothing unpickled, clear errors
         if task == "cell_text" or (loss_weights or {}).get("text", 0) > 0:
             if not len(self.module.label_text):
                 self.set_label_texts()  # each label's Cell Ontology text, then the head
@@ -668,4 +673,6 @@ class ScGPT(
             m.cls_trained.fill_(True)
         if m.weight("pert") > 0:
             m.pert_trained.fill_(True)
+        if m.weight("text") > 0:
+            m.text_trained.fill_(True)
         return out

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
+from scvi.train import Trainer, TrainRunner
 
 from celltx.data import (
     ShuffledTokenBudgetSampler,
@@ -16,6 +17,7 @@ from celltx.data import (
     first_item,
     token_budget_batches,
 )
+from celltx.io import read_checkpoint
 from celltx.module import PARTS, TASKS
 from celltx.train import StepCheckpoint
 
@@ -40,6 +42,52 @@ def data_parallel_defaults(trainer_kwargs: dict) -> None:
         trainer_kwargs["strategy"] = _DDP_FIND_UNUSED[strategy]
     if isinstance(trainer_kwargs.get("strategy"), str) and "ddp" in trainer_kwargs["strategy"]:
         trainer_kwargs.setdefault("inference_mode", False)
+
+
+#: ckpt_path values Lightning resolves itself (to checkpoints of this run's callbacks)
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_resume(ckpt_path) -> None:
+    """Read ``ckpt_path`` safely before Lightning does: clear errors, nothing unpickled.
+
+    A file holding pickled objects other than tensors and plain values is refused (celltx's
+    :func:`~celltx.io.read_checkpoint`); so are absent, empty and damaged files and files
+    that are no Lightning checkpoint. Lightning's own read then runs with
+    ``weights_only=True`` as well (:class:`SafeTrainer`).
+    """
+    if isinstance(ckpt_path, str) and ckpt_path in _LIGHTNING_CKPT_NAMES:
+        return
+    if not isinstance(ckpt_path, str | os.PathLike):
+        raise ValueError(
+            f"ckpt_path={ckpt_path!r} must be the path of a .ckpt (of checkpoint_every)."
+        )
+    ckpt = read_checkpoint(ckpt_path)
+    missing = [k for k in ("state_dict", "loops") if k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"{ckpt_path} is not a Lightning checkpoint (no {missing}); resume from a .ckpt "
+            "that training with checkpoint_every wrote. To start from a model's weights "
+            "instead, load it (ScGPT.load, ScGPT.load_pretrained) and train it."
+        )
+
+
+class SafeTrainer(Trainer):
+    """scvi-tools' :class:`~scvi.train.Trainer` that resumes with ``weights_only=True``.
+
+    Explicit, so that neither torch's default nor ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` makes
+    Lightning unpickle a checkpoint.
+    """
+
+    def fit(self, *args, **kwargs):
+        kwargs["weights_only"] = True
+        return super().fit(*args, **kwargs)
+
+
+class SafeTrainRunner(TrainRunner):
+    """scvi-tools' :class:`~scvi.train.TrainRunner` with :class:`SafeTrainer`."""
+
+    _trainer_cls = SafeTrainer
 
 
 def step_checkpoints(trainer_kwargs: dict, every: int, directory) -> dict:

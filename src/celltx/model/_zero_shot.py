@@ -36,6 +36,22 @@ def _check_candidates(candidates) -> tuple[list[str], list[str] | None]:
     return names, texts
 
 
+def _check_overrides(overrides, names: list[str], what: str) -> None:
+    """Refuse an ``overrides`` key that is none of ``names`` (a typo would be ignored)."""
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        raise ValueError(
+            f"overrides must be a {{{what}: CL id or text}} dict, not {type(overrides).__name__}."
+        )
+    unknown = [k for k in overrides if k not in set(names)]
+    if unknown:
+        raise ValueError(
+            f"overrides names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not "
+            f"among the {what}s {names}; each key must be one of them exactly."
+        )
+
+
 class ZeroShotMixin:
     """Cell–text alignment (``train(task="cell_text")``) and zero-shot annotation."""
 
@@ -97,6 +113,7 @@ class ZeroShotMixin:
         from celltx.text import cell_type_texts
 
         labels = [str(c) for c in self._label_state().categorical_mapping]
+        _check_overrides(overrides, labels, "registered label")
         enc = self._text_encoder()
         table = cell_type_texts(labels, self._ontology(ontology), overrides, encoder=enc)
         emb = torch.as_tensor(enc.encode(table.loc[labels, "text"].tolist()))
@@ -110,6 +127,12 @@ class ZeroShotMixin:
         from celltx.text import cell_type_texts
 
         names, texts = _check_candidates(candidates)
+        _check_overrides(overrides, names, "candidate")
+        if texts is not None and overrides:
+            raise ValueError(
+                "overrides correct the ontology match of candidate names; candidates given as "
+                "a {name: text} dict already have their texts: change the texts instead."
+            )
         if texts is not None:
             return pd.DataFrame(
                 {"text": texts, "term_id": "", "term_label": "", "how": "given", "score": np.nan},
@@ -124,6 +147,12 @@ class ZeroShotMixin:
             raise ValueError(
                 "This model has no cell–text head: set up labels (labels_key), then "
                 "model.train(task='cell_text', ...) before zero-shot annotation."
+            )
+        if not bool(self.module.text_trained):
+            raise ValueError(
+                "The cell–text head of this model was never trained (set_label_texts builds it "
+                "randomly initialised): its answers would be random. Train it first: "
+                "model.train(task='cell_text', max_epochs=...)."
             )
 
     @torch.inference_mode()

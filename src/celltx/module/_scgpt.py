@@ -204,6 +204,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # weights of models that use it; 1 = rank by the expression itself)
         ranked = config.gene_selection in ("rank", "hvg")
         self.register_buffer("gene_medians", torch.ones(n_tokens), persistent=ranked)
+        # whether the medians are of depth-normalised linear values and cells are ranked on
+        # that scale (counts and log values of the same cells: the same tokens); saves from
+        # before this flag keep their medians of the values as they were
+        self.register_buffer("rank_linear", torch.ones((), dtype=torch.bool), persistent=ranked)
         # HVG-aware selection: 1 for each vocabulary gene that is highly variable over the
         # training cells (saved with the weights of models that use it)
         self.register_buffer(
@@ -214,6 +218,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.register_buffer("cell_offset", torch.zeros(config.d_model))
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("text_trained", torch.zeros((), dtype=torch.bool))
         # multiome models align the modalities from the start (the generative task's preset)
         self.set_objective(
             gep=config.gep_weight, mvc=config.mvc_weight, align=1.0 if self.multimodal else 0.0
@@ -224,6 +229,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # count as trained, as they were treated then
         for name in ("cls_trained", "pert_trained"):
             state_dict.setdefault(prefix + name, torch.ones((), dtype=torch.bool))
+        # a saved cell–text head from before its flag counts as trained as well
+        has_text = any(k.startswith(prefix + "text_head.") for k in state_dict)
+        state_dict.setdefault(prefix + "text_trained", torch.tensor(has_text))
         state_dict.setdefault(prefix + "cell_offset", torch.zeros_like(self.cell_offset))
         # label texts: saved by models with a cell–text head (one row per label)
         text = state_dict.setdefault(prefix + "label_text", self.label_text.clone())
@@ -231,7 +239,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             self.label_text = torch.zeros_like(text, device=self.label_text.device)
         if self.config.gene_selection in ("rank", "hvg"):
             # a checkpoint without medians / HVGs (a published scGPT one) keeps the data's
+            if prefix + "gene_medians" in state_dict:
+                state_dict.setdefault(prefix + "rank_linear", torch.zeros((), dtype=torch.bool))
             state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
+            state_dict.setdefault(prefix + "rank_linear", self.rank_linear.clone())
         if self.config.gene_selection == "hvg":
             state_dict.setdefault(prefix + "gene_hvg", self.gene_hvg.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -374,6 +385,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             return
         dev = self.cell_offset.device
         self.text_head = CellTextHead(self.config.d_model, int(d_text)).to(dev)
+        self.text_trained.fill_(False)  # a new head is random until cell–text training
         self.config = replace(self.config, text_dim=int(d_text))
         self.label_text = torch.zeros(0, int(d_text), device=dev)
 
@@ -461,6 +473,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 "scale": self.rank_scale(),
                 "priority": self.hvg_priority() if c.gene_selection == "hvg" else None,
                 "random_fraction": c.random_token_fraction if sample == "random" else 0.0,
+                "linear": bool(self.rank_linear),
             }
             sample = "rank"
         if "atac" not in self.modalities:

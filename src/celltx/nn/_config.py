@@ -40,7 +40,8 @@ class ScGPTConfig:
         genes and ``seed`` at inference), ``"rank"`` (rank-value selection as Geneformer /
         LangCell: the genes with the highest expression relative to the gene's non-zero
         median over the training cells, the same in training and inference; the medians are
-        stored with the model) or ``"hvg"`` (HVG-aware rank-value selection: a cell's
+        stored with the model, and both they and the ranking are on a depth-normalised
+        linear scale, so counts and log-normalised values of a cell give the same tokens) or ``"hvg"`` (HVG-aware rank-value selection: a cell's
         expressed highly variable genes first — ``n_hvg`` genes chosen over the training
         cells by :func:`celltx.data.highly_variable`, stored with the model — then its other
         genes, each group in rank order).
