@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from ._gene_ids import ENSEMBL_SYMBOLS, ensembl_to_symbol
 from ._vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class GeneMatch:
 def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
     """Gene names of ``adata``: ``var_names`` or the ``var[gene_symbols]`` column.
 
+    ``gene_symbols="@ensembl"`` (:data:`ENSEMBL_SYMBOLS`; unless ``var`` has a column of
+    that name) maps Ensembl gene IDs in ``var_names`` to symbols with the packaged table of
+    :func:`ensembl_to_symbol`; IDs not in it get no name (they match no token).
+
     Duplicate ``var_names`` are an error (they make columns ambiguous). Duplicate or
     missing symbols in a ``gene_symbols`` column are allowed (several Ensembl IDs can share
     a symbol): such entries are returned as empty strings after the first occurrence, so
@@ -64,23 +69,37 @@ def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
                 "gene_symbols= naming a var column with unique symbols."
             )
         return names
+    if gene_symbols == ENSEMBL_SYMBOLS and gene_symbols not in adata.var.columns:
+        symbols = ensembl_to_symbol(adata.var_names)
+        if symbols.isna().all():
+            raise ValueError(
+                f"gene_symbols={ENSEMBL_SYMBOLS!r} maps Ensembl gene IDs (e.g. ENSG00000141510) "
+                "in adata.var_names to symbols, but none of them is a known human Ensembl "
+                f"gene ID (e.g. {list(adata.var_names[:3])}); pass the var column with "
+                "symbols, or gene_symbols=None when var_names are symbols already."
+            )
+        col = pd.Series(symbols.to_numpy(), index=adata.var_names, dtype=object)
+        return _unique_symbols(col, "the Ensembl table")
     if gene_symbols not in adata.var.columns:
         raise ValueError(
             f"gene_symbols={gene_symbols!r} is not a column of adata.var "
             f"(columns: {list(adata.var.columns)[:20]}). Pass an existing column or "
             "gene_symbols=None to use adata.var_names."
         )
-    col = adata.var[gene_symbols]
+    return _unique_symbols(adata.var[gene_symbols], f"var[{gene_symbols!r}]")
+
+
+def _unique_symbols(col: pd.Series, where: str) -> pd.Index:
+    """Symbols as a gene-name index: missing and repeated ones (after the first) empty."""
     missing = col.isna().to_numpy()
     names = pd.Series(col.astype(str).to_numpy(), dtype=object)
     names[missing] = ""
     dup = names.duplicated(keep="first").to_numpy() & ~missing
     if dup.any():
         logger.warning(
-            "%d genes share a symbol in var[%r] with an earlier gene; only the first of each "
-            "is used.",
+            "%d genes share a symbol in %s with an earlier gene; only the first of each is used.",
             int(dup.sum()),
-            gene_symbols,
+            where,
         )
         names[dup] = ""
     return pd.Index(names.to_numpy())
