@@ -36,7 +36,7 @@ def peak_idf(x) -> np.ndarray:
     >>> import numpy as np
     >>> from celltx.data import peak_idf
     >>> x = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 2], [0, 0, 0]])
-    >>> peak_idf(x).round(3).tolist()  # 3 cells with ATAC; peaks open in 3, 1 and 1 of them
+    >>> [round(float(v), 3) for v in peak_idf(x)]  # 3 cells with ATAC; peaks open in 3, 1, 1
     [0.56, 0.916, 0.916]
     """
     X = _csr(x)
