@@ -243,3 +243,27 @@ def test_peak_panel_accessible_and_variable():
         peak_panel(a, by="popular")
     with pytest.raises(ValueError, match="n_top"):
         peak_panel(a, n_top=0)
+
+
+@pytest.mark.slow
+def test_multivi_foscttm_on_a_mosaic_counts_only_paired_cells():
+    mosaic = celltx.datasets.simulate_multiome(
+        n_cells=150, n_genes=60, n_peaks=120, mosaic=True, seed=3
+    )
+    table, emb = celltx.bench.multiome(
+        mosaic,
+        "cell_type",
+        methods=("multivi",),
+        multivi_kwargs={"max_epochs": 2, "accelerator": "cpu"},
+        return_embeddings=True,
+    )
+    paired = (mosaic.obs["modality"] == "paired").to_numpy()
+    # the RNA latent covers the cells with RNA only; FOSCTTM over the paired cells
+    assert (
+        np.isfinite(emb["multivi_rna"]).all(1).tolist()
+        == (mosaic.obs["modality"] != "atac").tolist()
+    )
+    both = np.isfinite(emb["multivi_rna"]).all(1) & np.isfinite(emb["multivi_atac"]).all(1)
+    assert both.tolist() == paired.tolist()
+    expected = foscttm(emb["multivi_rna"][paired], emb["multivi_atac"][paired])
+    assert table.loc["multivi", "foscttm"] == pytest.approx(expected)

@@ -305,13 +305,20 @@ def _atac_lsi(mdata: MuData, atac_mod: str, layer: str | None, seed: int) -> np.
 
 
 def _multivi_run(mdata: MuData, **kwargs) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-    """MULTIVI's joint latent, its per-modality latents (for FOSCTTM) and the epochs trained."""
+    """MULTIVI's joint latent, its per-modality latents (for FOSCTTM) and the epochs trained.
+
+    A per-modality latent is NaN for the cells not measured in that modality (MULTIVI
+    would encode their all-zero padding).
+    """
     model = _train_multivi(mdata, **kwargs)
     joint = np.asarray(model.get_latent_representation(), dtype=np.float32)
-    per_mod = {
-        mod: np.asarray(model.get_latent_representation(modality=m), dtype=np.float32)
-        for mod, m in (("rna", "expression"), ("atac", "accessibility"))
-    }
+    presence = modality_presence(mdata)
+    per_mod = {}
+    for key, m in (("rna", "expression"), ("atac", "accessibility")):
+        mod = kwargs.get(f"{key}_mod", key)
+        z = np.asarray(model.get_latent_representation(modality=m), dtype=np.float32)
+        z[~presence[mod].to_numpy()] = np.nan
+        per_mod[key] = z
     history = getattr(model, "history", None) or {}
     elbo = history.get("elbo_train")
     epochs = int(len(elbo)) if elbo is not None else -1
