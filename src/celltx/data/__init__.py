@@ -12,7 +12,6 @@ from ._batching import (
     token_budget_batches,
 )
 from ._datasets import pbmc68k
-from ._gene_ids import ENSEMBL_SYMBOLS, ensembl_to_symbol
 from ._genes import (
     GeneMatch,
     check_expression,
@@ -77,8 +76,6 @@ __all__ = [
     "check_expression",
     "nonzero_medians",
     "peak_idf",
-    "ensembl_to_symbol",
-    "ENSEMBL_SYMBOLS",
     "peak_panel",
     "highly_variable",
     "is_counts",

@@ -10,7 +10,6 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from ._gene_ids import ENSEMBL_SYMBOLS, ensembl_to_symbol
 from ._vocab import GeneVocab
 
 logger = logging.getLogger(__name__)
@@ -50,10 +49,6 @@ class GeneMatch:
 def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
     """Gene names of ``adata``: ``var_names`` or the ``var[gene_symbols]`` column.
 
-    ``gene_symbols="@ensembl"`` (:data:`ENSEMBL_SYMBOLS`; unless ``var`` has a column of
-    that name) maps Ensembl gene IDs in ``var_names`` to symbols with the packaged table of
-    :func:`ensembl_to_symbol`; IDs not in it get no name (they match no token).
-
     Duplicate ``var_names`` are an error (they make columns ambiguous). Duplicate or
     missing symbols in a ``gene_symbols`` column are allowed (several Ensembl IDs can share
     a symbol): such entries are returned as empty strings after the first occurrence, so
@@ -69,37 +64,23 @@ def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
                 "gene_symbols= naming a var column with unique symbols."
             )
         return names
-    if gene_symbols == ENSEMBL_SYMBOLS and gene_symbols not in adata.var.columns:
-        symbols = ensembl_to_symbol(adata.var_names)
-        if symbols.isna().all():
-            raise ValueError(
-                f"gene_symbols={ENSEMBL_SYMBOLS!r} maps Ensembl gene IDs (e.g. ENSG00000141510) "
-                "in adata.var_names to symbols, but none of them is a known human Ensembl "
-                f"gene ID (e.g. {list(adata.var_names[:3])}); pass the var column with "
-                "symbols, or gene_symbols=None when var_names are symbols already."
-            )
-        col = pd.Series(symbols.to_numpy(), index=adata.var_names, dtype=object)
-        return _unique_symbols(col, "the Ensembl table")
     if gene_symbols not in adata.var.columns:
         raise ValueError(
             f"gene_symbols={gene_symbols!r} is not a column of adata.var "
             f"(columns: {list(adata.var.columns)[:20]}). Pass an existing column or "
             "gene_symbols=None to use adata.var_names."
         )
-    return _unique_symbols(adata.var[gene_symbols], f"var[{gene_symbols!r}]")
-
-
-def _unique_symbols(col: pd.Series, where: str) -> pd.Index:
-    """Symbols as a gene-name index: missing and repeated ones (after the first) empty."""
+    col = adata.var[gene_symbols]
     missing = col.isna().to_numpy()
     names = pd.Series(col.astype(str).to_numpy(), dtype=object)
     names[missing] = ""
     dup = names.duplicated(keep="first").to_numpy() & ~missing
     if dup.any():
         logger.warning(
-            "%d genes share a symbol in %s with an earlier gene; only the first of each is used.",
+            "%d genes share a symbol in var[%r] with an earlier gene; only the first of each "
+            "is used.",
             int(dup.sum()),
-            where,
+            gene_symbols,
         )
         names[dup] = ""
     return pd.Index(names.to_numpy())
@@ -196,12 +177,50 @@ def check_expression(x, what: str = "adata.X") -> None:
             )
 
 
-def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
+#: depth each row of counts is scaled to by ``nonzero_medians(..., linear=True)``
+LINEAR_TARGET = 1e4
+
+
+def _linear_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Rows of counts or log1p-normalised values on one linear, depth-normalised scale.
+
+    A row of whole numbers (counts) is scaled to sum to 10,000; any other row is taken as
+    ``log1p`` of normalised values and ``expm1``-transformed. The same cells as counts or
+    as ``log1p(normalize_total(counts))`` then differ by one factor per cell, which leaves
+    each cell's order of ``value / gene median`` (rank-value selection) unchanged.
+    """
+    m = sparse.csr_matrix(m, dtype=np.float64, copy=True)
+    lengths = np.diff(m.indptr)
+    row = np.repeat(np.arange(m.shape[0]), lengths)
+    frac = np.mod(m.data, 1) != 0
+    logged = np.zeros(m.shape[0], dtype=bool)
+    np.logical_or.at(logged, row[frac], True)
+    on = logged[row]
+    m.data[on] = np.expm1(m.data[on])
+    sums = np.asarray(m.sum(1)).ravel()
+    factor = np.where(~logged & (sums > 0), LINEAR_TARGET / np.where(sums > 0, sums, 1), 1.0)
+    m.data *= factor[row]
+    return m
+
+
+def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0, linear: bool = False) -> np.ndarray:
     """Each column's median over its non-zero values (1 where a column is never non-zero).
 
     The per-gene normaliser of rank-value gene selection (Geneformer's non-zero median).
     At most ``max_cells`` rows are read (a reproducible random subset, in order, so backed
     data is read in row order); dense, sparse or backed matrices.
+
+    Parameters
+    ----------
+    x
+        Cells × genes.
+    max_cells, seed
+        The rows read.
+    linear
+        Medians of depth-normalised linear values instead of the values as they are: rows
+        of counts scaled to 10,000 per cell, other rows (``log1p`` values) ``expm1``-ed
+        (see ``_linear_rows``). What rank-value selection uses, so that the same cells as
+        counts or as log values give the same tokens.
 
     Examples
     --------
@@ -210,7 +229,10 @@ def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
     >>> nonzero_medians(np.array([[0.0, 2.0, 0.0], [4.0, 6.0, 0.0], [2.0, 0.0, 0.0]])).tolist()
     [3.0, 4.0, 1.0]
     """
-    m = _sampled_rows(x, max_cells, seed).tocsc()
+    m = _sampled_rows(x, max_cells, seed)
+    if linear:
+        m = _linear_rows(m)
+    m = m.tocsc()
     out = np.ones(m.shape[1])
     for j in range(m.shape[1]):  # one pass over the stored values of each gene
         v = m.data[m.indptr[j] : m.indptr[j + 1]]

@@ -32,9 +32,7 @@ PARAMS = {
     Column with cell-type labels (NaN = unlabelled).""",
     "gene_symbols": """gene_symbols
     ``var`` column (of the RNA modality) with gene symbols, when ``var_names`` are not the
-    names the vocabulary uses (e.g. Ensembl IDs); ``"@ensembl"`` maps human Ensembl gene
-    IDs in ``var_names`` to symbols with the packaged GENCODE 38 table
-    (:func:`celltx.data.ensembl_to_symbol`), offline.""",
+    names the vocabulary uses (e.g. Ensembl IDs).""",
 }
 
 _MARK = re.compile(r"^(?P<indent>[ \t]*)%\((?P<name>\w+)\)s[ \t]*$", re.MULTILINE)
