@@ -18,8 +18,15 @@ from ._integration import (
     pca_embedding,
     scvi_embedding,
 )
-from ._multiome._baselines import MULTIOME_BASELINES, atac_lsi_embedding, multivi_embedding
-from ._multiome._celltx import celltx_multiome_embeddings
+from ._multiome._baselines import (
+    MULTIOME_BASELINES,
+    MULTIOME_METHODS,
+    atac_lsi_embedding,
+    multivi_embedding,
+    wnn_graph,
+)
+from ._multiome._celltx import MULTIOME_CELLTX_DEFAULTS, celltx_multiome_embeddings
+from ._multiome._metrics import foscttm
 from ._multiome._runner import multiome
 from ._network import NETWORK_CELLTX_DEFAULTS, NETWORK_METHODS, gene_network
 from ._perturbation._baselines import (
@@ -69,7 +76,11 @@ __all__ += [
     "multivi_embedding",
     "atac_lsi_embedding",
     "MULTIOME_BASELINES",
+    "MULTIOME_METHODS",
+    "MULTIOME_CELLTX_DEFAULTS",
     "celltx_multiome_embeddings",
+    "foscttm",
+    "wnn_graph",
 ]
 __all__ += [
     "perturbation",

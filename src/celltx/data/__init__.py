@@ -23,6 +23,7 @@ from ._genes import (
 )
 from ._memory import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
+from ._peaks import peak_idf, peak_panel
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._tokenizer import (
     MOD_ATAC,
@@ -74,6 +75,8 @@ __all__ = [
     "gene_names",
     "check_expression",
     "nonzero_medians",
+    "peak_idf",
+    "peak_panel",
     "highly_variable",
     "is_counts",
     "quantile_edges",

@@ -109,6 +109,26 @@ def _standardize(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
+class _Standardizer:
+    """``_standardize(x @ w)`` column by column for any block of rows of ``x``.
+
+    The columns' mean and standard deviation over all rows of ``x`` come from the mean and
+    (population) covariance of ``x``, so ``x @ w`` never has to be held whole.
+    """
+
+    def __init__(self, x: np.ndarray, w: np.ndarray):
+        self.w = w
+        mean = x.mean(axis=0)
+        cov = np.cov(x, rowvar=False, bias=True).reshape(x.shape[1], x.shape[1])
+        self.mean = mean @ w
+        var = np.maximum((w * (cov @ w)).sum(axis=0), 0.0)
+        sd = np.sqrt(var)
+        self.sd = np.where(sd > 1e-12 * (1.0 + np.abs(self.mean)), sd, 1.0)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return (rows @ self.w - self.mean) / self.sd
+
+
 def simulate_multiome(
     n_cells: int = 600,
     n_genes: int = 200,
@@ -293,23 +313,41 @@ def simulate_multiome(
     standardized = _standardize(program)
     n_unlinked = int((~linked).sum())
     zu = np.concatenate([z, u], axis=1)
-    unlinked_prog = _standardize(zu @ rng.normal(size=(zu.shape[1], n_unlinked)))
-    driver = np.empty((n_cells, n_peaks))
-    driver[:, ~linked] = unlinked_prog
-    gene_part = standardized[:, peak_gene[linked]]
+    # the peaks' programs are built a block of cells at a time (50,000 peaks × thousands of
+    # cells do not fit dense in memory): column standardisation from the exact mean and
+    # covariance of the latent states, Poisson draws row by row (the same random stream as
+    # one draw over the whole matrix)
+    unlinked_dir = rng.normal(size=(zu.shape[1], n_unlinked))
+    unlinked_std = _Standardizer(zu, unlinked_dir)
+    gene_cols = peak_gene[linked]
+    own_std = None
     if n_latent_atac and atac_specific > 0:
-        own = _standardize(u @ rng.normal(size=(n_latent_atac, int(linked.sum()))))
-        driver[:, linked] = np.sqrt(1 - atac_specific) * gene_part + np.sqrt(atac_specific) * own
-    else:
-        driver[:, linked] = gene_part
+        own_std = _Standardizer(u, rng.normal(size=(n_latent_atac, int(linked.sum()))))
     slope = rng.uniform(0.7, 1.3, size=n_peaks) * link_strength
     offset = rng.normal(-1.0, 0.5, size=n_peaks)
-    logit = offset[None, :] + slope[None, :] * driver
+    peak_batch = None
     if n_batches > 1:
         peak_batch = rng.normal(0.0, batch_effect, size=(n_batches, n_peaks))
-        logit = logit + peak_batch[batches]
     depth = rng.lognormal(0.0, 0.35, size=n_cells) * atac_depth
-    atac_counts = rng.poisson(depth[:, None] / (1.0 + np.exp(-logit)))
+    step = max(1, 4_000_000 // max(n_peaks, 1))
+    blocks = []
+    for s0 in range(0, n_cells, step):
+        rows = slice(s0, min(n_cells, s0 + step))
+        driver = np.empty((rows.stop - rows.start, n_peaks))
+        driver[:, ~linked] = unlinked_std(zu[rows])
+        gene_part = standardized[rows][:, gene_cols]
+        if own_std is not None:
+            driver[:, linked] = np.sqrt(1 - atac_specific) * gene_part + np.sqrt(
+                atac_specific
+            ) * own_std(u[rows])
+        else:
+            driver[:, linked] = gene_part
+        logit = offset[None, :] + slope[None, :] * driver
+        if peak_batch is not None:
+            logit = logit + peak_batch[batches[rows]]
+        counts = rng.poisson(depth[rows, None] / (1.0 + np.exp(-logit)))
+        blocks.append(sparse.csr_matrix(counts.astype(np.float32)))
+    atac_csr = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, n_peaks))
 
     # ---- names and coordinates -------------------------------------------------------
     width = len(str(n_cells - 1))
@@ -385,7 +423,6 @@ def simulate_multiome(
         has_atac = group != 1
 
     rna_csr = sparse.csr_matrix(rna_counts.astype(np.float32))
-    atac_csr = sparse.csr_matrix(atac_counts.astype(np.float32))
     rna = AnnData(X=rna_csr[has_rna], obs=obs.loc[has_rna].copy(), var=rna_var)
     atac = AnnData(X=atac_csr[has_atac], obs=obs.loc[has_atac].copy(), var=atac_var)
     with mudata.set_options(pull_on_update=False), warnings.catch_warnings():

@@ -18,7 +18,7 @@ from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from celltx.data import GeneVocab, gene_names, highly_variable, nonzero_medians
+from celltx.data import GeneVocab, gene_names, highly_variable, nonzero_medians, peak_idf
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import ContrastivePlan, PretrainingPlan
@@ -243,6 +243,10 @@ class ScGPT(
             if config.gene_selection == "hvg":
                 hvg = highly_variable(x, n_top=config.n_hvg, seed=config.seed)
                 self.module.set_gene_hvg(torch.as_tensor(match.ids), hvg)
+        if config.peak_selection == "idf" and atac_ids is not None:
+            # TF-IDF peak selection: each peak's IDF over the training cells with ATAC
+            idf = peak_idf(self.adata_manager.get_from_registry(ATAC_KEY))
+            self.module.set_peak_idf(torch.as_tensor(atac_ids), torch.as_tensor(idf))
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))

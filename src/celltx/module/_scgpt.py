@@ -208,6 +208,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # that scale (counts and log values of the same cells: the same tokens); saves from
         # before this flag keep their medians of the values as they were
         self.register_buffer("rank_linear", torch.ones((), dtype=torch.bool), persistent=ranked)
+        # TF-IDF peak selection: each vocabulary peak's IDF over the training cells (saved
+        # with the weights of models that use it)
+        self.register_buffer(
+            "peak_idf", torch.ones(n_tokens), persistent=config.peak_selection == "idf"
+        )
         # HVG-aware selection: 1 for each vocabulary gene that is highly variable over the
         # training cells (saved with the weights of models that use it)
         self.register_buffer(
@@ -245,6 +250,8 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             state_dict.setdefault(prefix + "rank_linear", self.rank_linear.clone())
         if self.config.gene_selection == "hvg":
             state_dict.setdefault(prefix + "gene_hvg", self.gene_hvg.clone())
+        if self.config.peak_selection == "idf":
+            state_dict.setdefault(prefix + "peak_idf", self.peak_idf.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- objective ----------------------------------------------------------------------
@@ -422,6 +429,18 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         keep = (ids >= 0) & (med > 0) & torch.isfinite(med)
         self.gene_medians[ids[keep]] = med[keep]
 
+    def set_peak_idf(self, ids: torch.Tensor, idf: torch.Tensor) -> None:
+        """Store the IDF of the peaks ``ids`` (TF-IDF peak selection)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.peak_idf.device)
+        val = torch.as_tensor(idf, dtype=torch.float32, device=self.peak_idf.device)
+        keep = (ids >= 0) & torch.isfinite(val)
+        self.peak_idf[ids[keep]] = val[keep]
+
+    def peak_scale(self) -> torch.Tensor:
+        """Per ATAC panel column: the peak's IDF (0 outside the vocabulary)."""
+        ids = self.panel_atac_ids
+        return torch.where(ids >= 0, self.peak_idf[ids.clamp(min=0)], 0.0)
+
     def set_gene_hvg(self, ids: torch.Tensor, mask) -> None:
         """Mark the genes ``ids`` whose ``mask`` is true as highly variable (the others not)."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_hvg.device)
@@ -483,7 +502,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         if x_atac is None:
             raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
         xa = self.atac_input(x_atac)
-        atac = self.atac_tokenizer(xa, self.panel_atac_ids, sample=sample)
+        peak_sample, peak_rank = sample, {}
+        if c.peak_selection == "idf" and sample in ("random", "hash", "rank"):
+            # TF-IDF rank: a cell's rarest open peaks first (reproducible, as gene ranks)
+            peak_sample, peak_rank = "rank", {"scale": self.peak_scale()}
+        atac = self.atac_tokenizer(xa, self.panel_atac_ids, sample=peak_sample, **peak_rank)
         has_atac = (xa[:, self.panel_atac_ids >= 0] > 0).any(1)
         rna = has_rna = None
         if "rna" in self.modalities:

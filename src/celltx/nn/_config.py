@@ -90,9 +90,16 @@ class ScGPTConfig:
         needs batches), so that generation accounts for batch and the cell embedding need
         not.
     max_peaks
-        ATAC tokens per cell. Cells with more open peaks are subsampled like genes. The RNA
-        budget is ``max_seq_len - 1``, so a multiome cell has at most
-        ``max_seq_len + max_peaks`` tokens.
+        ATAC tokens per cell. Cells with more open peaks are subsampled as
+        ``peak_selection`` says. The RNA budget is ``max_seq_len - 1``, so a multiome cell
+        has at most ``max_seq_len + max_peaks`` tokens.
+    peak_selection
+        Which open peaks fill a cell's open-peak tokens when it has more: ``"random"`` (at
+        random while training, by a hash of the cell at inference) or ``"idf"`` (TF-IDF
+        rank: the open peaks that are rarest across the training cells first, i.e. the
+        highest ``value × IDF`` with ``IDF = log(1 + n / (1 + n_open))``
+        (:func:`celltx.data.peak_idf`), the same in training and inference; the IDF is
+        stored with the model). Closed-peak tokens are drawn as with ``"random"``.
     atac_zero_fraction
         Fraction of ``max_peaks`` given to closed peaks (value 0), so that generation learns
         which peaks are open.
@@ -145,6 +152,7 @@ class ScGPTConfig:
     dab: bool = False
     batch_token: bool = False
     max_peaks: int = 1000
+    peak_selection: str = "random"
     atac_zero_fraction: float = 0.5
     atac_values: str = "binary"
     text_encoder: str = "all-MiniLM-L6-v2"
@@ -236,6 +244,7 @@ def _validate(c: ScGPTConfig) -> None:
         ("activation", ("relu", "gelu")),
         ("atac_values", ("binary", "binned")),
         ("gene_selection", ("random", "rank", "hvg")),
+        ("peak_selection", ("random", "idf")),
     ):
         if getattr(c, name) not in ok:
             raise ValueError(f"{name}={getattr(c, name)!r}; use one of {list(ok)}.")

@@ -20,6 +20,10 @@ from ._mudata import _get_mod, _positions, _scatter_rows
 MULTIOME_BASELINES = ("rna_pca", "atac_lsi", "multivi")
 """Baselines of :func:`multiome`: RNA PCA, ATAC LSI and scvi-tools' MULTIVI."""
 
+MULTIOME_METHODS = ("celltx", "rna_pca", "atac_lsi", "wnn", "multivi")
+"""Methods of :func:`multiome` (``methods=``): celltx trained with
+:data:`MULTIOME_CELLTX_DEFAULTS`, RNA PCA, ATAC LSI, muon's WNN graph and MULTIVI."""
+
 
 def atac_lsi_embedding(
     adata: AnnData,
@@ -160,7 +164,9 @@ def multivi_embedding(
     model_kwargs
         Further arguments of ``scvi.model.MULTIVI`` (``n_hidden``, ``gene_likelihood``, …).
     **kwargs
-        Arguments of ``MULTIVI.train`` (``accelerator``, ``batch_size``, ``lr``, …).
+        Arguments of ``MULTIVI.train`` (``accelerator``, ``batch_size``, ``lr``, …), and
+        ``max_seconds``: a wall-clock budget of training (Lightning's ``max_time``; the
+        epoch under way when it runs out is finished).
 
     Returns
     -------
@@ -180,6 +186,41 @@ def multivi_embedding(
     >>> z = celltx.bench.multivi_embedding(mdata, max_epochs=2, accelerator="cpu")  # doctest: +SKIP
     >>> z.shape[0]  # doctest: +SKIP
     200
+    """
+    model = _train_multivi(
+        mdata,
+        rna_layer,
+        atac_layer,
+        batch_key,
+        max_epochs,
+        n_latent,
+        seed,
+        rna_mod,
+        atac_mod,
+        model_kwargs,
+        **kwargs,
+    )
+    return np.asarray(model.get_latent_representation(), dtype=np.float32)
+
+
+def _train_multivi(
+    mdata: MuData,
+    rna_layer: str | None = None,
+    atac_layer: str | None = None,
+    batch_key: str | None = None,
+    max_epochs: int | None = None,
+    n_latent: int | None = None,
+    seed: int = 0,
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    model_kwargs: Mapping | None = None,
+    max_seconds: float | None = None,
+    **kwargs,
+):
+    """MULTIVI trained on a padded copy of ``mdata`` (see :func:`multivi_embedding`).
+
+    ``max_seconds``: a wall-clock budget of training (Lightning's ``max_time``; training
+    stops after the epoch in which it runs out).
     """
     import mudata
     import scvi
@@ -228,6 +269,10 @@ def multivi_embedding(
         ),
     }
     kwargs.setdefault("enable_progress_bar", False)
+    if max_seconds is not None:
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0; got {max_seconds!r}.")
+        kwargs["max_time"] = {"seconds": float(max_seconds)}
     if max_epochs is not None:
         kwargs["max_epochs"] = int(max_epochs)
     with mudata.set_options(pull_on_update=False), warnings.catch_warnings():
@@ -240,7 +285,7 @@ def multivi_embedding(
         )
         model = scvi.model.MULTIVI(joint, n_latent=n_latent, **dict(model_kwargs or {}))
         model.train(**kwargs)
-        return np.asarray(model.get_latent_representation(), dtype=np.float32)
+        return model
 
 
 def _rna_pca(
@@ -257,3 +302,116 @@ def _atac_lsi(mdata: MuData, atac_mod: str, layer: str | None, seed: int) -> np.
     atac = _get_mod(mdata, atac_mod)
     emb = atac_lsi_embedding(atac, layer=layer, seed=seed)
     return _scatter_rows(emb, _positions(mdata, atac), mdata.n_obs)
+
+
+def _multivi_run(mdata: MuData, **kwargs) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """MULTIVI's joint latent, its per-modality latents (for FOSCTTM) and the epochs trained.
+
+    A per-modality latent is NaN for the cells not measured in that modality (MULTIVI
+    would encode their all-zero padding).
+    """
+    model = _train_multivi(mdata, **kwargs)
+    joint = np.asarray(model.get_latent_representation(), dtype=np.float32)
+    presence = modality_presence(mdata)
+    per_mod = {}
+    for key, m in (("rna", "expression"), ("atac", "accessibility")):
+        mod = kwargs.get(f"{key}_mod", key)
+        z = np.asarray(model.get_latent_representation(modality=m), dtype=np.float32)
+        z[~presence[mod].to_numpy()] = np.nan
+        per_mod[key] = z
+    history = getattr(model, "history", None) or {}
+    elbo = history.get("elbo_train")
+    epochs = int(len(elbo)) if elbo is not None else -1
+    return joint, per_mod, epochs
+
+
+def wnn_graph(
+    mdata: MuData,
+    rna_layer: str | None = None,
+    atac_layer: str | None = None,
+    n_neighbors: int = 15,
+    seed: int = 0,
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    rna_counts: bool | None = None,
+):
+    """The weighted-nearest-neighbour (WNN) graph of muon, on cells measured in both modalities.
+
+    Each modality gets its usual reduction, as in muon's multiome tutorial: RNA PCA
+    (:func:`~celltx.bench.pca_embedding`, 50 components) and ATAC LSI
+    (:func:`atac_lsi_embedding`, 30 components), then scanpy's ``n_neighbors`` graph of
+    each (exact neighbours) and ``muon.pp.neighbors`` (Hao et al. 2021's WNN: per-cell
+    modality weights from how well each modality predicts the cell's neighbourhood; its
+    200 candidate neighbours capped at ``n_cells - 2`` for small data, where muon 0.1.9
+    otherwise crashes).
+
+    Parameters
+    ----------
+    mdata
+        MuData with RNA and ATAC; only the cells in both are in the graph.
+    rna_layer, atac_layer
+        Layers with the values (default ``X``).
+    n_neighbors
+        Neighbours of the per-modality and of the WNN graph.
+    seed
+        Seed of the reductions and neighbour searches.
+    rna_mod, atac_mod
+        Modality names.
+    rna_counts
+        Whether the RNA values are raw counts (``None``: decided from the values).
+
+    Returns
+    -------
+    tuple
+        ``(connectivities, positions)``: the WNN connectivities (sparse, paired cells ×
+        paired cells) and the rows of those cells in ``mdata.obs_names``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``n_neighbors + 2`` cells have both modalities.
+
+    Examples
+    --------
+    >>> import celltx
+    >>> mdata = celltx.datasets.simulate_multiome(n_cells=200)
+    >>> graph, rows = celltx.bench.wnn_graph(mdata)  # doctest: +SKIP
+    >>> graph.shape  # doctest: +SKIP
+    (200, 200)
+    """
+    import mudata
+    import muon as mu
+    import scanpy as sc
+
+    rna, atac = _get_mod(mdata, rna_mod), _get_mod(mdata, atac_mod)
+    both = rna.obs_names.intersection(atac.obs_names, sort=False)
+    both = mdata.obs_names[mdata.obs_names.isin(both)]
+    if len(both) < n_neighbors + 2:
+        raise ValueError(
+            f"WNN needs at least {n_neighbors + 2} cells measured in both modalities; got "
+            f"{len(both)}."
+        )
+    reps = {
+        "rna": pca_embedding(rna[both], layer=rna_layer, n_comps=50, seed=seed, counts=rna_counts),
+        "atac": atac_lsi_embedding(atac[both], layer=atac_layer, seed=seed),
+    }
+    mods = {}
+    for key, rep in reps.items():
+        a = AnnData(obs=pd.DataFrame(index=pd.Index(both)), obsm={"X_rep": rep})
+        sc.pp.neighbors(
+            a, use_rep="X_rep", n_neighbors=n_neighbors, random_state=seed, transformer="sklearn"
+        )
+        mods[key] = a
+    with mudata.set_options(pull_on_update=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        joint = MuData(mods)
+        # muon's candidate search takes n_multineighbors + 1 neighbours and breaks (memory
+        # corruption in scipy) when that exceeds the cells: cap it
+        mu.pp.neighbors(
+            joint,
+            n_neighbors=n_neighbors,
+            n_multineighbors=min(200, len(both) - 2),
+            random_state=seed,
+            key_added="wnn",
+        )
+    return sparse.csr_matrix(joint.obsp["wnn_connectivities"]), mdata.obs_names.get_indexer(both)

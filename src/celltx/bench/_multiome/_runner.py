@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,8 +20,20 @@ from celltx.bench._inputs import (
     skip_note,
 )
 
-from ._baselines import MULTIOME_BASELINES, _atac_lsi, _rna_pca, multivi_embedding
-from ._metrics import _modality_groups, _modality_scores, _silhouette_label
+from ._baselines import (
+    MULTIOME_BASELINES,
+    MULTIOME_METHODS,
+    _atac_lsi,
+    _multivi_run,
+    _rna_pca,
+    wnn_graph,
+)
+from ._celltx import (
+    MULTIOME_CELLTX_DEFAULTS,
+    celltx_multiome_embeddings,
+    fit_celltx_multiome,
+)
+from ._metrics import _modality_groups, _modality_scores, _silhouette_label, foscttm, graph_scores
 from ._mudata import _get_mod
 
 # the task's logger, ``celltx.bench._multiome``
@@ -43,6 +56,8 @@ def multiome(
     rna_layer: str | None = None,
     atac_layer: str | None = None,
     return_embeddings: bool = False,
+    methods: Sequence[str] | None = None,
+    celltx_kwargs: Mapping | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Score joint (and single-modality) embeddings of RNA + ATAC cells next to baselines.
 
@@ -63,6 +78,22 @@ def multiome(
     * ``knn_accuracy`` (with ``knn``): mean 5-fold cross-validated accuracy of a 15-NN
       classifier of the labels (:func:`~celltx.bench.knn_accuracy`); NaN when a label has
       fewer than 2 cells.
+
+    * ``foscttm``: for a method with an embedding of each modality alone in one space
+      (celltx: ``celltx_rna`` / ``celltx_atac``; MULTIVI: its expression and
+      accessibility latents; a caller's ``<name>_rna`` / ``<name>_atac`` embeddings), the
+      FOSCTTM (:func:`foscttm`) of the two over the cells measured in both, on the row of
+      the joint embedding (``celltx_joint``, ``multivi``, ``<name>_joint``); NaN elsewhere.
+      Lower is better (0: every cell's RNA is nearest its own ATAC).
+    * ``seconds``: wall-clock time to compute the embedding (training included; celltx's
+      training is counted on ``celltx_joint``, the single-modality rows have their own
+      inference time); NaN for embeddings passed in. ``epochs``: epochs trained (celltx,
+      MULTIVI), else NaN.
+
+    ``"wnn"`` (muon's weighted-nearest-neighbour graph, :func:`wnn_graph`) is a graph,
+    not an embedding: it is scored on the graph itself (Leiden on the WNN graph; kNN
+    accuracy as the edge-weighted vote of each cell's graph neighbours) and covers the
+    cells measured in both modalities; its silhouette, FOSCTTM and mixing scores are NaN.
 
     With ``modality_key`` (mosaic data; values ``"paired"``, ``"rna"``/``"expression"``,
     ``"atac"``/``"accessibility"``), two more, NaN when the embedding covers no RNA-only or
@@ -102,7 +133,7 @@ def multiome(
     embeddings
         ``{name: array (n_obs, d) or key of mdata.obsm}``; NaN rows mark uncovered cells.
     baselines
-        Any of ``"rna_pca"``, ``"atac_lsi"``, ``"multivi"``.
+        Any of ``"rna_pca"``, ``"atac_lsi"``, ``"wnn"``, ``"multivi"``.
     modality_key
         Column of ``mdata.obs`` saying which modalities each cell was measured in; adds
         the mixing scores.
@@ -112,8 +143,8 @@ def multiome(
     seed
         Seed of the baselines, Leiden and the kNN folds.
     multivi_kwargs
-        Arguments of :func:`multivi_embedding` (``max_epochs``, ``batch_key``,
-        ``accelerator``, …).
+        Arguments of :func:`multivi_embedding` (``max_epochs``, ``max_seconds``: a
+        wall-clock budget, ``batch_key``, ``accelerator``, ``lr``, …).
     n_neighbors
         Neighbours of the mixing scores.
     knn
@@ -125,6 +156,16 @@ def multiome(
         MULTIVI), or log-normalised RNA for RNA PCA.
     return_embeddings
         Also return the ``{name: array}`` embeddings that were scored.
+    methods
+        The methods to run, instead of ``baselines``: any of :data:`MULTIOME_METHODS`
+        (``"celltx"``, ``"rna_pca"``, ``"atac_lsi"``, ``"wnn"``, ``"multivi"``).
+        ``"celltx"`` trains an :class:`~celltx.model.ScGPT` from scratch with
+        :data:`MULTIOME_CELLTX_DEFAULTS` (overridden by ``celltx_kwargs``, e.g.
+        ``{"epochs": 10, "model": {"max_peaks": 400}}``) on a padded copy of ``mdata`` and
+        adds the rows ``celltx_joint``, ``celltx_rna``, ``celltx_atac``
+        (:func:`celltx_multiome_embeddings`).
+    celltx_kwargs
+        Settings of the celltx recipe (see ``methods``).
 
     Returns
     -------
@@ -132,7 +173,8 @@ def multiome(
         One row per embedding (the caller's names, then the baselines' names), columns
         ``n_cells``, ``leiden_ari``, ``leiden_nmi``, ``n_clusters``, ``leiden_resolution``,
         ``silhouette_label``,
-        ``knn_accuracy`` (with ``knn``) and ``modality_mixing``,
+        ``knn_accuracy`` (with ``knn``), ``foscttm``, ``seconds``, ``epochs``, and
+        ``modality_mixing``,
         ``cross_modality_label_agreement`` (with ``modality_key``), and ``error``
         (``None``, or why a baseline failed or was skipped: its scores are then NaN and
         ``n_cells`` 0). With ``return_embeddings``, ``(table, embeddings)`` (the
@@ -157,10 +199,22 @@ def multiome(
     >>> table["n_cells"].tolist()
     [210, 210]
     """
-    baselines = list(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
-    unknown = [b for b in baselines if b not in MULTIOME_BASELINES]
-    if unknown:
-        raise ValueError(f"Unknown baselines {unknown}; choose from {list(MULTIOME_BASELINES)}.")
+    if methods is not None:
+        methods = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
+        unknown = [m for m in methods if m not in MULTIOME_METHODS]
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; choose from {list(MULTIOME_METHODS)}.")
+        baselines = [m for m in methods if m != "celltx"]
+        run_celltx = "celltx" in methods
+    else:
+        baselines = list(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
+        allowed = [m for m in MULTIOME_METHODS if m != "celltx"]
+        unknown = [b for b in baselines if b not in allowed]
+        if unknown:
+            raise ValueError(f"Unknown baselines {unknown}; choose from {allowed}.")
+        run_celltx = False
+    if celltx_kwargs is not None and not run_celltx:
+        raise ValueError('celltx_kwargs is given but "celltx" is not among methods.')
     if labels_key not in mdata.obs:
         raise ValueError(
             f"labels_key={labels_key!r} is not a column of mdata.obs (columns: "
@@ -169,7 +223,7 @@ def multiome(
     if modality_key is not None and modality_key not in mdata.obs:
         raise ValueError(f"modality_key={modality_key!r} is not a column of mdata.obs.")
     embeddings = dict(embeddings or {})
-    if not embeddings and not baselines:
+    if not embeddings and not baselines and not run_celltx:
         raise ValueError("Nothing to score: pass embeddings and/or baselines.")
     resolutions = np.atleast_1d(np.asarray(leiden_resolution, dtype=float))
     if resolutions.size == 0 or not (np.isfinite(resolutions).all() and (resolutions > 0).all()):
@@ -198,7 +252,7 @@ def multiome(
         ("rna_pca", rna_mod, rna_layer, "RNA"),
         ("atac_lsi", atac_mod, atac_layer, "ATAC"),
     ):
-        if b in baselines or "multivi" in baselines:
+        if b in baselines or "multivi" in baselines or "wnn" in baselines:
             owner = f"mdata.mod[{mod!r}]"
             where = layer_label(layer, owner)
             x = get_expression(_get_mod(mdata, mod), layer, owner)
@@ -217,10 +271,57 @@ def multiome(
         if not arrays and baselines == ["multivi"]:
             raise ValueError(f"Nothing to score: {multivi_reason}")
         errors["multivi"] = skip_note("multivi", multivi_reason)
+    seconds: dict[str, float] = {}
+    epochs: dict[str, int] = {}
+    graphs: dict[str, tuple] = {}  # name: (connectivities, rows in mdata.obs_names)
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # joint row: (rna view, atac view)
+    names: list[str] = list(embeddings)
+    if run_celltx:
+        start = time.perf_counter()
+        fitted, err = guarded(
+            "celltx",
+            fit_celltx_multiome,
+            mdata,
+            dict(celltx_kwargs or {}),
+            seed,
+            rna_mod,
+            atac_mod,
+            rna_layer,
+            atac_layer,
+        )
+        cx_names = ["celltx_joint", "celltx_rna", "celltx_atac"]
+        names += cx_names
+        if err is None:
+            model, padded = fitted
+            seconds["celltx_joint"] = time.perf_counter() - start
+            epochs["celltx_joint"] = int(
+                (celltx_kwargs or {}).get("epochs", MULTIOME_CELLTX_DEFAULTS["epochs"])
+            )
+            start = time.perf_counter()
+            emb, err = guarded(
+                "celltx embeddings", celltx_multiome_embeddings, model, padded, rna_mod, atac_mod
+            )
+            if err is None:
+                # padded rows are in mdata.obs_names order (pad_mosaic keeps it)
+                arrays.update(emb)
+                seconds["celltx_joint"] += time.perf_counter() - start
+        for name in cx_names:
+            if err is not None:
+                errors[name] = err
     runs = {
         "rna_pca": lambda: _rna_pca(mdata, rna_mod, rna_layer, seed, kinds.get("RNA") == "counts"),
         "atac_lsi": lambda: _atac_lsi(mdata, atac_mod, atac_layer, seed),
-        "multivi": lambda: multivi_embedding(
+        "wnn": lambda: wnn_graph(
+            mdata,
+            rna_layer=rna_layer,
+            atac_layer=atac_layer,
+            n_neighbors=15,
+            seed=seed,
+            rna_mod=rna_mod,
+            atac_mod=atac_mod,
+            rna_counts=kinds.get("RNA") == "counts",
+        ),
+        "multivi": lambda: _multivi_run(
             mdata,
             rna_layer=rna_layer,
             atac_layer=atac_layer,
@@ -232,28 +333,45 @@ def multiome(
     for b in baselines:
         if b in errors:
             continue
-        emb, err = guarded(b, runs[b])
-        if err is None:
-            arrays[b] = emb
-            logger.info("%s embedding done", b)
-        else:
+        start = time.perf_counter()
+        out, err = guarded(b, runs[b])
+        if err is not None:
             errors[b] = err
+            continue
+        seconds[b] = time.perf_counter() - start
+        if b == "wnn":
+            graphs[b] = out
+        elif b == "multivi":
+            joint, per_mod, n_epochs = out
+            arrays[b] = joint
+            pairs[b] = (per_mod["rna"], per_mod["atac"])
+            epochs[b] = n_epochs
+        else:
+            arrays[b] = out
+        logger.info("%s done", b)
+    for name in list(arrays):
+        stem = name[: -len("_joint")] if name.endswith("_joint") else None
+        if stem and f"{stem}_rna" in arrays and f"{stem}_atac" in arrays:
+            pairs[name] = (arrays[f"{stem}_rna"], arrays[f"{stem}_atac"])
     labels_all = mdata.obs[labels_key]
     has_label = labels_all.notna().to_numpy()
     labels_all = labels_all.astype(str).to_numpy()
+
+    def _empty() -> dict[str, float]:
+        return dict(
+            leiden_ari=np.nan,
+            leiden_nmi=np.nan,
+            n_clusters=0,
+            leiden_resolution=np.nan,
+            silhouette_label=np.nan,
+        )
 
     def _scores(arr: np.ndarray) -> dict[str, float]:
         keep = has_label & np.isfinite(arr).all(axis=1)
         X, labels = arr[keep], labels_all[keep]
         row: dict[str, float] = {"n_cells": int(keep.sum())}
         if keep.sum() < 3:
-            row.update(
-                leiden_ari=np.nan,
-                leiden_nmi=np.nan,
-                n_clusters=0,
-                leiden_resolution=np.nan,
-                silhouette_label=np.nan,
-            )
+            row.update(_empty())
         else:
             row.update(leiden_scores(X, labels, resolutions, seed=seed))
             row["silhouette_label"] = _silhouette_label(X, labels)
@@ -266,6 +384,18 @@ def multiome(
             row.update(_modality_scores(X, labels, group[keep], n_neighbors))
         return row
 
+    def _graph_scores(graph, rows) -> dict[str, float]:
+        keep = has_label[rows]
+        G = graph[keep][:, keep]
+        row: dict[str, float] = {"n_cells": int(keep.sum()), **_empty()}
+        if keep.sum() >= 3:
+            row.update(graph_scores(G, labels_all[rows][keep], resolutions, seed=seed, knn=knn))
+        return row
+
+    def _foscttm(rna: np.ndarray, atac: np.ndarray) -> float:
+        both = np.isfinite(rna).all(axis=1) & np.isfinite(atac).all(axis=1)
+        return foscttm(rna[both], atac[both]) if both.sum() >= 2 else float("nan")
+
     cols = [
         "n_cells",
         "leiden_ari",
@@ -275,18 +405,30 @@ def multiome(
         "silhouette_label",
     ]
     cols += ["knn_accuracy"] if knn else []
+    cols += ["foscttm", "seconds", "epochs"]
     cols += ["modality_mixing", "cross_modality_label_agreement"] if group is not None else []
     rows = {}
-    for name in dict.fromkeys([*embeddings, *baselines]):
+    for name in dict.fromkeys([*names, *baselines]):
         if name in arrays:
             row, err = guarded(f"scoring {name!r}", _scores, arrays[name])
             errors.update({name: err} if err else {})
             rows[name] = row or {}
+        elif name in graphs:
+            row, err = guarded(f"scoring {name!r}", _graph_scores, *graphs[name])
+            errors.update({name: err} if err else {})
+            rows[name] = row or {}
         else:
             rows[name] = {}
+        if name in pairs and name not in errors:
+            value, err = guarded(f"foscttm of {name!r}", _foscttm, *pairs[name])
+            rows[name]["foscttm"] = value if err is None else np.nan
+        rows[name]["seconds"] = seconds.get(name, np.nan)
+        rows[name]["epochs"] = epochs.get(name, np.nan)
         rows[name]["error"] = errors.get(name)
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[*cols, "error"])
     table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
     for col in ("n_cells", "n_clusters"):
         table[col] = table[col].fillna(0).astype(int)
+    if return_embeddings and "multivi" in pairs:
+        arrays["multivi_rna"], arrays["multivi_atac"] = pairs["multivi"]
     return (table, arrays) if return_embeddings else table
