@@ -39,9 +39,11 @@ class _Oracle:
     def __init__(self, full):
         x = full.X.toarray()
         x = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
-        self.means = pd.DataFrame(x, columns=full.var_names).groupby(
-            full.obs["condition"].astype(str).to_numpy()
-        ).mean()
+        self.means = (
+            pd.DataFrame(x, columns=full.var_names)
+            .groupby(full.obs["condition"].astype(str).to_numpy())
+            .mean()
+        )
 
     def fit(self, train):
         return self
@@ -227,7 +229,7 @@ def test_residual_learns_signal_and_falls_back_without():
 
 
 def _Oracle_means(data, conds):
-    x = np.asarray(data.X.toarray())
+    x = data.X.toarray() if sparse.issparse(data.X) else np.asarray(data.X)
     df = pd.DataFrame(x).groupby(data.obs["condition"].astype(str).to_numpy()).mean()
     return df.loc[conds].to_numpy()
 
@@ -251,3 +253,70 @@ def test_residual_pairs_fallback_and_bad_input(sim):
         PerturbationResidual().predict(["ctrl"])
     with pytest.raises(ValueError, match="DataFrame"):
         PerturbationResidual(np.zeros((3, 2)))
+
+
+def test_residual_profile_term():
+    rng = np.random.default_rng(2)
+    n_genes, n_targets = 40, 30
+    P = rng.normal(size=(n_genes, n_targets))  # each target's true downstream profile
+    rows, conds = [], []
+    base = rng.uniform(2.0, 3.0, n_genes)
+    for c in ["ctrl"] * 4 + [f"G{t:02d}+ctrl" for t in range(n_targets)]:
+        mean = base + (0.3 * P[:, int(c[1:3])] if c != "ctrl" else 0.0)
+        for _ in range(8):
+            rows.append(np.clip(mean + rng.normal(scale=0.05, size=n_genes), 0, None))
+            conds.append(c)
+    genes = [f"G{i:02d}" for i in range(n_genes)]
+    data = ad.AnnData(
+        X=np.vstack(rows).astype(np.float32),
+        obs=pd.DataFrame({"condition": conds}, index=[f"c{i}" for i in range(len(conds))]),
+        var=pd.DataFrame(index=genes),
+    )
+    targets = [f"G{t:02d}" for t in range(n_targets)]
+    good = pd.DataFrame(P, index=genes, columns=targets)
+    noise = pd.DataFrame(rng.normal(size=P.shape), index=genes, columns=targets)
+    train = data[data.obs["condition"].isin(["ctrl"] + [f"{g}+ctrl" for g in targets[:24]])].copy()
+    test = [f"{g}+ctrl" for g in targets[24:]]
+    truth = _Oracle_means(data, test)
+    m_good = PerturbationResidual(gene_profiles=lambda gs: good[list(gs)]).fit(train)
+    m_noise = PerturbationResidual(gene_profiles=noise).fit(train)
+    assert m_good.profile_scale_ == pytest.approx(0.3, rel=0.2)
+    assert m_noise.profile_scale_ == 0.0
+    err = {k: ((m.predict(test) - truth) ** 2).mean() for k, m in (("g", m_good), ("n", m_noise))}
+    assert err["g"] < 0.3 * err["n"]
+    with pytest.raises(ValueError, match="gene_profiles"):
+        PerturbationResidual(gene_profiles=3)
+
+
+def test_celltx_model_settings_refused():
+    from celltx.bench import celltx_perturbation_model
+
+    with pytest.raises(ValueError, match="features"):
+        celltx_perturbation_model(features=("embedding", "bogus"))
+    with pytest.raises(ValueError, match="at most one"):
+        celltx_perturbation_model(features=("insilico", "coexpression"))
+    with pytest.raises(ValueError, match="mode"):
+        celltx_perturbation_model(mode="genes")
+
+
+@pytest.mark.slow
+def test_celltx_residual_in_the_benchmark(sim):
+    """celltx's default (residual) model trains in seconds and is at least its prior."""
+    from celltx.bench import celltx_perturbation_model
+
+    fn = celltx_perturbation_model(
+        pretrain_epochs=1,
+        pretrain_cells=200,
+        attention_cells=32,
+        features=("embedding", "attention", "insilico"),
+        model={"d_model": 32, "n_layers": 1, "n_heads": 2},
+        accelerator="cpu",
+    )
+    df = perturbation(sim, model=fn, baselines=("own_knockdown", "linear_celltx"))
+    assert set(df["method"]) == {"own_knockdown", "linear_celltx", "celltx"}
+    assert df["error"].isna().all(), df["error"].dropna().unique()
+    cx = df[df["method"] == "celltx"]
+    assert (cx["seconds"] > 0).all() and np.isfinite(cx["pearson_delta_pert"]).all()
+    # both celltx methods are charged for the one (shared) pretraining
+    lin = df[df["method"] == "linear_celltx"]["seconds"].iloc[0]
+    assert cx["seconds"].iloc[0] > 0.5 * lin

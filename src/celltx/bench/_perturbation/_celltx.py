@@ -98,10 +98,11 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
 
     if cfg["mode"] not in ("residual", "cells"):
         raise ValueError(f"mode must be 'residual' or 'cells', got {cfg['mode']!r}.")
-    bad = set(cfg["features"]) - {"embedding", "attention"}
-    if isinstance(cfg["features"], str) or bad:
+    bad = set(cfg["features"]) - {*_EMBEDDING_FEATURES, *_PROFILE_FEATURES}
+    if isinstance(cfg["features"], str) or bad or set(_PROFILE_FEATURES) <= set(cfg["features"]):
         raise ValueError(
-            f"features must be a tuple of 'embedding' and/or 'attention', got {cfg['features']!r}."
+            "features must be a tuple of 'embedding', 'attention' and at most one of "
+            f"'insilico' / 'coexpression', got {cfg['features']!r}."
         )
 
     def train_fn(train: AnnData):
@@ -202,10 +203,47 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
     digest = hashlib.sha1("\n".join(ctrl.obs_names).encode() + repr(ctrl.shape).encode())
     key = (
         digest.hexdigest(),
-        repr(sorted((k, repr(v)) for k, v in cfg.items() if k not in ("folds", "mode"))),
+        repr(sorted((k, repr(v)) for k, v in cfg.items() if k not in _NOT_PRETRAINING)),
     )
-    if key in _CACHE:
-        return _CACHE[key]
+    entry = _CACHE.get(key)
+    if entry is None:
+        entry = _pretrain(ctrl, cfg)
+        _CACHE.clear()
+        _CACHE[key] = entry
+    model, seconds = entry["model"], entry["seconds"]
+    genes = list(ctrl.var_names)
+    blocks = []
+    for name in ("embedding", "attention"):
+        if name not in cfg["features"]:
+            continue
+        if name not in entry:
+            start = time.perf_counter()
+            if name == "embedding":
+                block = _scaled(model.get_gene_embeddings(genes))
+            else:
+                n = min(cfg["attention_cells"], ctrl.n_obs)
+                att = model.get_gene_interactions(genes=genes, indices=np.arange(n))
+                att = att.loc[genes, genes].to_numpy(dtype=np.float64)
+                att = 0.5 * (att + att.T)
+                np.fill_diagonal(att, 0.0)
+                block = _scaled(pd.DataFrame(att, index=genes))
+            entry[name] = (block, time.perf_counter() - start)
+        blocks.append(entry[name][0])
+        seconds += entry[name][1]
+    feats = pd.concat(blocks, axis=1, ignore_index=True) if blocks else pd.DataFrame(index=genes)
+    feats.index = pd.Index(genes, name="gene")
+    return feats, seconds
+
+
+#: settings that do not change the pretrained model
+_NOT_PRETRAINING = ("folds", "mode", "features", "attention_cells", "epochs", "lr", "n_cells")
+#: features of the residual: celltx's gene features, and profiles of single perturbations
+_EMBEDDING_FEATURES = ("embedding", "attention")
+_PROFILE_FEATURES = ("insilico", "coexpression")
+
+
+def _pretrain(ctrl: AnnData, cfg: dict) -> dict:
+    """Train celltx generatively on ``ctrl``; the model, its seconds and the cells."""
     from celltx.model import ScGPT
 
     start = time.perf_counter()
@@ -223,23 +261,17 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
             train_size=1.0,
             check_val_every_n_epoch=None,
         )
-    genes = list(ctrl.var_names)
-    blocks = []
-    if "embedding" in cfg["features"]:
-        blocks.append(_scaled(model.get_gene_embeddings(genes)))
-    if "attention" in cfg["features"]:
-        n = min(cfg["attention_cells"], ctrl.n_obs)
-        att = model.get_gene_interactions(genes=genes, indices=np.arange(n)).loc[genes, genes]
-        att = att.to_numpy(dtype=np.float64)
-        att = 0.5 * (att + att.T)
-        np.fill_diagonal(att, 0.0)
-        blocks.append(_scaled(pd.DataFrame(att, index=genes)))
-    feats = pd.concat(blocks, axis=1, ignore_index=True) if blocks else pd.DataFrame(index=genes)
-    feats.index = pd.Index(genes, name="gene")
-    out = (feats, time.perf_counter() - start)
-    _CACHE.clear()
-    _CACHE[key] = out
-    return out
+    return {"model": model, "ctrl": ctrl, "seconds": time.perf_counter() - start}
+
+
+def _coexpression_profiles(ctrl: AnnData, shift: float):
+    """Classical profiles: ``shift`` × the regression of every gene on the target in ``ctrl``."""
+    x = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    x = x.astype(np.float64)
+    cov = np.cov(x.T)
+    beta = cov / np.clip(np.diag(cov), 1e-12, None)[None, :]  # beta[:, t]: genes on gene t
+    np.fill_diagonal(beta, 0.0)
+    return pd.DataFrame(shift * beta, index=ctrl.var_names, columns=ctrl.var_names)
 
 
 def _fit_residual(train: AnnData, cfg: dict) -> PerturbationResidual:
@@ -248,15 +280,124 @@ def _fit_residual(train: AnnData, cfg: dict) -> PerturbationResidual:
         for k, v in cfg.items()
         if k in CELLTX_PERTURBATION_DEFAULTS or k in ("perturbation_key", "control_value")
     }
-    feats, seconds = celltx_gene_features(train, **kw)
+    emb = tuple(f for f in cfg["features"] if f in _EMBEDDING_FEATURES)
+    feats, seconds = celltx_gene_features(train, **{**kw, "features": emb})
+    profiles = None
+    if any(f in _PROFILE_FEATURES for f in cfg["features"]):
+        start = time.perf_counter()
+        entry = next(iter(_CACHE.values()))
+        shift = -1.0
+        if "insilico" in cfg["features"]:
+            profiles = InSilicoProfiles(entry["model"], entry["ctrl"], shift=shift)
+        else:
+            profiles = _coexpression_profiles(entry["ctrl"], shift)
+        seconds += time.perf_counter() - start
     model = PerturbationResidual(
-        feats,
+        feats if emb else None,
+        gene_profiles=profiles,
         folds=cfg["folds"],
         perturbation_key=cfg.get("perturbation_key", "condition"),
         control_value=cfg.get("control_value", "ctrl"),
     ).fit(train)
     model.pretrain_seconds_ = seconds
     return model
+
+
+class InSilicoProfiles:
+    """In-silico knock-downs with celltx's generative model, pretrained on control cells.
+
+    ``profiles(genes)`` lowers each gene's log expression by ``shift`` in ``n_cells``
+    control cells and lets the generative model predict the other genes from the known
+    ones (``n_masks`` random halves of the genes unknown, the perturbed gene always
+    known): a gene's profile is the mean change of the predictions against the same cells
+    unperturbed, genes × targets (0 for the target itself and for genes outside the panel).
+    It is what the model learned about how genes depend on each other in observational
+    data. Profiles are computed once per gene and kept.
+
+    Parameters
+    ----------
+    model
+        A celltx ScGPT trained generatively on ``cells``.
+    cells
+        Log-normalised control cells (the model's panel).
+    shift
+        Change of the perturbed gene's log expression (negative: a knock-down).
+    n_cells
+        Control cells used.
+    n_masks
+        Random known / unknown splits per gene.
+    seed
+        Seed of the cells and the splits.
+    """
+
+    def __init__(
+        self,
+        model,
+        cells: AnnData,
+        shift: float = -1.0,
+        n_cells: int = 64,
+        n_masks: int = 4,
+        seed: int = 0,
+    ):
+        import torch
+
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(cells.n_obs, min(n_cells, cells.n_obs), replace=False))
+        x = cells.X[pick]
+        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        self.model, self.genes = model, list(cells.var_names.astype(str))
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.ids = np.asarray(model.vocab.lookup(self.genes))
+        self.shift, self.n_masks, self.seed = float(shift), int(n_masks), seed
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _one(self, gene: str) -> np.ndarray:
+        import torch
+
+        out = np.zeros(len(self.genes))
+        if gene not in self.genes:
+            return out
+        j = self.genes.index(gene)
+        m = self.model.module
+        m.eval()
+        x_mod = self.x.clone()
+        x_mod[:, j] = (x_mod[:, j] + self.shift).clamp(min=0.0)
+        col_of = {int(v): c for c, v in enumerate(self.ids)}
+        total, count = np.zeros(len(self.genes)), np.zeros(len(self.genes))
+        gen = torch.Generator().manual_seed(int(self.seed))
+        with torch.inference_mode(), m.gene_panel(torch.as_tensor(self.ids)):
+            t0 = m.tokenize(self.x, sample="hash")
+            t1 = m.tokenize(x_mod, sample="hash")
+            cols = np.vectorize(lambda v: col_of.get(int(v), -1))(t0.gene_ids.numpy())
+            for _ in range(self.n_masks):
+                known = m.split_known(t0, gen)
+                known |= t0.gene_ids == int(self.ids[j])
+                preds = []
+                for t in (t0, t1):
+                    h, ge = m.transformer.encode(
+                        t.gene_ids,
+                        t.values,
+                        t.padding_mask,
+                        known,
+                        None,
+                        modality=t.modality,
+                        return_gene_emb=True,
+                    )
+                    preds.append(m.transformer.decode(h, ge)["expr"].float().numpy())
+                diff = preds[1] - preds[0]
+                unknown = (~known & ~t0.padding_mask).numpy() & (cols >= 0)
+                np.add.at(total, cols[unknown], diff[unknown])
+                np.add.at(count, cols[unknown], 1.0)
+        out = np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
+        out[j] = 0.0
+        return out
+
+    def __call__(self, genes) -> pd.DataFrame:
+        """Profiles of ``genes`` (columns) over the panel genes (rows)."""
+        for g in genes:
+            if g not in self._cache:
+                self._cache[g] = self._one(g)
+        return pd.DataFrame({g: self._cache[g] for g in genes}, index=pd.Index(self.genes))
 
 
 class CelltxGeneEmbeddingLinear(LinearGeneEmbedding):

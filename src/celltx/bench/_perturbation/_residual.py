@@ -58,6 +58,27 @@ def _choose_ridge(
     return best, err
 
 
+def _choose_scale(
+    F: np.ndarray, R: np.ndarray, folds: int, seed: int
+) -> tuple[float, dict[str, float]]:
+    """``a`` of ``R ≈ a F`` by least squares, or 0 where that is not better out of fold."""
+    n = F.shape[1]
+    k = min(folds, n)
+    fold = np.random.default_rng(seed).permutation(n) % k
+    sse_fit = sse_zero = 0.0
+    for f in range(k):
+        tr, te = fold != f, fold == f
+        den = float((F[:, tr] ** 2).sum())
+        a = float((F[:, tr] * R[:, tr]).sum()) / den if den > 0 else 0.0
+        sse_fit += float(((R[:, te] - a * F[:, te]) ** 2).sum())
+        sse_zero += float((R[:, te] ** 2).sum())
+    err = {"fit": sse_fit / R.size, "zero": sse_zero / R.size}
+    if sse_fit >= sse_zero:
+        return 0.0, err
+    den = float((F**2).sum())
+    return (float((F * R).sum()) / den if den > 0 else 0.0), err
+
+
 def _scaled(e: pd.DataFrame) -> pd.DataFrame:
     """Centre the embedding and scale it to the squared norm of orthonormal loadings."""
     e = e.astype(np.float64)
@@ -85,7 +106,14 @@ class PerturbationResidual:
     ----------
     gene_embedding
         Gene embeddings, a DataFrame indexed by gene (e.g. a pretrained celltx model's
-        ``get_gene_embeddings()``), or ``None`` for the prior alone.
+        ``get_gene_embeddings()``), or ``None``.
+    gene_profiles
+        Predicted change profiles of single-gene perturbations: a DataFrame (panel genes
+        × targets) or a callable ``genes -> DataFrame`` (e.g.
+        :class:`~celltx.bench.InSilicoProfiles`, celltx's in-silico knock-downs). Before
+        the embedding term, the single residuals get ``a × profile``, ``a`` one number
+        fitted by least squares and kept only when it lowers the cross-validated error
+        (else 0, ``profile_scale_``). ``None``: no profile term.
     folds
         Folds of the inner cross-validation.
     ridges
@@ -116,6 +144,7 @@ class PerturbationResidual:
     def __init__(
         self,
         gene_embedding: pd.DataFrame | None = None,
+        gene_profiles=None,
         folds: int = 5,
         ridges: Sequence[float] = RESIDUAL_RIDGES,
         seed: int = 0,
@@ -129,7 +158,14 @@ class PerturbationResidual:
             raise ValueError(f"folds must be at least 2, got {folds}.")
         if not ridges or any(r <= 0 for r in ridges):
             raise ValueError("ridges must be positive penalties (inf allowed).")
-        self.gene_embedding = gene_embedding
+        if gene_profiles is not None and not (
+            callable(gene_profiles) or isinstance(gene_profiles, pd.DataFrame)
+        ):
+            raise ValueError(
+                "gene_profiles must be a DataFrame (genes × targets) or a callable "
+                "genes -> such a DataFrame, or None."
+            )
+        self.gene_embedding, self.gene_profiles = gene_embedding, gene_profiles
         self.folds, self.ridges, self.seed = int(folds), tuple(ridges), seed
         self.perturbation_key, self.control_value, self.layer = (
             perturbation_key,
@@ -196,10 +232,19 @@ class PerturbationResidual:
         self.W_single_ = np.zeros((k, k))
         self.W_pair_ = np.zeros((k, k))
         self.ridge_, self.cv_error_ = {}, {}
-        # singles: residual over train mean + own knock-down
-        singles = [(i, g[0]) for i, g in enumerate(cond_genes) if len(g) == 1 and g[0] in self._emb]
+        # singles: residual over train mean + own knock-down (+ the profile term)
+        self.profile_scale_ = 0.0
+        prof_singles = [(i, g[0]) for i, g in enumerate(cond_genes) if len(g) == 1]
+        if self.gene_profiles is not None and len(prof_singles) >= 3:
+            F = self._profiles([t for _, t in prof_singles])
+            R0 = np.stack([means[i] - self._single_prior(t) for i, t in prof_singles], axis=1)
+            self.profile_scale_, self.cv_error_["profile"] = _choose_scale(
+                F, R0, self.folds, self.seed
+            )
+        singles = [(i, g[0]) for i, g in enumerate(cond_genes) if len(g) == 1]
+        singles = [(i, t) for i, t in singles if t in self._emb]
         if singles:
-            R = np.stack([means[i] - self._single_prior(t) for i, t in singles], axis=1)
+            R = np.stack([means[i] - self._single_base(t) for i, t in singles], axis=1)
             P = np.stack([self._emb[t] for _, t in singles])
             lam, err = _choose_ridge(self.G_, P, R, self.ridges, self.folds, self.seed)
             self.W_single_ = _bilinear_fit(self.G_, P, R, lam)
@@ -224,9 +269,23 @@ class PerturbationResidual:
             out[i] = self.control_mean_[i] + self.knockdown_
         return out
 
+    def _profiles(self, genes: list[str]) -> np.ndarray:
+        """Profiles of ``genes`` as panel genes × genes (0 where a gene has none)."""
+        p = self.gene_profiles
+        frame = p(genes) if callable(p) else p
+        frame = frame.reindex(index=self.var_names_, columns=genes)
+        return frame.fillna(0.0).to_numpy(dtype=np.float64)
+
+    def _single_base(self, t: str) -> np.ndarray:
+        """The prior plus the profile term."""
+        out = self._single_prior(t)
+        if self.profile_scale_:
+            out = out + self.profile_scale_ * self._profiles([t])[:, 0]
+        return out
+
     def _single(self, t: str) -> np.ndarray:
         """Predicted mean of the single-gene condition ``t`` (unseen or seen)."""
-        out = self._single_prior(t)
+        out = self._single_base(t)
         e = self._emb.get(t)
         if e is not None:
             out = out + self.G_ @ (self.W_single_ @ e)

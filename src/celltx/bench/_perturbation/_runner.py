@@ -468,9 +468,12 @@ def perturbation(
 
         methods[b] = _run_baseline
     for name, obj in (predictors or {}).items():
-        methods[name] = lambda obj=obj: np.asarray(
-            obj.fit(train).predict(test_names), dtype=np.float64
-        )
+
+        def _run_predictor(obj=obj, name=name):
+            fitted[name] = obj.fit(train)
+            return np.asarray(fitted[name].predict(test_names), dtype=np.float64)
+
+        methods[name] = _run_predictor
     if model is not None:
 
         def _run_model():
