@@ -164,9 +164,9 @@ def main(argv=None) -> None:
                 flush=True,
             )
             frames.append(df.assign(data=tag, split_seed=split_seed, total_seconds=total))
+            if a.out:  # after every run, so that a cut-short series keeps its runs
+                pd.concat(frames, ignore_index=True).to_csv(a.out, index=False)
     df = pd.concat(frames, ignore_index=True)
-    if a.out:
-        df.to_csv(a.out, index=False)
     pd.set_option("display.width", 250)
     print(f"\n{len(frames)} run(s); mean ± sd over all held-out conditions of all runs:")
     print(celltx.bench.summarize_perturbation(df, metrics=METRICS).to_string())

@@ -40,6 +40,7 @@ from ._perturbation._cell_eval import (
 from ._perturbation._celltx import (
     CELLTX_PERTURBATION_DEFAULTS,
     CelltxGeneEmbeddingLinear,
+    InSilicoProfiles,
     celltx_gene_features,
     celltx_perturbation_model,
 )
@@ -90,6 +91,7 @@ __all__ += [
     "OwnKnockdown",
     "PerturbationResidual",
     "CelltxGeneEmbeddingLinear",
+    "InSilicoProfiles",
     "celltx_gene_features",
     "perturbation_metrics",
     "summarize_perturbation",
