@@ -77,6 +77,12 @@ def main(argv=None) -> None:
     p.add_argument("--split-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--sim-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--size", default="screen", choices=sorted(SIZES))
+    p.add_argument(
+        "--unmeasured",
+        type=int,
+        default=0,
+        help="targets left out of the measured panel (a CRISPR-KO screen's shape: most)",
+    )
     p.add_argument("--split-dir", default="benchmarks/perturbation_splits")
     p.add_argument("--mode", default="residual", choices=["residual", "cells"])
     p.add_argument("--features", default="embedding,attention")
@@ -107,8 +113,10 @@ def main(argv=None) -> None:
             )
             tag = Path(a.h5ad).stem
         else:
-            adata = celltx.datasets.simulate_perturbseq(seed=sim_seed, **SIZES[a.size])
-            tag = f"sim-{a.size}-seed{sim_seed}"
+            adata = celltx.datasets.simulate_perturbseq(
+                seed=sim_seed, n_unmeasured_targets=a.unmeasured, **SIZES[a.size]
+            )
+            tag = f"sim-{a.size}-seed{sim_seed}" + (f"-off{a.unmeasured}" if a.unmeasured else "")
         for split_seed in a.split_seeds:
             path = Path(a.split_dir) / f"{tag}_{a.split}_split{split_seed}.json"
             if not path.exists():

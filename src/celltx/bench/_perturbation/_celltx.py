@@ -255,7 +255,17 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
 
 
 #: settings that do not change the pretrained model
-_NOT_PRETRAINING = ("folds", "mode", "features", "attention_cells", "epochs", "lr", "n_cells")
+_NOT_PRETRAINING = (
+    "folds",
+    "mode",
+    "features",
+    "attention_cells",
+    "epochs",
+    "lr",
+    "n_cells",
+    "accelerator",
+    "freeze_layers",
+)
 #: features of the residual: celltx's gene features, and profiles of single perturbations
 _EMBEDDING_FEATURES = ("embedding", "attention")
 _PROFILE_FEATURES = ("insilico", "coexpression")
