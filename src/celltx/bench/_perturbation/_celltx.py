@@ -399,15 +399,17 @@ class InSilicoProfiles:
         j = self.genes.index(gene)
         m = self.model.module
         m.eval()
-        x_mod = self.x.clone()
+        device = next(m.parameters()).device
+        x = self.x.to(device)
+        x_mod = x.clone()
         x_mod[:, j] = (x_mod[:, j] + self.shift).clamp(min=0.0)
         col_of = {int(v): c for c, v in enumerate(self.ids)}
         total, count = np.zeros(len(self.genes)), np.zeros(len(self.genes))
-        gen = torch.Generator().manual_seed(int(self.seed))
+        gen = torch.Generator(device=device).manual_seed(int(self.seed))
         with torch.inference_mode(), m.gene_panel(torch.as_tensor(self.ids)):
-            t0 = m.tokenize(self.x, sample="hash")
+            t0 = m.tokenize(x, sample="hash")
             t1 = m.tokenize(x_mod, sample="hash")
-            cols = np.vectorize(lambda v: col_of.get(int(v), -1))(t0.gene_ids.numpy())
+            cols = np.vectorize(lambda v: col_of.get(int(v), -1))(t0.gene_ids.cpu().numpy())
             for _ in range(self.n_masks):
                 known = m.split_known(t0, gen)
                 known |= t0.gene_ids == int(self.ids[j])
@@ -422,9 +424,9 @@ class InSilicoProfiles:
                         modality=t.modality,
                         return_gene_emb=True,
                     )
-                    preds.append(m.transformer.decode(h, ge)["expr"].float().numpy())
+                    preds.append(m.transformer.decode(h, ge)["expr"].float().cpu().numpy())
                 diff = preds[1] - preds[0]
-                unknown = (~known & ~t0.padding_mask).numpy() & (cols >= 0)
+                unknown = (~known & ~t0.padding_mask).cpu().numpy() & (cols >= 0)
                 np.add.at(total, cols[unknown], diff[unknown])
                 np.add.at(count, cols[unknown], 1.0)
         out = np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
