@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--split-dir", default="benchmarks/perturbation_splits")
     p.add_argument("--mode", default="residual", choices=["residual", "cells"])
-    p.add_argument("--features", default="embedding,attention")
+    p.add_argument("--features", default="embedding")
     p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-cells", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=20, help="perturbation epochs (mode cells)")

@@ -31,7 +31,9 @@ logger = logging.getLogger(__package__)
 #: celltx settings of :func:`celltx_perturbation_model` (override any by keyword)
 CELLTX_PERTURBATION_DEFAULTS = {
     "mode": "residual",  # condition means: prior + residual; "cells": the cell-level model
-    "features": ("embedding", "attention"),  # residual features from the pretrained model
+    # residual features from the pretrained model; ("embedding",) measured best of celltx's
+    # own features on the simulated screens (docs/perturbation.md), attention hurt on pairs
+    "features": ("embedding",),
     "pretrain_cells": 2000,  # control cells for the generative pretraining (residual mode)
     "attention_cells": 256,  # control cells whose attention is averaged (residual mode)
     "folds": 5,  # inner cross-validation of the residual's ridge penalty
@@ -446,7 +448,8 @@ class CelltxGeneEmbeddingLinear(LinearGeneEmbedding):
 
     :class:`LinearGeneEmbedding` with ``gene_embedding`` from
     :func:`celltx_gene_features` (celltx pretrained generatively on the training data's
-    control cells; shared with ``model="celltx"`` in one benchmark run), as Ahlmann-Eltze
+    control cells; shared with ``model="celltx"`` in one benchmark run; token embeddings
+    and attention, unless ``celltx`` says other ``features``), as Ahlmann-Eltze
     et al. (2025) fed their linear model embeddings learned elsewhere.
 
     Parameters
@@ -490,11 +493,12 @@ class CelltxGeneEmbeddingLinear(LinearGeneEmbedding):
 
     def fit(self, adata: AnnData) -> PerturbationBaseline:
         """Pretrain celltx on the control cells (or reuse it), then fit the linear model."""
+        kw = {"features": ("embedding", "attention"), **self.celltx}
         self.gene_embedding, self.pretrain_seconds_ = celltx_gene_features(
             adata,
             perturbation_key=self.perturbation_key,
             control_value=self.control_value,
-            **self.celltx,
+            **kw,
         )
         return super().fit(adata)
 
