@@ -244,9 +244,16 @@ def test_residual_pairs_fallback_and_bad_input(sim):
     one_seen = f"{seen[0]}+{unseen[0]}"
     res = m.predict_perturbation([both_unseen, one_seen, f"{seen[0]}+{seen[1]}"])
     assert res.uns["fallback_pairs"] == [both_unseen]
-    # a pair with both genes unseen = the sum of the single-gene model's two changes
-    singles = m.predict([f"{unseen[0]}+ctrl", f"{unseen[1]}+ctrl"]) - m.control_mean_
-    np.testing.assert_allclose(res.X[0], m.control_mean_ + singles.sum(0), rtol=1e-5, atol=1e-5)
+    # a pair with both genes unseen: the shared shift once, plus each single-gene
+    # prediction's own part (prediction − perturbed mean)
+    singles = m.predict([f"{unseen[0]}+ctrl", f"{unseen[1]}+ctrl"])
+    expected = singles.sum(0) - m.perturbed_mean_
+    np.testing.assert_allclose(res.X[0], expected, rtol=1e-5, atol=1e-5)
+    # one seen gene: its observed change plus the other's own part
+    seen_delta = m.single_deltas_[seen[0]]
+    np.testing.assert_allclose(
+        res.X[1], m.control_mean_ + seen_delta + singles[0] - m.perturbed_mean_, atol=1e-5
+    )
     with pytest.raises(ValueError, match="condition means"):
         m.predict_perturbation([one_seen], return_type="cells")
     with pytest.raises(ValueError, match="not fitted"):

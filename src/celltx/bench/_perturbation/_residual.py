@@ -92,7 +92,9 @@ class PerturbationResidual:
     For a single gene ``t`` the prior is the mean of all perturbed training cells with
     ``t``'s own expression moved by the typical knock-down (:class:`OwnKnockdown`); for a
     pair it is additive: control plus the two single-gene changes, each the observed
-    training single where there is one, else this model's single-gene prediction. The
+    training single where there is one, else the gene-specific part of this model's
+    single-gene prediction (the prediction minus the perturbed mean; the shift that every
+    perturbation shares is counted once). The
     residuals of the training conditions over their prior (genes × conditions, ``R``) are
     fitted as ``R ≈ G W Pᵀ`` by ridge regression, ``G`` the gene embeddings of the panel
     and ``P`` the perturbed genes' embeddings (summed for a pair), one model for singles and
@@ -292,16 +294,23 @@ class PerturbationResidual:
         return out
 
     def _pair_prior(self, genes) -> tuple[np.ndarray, int]:
-        """Additive prior of a pair and how many of its genes were seen as singles."""
+        """Additive prior of a pair and how many of its genes were seen as singles.
+
+        A seen gene adds its observed single change; an unseen gene adds only the
+        gene-specific part of its predicted single (prediction − perturbed mean), so that
+        the shift every perturbation shares is counted once, not once per gene.
+        """
         out = self.control_mean_.copy()
         n_seen = 0
         for t in genes:
             d = self.single_deltas_.get(t)
             if d is not None:
                 n_seen += 1
+                out = out + d
             else:
-                d = self._single(t) - self.control_mean_
-            out = out + d
+                out = out + self._single(t) - self.perturbed_mean_
+        if n_seen == 0:
+            out = out + self.perturbed_mean_ - self.control_mean_
         return out, n_seen
 
     def _check_fitted(self) -> None:
