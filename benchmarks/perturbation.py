@@ -1,20 +1,23 @@
-"""Perturbation-prediction benchmark: celltx next to no-change, training-mean, additive and
-a linear model on gene embeddings (:func:`celltx.bench.perturbation`).
+"""Perturbation-prediction benchmark: celltx next to the baselines that published evaluations
+found hard to beat (:func:`celltx.bench.perturbation`), on calibrated metrics.
 
-Default data: ``celltx.datasets.simulate_perturbseq`` (known gene-regulatory network,
-knock-downs propagating through it, negative-binomial counts, some pairs interacting
-non-additively). GEARS-style split: held-out single perturbations, pairs with 0 / 1 / 2
-genes seen as singles in training. Any GEARS-format file works with ``--h5ad``.
+Default data: ``celltx.datasets.simulate_perturbseq`` at the size of a real CRISPR screen
+(``--size screen``: ~20,000 cells × 300 genes, 25 targets, 25 pairs; ``--size small``: the
+simulator's default, 200 genes / 40 targets / 30 pairs / 4,439 cells). GEARS-style split:
+held-out single perturbations, pairs with 0 / 1 / 2 genes seen as singles in training;
+each split is saved as a JSON list (``--split-dir``) and reused when it exists, so runs
+score the same conditions. Any GEARS-format file works with ``--h5ad``.
 
-Run from the repository root::
+Run from the repository root (one thread, as on the 2-core CPU)::
 
-    python benchmarks/perturbation.py                          # simulated screen
-    python benchmarks/perturbation.py --epochs 5 --quick       # a quick look
+    OMP_NUM_THREADS=1 python benchmarks/perturbation.py                 # one sim, one split
+    OMP_NUM_THREADS=1 python benchmarks/perturbation.py --sim-seeds 0 1 2 --split-seeds 0 1 2
     python benchmarks/perturbation.py --h5ad norman/perturb_processed.h5ad
 
-Prints mean ± sd per method and subgroup of: top-20-DE delta-Pearson, all-gene
-delta-Pearson, DE MSE, DE direction accuracy, and the spread of predicted deltas across
-conditions next to the truth's (a model collapsing to one average response has spread ~0).
+Prints, per method and subgroup, mean ± sd over conditions (pooled over the runs) of:
+top-20-DE delta-Pearson, the Systema-style delta-Pearson against the perturbed mean, the
+delta-Pearson against disjoint controls, the true DE genes' rank in the prediction (lower is
+better, 0.5 = chance), DE MSE; and the seconds of every method and of each whole run.
 """
 
 from __future__ import annotations
@@ -22,10 +25,47 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import anndata as ad
+import pandas as pd
 
 import celltx
+
+SIZES = {
+    "screen": {
+        "n_genes": 300,
+        "n_perturbations": 25,
+        "n_combos": 25,
+        "n_cells_per_condition": 300,
+        "n_control_cells": 5000,
+    },
+    "small": {},
+}
+BASELINES = ("no_change", "train_mean", "additive", "linear", "own_knockdown", "linear_celltx")
+METRICS = [
+    "pearson_delta_de",
+    "pearson_delta_pert",
+    "pearson_delta_disjoint",
+    "de_rank",
+    "mse_de",
+    "seconds",
+]
+
+
+class _Variant:
+    """A celltx residual variant as a benchmark predictor (fit / predict)."""
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def fit(self, train):
+        self.model = celltx.bench.celltx_perturbation_model(**self.kw)(train)
+        self.pretrain_seconds_ = self.model.pretrain_seconds_
+        return self
+
+    def predict(self, conditions):
+        return self.model.predict(conditions)
 
 
 def main(argv=None) -> None:
@@ -34,68 +74,110 @@ def main(argv=None) -> None:
     p.add_argument("--key", default="condition")
     p.add_argument("--control", default="ctrl")
     p.add_argument("--split", default="simulation", choices=["simulation", "single"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sim-seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smaller simulated screen")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--n-cells", type=int, default=100)
+    p.add_argument("--split-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--sim-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--size", default="screen", choices=sorted(SIZES))
     p.add_argument(
-        "--freeze", type=int, default=0, help="freeze embeddings + k layers in fine-tuning"
+        "--unmeasured",
+        type=int,
+        default=0,
+        help="targets left out of the measured panel (a CRISPR-KO screen's shape: most)",
+    )
+    p.add_argument("--split-dir", default="benchmarks/perturbation_splits")
+    p.add_argument("--mode", default="residual", choices=["residual", "cells"])
+    p.add_argument("--features", default="embedding")
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--pretrain-cells", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=20, help="perturbation epochs (mode cells)")
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES))
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="more celltx residual variants, each a comma-separated feature list "
+        "(embedding, attention, insilico, coexpression); they share the pretraining",
     )
     p.add_argument("--no-celltx", action="store_true")
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--out", help="CSV of every row")
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
     logging.getLogger("lightning").setLevel(logging.WARNING)
-    if a.h5ad:
-        adata = (
-            celltx.datasets.read_gears(a.h5ad) if a.h5ad.endswith(".h5ad") else ad.read_h5ad(a.h5ad)
-        )
-    else:
-        kw = (
-            {"n_genes": 100, "n_perturbations": 20, "n_combos": 12, "n_cells_per_condition": 40}
-            if a.quick
-            else {}
-        )
-        adata = celltx.datasets.simulate_perturbseq(seed=a.sim_seed, **kw)
-    model = None
-    if not a.no_celltx:
-        model = celltx.bench.celltx_perturbation_model(
-            model={"d_model": a.d_model, "n_layers": a.layers},
-            epochs=a.epochs,
-            pretrain_epochs=a.pretrain_epochs,
-            lr=a.lr,
-            pretrain_lr=a.lr,
-            n_cells=a.n_cells,
-            accelerator=a.accelerator,
-            freeze_layers=a.freeze,
-            perturbation_key=a.key,
-            control_value=a.control,
-        )
-    t0 = time.perf_counter()
-    df = celltx.bench.perturbation(
-        adata,
-        model=model,
-        split=a.split,
-        seed=a.seed,
-        perturbation_key=a.key,
-        control_value=a.control,
-    )
-    print(
-        f"\n{adata.n_obs} cells × {adata.n_vars} genes, {adata.obs[a.key].nunique()} conditions, "
-        f"split {a.split!r} seed {a.seed}; celltx d{a.d_model}/{a.layers} layers, "
-        f"{a.pretrain_epochs} generative + {a.epochs} perturbation epochs, lr {a.lr}, "
-        f"freeze {a.freeze}; "
-        f"{time.perf_counter() - t0:.0f} s\n"
-    )
-    print(celltx.bench.summarize_perturbation(df).to_string())
-    sub = df.groupby(["method", "subgroup"])[["spread_de", "spread_de_true"]].mean()
-    print("\nspread of DE deltas across conditions (prediction | truth):")
-    print(sub.round(3).to_string())
+    frames = []
+    for sim_seed in [None] if a.h5ad else a.sim_seeds:
+        if a.h5ad:
+            adata = (
+                celltx.datasets.read_gears(a.h5ad)
+                if a.h5ad.endswith(".h5ad")
+                else ad.read_h5ad(a.h5ad)
+            )
+            tag = Path(a.h5ad).stem
+        else:
+            adata = celltx.datasets.simulate_perturbseq(
+                seed=sim_seed, n_unmeasured_targets=a.unmeasured, **SIZES[a.size]
+            )
+            tag = f"sim-{a.size}-seed{sim_seed}" + (f"-off{a.unmeasured}" if a.unmeasured else "")
+        for split_seed in a.split_seeds:
+            path = Path(a.split_dir) / f"{tag}_{a.split}_split{split_seed}.json"
+            if not path.exists():
+                s = celltx.bench.perturbation_split(
+                    adata,
+                    perturbation_key=a.key,
+                    control_value=a.control,
+                    split=a.split,
+                    seed=split_seed,
+                )
+                celltx.bench.save_perturbation_split(
+                    s, path, control_value=a.control, data=tag, kind=a.split, seed=split_seed
+                )
+            model = None
+            if not a.no_celltx:
+                model = celltx.bench.celltx_perturbation_model(
+                    mode=a.mode,
+                    features=tuple(f for f in a.features.split(",") if f),
+                    pretrain_epochs=a.pretrain_epochs,
+                    pretrain_cells=a.pretrain_cells,
+                    epochs=a.epochs,
+                    accelerator=a.accelerator,
+                    perturbation_key=a.key,
+                    control_value=a.control,
+                )
+            variants = {
+                f"celltx[{v.replace(',', '+')}]": _Variant(
+                    features=tuple(f for f in v.split(",") if f),
+                    pretrain_epochs=a.pretrain_epochs,
+                    pretrain_cells=a.pretrain_cells,
+                    accelerator=a.accelerator,
+                )
+                for v in a.variants
+            }
+            t0 = time.perf_counter()
+            df = celltx.bench.perturbation(
+                adata,
+                model=model,
+                split=path,
+                seed=split_seed,
+                perturbation_key=a.key,
+                control_value=a.control,
+                baselines=tuple(a.baselines),
+                predictors=variants,
+                ceiling=True,
+            )
+            total = time.perf_counter() - t0
+            secs = df.groupby("method", sort=False)["seconds"].first()
+            print(
+                f"\n{tag}, split {path.name}: {adata.n_obs} cells × {adata.n_vars} genes, "
+                f"{df['condition'].nunique()} held-out conditions; whole benchmark {total:.0f} s; "
+                "seconds per method: " + ", ".join(f"{m} {v:.1f}" for m, v in secs.items()),
+                flush=True,
+            )
+            frames.append(df.assign(data=tag, split_seed=split_seed, total_seconds=total))
+            if a.out:  # after every run, so that a cut-short series keeps its runs
+                pd.concat(frames, ignore_index=True).to_csv(a.out, index=False)
+    df = pd.concat(frames, ignore_index=True)
+    pd.set_option("display.width", 250)
+    print(f"\n{len(frames)} run(s); mean ± sd over all held-out conditions of all runs:")
+    print(celltx.bench.summarize_perturbation(df, metrics=METRICS).to_string())
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from ._perturbation._baselines import (
     Additive,
     LinearGeneEmbedding,
     NoChange,
+    OwnKnockdown,
     PerturbationBaseline,
     TrainMean,
 )
@@ -43,10 +44,21 @@ from ._perturbation._cell_eval import (
     run_cell_eval,
     write_cell_eval,
 )
-from ._perturbation._celltx import CELLTX_PERTURBATION_DEFAULTS, celltx_perturbation_model
+from ._perturbation._celltx import (
+    CELLTX_PERTURBATION_DEFAULTS,
+    CelltxGeneEmbeddingLinear,
+    InSilicoProfiles,
+    celltx_gene_features,
+    celltx_perturbation_model,
+)
 from ._perturbation._metrics import perturbation_metrics, summarize_perturbation
+from ._perturbation._residual import PerturbationResidual
 from ._perturbation._runner import perturbation
-from ._perturbation._split import perturbation_split
+from ._perturbation._split import (
+    perturbation_split,
+    read_perturbation_split,
+    save_perturbation_split,
+)
 from ._query import QUERY_CELLTX_DEFAULTS, QUERY_METHODS, query_mapping
 from ._representation import EMBED_CELLTX_DEFAULTS, EMBEDDING_METHODS, embedding
 from ._tokens import TOKEN_SELECTIONS, token_retention
@@ -85,6 +97,13 @@ __all__ += [
 __all__ += [
     "perturbation",
     "perturbation_split",
+    "read_perturbation_split",
+    "save_perturbation_split",
+    "OwnKnockdown",
+    "PerturbationResidual",
+    "CelltxGeneEmbeddingLinear",
+    "InSilicoProfiles",
+    "celltx_gene_features",
     "perturbation_metrics",
     "summarize_perturbation",
     "PERTURBATION_BASELINES",

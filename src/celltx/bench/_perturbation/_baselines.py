@@ -241,6 +241,64 @@ class TrainMean(PerturbationBaseline):
         return (self.perturbed_mean_ if genes else self.control_mean_).copy()
 
 
+def _own_knockdown(means: np.ndarray, conditions: pd.DataFrame, control: np.ndarray, index):
+    """Median change of a target's own expression over the training singles (NaN: none)."""
+    own = [
+        means[i, index[g[0]]] - control[index[g[0]]]
+        for i, g in enumerate(conditions["genes"])
+        if len(g) == 1 and g[0] in index
+    ]
+    return float(np.median(own)) if own else float("nan")
+
+
+@_common_parameters
+class OwnKnockdown(PerturbationBaseline):
+    """The training mean with each target's own expression moved by the typical knock-down.
+
+    A perturbed condition is predicted as the mean of all perturbed training cells
+    (:class:`TrainMean`), except that each perturbed gene in the panel is set to its
+    control mean plus ``knockdown_``: the median, over the training single-gene conditions
+    whose target is measured, of the change of the target's own mean log expression. A
+    CRISPRi / CRISPR-KO screen lowers the target itself more than anything else, which the
+    training mean misses. Targets outside the panel change nothing. Control is predicted as
+    the control mean.
+
+    Parameters
+    ----------
+    {common_parameters}
+
+    Examples
+    --------
+    >>> from celltx.bench import OwnKnockdown
+    >>> from celltx.datasets import simulate_perturbseq
+    >>> adata = simulate_perturbseq(n_genes=50, n_perturbations=5, n_combos=2)
+    >>> m = OwnKnockdown().fit(adata)
+    >>> bool(m.knockdown_ < 0)
+    True
+    """
+
+    name = "own_knockdown"
+
+    def _fit(self, x, codes):
+        TrainMean._fit(self, x, codes)
+        self._gene_index = {g: i for i, g in enumerate(self.var_names_)}
+        kd = _own_knockdown(self.means_, self.conditions_, self.control_mean_, self._gene_index)
+        if np.isnan(kd):
+            logger.warning(
+                "OwnKnockdown: no training single with a measured target; no knock-down."
+            )
+            kd = 0.0
+        self.knockdown_ = kd
+
+    def _predict_one(self, genes):
+        out = (self.perturbed_mean_ if genes else self.control_mean_).copy()
+        for g in genes:
+            i = self._gene_index.get(g)
+            if i is not None:
+                out[i] = self.control_mean_[i] + self.knockdown_
+        return out
+
+
 @_common_parameters
 class Additive(PerturbationBaseline):
     """Control mean plus the sum of the single-gene changes seen in training.
@@ -355,6 +413,11 @@ class LinearGeneEmbedding(PerturbationBaseline):
         Cells used for the PCA (a random subset beyond that).
     seed
         Seed of that subset.
+    gene_embedding
+        Given gene embeddings instead of the PCA: a DataFrame indexed by gene (e.g.
+        ``model.get_gene_embeddings()`` of a celltx model, see
+        :class:`~celltx.bench.CelltxGeneEmbeddingLinear`); genes of the panel it lacks get a
+        zero embedding. ``n_components`` and ``embedding`` are then ignored.
     {common_parameters}
 
     Examples
@@ -375,11 +438,13 @@ class LinearGeneEmbedding(PerturbationBaseline):
         embedding: str = "cells",
         max_cells: int = 20_000,
         seed: int = 0,
+        gene_embedding: pd.DataFrame | None = None,
         perturbation_key: str = "condition",
         control_value: str = "ctrl",
         layer: str | None = None,
     ):
         super().__init__(perturbation_key, control_value, layer)
+        self.gene_embedding = gene_embedding
         if embedding not in ("cells", "within", "pseudobulk"):
             raise ValueError(
                 f"embedding must be 'cells', 'within' or 'pseudobulk', got {embedding!r}."
@@ -398,13 +463,32 @@ class LinearGeneEmbedding(PerturbationBaseline):
             i = self._gene_index.get(g)
             if i is not None:
                 p += self.gene_embedding_[i]
+            elif g in self._extra:  # a target outside the panel with a given embedding
+                p += self._extra[g]
         return p
+
+    def _given_embedding(self) -> np.ndarray:
+        """The panel genes' rows of ``gene_embedding`` (zero where absent), centred.
+
+        Scaled to the squared norm of ``d`` orthonormal PCA loadings.
+        """
+        e = self.gene_embedding
+        if not isinstance(e, pd.DataFrame):
+            raise ValueError("gene_embedding must be a DataFrame indexed by gene.")
+        e = e.astype(np.float64)
+        e = e - e.mean(axis=0)
+        e = e * np.sqrt(e.shape[1] / max(float((e.to_numpy() ** 2).sum()), 1e-12))  # as PCA
+        self._extra = {str(g): e.loc[g].to_numpy() for g in e.index if g not in self._gene_index}
+        return e.reindex(self.var_names_).fillna(0.0).to_numpy()
 
     def _fit(self, x, codes):
         self._gene_index = {g: i for i, g in enumerate(self.var_names_)}
         perturbed = np.array([len(g) > 0 for g in self.conditions_["genes"]])
         deltas = self.means_[perturbed] - self.control_mean_  # perturbations × genes
-        if self.embedding == "cells":
+        self._extra = {}
+        if self.gene_embedding is not None:
+            G = self._given_embedding()
+        elif self.embedding == "cells":
             G = _gene_pca(x, self.n_components, self.max_cells, self.seed)
         elif self.embedding == "within":
             G = _gene_pca(x, self.n_components, self.max_cells, self.seed, self.means_, codes)
@@ -444,4 +528,5 @@ PERTURBATION_BASELINES: dict[str, type[PerturbationBaseline]] = {
     "train_mean": TrainMean,
     "additive": Additive,
     "linear": LinearGeneEmbedding,
+    "own_knockdown": OwnKnockdown,
 }

@@ -18,6 +18,24 @@ PERTURBATION_METRICS = (
     "direction_de",
     "spread_de",
     "spread_de_true",
+    "pearson_delta_pert",
+    "pearson_delta_disjoint",
+    "de_rank",
+)
+
+
+#: the default columns of :func:`summarize_perturbation`, in order
+SUMMARY_METRICS = (
+    "pearson_delta_de",
+    "pearson_delta",
+    "pearson_delta_pert",
+    "pearson_delta_disjoint",
+    "de_rank",
+    "direction_de",
+    "mse_de",
+    "mse",
+    "spread_de",
+    "seconds",
 )
 
 
@@ -40,6 +58,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip((a @ b) / (na * nb), -1.0, 1.0))
 
 
+def _desc_ranks(a: np.ndarray) -> np.ndarray:
+    """0-based ranks of each row's values, largest first, ties given their average rank."""
+    from scipy.stats import rankdata
+
+    return a.shape[1] - rankdata(a, axis=1, method="average")
+
+
 def perturbation_metrics(
     pred: np.ndarray,
     truth: np.ndarray,
@@ -47,6 +72,8 @@ def perturbation_metrics(
     de_genes: Sequence[np.ndarray] | None = None,
     n_de: int = 20,
     conditions: Sequence[str] | None = None,
+    perturbed_mean: np.ndarray | None = None,
+    control_disjoint: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-condition accuracy of predicted mean expression profiles.
 
@@ -65,6 +92,23 @@ def perturbation_metrics(
       spread is positive; the mean of ``spread_de`` over conditions, divided by that of
       ``spread_de_true``, measures how much of the real diversity of responses is kept.
       NaN when fewer than two conditions are given.
+    - ``pearson_delta_pert`` (Systema-style): Pearson on all genes of ``pred -
+      perturbed_mean`` and ``truth - perturbed_mean``, the changes against the mean of all
+      perturbed training cells. The shift that every perturbation shares (perturbed vs
+      control cells) is removed, so predicting that shared shift scores 0 (the training
+      mean scores exactly 0) and only what is specific to the condition counts. NaN
+      without ``perturbed_mean``.
+    - ``pearson_delta_disjoint``: Pearson on all genes of ``pred - control`` and
+      ``truth - control_disjoint``, where ``control_disjoint`` is the mean of control
+      cells that no method saw (a disjoint half of the controls). With one control mean on
+      both sides its sampling noise appears in both deltas and inflates the correlation;
+      here it cannot. NaN without ``control_disjoint``.
+    - ``de_rank``: where the condition's true DE genes land when the genes are ranked by
+      the predicted absolute change ``|pred - control|``, largest first: the mean over the
+      DE genes of their rank (0-based, ties averaged) divided by ``n_genes - 1``. **Lower
+      is better**: 0.5 is chance (and what a constant prediction such as no change gets),
+      the best possible value is ``(n_de - 1) / (2 (n_genes - 1))`` (the DE genes ranked
+      first), 1 the worst.
 
     Parameters
     ----------
@@ -81,6 +125,12 @@ def perturbation_metrics(
         Number of DE genes when ``de_genes`` is not given.
     conditions
         Row labels of the result.
+    perturbed_mean
+        Mean expression of all perturbed training cells, one value per gene (for
+        ``pearson_delta_pert``).
+    control_disjoint
+        Mean expression of control cells disjoint from those of ``control`` (for
+        ``pearson_delta_disjoint``).
 
     Returns
     -------
@@ -100,7 +150,7 @@ def perturbation_metrics(
     >>> control = rng.normal(size=50)
     >>> truth = control + rng.normal(size=(3, 50))
     >>> m = perturbation_metrics(truth, truth, control, n_de=10)
-    >>> float(m[["pearson_delta_de", "direction_de"]].to_numpy().min())
+    >>> round(float(m[["pearson_delta_de", "direction_de"]].to_numpy().min()), 6)
     1.0
     """
     pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
@@ -111,7 +161,16 @@ def perturbation_metrics(
             f"Shapes disagree: pred {pred.shape}, truth {truth.shape}, control {control.shape}; "
             "pred and truth must be conditions × genes and control one value per gene."
         )
-    for name, arr in (("pred", pred), ("truth", truth), ("control", control)):
+    refs = {}
+    for name, ref in (("perturbed_mean", perturbed_mean), ("control_disjoint", control_disjoint)):
+        if ref is not None:
+            ref = np.asarray(ref, dtype=np.float64).ravel()
+            if ref.size != control.size:
+                raise ValueError(
+                    f"{name} has {ref.size} values for {control.size} genes; pass one per gene."
+                )
+            refs[name] = ref
+    for name, arr in (("pred", pred), ("truth", truth), ("control", control), *refs.items()):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} has NaN or infinite values; predictions must be finite.")
     n_cond, n_genes = truth.shape
@@ -130,6 +189,9 @@ def perturbation_metrics(
             raise ValueError("Every condition needs at least one DE gene index in [0, n_genes).")
     mean_dp = dp.mean(axis=0)
     mean_dt = dt.mean(axis=0)
+    # rank of every gene by predicted |change|, largest first, ties averaged, in [0, 1]
+    ranks = _desc_ranks(np.abs(dp)) / max(n_genes - 1, 1)
+    pm, cd = refs.get("perturbed_mean"), refs.get("control_disjoint")
     rows = []
     for i in range(n_cond):
         de = de_genes[i]
@@ -146,6 +208,13 @@ def perturbation_metrics(
                 "spread_de_true": float(np.sqrt(np.mean((dt[i, de] - mean_dt[de]) ** 2)))
                 if n_cond > 1
                 else np.nan,
+                "pearson_delta_pert": _pearson(pred[i] - pm, truth[i] - pm)
+                if pm is not None
+                else np.nan,
+                "pearson_delta_disjoint": _pearson(dp[i], truth[i] - cd)
+                if cd is not None
+                else np.nan,
+                "de_rank": float(ranks[i, de].mean()),
                 "n_de": int(de.size),
             }
         )
@@ -155,14 +224,7 @@ def perturbation_metrics(
 
 def summarize_perturbation(
     df: pd.DataFrame,
-    metrics: Sequence[str] = (
-        "pearson_delta_de",
-        "pearson_delta",
-        "direction_de",
-        "mse_de",
-        "mse",
-        "spread_de",
-    ),
+    metrics: Sequence[str] | None = None,
     as_text: bool = True,
 ) -> pd.DataFrame:
     """Mean ± sd over conditions of the perturbation metrics, per method and subgroup.
@@ -176,7 +238,8 @@ def summarize_perturbation(
     df
         Output of :func:`perturbation`.
     metrics
-        Metric columns to summarise.
+        Metric columns to summarise (default: those of :data:`SUMMARY_METRICS` that
+        ``df`` has).
     as_text
         Return ``"mean ± sd"`` strings (default) or numbers with ``(metric, "mean"/"sd")``
         columns.
@@ -201,6 +264,8 @@ def summarize_perturbation(
     >>> summarize_perturbation(df, metrics=["pearson_delta_de"]).loc[("a", "all"), "pearson_delta_de"]
     '0.600 ± 0.141'
     """
+    if metrics is None:
+        metrics = [m for m in SUMMARY_METRICS if m in df]
     need = ["method", "subgroup", *metrics]
     missing = [c for c in need if c not in df]
     if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from ._cell_eval import (
 )
 from ._celltx import celltx_perturbation_model
 from ._metrics import PERTURBATION_METRICS, perturbation_metrics
-from ._split import TEST_SUBGROUPS, _conditions_of, perturbation_split
+from ._split import TEST_SUBGROUPS, _conditions_of, perturbation_split, read_perturbation_split
 
 # the task's logger, ``celltx.bench._perturbation``
 logger = logging.getLogger(__package__)
@@ -175,7 +176,7 @@ def _safe_name(name: str) -> str:
 def perturbation(
     adata: AnnData,
     model=None,
-    split: str = "simulation",
+    split: str | os.PathLike | Mapping = "simulation",
     seed: int = 0,
     perturbation_key: str = "condition",
     control_value: str = "ctrl",
@@ -189,11 +190,17 @@ def perturbation(
     cell_eval_dir: str | os.PathLike | None = None,
     cell_eval: bool | None = None,
     cell_eval_profile: str = "minimal",
+    ceiling: bool = False,
+    disjoint_controls: bool = True,
 ) -> pd.DataFrame:
     """Benchmark perturbation-response prediction on a GEARS-style split.
 
     The conditions are split with :func:`perturbation_split` (same ``split``, ``seed`` and
-    ``train_fraction``). Every method is trained on the ``"train"`` cells (control cells
+    ``train_fraction``), or by a saved split list (``split`` a JSON path or mapping, see
+    :func:`read_perturbation_split`) so that runs score the same conditions. With
+    ``disjoint_controls`` (default) a random half of the control cells (by ``seed``) is
+    kept from every method: it is only used for ``pearson_delta_disjoint``; the other
+    half is the training controls, and the control mean of every other metric is theirs. Every method is trained on the ``"train"`` cells (control cells
     included) and predicts the mean expression of each held-out condition
     (``"unseen_single"``, ``"combo_seen0/1/2"``); predictions are scored against the mean
     of that condition's cells with :func:`perturbation_metrics`, one subgroup at a time
@@ -226,6 +233,13 @@ def perturbation(
     cell-eval leaves them NaN, with a warning and the message in ``cell_eval_error``.
     Without cell-eval the files are written and a warning gives the commands to run.
 
+    Besides the columns of :func:`perturbation_metrics`, ``pearson_delta_pert`` uses the
+    mean of all perturbed training cells, and ``seconds`` is each method's wall time
+    (training and prediction; celltx's gene-embedding pretraining is counted in each
+    method that uses it, even when it is shared). With ``ceiling``, a ``"ceiling"`` row per
+    condition scores a random half of the condition's real cells as the prediction of the
+    other half (the agreement two replicates of the experiment would reach).
+
     Parameters
     ----------
     adata
@@ -240,7 +254,9 @@ def perturbation(
         callable ``train_fn(train_adata)`` returning such an object; it gets the training
         cells of ``adata`` as they are (raw counts stay raw).
     split
-        ``"simulation"`` or ``"single"`` (see :func:`perturbation_split`).
+        ``"simulation"`` or ``"single"`` (see :func:`perturbation_split`), or a saved split
+        list: a JSON path or mapping (see :func:`read_perturbation_split`; ``seed`` then
+        only draws the control halves and the ceiling's halves).
     seed
         Seed of the split.
     perturbation_key
@@ -271,13 +287,18 @@ def perturbation(
     cell_eval_profile
         cell-eval's metric set (``"minimal"``, ``"full"``, ``"vcc"``, ...; see
         :func:`run_cell_eval`).
+    ceiling
+        Add the ``"ceiling"`` rows (each scored condition needs at least 4 cells).
+    disjoint_controls
+        Keep half of the control cells from every method for ``pearson_delta_disjoint``
+        (``False``: train on all controls; that column is then NaN).
 
     Returns
     -------
     pandas.DataFrame
         One row per method × held-out condition: ``method``, ``condition`` (canonical GEARS
         name), ``subgroup``, ``n_cells``, ``de_source``, the metrics of
-        :func:`perturbation_metrics` and ``error`` (``None``, or the exception of a method
+        :func:`perturbation_metrics`, ``seconds`` and ``error`` (``None``, or the exception of a method
         that failed: its metrics are then NaN); with cell-eval run, its metrics as
         ``cell_eval_*`` columns and ``cell_eval_error`` before ``error``.
 
@@ -289,7 +310,10 @@ def perturbation(
         baseline name is unknown, the model neither has ``predict_perturbation`` nor is
         callable, a predictor lacks ``fit`` / ``predict``, or the expression is neither
         raw counts nor log-normalised, or ``cell_eval`` is ``True`` without
-        ``cell_eval_dir`` or ``cell_eval_profile`` is unknown.
+        ``cell_eval_dir`` or ``cell_eval_profile`` is unknown, a split list names
+        conditions that are not in the data, ``ceiling`` is asked for with fewer than 4
+        cells in a scored condition, or ``disjoint_controls`` with fewer than 4 control
+        cells.
     ImportError
         If ``cell_eval`` is ``True`` and cell-eval is not installed.
 
@@ -348,16 +372,31 @@ def perturbation(
             f"Found {int(is_control.sum())} control cell(s) (condition {control_value!r}); the "
             "benchmark needs at least two. Pass control_value= the condition of your controls."
         )
-    subgroups = perturbation_split(
-        col,
-        perturbation_key=perturbation_key,
-        control_value=control_value,
-        split=split,
-        seed=seed,
-        train_fraction=train_fraction,
-    )
+    if disjoint_controls and is_control.sum() < 4:
+        raise ValueError(
+            f"disjoint_controls needs at least 4 control cells (two halves of two), found "
+            f"{int(is_control.sum())}; pass disjoint_controls=False."
+        )
+    if isinstance(split, str) and split in ("simulation", "single"):
+        subgroups = perturbation_split(
+            col,
+            perturbation_key=perturbation_key,
+            control_value=control_value,
+            split=split,
+            seed=seed,
+            train_fraction=train_fraction,
+        )
+    else:
+        subgroups = read_perturbation_split(
+            split, col, perturbation_key=perturbation_key, control_value=control_value
+        )
     cell_group = col.map(subgroups).to_numpy()
-    train_mask = cell_group == "train"
+    rng = np.random.default_rng(seed)
+    held_controls = np.zeros(len(col), dtype=bool)
+    if disjoint_controls:
+        ctrl_idx = np.flatnonzero(is_control)
+        held_controls[rng.choice(ctrl_idx, len(ctrl_idx) // 2, replace=False)] = True
+    train_mask = (cell_group == "train") & ~held_controls
 
     x = lognorm_expression(adata, layer)
     x = x.tocsr() if sparse.issparse(x) else np.asarray(x)
@@ -381,7 +420,23 @@ def perturbation(
         )
     test_names = [str(uniques[i]) for i in test]
     truth = means[test]
-    control_mean = _group_means(x, np.where(is_control, 0, -1), 1)[0][0]
+    control_mean = _group_means(x, np.where(is_control & ~held_controls, 0, -1), 1)[0][0]
+    control_disjoint = (
+        _group_means(x, np.where(held_controls, 0, -1), 1)[0][0] if disjoint_controls else None
+    )
+    perturbed_train = train_mask & ~is_control
+    perturbed_mean = (
+        _group_means(x, np.where(perturbed_train, 0, -1), 1)[0][0]
+        if perturbed_train.any()
+        else None
+    )
+    if ceiling:
+        few = [test_names[k] for k, i in enumerate(test) if counts[i] < 4]
+        if few:
+            raise ValueError(
+                f"ceiling=True needs at least 4 cells in each scored condition (two halves of "
+                f"two); {few[:10]} have fewer. Raise min_cells to 4 or pass ceiling=False."
+            )
     raw_of_group: dict[str, list[str]] = {}
     for raw, canon in (
         pd.DataFrame({"r": col.to_numpy(), "c": names.to_numpy()})
@@ -402,17 +457,23 @@ def perturbation(
     )
     methods: dict[str, Callable[[], np.ndarray]] = {}
     cell_preds: dict[str, AnnData] = {}
+    fitted: dict[str, object] = {}  # each method's trained object, for its pretraining time
     for b in baselines:
         cls = PERTURBATION_BASELINES[b]
-        methods[b] = lambda cls=cls: (
-            cls(perturbation_key=perturbation_key, control_value=control_value)
-            .fit(train)
-            .predict(test_names)
-        )
+
+        def _run_baseline(cls=cls, b=b):
+            obj = cls(perturbation_key=perturbation_key, control_value=control_value).fit(train)
+            fitted[b] = obj
+            return obj.predict(test_names)
+
+        methods[b] = _run_baseline
     for name, obj in (predictors or {}).items():
-        methods[name] = lambda obj=obj: np.asarray(
-            obj.fit(train).predict(test_names), dtype=np.float64
-        )
+
+        def _run_predictor(obj=obj, name=name):
+            fitted[name] = obj.fit(train)
+            return np.asarray(fitted[name].predict(test_names), dtype=np.float64)
+
+        methods[name] = _run_predictor
     if model is not None:
 
         def _run_model():
@@ -423,6 +484,7 @@ def perturbation(
                     raise ValueError(
                         "The model's train_fn returned an object without predict_perturbation."
                     )
+                fitted[model_name] = obj
             var_names = pd.Index(adata.var_names)
             if cell_eval_dir is not None:  # per-cell predictions for cell-eval, if it can
                 try:
@@ -445,8 +507,17 @@ def perturbation(
     sub = np.array([group_of[i] for i in test], dtype=object)
     mean_preds: dict[str, np.ndarray] = {}
 
-    def _score(name: str, run: Callable[[], np.ndarray]) -> pd.DataFrame:
+    def _score(
+        name: str, run: Callable[[], np.ndarray], observed: np.ndarray = truth
+    ) -> pd.DataFrame:
+        start = time.perf_counter()
         pred = np.asarray(run(), dtype=np.float64)
+        seconds = time.perf_counter() - start
+        # celltx's pretraining is shared between the methods that use it: a method that
+        # reused it (it took less time than the pretraining) is charged for it as well
+        pre = float(getattr(fitted.get(name), "pretrain_seconds_", 0.0) or 0.0)
+        if seconds < pre:
+            seconds += pre
         if pred.shape != truth.shape:
             raise ValueError(
                 f"{name} predicted shape {pred.shape}; expected {truth.shape} (conditions × genes)."
@@ -459,15 +530,18 @@ def perturbation(
                 continue
             m = perturbation_metrics(
                 pred[rows],
-                truth[rows],
+                observed[rows],
                 control_mean,
                 de_genes=[de[r] for r in rows],
                 conditions=[test_names[r] for r in rows],
+                perturbed_mean=perturbed_mean,
+                control_disjoint=control_disjoint,
             ).reset_index()
             m.insert(0, "method", name)
             m.insert(2, "subgroup", sg)
             m.insert(3, "n_cells", counts[np.asarray(test)[rows]].astype(int))
             m.insert(4, "de_source", [de_source[r] for r in rows])
+            m["seconds"] = seconds
             parts.append(m)
         return pd.concat(parts, ignore_index=True)
 
@@ -479,6 +553,7 @@ def perturbation(
         "de_source",
         *PERTURBATION_METRICS,
         "n_de",
+        "seconds",
     ]
     in_subgroup_order = np.argsort([TEST_SUBGROUPS.index(g) for g in sub], kind="stable")
     exporter = (
@@ -497,6 +572,16 @@ def perturbation(
         else None
     )
     frames = []
+    if ceiling:  # half of each condition's cells predicting the other half
+        halves = []
+        for i in test:
+            cells = rng.permutation(np.flatnonzero(codes == i))
+            half = len(cells) // 2
+            halves.append((cells[:half], cells[half:]))
+        first = np.vstack([np.asarray(x[a].mean(axis=0)).ravel() for a, _ in halves])
+        second = np.vstack([np.asarray(x[b].mean(axis=0)).ravel() for _, b in halves])
+        table = _score("ceiling", lambda: first, second)
+        frames.append(table[order].assign(error=None))
     for name, run in methods.items():
         table, err = guarded(name, _score, name, run)
         if exporter is not None and err is None:
@@ -518,6 +603,7 @@ def perturbation(
                     "de_source": de_source,
                     **dict.fromkeys(PERTURBATION_METRICS, np.nan),
                     "n_de": [len(d) for d in de],
+                    "seconds": np.nan,
                 }
             ).iloc[in_subgroup_order]
         extra = [c for c in table.columns if c.startswith("cell_eval_")]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from celltx.data import parse_conditions
+from celltx.data import condition_name, parse_condition, parse_conditions
 
 #: held-out subgroups that the benchmark scores, in the order of its tables
 TEST_SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
@@ -173,5 +176,178 @@ def perturbation_split(
 
     out = pd.Series(
         [group[c] for c in canon_of], index=pd.Index(raw, name="condition"), name="subgroup"
+    )
+    return out.sort_index()
+
+
+#: subgroups a saved split list may name (besides GEARS' ``"test"``)
+_LIST_GROUPS = ("train", "val", *TEST_SUBGROUPS, "excluded")
+_SPLIT_FORMAT = "celltx.perturbation_split/1"
+
+
+def save_perturbation_split(
+    split: pd.Series, path: str | os.PathLike, control_value: str = "ctrl", **meta
+) -> Path:
+    """Write a split (from :func:`perturbation_split`) as a JSON list of conditions.
+
+    The file has one list of canonical condition names per subgroup (``"train"``,
+    ``"val"``, ``"unseen_single"``, ``"combo_seen0"`` ... ``"excluded"``), GEARS' ``"test"``
+    (every held-out condition) and ``meta`` (e.g. ``seed=0``) under ``"meta"``.
+    :func:`read_perturbation_split` reads it back; the benchmark takes it as ``split=path``,
+    so that every run scores the same conditions.
+
+    Parameters
+    ----------
+    split
+        Subgroup of each condition, indexed by condition.
+    path
+        The JSON file to write.
+    control_value
+        The condition of control cells.
+    **meta
+        JSON-serialisable notes stored with the lists.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If a subgroup is not one of the split's subgroups.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from celltx.bench import perturbation_split, save_perturbation_split
+    >>> s = perturbation_split(["ctrl", "A+ctrl", "B+ctrl", "C+ctrl", "A+B"], seed=0)
+    >>> path = save_perturbation_split(s, os.path.join(tempfile.mkdtemp(), "split.json"))
+    >>> path.suffix
+    '.json'
+    """
+    bad = sorted(set(split.astype(str)) - set(_LIST_GROUPS))
+    if bad:
+        raise ValueError(f"Unknown subgroup(s) {bad}; a split uses {list(_LIST_GROUPS)}.")
+    names = [
+        condition_name(parse_condition(str(c), control_value=control_value), control_value)
+        for c in split.index
+    ]
+    canon = pd.Series(split.astype(str).to_numpy(), index=names)
+    canon = canon[~canon.index.duplicated()]
+    out: dict = {"format": _SPLIT_FORMAT, "meta": meta}
+    for g in _LIST_GROUPS:
+        out[g] = sorted(canon.index[canon == g])
+    out["test"] = sorted(canon.index[canon.isin(TEST_SUBGROUPS)])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return path
+
+
+def read_perturbation_split(
+    source: str | os.PathLike | Mapping[str, Sequence[str]],
+    adata: AnnData | Sequence[str] | pd.Series,
+    perturbation_key: str = "condition",
+    control_value: str = "ctrl",
+) -> pd.Series:
+    """A saved split list applied to the conditions of ``adata``.
+
+    ``source`` is a JSON file (or its dict) with lists of conditions: celltx's layout
+    (:func:`save_perturbation_split`: ``"train"``, ``"val"``, ``"unseen_single"``,
+    ``"combo_seen0/1/2"``, ``"excluded"``) or GEARS' (``"train"``, ``"val"``, ``"test"``;
+    a held-out condition's subgroup is then ``"unseen_single"`` for one gene and
+    ``"combo_seen<k>"`` for a pair, ``k`` of whose genes have a training single). When both
+    are given the subgroup lists win. Spellings are compared canonically (``"ctrl+A"`` =
+    ``"A+ctrl"``). Control cells are always ``"train"``; conditions of the data that no
+    list names are ``"excluded"`` (not trained on, not scored).
+
+    Parameters
+    ----------
+    source
+        Path of the JSON file, or the mapping itself.
+    adata
+        AnnData with conditions in ``obs[perturbation_key]``, or the conditions.
+    perturbation_key
+        The obs column with the conditions.
+    control_value
+        The condition of control cells.
+
+    Returns
+    -------
+    pandas.Series
+        As :func:`perturbation_split`: subgroup per condition (as spelled in the data).
+
+    Raises
+    ------
+    ValueError
+        If the file is not a mapping of lists, names an unknown subgroup, names a condition
+        twice in different lists, or names conditions that do not exist in the data (they
+        are listed).
+
+    Examples
+    --------
+    >>> from celltx.bench import read_perturbation_split
+    >>> conds = ["ctrl", "A+ctrl", "B+ctrl", "A+B"]
+    >>> s = read_perturbation_split({"train": ["A+ctrl"], "test": ["B+ctrl", "A+B"]}, conds)
+    >>> s.to_dict()
+    {'A+B': 'combo_seen1', 'A+ctrl': 'train', 'B+ctrl': 'unseen_single', 'ctrl': 'train'}
+    """
+    if isinstance(source, Mapping):
+        lists = dict(source)
+    else:
+        try:
+            lists = json.loads(Path(source).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source} is not a JSON split list ({err}).") from err
+    if not isinstance(lists, Mapping):
+        raise ValueError("A split list is a mapping subgroup → list of conditions.")
+    lists = {k: v for k, v in lists.items() if k not in ("format", "meta")}
+    unknown = sorted(set(lists) - {*_LIST_GROUPS, "test"})
+    if unknown:
+        raise ValueError(f"Unknown list(s) {unknown} in the split; use {[*_LIST_GROUPS, 'test']}.")
+    col = _conditions_of(adata, perturbation_key)
+    raw = pd.unique(col)
+    genes_of, canon_of = parse_conditions(pd.Series(raw), control_value=control_value, max_genes=2)
+    present = set(canon_of)
+
+    def canon(c: str) -> str:
+        return condition_name(parse_condition(str(c), control_value=control_value), control_value)
+
+    group: dict[str, str] = {}
+    for g in (*_LIST_GROUPS, "test"):  # subgroup lists before GEARS' "test"
+        items = lists.get(g, [])
+        if isinstance(items, str) or not isinstance(items, Sequence):
+            raise ValueError(f"Split list {g!r} must be a list of conditions, got {type(items)}.")
+        for c in items:
+            name = canon(c)
+            prev = group.get(name)
+            if prev is not None and g != "test" and prev != g:
+                raise ValueError(f"Condition {name!r} is in both {prev!r} and {g!r}.")
+            if prev is None:
+                group[name] = g
+    absent = sorted(c for c in group if c not in present and c != control_value)
+    if absent:
+        raise ValueError(
+            f"The split list names {len(absent)} condition(s) that are not in the data: "
+            f"{absent[:10]}. Use the split list made for this data (or the same conditions)."
+        )
+    canon_genes = dict(zip(canon_of, genes_of, strict=True))
+    seen = {
+        canon_genes[c][0]
+        for c, g in group.items()
+        if g == "train" and len(canon_genes.get(c, ())) == 1
+    }
+    for c, g in list(group.items()):
+        if g == "test":
+            genes = canon_genes[c]
+            group[c] = (
+                "unseen_single" if len(genes) == 1 else f"combo_seen{sum(x in seen for x in genes)}"
+            )
+    group[control_value] = "train"
+    out = pd.Series(
+        [group.get(c, "excluded") for c in canon_of],
+        index=pd.Index(raw, name="condition"),
+        name="subgroup",
     )
     return out.sort_index()
