@@ -45,6 +45,7 @@ from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
 from ._training import (
+    NeighbourSplitter,
     TokenBudgetSplitter,
     TrainingMixin,
     data_parallel_defaults,
@@ -582,6 +583,31 @@ class ScGPT(
                 "seed": scvi.settings.seed or 0,
             }
             splitter_cls = TokenBudgetSplitter
+        mode = self._neighbour_positives() if datamodule is None else None
+        if mode is not None:  # neighbour positives: batches that pair each anchor with one
+            if splitter_cls is not None or "ddp" in str(trainer_kwargs.get("strategy", "")):
+                raise ValueError(
+                    f"Neighbour positives (contrast_positives={mode!r}) pair cells within a "
+                    "batch on one process: leave out batch_tokens and DDP, or build the model "
+                    "with contrast_positives='self'."
+                )
+            import scvi
+
+            state: dict = {}
+            datasplitter_kwargs = {
+                **(datasplitter_kwargs or {}),
+                "pairs_fn": self._pairs_fn(mode),
+                "seed": scvi.settings.seed or 0,
+                "state": state,
+            }
+            splitter_cls = NeighbourSplitter
+            if self.module.config.contrast_refresh:
+                kw = dict(trainer_kwargs)
+                kw["callbacks"] = [
+                    *(kw.get("callbacks") or []),
+                    self._refresh_callback(state, mode),
+                ]
+                trainer_kwargs = kw
         if checkpoint_every is not None:
             trainer_kwargs = step_checkpoints(trainer_kwargs, checkpoint_every, checkpoint_dir)
         elif checkpoint_dir is not None:
