@@ -177,9 +177,7 @@ def test_integration_needs_batches_and_positives_check_settings():
     with pytest.raises(ValueError, match="task='integration' needs batches"):
         model.train(max_epochs=1, task="integration", **CPU)
     with pytest.raises(ValueError, match="contrast_positives='mnn' pairs cells across batches"):
-        ScGPT(a, **SMALL, contrast_positives="mnn").train(
-            max_epochs=1, task="contrastive", **CPU
-        )
+        ScGPT(a, **SMALL, contrast_positives="mnn").train(max_epochs=1, task="contrastive", **CPU)
     with pytest.raises(ValueError, match="contrast_positives="):
         ScGPT(a, **SMALL, contrast_positives="nn")
     with pytest.raises(ValueError, match="contrast_thinning="):

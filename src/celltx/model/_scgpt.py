@@ -429,11 +429,15 @@ class ScGPT(
             Loss preset: ``"generative"`` (gene- and cell-prompt generation, the default
             for a new model), ``"annotation"`` (cross-entropy of the classifier on the
             ``<cls>`` embedding of whole cells; needs ``labels_key``), ``"integration"``
-            (generation + elastic cell similarity ×10 + the adversarial batch
-            discriminator when built with ``dab=True``; needs ``batch_key``; scGPT's
-            recipe), ``"contrastive"`` (InfoNCE between two views of each cell, each with its
-            own random known / unknown split; add ``loss_weights={"gep": 1, "mvc": 1}`` to
-            generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
+            (the contrastive loss with neighbour positives, CLAIRE-style: each cell's
+            nearest neighbours within its batch and its mutual nearest neighbours in other
+            batches, found in the input's PCA, count as positives besides its own second
+            view; needs ``batch_key``; see the model's ``contrast_*`` settings),
+            ``"integration_scgpt"`` (scGPT's recipe: generation + elastic cell similarity
+            ×10 + the adversarial batch discriminator when built with ``dab=True``; needs
+            ``batch_key``), ``"contrastive"`` (InfoNCE between two views of each cell, each
+            with its own random known / unknown split; add ``loss_weights={"gep": 1,
+            "mvc": 1}`` to generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
             alignment: each labelled cell against its label's Cell Ontology text; needs
             ``labels_key`` and ``celltx[text]``; see :meth:`predict_zero_shot`). ``None``
             keeps the objective of the previous call.
