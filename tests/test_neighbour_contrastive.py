@@ -246,3 +246,64 @@ def test_bench_integration_trains_the_celltx_recipe():
     assert {"celltx", "PCA (unintegrated)"} <= set(table.index)
     assert np.isfinite(float(table.loc["celltx", "Total"]))
     assert float(table.loc["celltx", "seconds"]) > 0
+
+
+def test_divide_and_conquer_with_augmented_views_and_partners_equals_one_graph():
+    from scvi import REGISTRY_KEYS
+
+    from celltx.train import divide_and_conquer_step
+    from celltx.train._contrastive import _chunks, _rng_state, _set_rng_state
+
+    adata = celltx.datasets.pbmc68k()[:40].copy()
+    ScGPT.setup_anndata(adata)
+    model = ScGPT(
+        adata,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        max_seq_len=48,
+        dropout=0.1,
+        contrast_thinning=0.5,
+        contrast_gene_dropout=0.2,
+        contrast_filter=0.25,
+    )
+    m = model.module
+    m.set_objective(contrast=1.0, gep=1.0)
+    m.train()
+    x = torch.as_tensor(adata.X[:16].toarray())
+    tensors = {REGISTRY_KEYS.X_KEY: x, PARTNER_KEY: partner_rows(16)}
+    grads = lambda: [p.grad.clone() for p in m.parameters() if p.grad is not None]  # noqa: E731
+    with model._panel(adata):
+        torch.manual_seed(1)
+        m.zero_grad()
+        out = divide_and_conquer_step(m, tensors, chunk_size=5)
+        dc = grads()
+        # the same in one graph, chunk by chunk under the recorded random states
+        torch.manual_seed(1)
+        plain = {REGISTRY_KEYS.X_KEY: x}
+        chunks = _chunks(plain, 5)
+        states = []
+        with torch.no_grad():
+            for c in chunks:
+                states.append(_rng_state(torch.device("cpu")))
+                m.inference(**m._get_inference_input(c))
+        m.zero_grad()
+        m.skip_parts = {"contrast"}
+        z1, z2, gen = [], [], 0.0
+        for c, s in zip(chunks, states, strict=True):
+            _set_rng_state(s, torch.device("cpu"))
+            inf, _, lo = m(c)
+            k = len(c[REGISTRY_KEYS.X_KEY])
+            z1.append(inf["cell_emb"][:k])
+            z2.append(inf["cell_emb"][k:])
+            gen = gen + lo.loss * k / 16
+        m.skip_parts = set()
+        con = contrastive_loss(
+            torch.cat(z1), torch.cat(z2), 0.1, partner=partner_rows(16), filter_fraction=0.25
+        )
+        (con + gen).backward()
+        ref = grads()
+    assert len(dc) == len(ref) > 5
+    for a, b in zip(dc, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.loss, (con + gen).detach(), rtol=1e-5, atol=1e-6)
