@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import scanpy as sc
 import scvi
 
@@ -112,6 +113,8 @@ def main(argv=None) -> None:
         default=["generative", "integration"],
         help="celltx models to train and score",
     )
+    p.add_argument("--save-dir", help="write each --variants embedding there as NAME.npy")
+    p.add_argument("--score-dir", help="also score every NAME.npy embedding found there")
     p.add_argument(
         "--variants",
         default="{}",
@@ -162,6 +165,18 @@ def main(argv=None) -> None:
         )
         timing[name] = time.perf_counter() - t0
         print(f"{name}: {timing[name]:.0f} s", flush=True)
+        if a.save_dir:
+            Path(a.save_dir).mkdir(parents=True, exist_ok=True)
+            np.save(Path(a.save_dir) / f"{name}.npy", emb[name])
+            (Path(a.save_dir) / f"{name}.seconds").write_text(f"{timing[name]:.1f}")
+    if a.score_dir:
+        for f in sorted(Path(a.score_dir).glob("*.npy")):
+            emb[f.stem] = np.load(f)
+            sec = f.with_suffix(".seconds")
+            if sec.exists():
+                timing[f.stem] = float(sec.read_text())
+    if (a.save_dir and not a.score_dir or not emb) and not a.baselines:
+        return  # embeddings saved for a later --score-dir run
     for name, integrate in (("celltx (generative)", False), ("celltx (integration)", True)):
         if name.split("(")[1].rstrip(")") not in a.models:
             continue

@@ -110,10 +110,13 @@ def test_knn_and_mnn_pairs_on_a_known_case():
     batch = np.array([0, 0, 0, 1, 1, 1])
     knn = neighbour_pairs(emb, k=1, batch=batch, mode="knn")
     assert [p.tolist() for p in knn] == [[1], [0], [1], [5], [5], [4]]
-    mnn = neighbour_pairs(emb, k=1, batch=batch, mode="mnn")
+    both = neighbour_pairs(emb, k=1, batch=batch, mode="knn+mnn")
     # mutual nearest across batches: 0 ↔ 3 (X) and 2 ↔ 4 (Y); 1's nearest in batch 1 is 3,
     # whose nearest in batch 0 is 0, so 1 gets none (not mutual)
-    assert [p.tolist() for p in mnn] == [[1, 3], [0], [1, 4], [0, 5], [2, 5], [4]]
+    assert [p.tolist() for p in both] == [[1, 3], [0], [1, 4], [0, 5], [2, 5], [4]]
+    # "mnn": the cross-batch partners, within-batch ones only for cells without any
+    mnn = neighbour_pairs(emb, k=1, batch=batch, mode="mnn")
+    assert [p.tolist() for p in mnn] == [[3], [0], [4], [0], [2], [4]]
     # without batches: kNN over all cells
     assert neighbour_pairs(emb, k=1)[0].tolist() == [1]
     with pytest.raises(ValueError, match="mode="):

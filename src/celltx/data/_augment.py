@@ -146,12 +146,13 @@ def neighbour_pairs(
     """Each cell's candidate positives: neighbours in ``emb`` (cosine similarity).
 
     ``mode="knn"``: the ``k`` nearest neighbours within the cell's batch (every cell when
-    ``batch`` is ``None``), NNCLR-style. ``mode="mnn"``: those, plus the mutual nearest
+    ``batch`` is ``None``), NNCLR-style. ``mode="mnn"``: the cell's mutual nearest
     neighbours across batches (CLAIRE-style): cells ``i`` (batch ``a``) and ``j`` (batch
     ``b``) pair when ``j`` is among ``i``'s ``k`` nearest cells of ``b`` and ``i`` among
-    ``j``'s ``k`` nearest cells of ``a``. Mutuality is the guard against pairing cells of
-    different types that only happen to be close. A batch with ``k`` cells or fewer gives
-    its cells fewer neighbours (logged).
+    ``j``'s ``k`` nearest cells of ``a``; a cell without any keeps its within-batch
+    neighbours. ``mode="knn+mnn"``: both, for every cell. Mutuality is the guard against
+    pairing cells of different types that only happen to be close. A batch with ``k``
+    cells or fewer gives its cells fewer within-batch neighbours (logged).
 
     Returns a list of ``n`` integer arrays (candidate partners of each cell; may be empty).
 
@@ -163,15 +164,16 @@ def neighbour_pairs(
     >>> [p.tolist() for p in neighbour_pairs(emb, k=1)]
     [[1], [0], [3], [2]]
     """
-    if mode not in ("knn", "mnn"):
-        raise ValueError(f"mode={mode!r}; use 'knn' or 'mnn'.")
+    if mode not in ("knn", "mnn", "knn+mnn"):
+        raise ValueError(f"mode={mode!r}; use 'knn', 'mnn' or 'knn+mnn'.")
     emb = np.asarray(emb, dtype=np.float32)
     n = len(emb)
     codes = (
         np.zeros(n, dtype=np.int64) if batch is None else np.unique(batch, return_inverse=True)[1]
     )
     groups = [np.flatnonzero(codes == b) for b in range(codes.max() + 1 if n else 0)]
-    pairs: list[list[np.ndarray]] = [[] for _ in range(n)]
+    pairs: list[list[np.ndarray]] = [[] for _ in range(n)]  # within the batch
+    cross: list[list[np.ndarray]] = [[] for _ in range(n)]  # mutual, across batches
     small = [b for b, g in enumerate(groups) if len(g) <= k]
     if small:
         logger.warning(
@@ -186,7 +188,7 @@ def neighbour_pairs(
         for i, row in zip(g, nn, strict=True):
             pairs[i].append(g[row])
     n_mnn = 0
-    if mode == "mnn":
+    if mode != "knn":
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
                 ga, gb = groups[a], groups[b]
@@ -200,11 +202,15 @@ def neighbour_pairs(
                 ib = ab.ravel()
                 mutual = back[ib, ia]
                 for i, j in zip(ga[ia[mutual]], gb[ib[mutual]], strict=True):
-                    pairs[i].append(np.array([j]))
-                    pairs[j].append(np.array([i]))
+                    cross[i].append(np.array([j]))
+                    cross[j].append(np.array([i]))
                 n_mnn += int(mutual.sum())
         logger.info("Neighbour positives: %d mutual nearest-neighbour pairs across batches.", n_mnn)
-    return [np.unique(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in pairs]
+    out = []
+    for within, across in zip(pairs, cross, strict=True):
+        p = across if mode == "mnn" and across else within + across
+        out.append(np.unique(np.concatenate(p)) if p else np.zeros(0, np.int64))
+    return out
 
 
 class NeighbourBatchSampler(torch.utils.data.Sampler):

@@ -226,9 +226,9 @@ class TrainingMixin:
             own = m.config.contrast_positives
             task_opt = TASK_OPTIONS.get(task, {}).get("contrast_positives", "self")
             self._contrast_positives = own if own is not None else task_opt
-        if self._contrast_positives == "mnn" and not setup.get("batch_key"):
+        if "mnn" in self._contrast_positives and not setup.get("batch_key"):
             raise ValueError(
-                "contrast_positives='mnn' pairs cells across batches: ScGPT.setup_anndata(adata, "
+                f"contrast_positives={self._contrast_positives!r} pairs cells across batches: ScGPT.setup_anndata(adata, "
                 "batch_key='<obs column>'), or use contrast_positives='knn'."
             )
 

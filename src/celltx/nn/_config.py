@@ -84,8 +84,9 @@ class ScGPTConfig:
     contrast_positives
         Positives of the contrastive loss besides a cell's own second view: ``"self"``
         (none), ``"knn"`` (nearest neighbours within the cell's batch, NNCLR-style),
-        ``"mnn"`` (those plus mutual nearest neighbours across batches, CLAIRE-style; needs
-        a ``batch_key``). ``None``: the task's choice (``"integration"``: ``"mnn"``; else
+        ``"mnn"`` (mutual nearest neighbours across batches, CLAIRE-style; a cell without
+        any keeps its within-batch neighbours; needs a ``batch_key``), ``"knn+mnn"``
+        (both for every cell). ``None``: the task's choice (``"integration"``: ``"mnn"``; else
         ``"self"``).
     contrast_k
         Neighbours per cell of ``contrast_positives``.
@@ -277,9 +278,10 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if not _is_number(v) or not 0 <= v < 1:
             raise ValueError(f"{name}={v!r} must be a number in [0, 1).")
-    if c.contrast_positives not in (None, "self", "knn", "mnn"):
+    if c.contrast_positives not in (None, "self", "knn", "mnn", "knn+mnn"):
         raise ValueError(
-            f"contrast_positives={c.contrast_positives!r}; use None, 'self', 'knn' or 'mnn'."
+            f"contrast_positives={c.contrast_positives!r}; use None, 'self', 'knn', 'mnn' or "
+            "'knn+mnn'."
         )
     for name, low in (("contrast_k", 1), ("contrast_refresh", 0)):
         v = getattr(c, name)
