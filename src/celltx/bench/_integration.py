@@ -36,8 +36,9 @@ INTEGRATION_METHODS = ("celltx", *INTEGRATION_BASELINES)
 
 #: celltx's integration recipe, trained from scratch by :func:`~celltx.bench.integration`:
 #: the representation recipe (rank-value tokens, contrastive ``<cls>``) with
-#: ``task="integration"`` (neighbour positives: within-batch kNN + cross-batch MNN of the
-#: input's PCA); see the representation section of the docs for the measurements
+#: ``task="integration"`` (positives: each cell's mutual nearest neighbours in the other
+#: batches, in the input's PCA) and 10 epochs; see the representation section of the docs
+#: for the measurements
 INTEGRATION_CELLTX_DEFAULTS = {
     "model": {
         "d_model": 64,
@@ -48,7 +49,7 @@ INTEGRATION_CELLTX_DEFAULTS = {
         "gene_selection": "rank",
     },
     "task": "integration",
-    "epochs": 20,
+    "epochs": 10,
     "lr": 1e-2,
     "batch_size": 32,
     "accelerator": "auto",
