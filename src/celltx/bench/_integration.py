@@ -66,8 +66,14 @@ def celltx_integration_embedding(
     """Train celltx's integration recipe from scratch on ``adata``; its cell embedding.
 
     :data:`INTEGRATION_CELLTX_DEFAULTS`, overridden key by key by ``settings`` (e.g.
-    ``{"epochs": 10, "model": {"contrast_thinning": 0.5}}``); ``batch_key`` is registered.
+    ``{"epochs": 10, "model": {"contrast_k": 20}}``); ``batch_key`` is registered.
     The data is not modified.
+
+    Examples
+    --------
+    >>> emb = celltx.bench.celltx_integration_embedding(adata, "batch")  # doctest: +SKIP
+    >>> emb.shape  # doctest: +SKIP
+    (1021, 64)
     """
     from ._fit import fit_celltx
 

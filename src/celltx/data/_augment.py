@@ -85,6 +85,15 @@ def augment_views(
     probability drawn uniformly from ``[1 - thinning, 1]``; ``gene_dropout``: then each
     value is zeroed with that probability (:func:`drop_genes`). A row left with no
     expressed gene keeps its original values, so that no view is empty.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.data import augment_views
+    >>> x = torch.full((2, 100), 3.0)
+    >>> y = augment_views(x, thinning=0.5, gene_dropout=0.2)
+    >>> y.shape, bool((y <= x).all())
+    (torch.Size([2, 100]), True)
     """
     if thinning <= 0 and gene_dropout <= 0:
         return x
@@ -106,6 +115,14 @@ def input_pca(x, n_comps: int = 50, n_top: int = 2000, seed: int = 0) -> np.ndar
     ``log1p``-transformed, restricted to the ``n_top`` genes of largest variance,
     standardised (clipped at 10) and reduced to ``n_comps`` components. Returns
     ``(n, n_comps)`` float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import input_pca
+    >>> x = np.random.default_rng(0).poisson(2.0, size=(30, 40))
+    >>> input_pca(x, n_comps=5).shape
+    (30, 5)
     """
     import scipy.sparse as sp
 
@@ -226,6 +243,14 @@ class NeighbourBatchSampler(torch.utils.data.Sampler):
 
     ``pairs`` may be replaced between epochs (:attr:`pairs`), e.g. with neighbours of the
     model's current embedding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import NeighbourBatchSampler
+    >>> pairs = [np.array([1]), np.array([0]), np.array([3]), np.array([2])]
+    >>> [b.tolist() for b in NeighbourBatchSampler(pairs, batch_size=4, seed=0)]
+    [[2, 0, 3, 1]]
     """
 
     def __init__(self, pairs: list[np.ndarray], batch_size: int, seed: int = 0):
@@ -272,7 +297,15 @@ def partner_rows(n: int) -> torch.Tensor:
 
 
 def partner_collate(items: list) -> dict:
-    """Collate of :class:`NeighbourBatchSampler`'s batches: the batch with :data:`PARTNER_KEY`."""
+    """Collate of :class:`NeighbourBatchSampler`'s batches: the batch with :data:`PARTNER_KEY`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import PARTNER_KEY, partner_collate
+    >>> partner_collate([{"X": np.zeros((4, 3))}])[PARTNER_KEY].tolist()
+    [2, 3, 0, 1]
+    """
     from ._batching import first_item
 
     batch = first_item(items)
