@@ -37,8 +37,8 @@ INTEGRATION_METHODS = ("celltx", *INTEGRATION_BASELINES)
 #: celltx's integration recipe, trained from scratch by :func:`~celltx.bench.integration`:
 #: the representation recipe (rank-value tokens, contrastive ``<cls>``) with
 #: ``task="integration"`` (positives: each cell's mutual nearest neighbours in the other
-#: batches, in the input's PCA) and 10 epochs; see the representation section of the docs
-#: for the measurements
+#: batches, in the input's PCA, with ``contrast_k=20``) and 10 epochs; see the
+#: representation section of the docs for the measurements
 INTEGRATION_CELLTX_DEFAULTS = {
     "model": {
         "d_model": 64,
@@ -47,6 +47,7 @@ INTEGRATION_CELLTX_DEFAULTS = {
         "max_seq_len": 256,
         "dropout": 0.0,
         "gene_selection": "rank",
+        "contrast_k": 20,
     },
     "task": "integration",
     "epochs": 10,
