@@ -8,13 +8,21 @@ variable genes (seurat_v3, per batch). Two celltx models are trained from scratc
 ``celltx (generative)``
     generative pretraining only (no batch terms): what the transformer learns unaided;
 ``celltx (integration)``
-    ``dsbn=True, dab=True, batch_token=True`` and ``train(task="integration")``:
+    ``dsbn=True, dab=True, batch_token=True`` and ``train(task="integration_scgpt")``:
     generation + elastic cell similarity + adversarial batch discriminator.
 
 ``--models recipe`` adds (or, alone, runs only) ``celltx (representation recipe)``: the
 representation recipe of :data:`celltx.bench.EMBED_CELLTX_DEFAULTS` (contrastive,
 rank-value tokens, dropout 0; no batch terms), with ``--epochs`` / ``--lr`` of the recipe
 unless given.
+
+``--variants JSON`` trains celltx's integration recipe
+(:data:`celltx.bench.INTEGRATION_CELLTX_DEFAULTS`, ``task="integration"``: contrastive with
+within-batch kNN + cross-batch MNN positives) once per entry of ``{name: overrides}`` (as
+``method_kwargs["celltx"]`` of :func:`celltx.bench.integration`), all scored in one pass::
+
+    python benchmarks/integration.py --models --baselines pca harmony --variants \
+        '{"recipe": {"task": "contrastive"}, "mnn": {}}'
 
 Run from the repository root::
 
@@ -37,6 +45,7 @@ import time
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import scanpy as sc
 import scvi
 
@@ -65,7 +74,7 @@ def train_celltx(
     model.train(
         max_epochs=epochs,
         lr=lr,
-        task="integration" if integrate else "generative",
+        task="integration_scgpt" if integrate else "generative",
         batch_size=32,
         accelerator=accelerator,
         enable_progress_bar=False,
@@ -99,10 +108,17 @@ def main(argv=None) -> None:
     p.add_argument("--labels", default="cell_line")
     p.add_argument(
         "--models",
-        nargs="+",
+        nargs="*",
         choices=["generative", "integration", "recipe"],
         default=["generative", "integration"],
         help="celltx models to train and score",
+    )
+    p.add_argument("--save-dir", help="write each --variants embedding there as NAME.npy")
+    p.add_argument("--score-dir", help="also score every NAME.npy embedding found there")
+    p.add_argument(
+        "--variants",
+        default="{}",
+        help="JSON {name: overrides of INTEGRATION_CELLTX_DEFAULTS}: celltx integration recipes",
     )
     p.add_argument("--epochs", type=int, default=None, help="default 30 (recipe: its own)")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 (recipe: its own)")
@@ -142,6 +158,25 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         emb["celltx (representation recipe)"] = train_recipe(adata, a)
         timing["celltx (representation recipe)"] = time.perf_counter() - t0
+    for name, overrides in json.loads(a.variants).items():
+        t0 = time.perf_counter()
+        emb[name] = celltx.bench.celltx_integration_embedding(
+            adata, a.batch, seed=a.seed, settings={"accelerator": a.accelerator, **overrides}
+        )
+        timing[name] = time.perf_counter() - t0
+        print(f"{name}: {timing[name]:.0f} s", flush=True)
+        if a.save_dir:
+            Path(a.save_dir).mkdir(parents=True, exist_ok=True)
+            np.save(Path(a.save_dir) / f"{name}.npy", emb[name])
+            (Path(a.save_dir) / f"{name}.seconds").write_text(f"{timing[name]:.1f}")
+    if a.score_dir:
+        for f in sorted(Path(a.score_dir).glob("*.npy")):
+            emb[f.stem] = np.load(f)
+            sec = f.with_suffix(".seconds")
+            if sec.exists():
+                timing[f.stem] = float(sec.read_text())
+    if (a.save_dir and not a.score_dir or not emb) and not a.baselines:
+        return  # embeddings saved for a later --score-dir run
     for name, integrate in (("celltx (generative)", False), ("celltx (integration)", True)):
         if name.split("(")[1].rstrip(")") not in a.models:
             continue

@@ -202,7 +202,7 @@ def test_integration_training_and_bench(cellbench):
     scvi.settings.seed = 0
     ScGPT.setup_anndata(a, batch_key="batch")
     model = ScGPT(a, **SMALL, dsbn=True, dab=True, batch_token=True)
-    model.train(max_epochs=2, task="integration", **CPU)
+    model.train(max_epochs=2, task="integration_scgpt", **CPU)
     for key in ("dab_loss_train", "ecs_loss_train", "gep_mse_train", "mvc_mse_validation"):
         assert np.isfinite(model.history[key].to_numpy(dtype=float)).all(), key
     emb = model.get_latent_representation()

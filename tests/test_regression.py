@@ -69,13 +69,13 @@ def _compute(celltx, ScGPT, sc) -> dict[str, np.ndarray]:
     model.train(max_epochs=1, task="annotation", **FIT)
     out["cls_proba"] = model.predict(soft=True).to_numpy()
     out["cls_embedding"] = model.get_latent_representation()
-    # integration recipe (DSBN, DAB, batch token)
+    # scGPT's integration recipe (DSBN, DAB, batch token)
     adata = celltx.datasets.pbmc68k()
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 3 == 0, "a", "b")
     ScGPT.setup_anndata(adata, batch_key="batch")
     _seed(1)
     model = ScGPT(adata, **TINY, dsbn=True, dab=True, batch_token=True)
-    model.train(max_epochs=1, task="integration", **FIT)
+    model.train(max_epochs=1, task="integration_scgpt", **FIT)
     out["int_embedding"] = model.get_latent_representation()
     # perturbation
     pert = celltx.datasets.simulate_perturbseq(

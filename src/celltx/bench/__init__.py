@@ -13,6 +13,9 @@ from ._genes import gene_program_scores
 from ._imputation import IMPUTATION_CELLTX_DEFAULTS, IMPUTATION_METHODS, imputation
 from ._integration import (
     INTEGRATION_BASELINES,
+    INTEGRATION_CELLTX_DEFAULTS,
+    INTEGRATION_METHODS,
+    celltx_integration_embedding,
     harmony_embedding,
     integration,
     pca_embedding,
@@ -82,6 +85,9 @@ __all__ = [
     "scvi_embedding",
     "harmony_embedding",
     "INTEGRATION_BASELINES",
+    "INTEGRATION_METHODS",
+    "INTEGRATION_CELLTX_DEFAULTS",
+    "celltx_integration_embedding",
 ]
 __all__ += [
     "multiome",

@@ -13,6 +13,7 @@ def fit_celltx(
     settings: Mapping,
     seed: int,
     labels_key: str | None = None,
+    batch_key: str | None = None,
 ):
     """Set up a copy of ``adata`` and train an :class:`~celltx.model.ScGPT` on it.
 
@@ -21,7 +22,8 @@ def fit_celltx(
     ``task``, ``loss_weights``, ``chunk_size`` and ``class_weight`` (of
     :meth:`~celltx.model.ScGPT.train`) and ``label_texts`` (of
     :meth:`~celltx.model.ScGPT.set_label_texts`);
-    ``settings`` wins. ``labels_key`` is registered when given (label-aware tasks).
+    ``settings`` wins. ``labels_key`` is registered when given (label-aware tasks), and
+    ``batch_key`` (batch-aware tasks).
     Returns the trained model (its ``adata`` is the copy).
     """
     import scvi
@@ -32,7 +34,7 @@ def fit_celltx(
     cfg["model"] = {**defaults.get("model", {}), **settings.get("model", {})}
     a = adata.copy()
     scvi.settings.seed = seed
-    ScGPT.setup_anndata(a, labels_key=labels_key)
+    ScGPT.setup_anndata(a, labels_key=labels_key, batch_key=batch_key)
     model = ScGPT(a, **cfg["model"])
     if cfg.get("label_texts") is not None:  # cell–text alignment: how labels become texts
         model.set_label_texts(**cfg["label_texts"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -29,6 +30,60 @@ logger = logging.getLogger(__name__)
 
 #: the baselines of :func:`~celltx.bench.integration`
 INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
+
+#: the methods of :func:`~celltx.bench.integration`: celltx's recipe and the baselines
+INTEGRATION_METHODS = ("celltx", *INTEGRATION_BASELINES)
+
+#: celltx's integration recipe, trained from scratch by :func:`~celltx.bench.integration`:
+#: the representation recipe (rank-value tokens, contrastive ``<cls>``) with
+#: ``task="integration"`` (positives: each cell's mutual nearest neighbours in the other
+#: batches, in the input's PCA, with ``contrast_k=20``) and 10 epochs; see the
+#: representation section of the docs for the measurements
+INTEGRATION_CELLTX_DEFAULTS = {
+    "model": {
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "max_seq_len": 256,
+        "dropout": 0.0,
+        "gene_selection": "rank",
+        "contrast_k": 20,
+    },
+    "task": "integration",
+    "epochs": 10,
+    "lr": 1e-2,
+    "batch_size": 32,
+    "accelerator": "auto",
+}
+
+
+def celltx_integration_embedding(
+    adata: AnnData,
+    batch_key: str,
+    layer: str | None = None,
+    seed: int = 0,
+    settings: Mapping | None = None,
+) -> np.ndarray:
+    """Train celltx's integration recipe from scratch on ``adata``; its cell embedding.
+
+    :data:`INTEGRATION_CELLTX_DEFAULTS`, overridden key by key by ``settings`` (e.g.
+    ``{"epochs": 10, "model": {"contrast_k": 20}}``); ``batch_key`` is registered.
+    The data is not modified.
+
+    Examples
+    --------
+    >>> emb = celltx.bench.celltx_integration_embedding(adata, "batch")  # doctest: +SKIP
+    >>> emb.shape  # doctest: +SKIP
+    (1021, 64)
+    """
+    from ._fit import fit_celltx
+
+    a = AnnData(X=get_expression(adata, layer).copy(), obs=adata.obs[[batch_key]].copy())
+    a.var_names = adata.var_names.copy()
+    model = fit_celltx(
+        a, INTEGRATION_CELLTX_DEFAULTS, dict(settings or {}), seed, batch_key=batch_key
+    )
+    return model.get_latent_representation()
 
 
 def pca_embedding(
@@ -184,6 +239,9 @@ def integration(
     fast: bool = False,
     plot_dir: str | None = None,
     return_embeddings: bool = False,
+    *,
+    methods: Sequence[str] | None = None,
+    method_kwargs: Mapping[str, Mapping] | None = None,
 ):
     """Score embeddings with scib-metrics (bio conservation + batch correction).
 
@@ -211,7 +269,14 @@ def integration(
         ``{name: obsm key or (n_cells, d) array}`` to score, e.g. ``{"celltx":
         "X_scgpt"}``.
     baselines
-        Any of ``"pca"``, ``"scvi"``, ``"harmony"``.
+        Any of ``"pca"``, ``"scvi"``, ``"harmony"`` (ignored when ``methods`` is given).
+    methods
+        Any of ``"celltx"``, ``"pca"``, ``"scvi"``, ``"harmony"``: the baselines plus
+        ``"celltx"``, celltx's integration recipe trained from scratch here
+        (:func:`celltx_integration_embedding`, :data:`INTEGRATION_CELLTX_DEFAULTS`).
+    method_kwargs
+        ``{"celltx": settings}``: overrides of the recipe (``epochs``, ``lr``,
+        ``batch_size``, ``accelerator``, ``model``: keyword arguments of the model).
     counts_layer
         Layer with the expression for PCA / scVI (default ``X``): raw counts (needed by
         scVI) or log-normalised values.
@@ -231,7 +296,8 @@ def integration(
     pandas.DataFrame
         scib-metrics' results (``Benchmarker.get_results(min_max_scale=False)``): one row
         per embedding, metric columns, aggregate ``Bio conservation``, ``Batch
-        correction`` and ``Total``, and ``error`` (``None``, or why a baseline failed or
+        correction`` and ``Total``, ``seconds`` (time to compute the embedding; NaN for
+        embeddings passed in), and ``error`` (``None``, or why a baseline failed or
         was skipped: its scores are then NaN); the last row, ``Metric Type``, names each
         column's group. With ``return_embeddings``, ``(table, embeddings)`` (the
         embeddings that were computed).
@@ -249,15 +315,30 @@ def integration(
     """
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
+    train_celltx = False
+    if methods is not None:
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        unknown = [m for m in methods if m not in INTEGRATION_METHODS]
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; choose from {list(INTEGRATION_METHODS)}.")
+        train_celltx = "celltx" in methods
+        baselines = [m for m in methods if m != "celltx"]
     baselines = [baselines] if isinstance(baselines, str) else list(baselines)
     unknown = [b for b in baselines if b not in INTEGRATION_BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {list(INTEGRATION_BASELINES)}.")
+    extra = set(method_kwargs or {}) - {"celltx"}
+    if extra:
+        raise ValueError(f"method_kwargs takes settings of 'celltx' only; got {sorted(extra)}.")
     for key, arg in ((batch_key, "batch_key"), (labels_key, "labels_key")):
         if key not in adata.obs:
             raise ValueError(f"{arg}={key!r} is not a column of adata.obs.")
     embeddings = dict(embeddings or {})
-    if not embeddings and not baselines:
+    if train_celltx and "celltx" in embeddings:
+        raise ValueError(
+            "'celltx' is both a method to train and an embedding passed in; rename one."
+        )
+    if not embeddings and not baselines and not train_celltx:
         raise ValueError("Nothing to score: pass embeddings and/or baselines.")
     arrays = {}
     for name, e in embeddings.items():
@@ -307,33 +388,63 @@ def integration(
         baselines.remove("harmony")
     if no_scvi:
         errors["scVI"] = skip_note("scVI", no_scvi)
+    seconds: dict[str, float] = {}
+    if train_celltx:
+        t0 = time.perf_counter()
+        z, err = guarded(
+            "celltx",
+            celltx_integration_embedding,
+            adata,
+            batch_key,
+            layer,
+            seed,
+            (method_kwargs or {}).get("celltx"),
+        )
+        seconds["celltx"] = time.perf_counter() - t0
+        if err is None:
+            arrays["celltx"] = z
+            logger.info("celltx embedding done")
+        else:
+            errors["celltx"] = err
     # PCA is also the pre-integration reference of the scores: computed first, not guarded
+    t0 = time.perf_counter()
     x_pca = pca_embedding(adata, layer, seed=seed, counts=kind == "counts")
+    t_pca = time.perf_counter() - t0
     if "pca" in baselines:
         arrays["PCA (unintegrated)"] = x_pca
-    order = list(arrays) + [
-        n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines
-    ]
+        seconds["PCA (unintegrated)"] = t_pca
+    order = (["celltx"] if train_celltx and "celltx" in errors else []) + list(arrays)
+    order += [n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines]
     if "harmony" in baselines:
+        t0 = time.perf_counter()
         z, err = guarded(
             "Harmony", harmony_embedding, x_pca, adata.obs[[batch_key]].copy(), batch_key, seed
         )
+        seconds["Harmony"] = t_pca + time.perf_counter() - t0  # Harmony corrects the PCA
         if err is None:
             arrays["Harmony"] = z
             logger.info("Harmony embedding done")
         else:
             errors["Harmony"] = err
     if "scvi" in baselines and "scVI" not in errors:
+        t0 = time.perf_counter()
         z, err = guarded(
             "scVI", scvi_embedding, adata, batch_key, layer, seed, **dict(scvi_kwargs or {})
         )
+        seconds["scVI"] = time.perf_counter() - t0
         if err is None:
             arrays["scVI"] = z
             logger.info("scVI embedding done")
         else:
             errors["scVI"] = err
     if not arrays:  # every baseline failed at run time
-        table = pd.DataFrame({"error": [errors[n] for n in order]}, index=order)
+        table = pd.DataFrame(
+            {
+                "seconds": [seconds.get(n, np.nan) for n in order],
+                "error": [errors[n] for n in order],
+            },
+            index=order,
+        )
         return (table, arrays) if return_embeddings else table
     b = AnnData(
         X=np.zeros((int(keep.sum()), 1), dtype=np.float32),
@@ -364,9 +475,10 @@ def integration(
     table = table.rename(index=dict(keys))
     body, kinds = table.drop(index="Metric Type"), table.loc[["Metric Type"]]
     body = body.reindex([n for n in order if n in body.index or n in errors])
+    body["seconds"] = pd.Series(seconds, dtype=float).reindex(body.index)
     body["error"] = pd.Series(errors, dtype=object).reindex(body.index).astype(object)
     body["error"] = body["error"].where(body["error"].notna(), None)
-    kinds = kinds.assign(error=None)
+    kinds = kinds.assign(seconds="Time", error=None)
     table = pd.concat([body, kinds])
     if plot_dir is not None:
         from pathlib import Path

@@ -1,5 +1,16 @@
 """Data layer: gene vocabulary, gene matching, the on-device tokenizer and datasets."""
 
+from ._augment import (
+    PARTNER_KEY,
+    NeighbourBatchSampler,
+    augment_views,
+    drop_genes,
+    input_pca,
+    neighbour_pairs,
+    partner_collate,
+    partner_rows,
+    thin_counts,
+)
 from ._batching import (
     DEFAULT_BATCH_TOKENS,
     RowsInOrder,
@@ -42,6 +53,15 @@ from ._tokenizer import (
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
+    "PARTNER_KEY",
+    "NeighbourBatchSampler",
+    "augment_views",
+    "drop_genes",
+    "input_pca",
+    "neighbour_pairs",
+    "partner_collate",
+    "partner_rows",
+    "thin_counts",
     "fix_mmap_threshold",
     "trim_heap",
     "TokenBudgetSampler",

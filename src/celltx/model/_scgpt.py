@@ -44,6 +44,7 @@ from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
 from ._training import (
+    NeighbourSplitter,
     SafeTrainRunner,
     TokenBudgetSplitter,
     TrainingMixin,
@@ -433,11 +434,15 @@ class ScGPT(
             Loss preset: ``"generative"`` (gene- and cell-prompt generation, the default
             for a new model), ``"annotation"`` (cross-entropy of the classifier on the
             ``<cls>`` embedding of whole cells; needs ``labels_key``), ``"integration"``
-            (generation + elastic cell similarity ×10 + the adversarial batch
-            discriminator when built with ``dab=True``; needs ``batch_key``; scGPT's
-            recipe), ``"contrastive"`` (InfoNCE between two views of each cell, each with its
-            own random known / unknown split; add ``loss_weights={"gep": 1, "mvc": 1}`` to
-            generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
+            (the contrastive loss with neighbour positives, CLAIRE-style: each cell's
+            nearest neighbours within its batch and its mutual nearest neighbours in other
+            batches, found in the input's PCA, count as positives besides its own second
+            view; needs ``batch_key``; see the model's ``contrast_*`` settings),
+            ``"integration_scgpt"`` (scGPT's recipe: generation + elastic cell similarity
+            ×10 + the adversarial batch discriminator when built with ``dab=True``; needs
+            ``batch_key``), ``"contrastive"`` (InfoNCE between two views of each cell, each
+            with its own random known / unknown split; add ``loss_weights={"gep": 1,
+            "mvc": 1}`` to generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
             alignment: each labelled cell against its label's Cell Ontology text; needs
             ``labels_key`` and ``celltx[text]``; see :meth:`predict_zero_shot`). ``None``
             keeps the objective of the previous call.
@@ -591,6 +596,31 @@ class ScGPT(
                 "seed": scvi.settings.seed or 0,
             }
             splitter_cls = TokenBudgetSplitter
+        mode = self._neighbour_positives() if datamodule is None else None
+        if mode is not None:  # neighbour positives: batches that pair each anchor with one
+            if splitter_cls is not None or "ddp" in str(trainer_kwargs.get("strategy", "")):
+                raise ValueError(
+                    f"Neighbour positives (contrast_positives={mode!r}) pair cells within a "
+                    "batch on one process: leave out batch_tokens and DDP, or build the model "
+                    "with contrast_positives='self'."
+                )
+            import scvi
+
+            state: dict = {}
+            datasplitter_kwargs = {
+                **(datasplitter_kwargs or {}),
+                "pairs_fn": self._pairs_fn(mode),
+                "seed": scvi.settings.seed or 0,
+                "state": state,
+            }
+            splitter_cls = NeighbourSplitter
+            if self.module.config.contrast_refresh:
+                kw = dict(trainer_kwargs)
+                kw["callbacks"] = [
+                    *(kw.get("callbacks") or []),
+                    self._refresh_callback(state, mode),
+                ]
+                trainer_kwargs = kw
         if checkpoint_every is not None:
             trainer_kwargs = step_checkpoints(trainer_kwargs, checkpoint_every, checkpoint_dir)
         elif checkpoint_dir is not None:

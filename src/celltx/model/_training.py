@@ -12,14 +12,18 @@ from scvi.dataloaders import DataSplitter
 from scvi.train import Trainer, TrainRunner
 
 from celltx.data import (
+    NeighbourBatchSampler,
     ShuffledTokenBudgetSampler,
     TokenBudgetSampler,
     first_item,
+    input_pca,
+    neighbour_pairs,
+    partner_collate,
     token_budget_batches,
 )
 from celltx.io import read_checkpoint
-from celltx.module import PARTS, TASKS
-from celltx.train import StepCheckpoint
+from celltx.module import PARTS, TASK_OPTIONS, TASKS
+from celltx.train import EveryNEpochs, StepCheckpoint
 
 _DDP_FIND_UNUSED = {
     "ddp": "ddp_find_unused_parameters_true",
@@ -148,6 +152,40 @@ class TokenBudgetSplitter(DataSplitter):
         return self._loader(self.val_idx, TokenBudgetSampler(batches))
 
 
+class NeighbourSplitter(DataSplitter):
+    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` whose training batches pair neighbours.
+
+    Same split of the cells; the training loader's batches hold ``batch_size // 2`` anchor
+    cells and one neighbour of each (:class:`~celltx.data.NeighbourBatchSampler`), marked
+    for the contrastive loss (:data:`~celltx.data.PARTNER_KEY`). ``pairs_fn(train_idx)``
+    gives each training cell's candidate partners as positions in ``train_idx``; the
+    sampler is kept in :attr:`sampler` so that its pairs can be refreshed.
+    """
+
+    def __init__(self, adata_manager, *, pairs_fn, seed: int = 0, state=None, **kwargs):
+        super().__init__(adata_manager, **kwargs)
+        self.pairs_fn, self.seed, self.sampler = pairs_fn, int(seed), None
+        if state is not None:  # where a refresh callback finds this splitter
+            state["splitter"] = self
+
+    def train_dataloader(self):
+        kw = self.data_loader_kwargs
+        if self.sampler is None:
+            self.sampler = NeighbourBatchSampler(
+                self.pairs_fn(self.train_idx), kw.get("batch_size", 128), self.seed
+            )
+        skip = ("batch_size", "distributed_sampler", "shuffle", "drop_last")
+        return self.data_loader_cls(
+            self.adata_manager,
+            indices=self.train_idx,
+            sampler=self.sampler,
+            load_sparse_tensor=self.load_sparse_tensor,
+            pin_memory=self.pin_memory,
+            collate_fn=partner_collate,
+            **{k: v for k, v in kw.items() if k not in skip},
+        )
+
+
 class TrainingMixin:
     """Objective selection, class weights and the validation split of :meth:`ScGPT.train`."""
 
@@ -189,12 +227,13 @@ class TrainingMixin:
                 "task='perturbation' needs perturbation conditions: ScGPT.setup_anndata(adata, "
                 "perturbation_key='<obs column>', control_value='ctrl'), then build the model."
             )
-        if task == "integration":
+        if task in ("integration", "integration_scgpt"):
             if not setup.get("batch_key"):
                 raise ValueError(
-                    "task='integration' needs batches: ScGPT.setup_anndata(adata, "
-                    "batch_key='<obs column>'), then build or load the model (dsbn=True, "
-                    "dab=True, batch_token=True for scGPT's full recipe)."
+                    f"task={task!r} needs batches: ScGPT.setup_anndata(adata, "
+                    "batch_key='<obs column>'), then build or load the model (with "
+                    "task='integration_scgpt': dsbn=True, dab=True, batch_token=True for "
+                    "scGPT's full recipe)."
                 )
             if not m.has_head("dab"):
                 weights["dab"] = 0.0
@@ -231,6 +270,67 @@ class TrainingMixin:
         m.set_objective(
             **weights, ecs_threshold=threshold, label_smoothing=label_smoothing, class_weights=cw
         )
+        if task is not None or not hasattr(self, "_contrast_positives"):
+            own = m.config.contrast_positives
+            task_opt = TASK_OPTIONS.get(task, {}).get("contrast_positives", "self")
+            self._contrast_positives = own if own is not None else task_opt
+        if "mnn" in self._contrast_positives and not setup.get("batch_key"):
+            raise ValueError(
+                f"contrast_positives={self._contrast_positives!r} pairs cells across batches: ScGPT.setup_anndata(adata, "
+                "batch_key='<obs column>'), or use contrast_positives='knn'."
+            )
+
+    def _neighbour_positives(self) -> str | None:
+        """``"knn"`` / ``"mnn"`` when this training pairs neighbours, else ``None``."""
+        mode = getattr(self, "_contrast_positives", "self")
+        if self.module.weight("contrast") <= 0 or mode == "self":
+            return None
+        return mode
+
+    def _pairs_fn(self, mode: str):
+        """Candidate partners of the training cells: neighbours in the input's PCA.
+
+        Within-batch kNN (``"knn"``) plus cross-batch MNN (``"mnn"``), of the cells'
+        log-normalised expression (:func:`~celltx.data.input_pca`), computed once when
+        the training loader is built.
+        """
+        k = self.module.config.contrast_k
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        codes = self._registered_batches()
+
+        def pairs(train_idx):
+            idx = np.asarray(train_idx)
+            emb = input_pca(x[idx], seed=self.module.config.seed)
+            return neighbour_pairs(emb, k, None if codes is None else codes[idx], mode)
+
+        return pairs
+
+    def _registered_batches(self):
+        if not self._setup_args(self.adata).get("batch_key"):
+            return None
+        return np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+
+    def _refresh_callback(self, splitter_state: dict, mode: str) -> EveryNEpochs:
+        """Recompute the neighbour pairs from the current embedding (NNCLR-style)."""
+        import warnings
+
+        k = self.module.config.contrast_k
+        codes = self._registered_batches()
+
+        def refresh():
+            splitter = splitter_state.get("splitter")
+            if splitter is None or splitter.sampler is None:
+                return
+            idx = np.asarray(splitter.train_idx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                emb = self.get_latent_representation(indices=idx)
+            emb = emb - emb.mean(0, keepdims=True)
+            splitter.sampler.pairs = neighbour_pairs(
+                emb, k, None if codes is None else codes[idx], mode
+            )
+
+        return EveryNEpochs(refresh, self.module.config.contrast_refresh)
 
     def _label_state(self):
         return self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)

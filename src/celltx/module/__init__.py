@@ -1,7 +1,15 @@
 """scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
 from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
-from ._objectives import PARTS, TASKS, Part, PartLoss, cell_text_loss, contrastive_loss
+from ._objectives import (
+    PARTS,
+    TASK_OPTIONS,
+    TASKS,
+    Part,
+    PartLoss,
+    cell_text_loss,
+    contrastive_loss,
+)
 from ._scgpt import ScGPTModule
 
 __all__ = [
@@ -11,6 +19,7 @@ __all__ = [
     "SCVI_UUID_KEY",
     "PARTS",
     "TASKS",
+    "TASK_OPTIONS",
     "Part",
     "PartLoss",
     "contrastive_loss",

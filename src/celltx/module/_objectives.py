@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 
-from celltx.data import MOD_ATAC, MOD_RNA
+from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY
 
 from ._constants import VIEW_ATAC, VIEW_RNA
 
@@ -273,7 +273,12 @@ class Contrastive(Part):
     """Contrastive learning between two views of each cell (CellLM's cell–cell term).
 
     The split pass encodes every cell twice, each time with its own random known / unknown
-    split (and dropout): two views of the same cell. :func:`contrastive_loss` pulls a cell's
+    split (and dropout): two views of the same cell. Its options (in the model's config):
+    augmentations of each view's counts before its tokens are chosen
+    (``contrast_thinning``, ``contrast_gene_dropout``), and neighbour positives
+    (``contrast_positives``: within-batch kNN or cross-batch MNN, CLAIRE / NNCLR; the
+    training loader then puts a neighbour of each anchor in its batch and marks it under
+    :data:`~celltx.data.PARTNER_KEY`), with a guard (``contrast_filter``). :func:`contrastive_loss` pulls a cell's
     two ``<cls>`` embeddings together and pushes the other cells' apart. In a
     divide-and-conquer step (:class:`celltx.train.ContrastivePlan`) it is computed over the
     whole contrastive batch instead, outside the module.
@@ -291,7 +296,13 @@ class Contrastive(Part):
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
         half = cell_emb.shape[0] // 2
-        loss = contrastive_loss(cell_emb[:half], cell_emb[half:], module.contrast_temperature)
+        loss = contrastive_loss(
+            cell_emb[:half],
+            cell_emb[half:],
+            module.contrast_temperature,
+            partner=tensors.get(PARTNER_KEY),
+            filter_fraction=module.config.contrast_filter,
+        )
         return PartLoss(loss, None, {"contrast_loss": loss.detach()})
 
 
@@ -362,13 +373,28 @@ def cell_text_loss(
     return (c2t + t2c) / 2
 
 
-def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    partner: torch.Tensor | None = None,
+    filter_fraction: float = 0.0,
+) -> torch.Tensor:
     """Symmetric InfoNCE between two views ``(N, D)`` of the same ``N`` cells.
 
     The embeddings are centred over all ``2N`` rows (early in training every ``<cls>``
     output is nearly the same vector, and InfoNCE on raw cosines then stays at chance) and
     L2-normalised; logits are cosines / ``temperature``; row ``i`` of one view must pick row
     ``i`` of the other. Fewer than 2 cells give 0.
+
+    ``partner`` ``(N,)``: a further positive of each row, the row index of a neighbouring
+    cell (``-1``: none), as CLAIRE / NNCLR use neighbours. Row ``i``'s positives are then
+    ``i`` and ``partner[i]`` (and every row whose partner is ``i``) in the other view, and
+    its loss is the mean of their ``-log`` softmax probabilities (SupCon's multi-positive
+    form, which pulls every positive in, not only the easiest); without partners this is
+    the loss above. ``filter_fraction``: the guard against false
+    positives, the lowest-similarity fraction of the partner pairs (cosine of the two cells'
+    mean embeddings, without gradient) is left out.
 
     Examples
     --------
@@ -385,7 +411,27 @@ def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> 
     z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
     logits = z[:n] @ z[n:].T / temperature
     target = torch.arange(n, device=z.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    if partner is None or not bool((partner >= 0).any()):
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    partner = partner.to(z.device).long().clone()
+    if filter_fraction > 0:
+        with torch.no_grad():
+            cell = F.normalize(z[:n] + z[n:], dim=1)
+            has = torch.nonzero(partner >= 0).squeeze(1)
+            sim = (cell[has] * cell[partner[has]]).sum(1)
+            n_drop = int(filter_fraction * len(has))
+            if n_drop:
+                partner[has[sim.argsort()[:n_drop]]] = -1
+    pos = torch.eye(n, dtype=torch.bool, device=z.device)
+    has = torch.nonzero(partner >= 0).squeeze(1)
+    pos[has, partner[has]] = True
+    pos = pos | pos.T
+
+    def nce(lg: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(lg, 1)
+        return (-(logp * pos).sum(1) / pos.sum(1)).mean()
+
+    return (nce(logits) + nce(logits.T)) / 2
 
 
 def alignment_loss(
@@ -447,10 +493,17 @@ PARTS: dict[str, Part] = {
 TASKS: dict[str, dict[str, float]] = {
     "generative": {"gep": 1.0, "mvc": 1.0},
     "annotation": {"cls": 1.0},
-    "integration": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
+    "integration": {"contrast": 1.0},
+    "integration_scgpt": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
     "perturbation": {"pert": 1.0},
     "contrastive": {"contrast": 1.0},
     "cell_text": {"text": 1.0},
+}
+
+
+#: settings a task gives its parts unless the model's config names them (``None`` there)
+TASK_OPTIONS: dict[str, dict[str, object]] = {
+    "integration": {"contrast_positives": "mnn"},
 }
 
 

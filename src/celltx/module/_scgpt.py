@@ -16,6 +16,7 @@ from celltx.data import (
     MOD_RNA,
     TokenizedBatch,
     Tokenizer,
+    augment_views,
     join_modalities,
 )
 from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
@@ -650,16 +651,28 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             return out
         if generative is None:
             generative = self.generative_split
+        views = generative and not self.multimodal and self.weight("contrast") > 0
+        c = self.config
+        augment = (
+            views and self.training and (c.contrast_thinning > 0 or c.contrast_gene_dropout > 0)
+        )
+        if augment:
+            # two views of every cell, each augmented on its own before its tokens are chosen
+            x = x.to_dense() if x.is_sparse else x
+            x = augment_views(
+                x.repeat(2, 1), c.contrast_thinning, c.contrast_gene_dropout, generator
+            )
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
         rows = view = None
         if generative and self.multimodal:
             tokens, known, rows, view = self.generative_views(tokens, generator)
             batch = None if batch is None else batch[rows]
-        elif generative and self.weight("contrast") > 0:
+        elif views:
             # two views of every cell: rows 0..B-1 and B..2B-1, each with its own split
-            B = tokens.gene_ids.shape[0]
+            B = tokens.gene_ids.shape[0] // (2 if augment else 1)
             rows = torch.arange(B, device=tokens.gene_ids.device).repeat(2)
-            tokens = tokens.select(rows)
+            if not augment:
+                tokens = tokens.select(rows)
             known = self.split_known(tokens, generator)
             batch = None if batch is None else batch[rows]
         else:

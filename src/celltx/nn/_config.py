@@ -74,6 +74,30 @@ class ScGPTConfig:
     contrast_temperature
         Temperature of the contrastive loss between two views of a cell (``task=
         "contrastive"``).
+    contrast_thinning
+        Augmentation of the contrastive views: each view's counts are binomially thinned
+        with a keep probability drawn uniformly from ``[1 - contrast_thinning, 1]``
+        (:func:`~celltx.data.thin_counts`), before its tokens are chosen. 0: off.
+    contrast_gene_dropout
+        Augmentation of the contrastive views: each expressed gene is dropped from a view
+        with this probability before its tokens are chosen (:func:`~celltx.data.drop_genes`).
+        0: off.
+    contrast_positives
+        Positives of the contrastive loss besides a cell's own second view: ``"self"``
+        (none), ``"knn"`` (nearest neighbours within the cell's batch, NNCLR-style),
+        ``"mnn"`` (mutual nearest neighbours across batches, CLAIRE-style; a cell without
+        any keeps its within-batch neighbours; needs a ``batch_key``), ``"knn+mnn"``
+        (both for every cell). ``None``: the task's choice (``"integration"``: ``"mnn"``; else
+        ``"self"``).
+    contrast_k
+        Neighbours per cell of ``contrast_positives``.
+    contrast_filter
+        Guard against false positives: in each step, this fraction of the neighbour pairs
+        with the lowest cosine similarity of their current embeddings is left out (CLAIRE's
+        refinement). 0: off.
+    contrast_refresh
+        Recompute the neighbours from the model's embedding every this many epochs
+        (NNCLR-style); 0: keep the neighbours of the input's PCA for the whole run.
     seed
         Seed of the reproducible gene choice at inference.
     n_layers_cls
@@ -146,6 +170,12 @@ class ScGPTConfig:
     gep_weight: float = 1.0
     mvc_weight: float = 1.0
     contrast_temperature: float = 0.1
+    contrast_thinning: float = 0.0
+    contrast_gene_dropout: float = 0.0
+    contrast_positives: str | None = None
+    contrast_k: int = 10
+    contrast_filter: float = 0.0
+    contrast_refresh: int = 0
     seed: int = 0
     n_layers_cls: int = 3
     dsbn: bool = False
@@ -254,6 +284,19 @@ def _validate(c: ScGPTConfig) -> None:
         raise ValueError("atac_values='binned' needs n_bins.")
     if not c.mask_ratio or not all(0.0 < r < 1.0 for r in c.mask_ratio):
         raise ValueError(f"mask_ratio={c.mask_ratio} must be fractions strictly in (0, 1).")
+    for name in ("contrast_thinning", "contrast_gene_dropout", "contrast_filter"):
+        v = getattr(c, name)
+        if not _is_number(v) or not 0 <= v < 1:
+            raise ValueError(f"{name}={v!r} must be a number in [0, 1).")
+    if c.contrast_positives not in (None, "self", "knn", "mnn", "knn+mnn"):
+        raise ValueError(
+            f"contrast_positives={c.contrast_positives!r}; use None, 'self', 'knn', 'mnn' or "
+            "'knn+mnn'."
+        )
+    for name, low in (("contrast_k", 1), ("contrast_refresh", 0)):
+        v = getattr(c, name)
+        if not _is_int(v) or v < low:
+            raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
     t = c.contrast_temperature
     if not _is_number(t) or not math.isfinite(t) or t <= 0:
         raise ValueError(f"contrast_temperature={t!r} must be a finite number > 0.")

@@ -1,6 +1,6 @@
 """Lightning training plans (generative pretraining, divide-and-conquer contrastive) and callbacks."""
 
-from ._callbacks import StepCheckpoint
+from ._callbacks import EveryNEpochs, StepCheckpoint
 from ._contrastive import divide_and_conquer_step, gather_rows
 from ._plans import ContrastivePlan, PretrainingPlan
 
@@ -9,5 +9,6 @@ __all__ = [
     "ContrastivePlan",
     "divide_and_conquer_step",
     "StepCheckpoint",
+    "EveryNEpochs",
     "gather_rows",
 ]

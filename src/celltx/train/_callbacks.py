@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scvi.train import SaveCheckpoint
 
 
@@ -39,3 +39,31 @@ class StepCheckpoint(SaveCheckpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         ModelCheckpoint.on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx)
+
+
+class EveryNEpochs(Callback):
+    """Call ``fn()`` at the end of every ``every``-th training epoch (not after the last).
+
+    For work between epochs that needs the model as trained so far, e.g. refreshing the
+    neighbour positives of contrastive training from the current embedding. The module is
+    put back in training mode afterwards.
+
+    Examples
+    --------
+    >>> from celltx.train import EveryNEpochs
+    >>> cb = EveryNEpochs(lambda: None, every=5)
+    >>> cb.every
+    5
+    """
+
+    def __init__(self, fn, every: int):
+        if int(every) < 1:
+            raise ValueError(f"every={every} must be >= 1.")
+        self.fn, self.every = fn, int(every)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every or epoch >= (trainer.max_epochs or 0):
+            return
+        self.fn()
+        pl_module.module.train()

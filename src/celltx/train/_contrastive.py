@@ -8,6 +8,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput
 
+from celltx.data import PARTNER_KEY
 from celltx.module import contrastive_loss
 
 CONTRAST = "contrast"
@@ -95,7 +96,9 @@ def divide_and_conquer_step(
     (:func:`gather_rows`), so the contrastive batch is the global batch: each process takes
     the gradients of its own rows, scaled by the number of processes because DDP averages
     the parameter gradients. ``module`` must be in training mode with ``contrast`` in its
-    objective; ``backward`` is how a loss is backpropagated (Lightning's
+    objective; a batch of :class:`~celltx.data.NeighbourBatchSampler` carries each row's
+    neighbour partner (:data:`~celltx.data.PARTNER_KEY`), a positive over the whole
+    (gathered) batch; ``backward`` is how a loss is backpropagated (Lightning's
     ``manual_backward`` in a plan). Returns a :class:`~scvi.module.base.LossOutput` of the
     batch (detached; for logging).
     """
@@ -103,6 +106,8 @@ def divide_and_conquer_step(
         raise ValueError("A divide-and-conquer step needs the contrastive part in the objective.")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
+    tensors = dict(tensors)
+    partner = tensors.pop(PARTNER_KEY, None)  # rows of the whole batch: not chunked
     chunks = _chunks(tensors, chunk_size)
     n = sum(len(c[REGISTRY_KEYS.X_KEY]) for c in chunks)
     device = next(module.parameters()).device
@@ -119,7 +124,16 @@ def divide_and_conquer_step(
     _, world = _world()
     (a1, start), (a2, _) = gather_rows(z1), gather_rows(z2)
     a1, a2 = a1.requires_grad_(True), a2.requires_grad_(True)
-    global_loss = contrastive_loss(a1, a2, module.contrast_temperature)
+    if partner is not None:  # this process's partner rows, as rows of the gathered batch
+        partner = partner.to(z1.device).long()
+        partner, _ = gather_rows(torch.where(partner >= 0, partner + start, -1))
+    global_loss = contrastive_loss(
+        a1,
+        a2,
+        module.contrast_temperature,
+        partner=partner,
+        filter_fraction=module.config.contrast_filter,
+    )
     g1, g2 = torch.autograd.grad(global_loss, (a1, a2))
     # this process's rows; DDP divides the summed parameter gradients by the world size
     g1 = g1[start : start + n] * world
