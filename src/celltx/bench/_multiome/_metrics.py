@@ -146,36 +146,17 @@ def graph_scores(
     highest NMI kept as for embeddings; ``knn_accuracy``: every cell's label predicted by
     the edge-weighted vote of its graph neighbours (itself excluded), the fraction right.
     """
-    import scanpy as sc
     from anndata import AnnData
     from scipy import sparse
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from celltx.bench._embedding import best_leiden
 
     G = sparse.csr_matrix(connectivities, dtype=np.float64)
     G.setdiag(0)
     G.eliminate_zeros()
     labels = np.asarray(labels).astype(str)
     tmp = AnnData(obs=pd.DataFrame(index=np.arange(G.shape[0]).astype(str)))
-    best: dict[str, float] = {}
-    for res in resolutions:
-        sc.tl.leiden(
-            tmp,
-            resolution=float(res),
-            adjacency=G,
-            random_state=seed,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-        )
-        clusters = tmp.obs["leiden"].to_numpy()
-        nmi = float(normalized_mutual_info_score(labels, clusters))
-        if not best or nmi > best["leiden_nmi"]:
-            best = {
-                "leiden_ari": float(adjusted_rand_score(labels, clusters)),
-                "leiden_nmi": nmi,
-                "n_clusters": int(len(np.unique(clusters))),
-                "leiden_resolution": float(res),
-            }
+    best = best_leiden(tmp, labels, resolutions, seed, adjacency=G)
     if knn:
         cats, codes = np.unique(labels, return_inverse=True)
         onehot = sparse.csr_matrix(
