@@ -13,14 +13,14 @@ the other half.
     from the training half; the target half keeps every type and the candidates are all
     ten names. ``unseen_accuracy`` is the accuracy on the held-out types' cells.
 
-``--smooth K`` adds rows for celltx's annotation with each cell's similarities averaged
+``--smooth K [K ...]`` adds rows for celltx's annotation with each cell's similarities averaged
 over its K nearest target cells (``predict_zero_shot(smooth_neighbors=K)``), over celltx's
 cell vectors and over the target's 50 PCs (GRIT).
 
 Run from the repository root (on an otherwise idle machine)::
 
-    python benchmarks/zero_shot.py cross --seeds 0 1 2 --smooth 15
-    python benchmarks/zero_shot.py heldout --seeds 0 1 2 --smooth 15
+    python benchmarks/zero_shot.py cross --seeds 0 1 2 --smooth 5 15
+    python benchmarks/zero_shot.py heldout --seeds 0 1 2 --smooth 5 15
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def halves(seed: int):
 
 
 def run(
-    task: str, seed: int, heldout: list[str], celltx_settings: dict, smooth: int | None = None
+    task: str, seed: int, heldout: list[str], celltx_settings: dict, smooth: list[int] | None = None
 ) -> pd.DataFrame:
     source, target = halves(seed)
     if task == "cross":
@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--heldout", nargs="+", default=HELDOUT)
     p.add_argument("--celltx", type=json.loads, default={}, help="overrides, as JSON")
     p.add_argument(
-        "--smooth", type=int, default=None, metavar="K", help="add kNN-smoothed rows (K)"
+        "--smooth", type=int, nargs="+", default=None, metavar="K", help="add kNN-smoothed rows"
     )
     args = p.parse_args()
     tables = []

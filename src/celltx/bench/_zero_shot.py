@@ -112,7 +112,7 @@ def zero_shot(
     unseen: Sequence[str] | None = None,
     celltx: Mapping | None = None,
     methods: Sequence[str] = ZERO_SHOT_METHODS,
-    smooth_neighbors: int | None = None,
+    smooth_neighbors: int | Sequence[int] | None = None,
     smooth_graphs: Sequence[str] = ZERO_SHOT_SMOOTH_GRAPHS,
 ) -> pd.DataFrame:
     """Zero-shot annotation of ``target`` after training on ``source``'s labels.
@@ -153,9 +153,10 @@ def zero_shot(
         Which of :data:`ZERO_SHOT_METHODS` to run.
     smooth_neighbors
         With ``"celltx zero-shot"``: also score the same model's annotation with each cell's
-        similarities averaged over its ``smooth_neighbors`` nearest target cells
+        similarities averaged over its ``k`` nearest target cells
         (:meth:`~celltx.model.ScGPT.predict_zero_shot`'s ``smooth_neighbors``), one row
-        ``celltx zero-shot, smoothed (k=…, <graph>)`` per graph of ``smooth_graphs``.
+        ``celltx zero-shot, smoothed (k=…, <graph>)`` per ``k`` (an int or a list) and
+        graph of ``smooth_graphs``.
         ``None`` (default): no smoothed rows.
     smooth_graphs
         The neighbour graphs of the smoothed rows: ``"cells"`` (celltx's cell vectors in
@@ -183,15 +184,14 @@ def zero_shot(
         raise ValueError(
             f"smooth_graphs={smooth_graphs!r}: use a list of {list(ZERO_SHOT_SMOOTH_GRAPHS)}."
         )
-    if smooth_neighbors is not None and (
-        isinstance(smooth_neighbors, bool)
-        or not isinstance(smooth_neighbors, int | np.integer)
-        or not 1 <= smooth_neighbors < target.n_obs
-    ):
-        raise ValueError(
-            f"smooth_neighbors={smooth_neighbors!r} must be a whole number from 1 to "
-            f"{target.n_obs - 1} (the target's cells - 1), or None."
-        )
+    ks = [] if smooth_neighbors is None else smooth_neighbors
+    ks = [ks] if isinstance(ks, int | np.integer) else list(ks)
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k < target.n_obs:
+            raise ValueError(
+                f"smooth_neighbors={smooth_neighbors!r}: each must be a whole number from 1 to "
+                f"{target.n_obs - 1} (the target's cells - 1), or None."
+            )
     s_labels = _labels(source, source_labels_key, "source")
     t_labels = _labels(target, target_labels_key, "target")
     present = list(dict.fromkeys(sorted(t_labels)))
@@ -221,26 +221,25 @@ def zero_shot(
         pred = np.asarray([back[c] for c in chosen])
         attrs["candidates"] = model._candidate_texts(offered, ontology, None)
         rows.append({"method": "celltx zero-shot", **_scores(t_labels, pred, unseen)})
-        for graph in smooth_graphs if smooth_neighbors is not None else ():
-            rep = None
-            if graph == "pca":
-                t.obsm["X_pca_bench"] = pca_embedding(target, seed=seed)
-                rep = "X_pca_bench"
-            chosen = model.predict_zero_shot(
-                t,
-                candidates=offered,
-                key_added="zero_shot_smoothed",
-                ontology=ontology,
-                smooth_neighbors=smooth_neighbors,
-                smooth_use_rep=rep,
-            )
-            pred = np.asarray([back[c] for c in chosen])
-            rows.append(
-                {
-                    "method": f"celltx zero-shot, smoothed (k={smooth_neighbors}, {graph})",
-                    **_scores(t_labels, pred, unseen),
-                }
-            )
+        if ks and "pca" in smooth_graphs:
+            t.obsm["X_pca_bench"] = pca_embedding(target, seed=seed)
+        for k in ks:
+            for graph in smooth_graphs:
+                chosen = model.predict_zero_shot(
+                    t,
+                    candidates=offered,
+                    key_added="zero_shot_smoothed",
+                    ontology=ontology,
+                    smooth_neighbors=int(k),
+                    smooth_use_rep="X_pca_bench" if graph == "pca" else None,
+                )
+                pred = np.asarray([back[c] for c in chosen])
+                rows.append(
+                    {
+                        "method": f"celltx zero-shot, smoothed (k={k}, {graph})",
+                        **_scores(t_labels, pred, unseen),
+                    }
+                )
     if "classifier + text mapping" in methods:
         texts = attrs.get("candidates")
         if texts is None:
