@@ -112,3 +112,54 @@ def test_smoothing_bad_input(untrained, kwargs, match):
     model, adata = untrained
     with pytest.raises(ValueError, match=match):
         model.predict_zero_shot(adata, ontology=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def halves():
+    import celltx
+
+    adata = celltx.datasets.pbmc68k()
+    idx = np.random.default_rng(0).permutation(adata.n_obs)
+    return adata[np.sort(idx[:350])].copy(), adata[np.sort(idx[350:])].copy()
+
+
+@pytest.mark.slow
+def test_bench_zero_shot_smoothed_rows(halves, tmp_path, monkeypatch):
+    import celltx
+
+    monkeypatch.setenv("CELLTX_CACHE_DIR", str(tmp_path))
+    source, target = halves
+    df = celltx.bench.zero_shot(
+        source,
+        "cell_type",
+        target,
+        "cell_type",
+        celltx={"model": {**SMALL}, "epochs": 1},
+        methods=["celltx zero-shot"],
+        smooth_neighbors=[3, 10],
+    )
+    assert list(df.method) == [
+        "celltx zero-shot",
+        "celltx zero-shot, smoothed (k=3, cells)",
+        "celltx zero-shot, smoothed (k=3, pca)",
+        "celltx zero-shot, smoothed (k=10, cells)",
+        "celltx zero-shot, smoothed (k=10, pca)",
+    ]
+    assert df.macro_f1.between(0, 1).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"smooth_neighbors": 0}, "each must be a whole number from 1 to 349"),
+        ({"smooth_neighbors": [5, 350]}, "each must be a whole number from 1 to 349"),
+        ({"smooth_neighbors": 5, "smooth_graphs": "pca"}, "use a list of"),
+        ({"smooth_neighbors": 5, "smooth_graphs": ["umap"]}, "use a list of"),
+    ],
+)
+def test_bench_zero_shot_smoothing_bad_input(halves, kwargs, match):
+    import celltx
+
+    source, target = halves
+    with pytest.raises(ValueError, match=match):
+        celltx.bench.zero_shot(source, "cell_type", target, "cell_type", **kwargs)
