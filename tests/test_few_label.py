@@ -96,3 +96,34 @@ def test_celltx_pretrains_on_all_and_finetunes_on_few_labels(pbmc):
     assert df.loc[df["method"] == "celltx", "accuracy"].between(0, 1).all()
     n = df.groupby("fold")["n_labelled"].nunique()
     assert (n == 1).all() and (df["n_labelled"] < 0.4 * len(small)).all()
+
+
+@pytest.mark.slow
+def test_later_folds_reuse_the_pretraining_exactly(pbmc):
+    """Pretraining reads no label and is seeded alike in every fold: loading the first
+    fold's pretrained weights gives the same predictions as pretraining again."""
+    from anndata import AnnData
+
+    from celltx.bench._annotation import _celltx
+
+    small = pbmc[::2].copy()
+    y = small.obs["cell_type"].astype(str).to_numpy()
+    data = AnnData(X=small.X.copy(), obs=small.obs[[]].copy(), var=small.var[[]].copy())
+    (tr0, te0), (tr1, te1) = _folds(y, n_splits=2)
+    kw = {
+        "model": {**SMALL, "gene_selection": "rank", "dropout": 0.0},
+        "pretrain_task": "contrastive",
+        "pretrain_epochs": 1,
+        "finetune_epochs": 1,
+        "accelerator": "cpu",
+    }
+    cache: dict = {}
+    _celltx(data, y, tr0, te0, 0, cache=cache, **kw)
+    assert "pretrained" in cache
+    reused = _celltx(data, y, tr1, te1, 0, cache=cache, **kw)
+    again = _celltx(data, y, tr1, te1, 0, cache=None, **kw)
+    assert np.array_equal(reused, again)
+    # a labelled pretraining task is never shared between folds
+    other: dict = {}
+    _celltx(data, y, tr0, te0, 0, cache=other, **{**kw, "pretrain_task": "annotation"})
+    assert "pretrained" not in other

@@ -139,7 +139,17 @@ def _celltypist(data, y, train, test, seed, **kw):
     return res.predicted_labels["predicted_labels"].astype(str).to_numpy()
 
 
-def _celltx(data, y, train, test, seed, **kw):
+def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
+    """Pretrain (or reuse the pretraining of an earlier fold), fine-tune, predict.
+
+    Pretraining sees every cell and no label (its generative and contrastive objectives do
+    not read them), with the same seed in every fold, so its weights are the same in every
+    fold: ``cache`` (one
+    dict per :func:`annotation` call) keeps them after the first fold and later folds
+    load them, and the random state pretraining left, instead of pretraining again.
+    """
+    import copy
+
     import scvi
 
     from celltx.model import ScGPT
@@ -166,12 +176,21 @@ def _celltx(data, y, train, test, seed, **kw):
     else:
         model = ScGPT(a, **cfg["model"])
     if cfg["pretrain_epochs"]:
-        model.train(
-            max_epochs=cfg["pretrain_epochs"],
-            lr=cfg["pretrain_lr"],
-            task=cfg["pretrain_task"],
-            **train_kw,
-        )
+        label_free = cfg["pretrain_task"] in ("generative", "contrastive")
+        state = (cache or {}).get("pretrained") if label_free else None
+        if state is not None and _same_shapes(model.module.state_dict(), state):
+            model.module.load_state_dict(state)
+            _set_rng(cache["rng"])  # where pretraining left the random numbers
+        else:
+            model.train(
+                max_epochs=cfg["pretrain_epochs"],
+                lr=cfg["pretrain_lr"],
+                task=cfg["pretrain_task"],
+                **train_kw,
+            )
+            if cache is not None and label_free:
+                cache["pretrained"] = copy.deepcopy(model.module.state_dict())
+                cache["rng"] = _get_rng()
     model.train(
         max_epochs=cfg["finetune_epochs"],
         lr=cfg["finetune_lr"],
@@ -182,6 +201,28 @@ def _celltx(data, y, train, test, seed, **kw):
         **train_kw,
     )
     return np.asarray(model.predict(indices=test), dtype=str)
+
+
+def _get_rng() -> tuple:
+    import random
+
+    import torch
+
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
+
+
+def _set_rng(state: tuple) -> None:
+    import random
+
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])  # noqa: NPY002 (the state Lightning seeds)
+    torch.set_rng_state(state[2])
+
+
+def _same_shapes(a: Mapping, b: Mapping) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 
 _RUNNERS: dict[str, Callable] = {
@@ -505,6 +546,7 @@ def annotation(
     if label_fraction is not None:
         folds = _few_labels(folds, y, classes, label_fraction, seed)
     rows = []
+    cache: dict = {}  # celltx's pretrained weights, shared by the folds
     for fold, (train, test) in enumerate(folds):
         for m in methods:
             row = {
@@ -528,7 +570,7 @@ def annotation(
                 test,
                 seed,
                 classes,
-                kwargs.get(m, {}),
+                {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {}),
             )
             rows.append(
                 {**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err}
