@@ -379,7 +379,8 @@ def annotation(
     ``"celltx"``
         :class:`~celltx.model.ScGPT` on the values as given: pretraining (generative, or
         ``"pretrain_task": "contrastive"``) on all cells of the data (held-out labels
-        hidden, as for scANVI), then
+        hidden, as for scANVI; it reads no label, so it runs once and later folds start
+        from its weights), then
         ``train(task="annotation")`` on the labelled cells, then
         :meth:`~celltx.model.ScGPT.predict`. Settings: ``celltx.bench.CELLTX_DEFAULTS``,
         overridden by ``method_kwargs["celltx"]`` (e.g. ``{"pretrained": "scGPT_human",
