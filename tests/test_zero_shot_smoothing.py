@@ -163,3 +163,19 @@ def test_bench_zero_shot_smoothing_bad_input(halves, kwargs, match):
     source, target = halves
     with pytest.raises(ValueError, match=match):
         celltx.bench.zero_shot(source, "cell_type", target, "cell_type", **kwargs)
+
+
+def test_smoothing_follows_the_order_of_indices(untrained):
+    """With shuffled ``indices`` the graph rows (``obsm``) line up with the scores' rows."""
+    model, adata = untrained
+    model.predict_zero_shot(adata, key_added="raw", ontology=False)
+    raw = adata.obsm["raw_similarity"]
+    names = np.asarray(adata.uns["raw_candidates"]["name"])
+    idx = np.random.default_rng(0).permutation(adata.n_obs)[:40]
+    plain = model.predict_zero_shot(adata, indices=idx, ontology=False)
+    assert (plain == names[raw[idx].argmax(1)]).all()
+    smooth = model.predict_zero_shot(
+        adata, indices=idx, ontology=False, smooth_neighbors=4, smooth_use_rep="X_pca"
+    )
+    expected = _expected(raw[idx], adata.obsm["X_pca"][idx], 4)
+    assert (smooth == names[expected.argmax(1)]).all()
