@@ -15,6 +15,10 @@ Run from the repository root::
     python benchmarks/annotation.py --h5ad my.h5ad --labels cell_type --layer lognorm
     python benchmarks/annotation.py --h5ad counts.h5ad --labels cell_type    # raw counts in X
     python benchmarks/annotation.py --celltx '{"finetune_epochs": 50}'
+    python benchmarks/annotation.py --label-fraction 0.1 --methods celltx logreg knn_pca
+
+``--label-fraction F`` keeps a stratified fraction F of each fold's training labels (the
+same cells for every method; celltx and scANVI still pretrain on all cells, unlabelled).
 
 The data may hold raw counts or log-normalised values: each method gets what it needs
 (celltypist, logreg, kNN: log1p-CP10k; scANVI: counts, from ``--counts-layer`` when X is
@@ -48,6 +52,9 @@ def main(argv=None) -> None:
     p.add_argument("--pretrained", help="scGPT model directory to fine-tune")
     p.add_argument("--celltx", default="{}", help="JSON overrides of CELLTX_DEFAULTS")
     p.add_argument("--accelerator", default="auto")
+    p.add_argument(
+        "--label-fraction", type=float, default=None, help="fraction of training labels kept"
+    )
     p.add_argument("--out", help="write the per-fold table as CSV")
     a = p.parse_args(argv)
     logging.getLogger("scvi").setLevel(logging.WARNING)
@@ -70,10 +77,12 @@ def main(argv=None) -> None:
         layer=a.layer,
         method_kwargs=kwargs,
         counts_layer=a.counts_layer,
+        label_fraction=a.label_fraction,
     )
     print(df.round(3).to_string(index=False))
     print(
         f"\n{adata.n_obs} cells, {adata.obs[a.labels].nunique()} labels, {a.splits} folds, seed {a.seed}"
+        + ("" if a.label_fraction is None else f", label fraction {a.label_fraction:g}")
     )
     print("celltx settings:", {**celltx.bench.CELLTX_DEFAULTS, **cx})
     print()

@@ -13,10 +13,14 @@ the other half.
     from the training half; the target half keeps every type and the candidates are all
     ten names. ``unseen_accuracy`` is the accuracy on the held-out types' cells.
 
+``--smooth K [K ...]`` adds rows for celltx's annotation with each cell's similarities averaged
+over its K nearest target cells (``predict_zero_shot(smooth_neighbors=K)``), over celltx's
+cell vectors and over the target's 50 PCs (GRIT).
+
 Run from the repository root (on an otherwise idle machine)::
 
-    python benchmarks/zero_shot.py cross --seeds 0 1 2
-    python benchmarks/zero_shot.py heldout --seeds 0 1 2
+    python benchmarks/zero_shot.py cross --seeds 0 1 2 --smooth 5 15
+    python benchmarks/zero_shot.py heldout --seeds 0 1 2 --smooth 5 15
 """
 
 from __future__ import annotations
@@ -43,12 +47,20 @@ def halves(seed: int):
     return adata[np.sort(a)].copy(), adata[np.sort(b)].copy()
 
 
-def run(task: str, seed: int, heldout: list[str], celltx_settings: dict) -> pd.DataFrame:
+def run(
+    task: str, seed: int, heldout: list[str], celltx_settings: dict, smooth: list[int] | None = None
+) -> pd.DataFrame:
     source, target = halves(seed)
     if task == "cross":
         target.obs["renamed"] = target.obs["cell_type"].astype(str).map(RENAME)
         return celltx.bench.zero_shot(
-            source, "cell_type", target, "renamed", seed=seed, celltx=celltx_settings
+            source,
+            "cell_type",
+            target,
+            "renamed",
+            seed=seed,
+            celltx=celltx_settings,
+            smooth_neighbors=smooth,
         )
     source = source[~source.obs["cell_type"].isin(heldout)].copy()
     source.obs["cell_type"] = source.obs["cell_type"].astype(str)
@@ -60,6 +72,7 @@ def run(task: str, seed: int, heldout: list[str], celltx_settings: dict) -> pd.D
         seed=seed,
         unseen=heldout,
         celltx=celltx_settings,
+        smooth_neighbors=smooth,
     )
 
 
@@ -69,10 +82,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--heldout", nargs="+", default=HELDOUT)
     p.add_argument("--celltx", type=json.loads, default={}, help="overrides, as JSON")
+    p.add_argument(
+        "--smooth", type=int, nargs="+", default=None, metavar="K", help="add kNN-smoothed rows"
+    )
     args = p.parse_args()
     tables = []
     for seed in args.seeds:
-        t = run(args.task, seed, args.heldout, args.celltx)
+        t = run(args.task, seed, args.heldout, args.celltx, args.smooth)
         t.insert(0, "seed", seed)
         print(t.to_string(index=False), flush=True)
         if seed == args.seeds[0]:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import nbformat
@@ -34,7 +35,7 @@ def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     assert not errors
 
 
-def test_cli_quickstart(tmp_path, capsys):
+def test_cli_quickstart(tmp_path, capsys, caplog):
     out = tmp_path / "qs"
     assert (
         main(
@@ -51,8 +52,13 @@ def test_cli_quickstart(tmp_path, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out
-    assert "celltx ScGPT" in printed and "PCA (50 PCs)" in printed and "per-gene mean" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "celltx ScGPT" in printed and "PCA (50 PCs)" in printed
+    assert "representation recipe" in printed  # the documented recipe, not generative-only
+    # the noise a user cannot act on is gone: Lightning's adverts, third-party deprecations
+    noise = captured.out + captured.err + caplog.text
+    assert "💡 Tip" not in noise and "litlogger" not in noise and "LeafSpec" not in noise
     for f in (
         "pbmc68k_scgpt.h5ad",
         "umap_cell_type.png",
@@ -65,6 +71,24 @@ def test_cli_quickstart(tmp_path, capsys):
 
     a = ad.read_h5ad(out / "pbmc68k_scgpt.h5ad")
     assert a.obsm["X_scgpt"].shape == (700, 64)
+    saved = json.loads((out / "model" / "model.json").read_text())
+    assert '"gene_selection": "rank"' in json.dumps(saved)  # rank-value tokens
+
+
+def test_quiet_third_party_is_narrow():
+    """Third-party deprecations are hidden inside the block only; celltx's own stay."""
+    import warnings
+
+    from celltx.cli import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_third_party():
+            warnings.warn_explicit("old", FutureWarning, "x.py", 1, module="lightning.x")
+            warnings.warn_explicit("mine", FutureWarning, "x.py", 1, module="celltx.model")
+            warnings.warn_explicit("user", UserWarning, "x.py", 1, module="lightning.x")
+        warnings.warn_explicit("after", FutureWarning, "x.py", 1, module="lightning.x")
+    assert [str(w.message) for w in seen] == ["mine", "user", "after"]
 
 
 def test_cli_rejects_bad_epochs():

@@ -139,7 +139,17 @@ def _celltypist(data, y, train, test, seed, **kw):
     return res.predicted_labels["predicted_labels"].astype(str).to_numpy()
 
 
-def _celltx(data, y, train, test, seed, **kw):
+def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
+    """Pretrain (or reuse the pretraining of an earlier fold), fine-tune, predict.
+
+    Pretraining sees every cell and no label (its generative and contrastive objectives do
+    not read them), with the same seed in every fold, so its weights are the same in every
+    fold: ``cache`` (one
+    dict per :func:`annotation` call) keeps them after the first fold and later folds
+    load them, and the random state pretraining left, instead of pretraining again.
+    """
+    import copy
+
     import scvi
 
     from celltx.model import ScGPT
@@ -166,12 +176,21 @@ def _celltx(data, y, train, test, seed, **kw):
     else:
         model = ScGPT(a, **cfg["model"])
     if cfg["pretrain_epochs"]:
-        model.train(
-            max_epochs=cfg["pretrain_epochs"],
-            lr=cfg["pretrain_lr"],
-            task=cfg["pretrain_task"],
-            **train_kw,
-        )
+        label_free = cfg["pretrain_task"] in ("generative", "contrastive")
+        state = (cache or {}).get("pretrained") if label_free else None
+        if state is not None and _same_shapes(model.module.state_dict(), state):
+            model.module.load_state_dict(state)
+            _set_rng(cache["rng"])  # where pretraining left the random numbers
+        else:
+            model.train(
+                max_epochs=cfg["pretrain_epochs"],
+                lr=cfg["pretrain_lr"],
+                task=cfg["pretrain_task"],
+                **train_kw,
+            )
+            if cache is not None and label_free:
+                cache["pretrained"] = copy.deepcopy(model.module.state_dict())
+                cache["rng"] = _get_rng()
     model.train(
         max_epochs=cfg["finetune_epochs"],
         lr=cfg["finetune_lr"],
@@ -182,6 +201,28 @@ def _celltx(data, y, train, test, seed, **kw):
         **train_kw,
     )
     return np.asarray(model.predict(indices=test), dtype=str)
+
+
+def _get_rng() -> tuple:
+    import random
+
+    import torch
+
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
+
+
+def _set_rng(state: tuple) -> None:
+    import random
+
+    import torch
+
+    random.setstate(state[0])
+    np.random.set_state(state[1])  # noqa: NPY002 (the state Lightning seeds)
+    torch.set_rng_state(state[2])
+
+
+def _same_shapes(a: Mapping, b: Mapping) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
 
 
 _RUNNERS: dict[str, Callable] = {
@@ -238,6 +279,64 @@ def _fold_scores(runner, data, y, train, test, seed, classes, kw) -> dict[str, f
     }
 
 
+def _check_label_fraction(label_fraction) -> float | None:
+    """``label_fraction`` of :func:`annotation`, validated (``None`` or 1: every label)."""
+    if label_fraction is None:
+        return None
+    if (
+        isinstance(label_fraction, bool)
+        or not isinstance(label_fraction, int | float | np.integer | np.floating)
+        or not 0 < label_fraction <= 1
+    ):
+        raise ValueError(
+            f"label_fraction={label_fraction!r} must be a number in (0, 1]: the fraction of "
+            "each fold's training labels kept (e.g. 0.1), or None for all of them."
+        )
+    return None if label_fraction == 1 else float(label_fraction)
+
+
+def _n_labelled(n: np.ndarray, fraction: float) -> np.ndarray:
+    """Labelled cells kept of ``n`` training cells of a label (``fraction × n``, half up)."""
+    return np.floor(fraction * n + 0.5).astype(int)
+
+
+def _few_labels(
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    y: np.ndarray,
+    classes: np.ndarray,
+    fraction: float,
+    seed: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each fold's training cells cut to a stratified ``fraction`` of every label.
+
+    Refuses (``ValueError`` naming the labels) when a label would keep no cell in a fold,
+    before anything is trained.
+    """
+    empty = {}
+    for train, _ in folds:
+        n = np.array([(y[train] == c).sum() for c in classes])
+        for c, k, m in zip(classes, _n_labelled(n, fraction), n, strict=True):
+            if k < 1:
+                empty[c] = min(empty.get(c, m), m)
+    if empty:
+        need = 0.5 / min(empty.values())
+        raise ValueError(
+            f"label_fraction={fraction:g} leaves no labelled cell of "
+            + ", ".join(f"{c!r} ({m} training cells in a fold)" for c, m in sorted(empty.items()))
+            + f": raise label_fraction to at least {np.ceil(need * 1000) / 1000:g}, or drop "
+            "these labels from adata."
+        )
+    out = []
+    for fold, (train, test) in enumerate(folds):
+        rng = np.random.default_rng([seed, fold])
+        keep = []
+        for c in classes:
+            idx = train[y[train] == c]
+            keep.append(rng.choice(idx, _n_labelled(np.array(len(idx)), fraction), replace=False))
+        out.append((np.sort(np.concatenate(keep)), test))
+    return out
+
+
 def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> dict[str, dict]:
     """The settings of each method, refusing unknown methods and settings."""
     out = {}
@@ -265,18 +364,23 @@ def annotation(
     layer: str | None = None,
     method_kwargs: Mapping[str, Mapping] | None = None,
     counts_layer: str | None = None,
+    label_fraction: float | None = None,
 ) -> pd.DataFrame:
     """Cross-validated cell-type annotation: celltx and baselines on the same folds.
 
     Cells are split into ``n_splits`` stratified folds (``seed``); each method is trained
-    on the other folds' labels and predicts the held-out fold. The expression (``X`` or
+    on the other folds' labels and predicts the held-out fold. With ``label_fraction``
+    (few-label annotation) only a stratified fraction of those training labels is given,
+    the same cells to every method; celltx and scANVI still see every cell's expression
+    (the others unlabelled), the classifiers only the labelled cells. The expression (``X`` or
     ``layer``) may hold raw counts or log-normalised values (told apart on a sample of
     the values); each method gets the input it needs, computed on a copy. Methods:
 
     ``"celltx"``
         :class:`~celltx.model.ScGPT` on the values as given: pretraining (generative, or
         ``"pretrain_task": "contrastive"``) on all cells of the data (held-out labels
-        hidden, as for scANVI), then
+        hidden, as for scANVI; it reads no label, so it runs once and later folds start
+        from its weights), then
         ``train(task="annotation")`` on the labelled cells, then
         :meth:`~celltx.model.ScGPT.predict`. Settings: ``celltx.bench.CELLTX_DEFAULTS``,
         overridden by ``method_kwargs["celltx"]`` (e.g. ``{"pretrained": "scGPT_human",
@@ -331,13 +435,19 @@ def annotation(
     counts_layer
         Layer with raw counts for scANVI when ``X`` / ``layer`` holds log-normalised
         values (default: use ``X`` / ``layer`` when it holds counts).
+    label_fraction
+        Keep this fraction of each fold's training labels, per label (``fraction × n``
+        cells of a label with ``n`` training cells, rounded half up; drawn with ``seed``
+        and the fold), e.g. ``0.1``; the test cells are unchanged. ``None`` (default) or
+        ``1``: all training labels.
 
     Returns
     -------
     pandas.DataFrame
         One row per method and fold: ``method``, ``fold``, ``accuracy``, ``macro_f1``,
-        ``weighted_f1``, ``seconds``, ``error`` (``None``, or why the method failed or was
-        skipped; its scores are then NaN). :func:`summarize` turns it into mean ± sd.
+        ``weighted_f1``, ``n_labelled`` (the labelled training cells), ``seconds``,
+        ``error`` (``None``, or why the method failed or was skipped; its scores are then
+        NaN). :func:`summarize` turns it into mean ± sd.
 
     Raises
     ------
@@ -345,7 +455,8 @@ def annotation(
         Before any training: an unknown method or setting, a missing ``labels_key`` or
         layer, fewer than 2 cell types or a type with a single cell, values that are
         neither raw counts nor log-normalised (negative, NaN, or non-integers above 30),
-        or a ``counts_layer`` without counts.
+        a ``counts_layer`` without counts, a ``label_fraction`` outside (0, 1], or one
+        that leaves a label without a labelled cell in a fold (the error names it).
 
     Examples
     --------
@@ -363,6 +474,7 @@ def annotation(
         raise ValueError("No methods to benchmark.")
     methods = list(dict.fromkeys(methods))
     kwargs = _check_method_kwargs(methods, method_kwargs)
+    label_fraction = _check_label_fraction(label_fraction)
     if labels_key not in adata.obs:
         raise ValueError(f"labels_key={labels_key!r} is not a column of adata.obs.")
     where = layer_label(layer)
@@ -427,13 +539,24 @@ def annotation(
         for m in methods
         if m not in skipped
     }
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
-        np.zeros(len(y)), y
+    folds = list(
+        StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
+            np.zeros(len(y)), y
+        )
     )
+    if label_fraction is not None:
+        folds = _few_labels(folds, y, classes, label_fraction, seed)
     rows = []
+    cache: dict = {}  # celltx's pretrained weights, shared by the folds
     for fold, (train, test) in enumerate(folds):
         for m in methods:
-            row = {"method": m, "fold": fold, **dict.fromkeys(_SCORES, np.nan), "seconds": np.nan}
+            row = {
+                "method": m,
+                "fold": fold,
+                **dict.fromkeys(_SCORES, np.nan),
+                "n_labelled": len(train),
+                "seconds": np.nan,
+            }
             if m in skipped:
                 rows.append({**row, "error": skipped[m]})
                 continue
@@ -448,7 +571,7 @@ def annotation(
                 test,
                 seed,
                 classes,
-                kwargs.get(m, {}),
+                {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {}),
             )
             rows.append(
                 {**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err}
@@ -462,7 +585,9 @@ def annotation(
                     rows[-1]["macro_f1"],
                     rows[-1]["seconds"],
                 )
-    return pd.DataFrame(rows, columns=["method", "fold", *_SCORES, "seconds", "error"])
+    return pd.DataFrame(
+        rows, columns=["method", "fold", *_SCORES, "n_labelled", "seconds", "error"]
+    )
 
 
 def summarize(df: pd.DataFrame, by: str = "method") -> pd.DataFrame:

@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 
 from ._fit import fit_celltx
 from ._inputs import lognorm_expression
+from ._integration import pca_embedding
 
 #: the celltx recipe of :func:`zero_shot`: a small rank-token model trained on the source's
 #: labels with the cell–text objective only (measured in docs/zero_shot.md)
@@ -44,6 +45,9 @@ PBMC68K_SHORT_NAMES = {
     "CD8+/CD45RA+ Naive Cytotoxic": "CD8 Naive",
     "Dendritic": "DC",
 }
+
+#: the query graphs :func:`zero_shot` can smooth celltx's scores over (``smooth_graphs``)
+ZERO_SHOT_SMOOTH_GRAPHS = ("cells", "pca")
 
 #: the methods of :func:`zero_shot`, in table order
 ZERO_SHOT_METHODS = ("celltx zero-shot", "classifier + text mapping", "majority", "chance")
@@ -108,6 +112,8 @@ def zero_shot(
     unseen: Sequence[str] | None = None,
     celltx: Mapping | None = None,
     methods: Sequence[str] = ZERO_SHOT_METHODS,
+    smooth_neighbors: int | Sequence[int] | None = None,
+    smooth_graphs: Sequence[str] = ZERO_SHOT_SMOOTH_GRAPHS,
 ) -> pd.DataFrame:
     """Zero-shot annotation of ``target`` after training on ``source``'s labels.
 
@@ -145,6 +151,17 @@ def zero_shot(
         ``{"ontology": False}`` to use the names as texts, for labels and candidates alike).
     methods
         Which of :data:`ZERO_SHOT_METHODS` to run.
+    smooth_neighbors
+        With ``"celltx zero-shot"``: also score the same model's annotation with each cell's
+        similarities averaged over its ``k`` nearest target cells
+        (:meth:`~celltx.model.ScGPT.predict_zero_shot`'s ``smooth_neighbors``), one row
+        ``celltx zero-shot, smoothed (k=…, <graph>)`` per ``k`` (an int or a list) and
+        graph of ``smooth_graphs``.
+        ``None`` (default): no smoothed rows.
+    smooth_graphs
+        The neighbour graphs of the smoothed rows: ``"cells"`` (celltx's cell vectors in
+        the cell–text space) and ``"pca"`` (50 PCs of the target's log-normalised
+        expression, :func:`~celltx.bench.pca_embedding`; GRIT's choice).
 
     Returns
     -------
@@ -162,6 +179,19 @@ def zero_shot(
     unknown = sorted(set(methods) - set(ZERO_SHOT_METHODS))
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; use {list(ZERO_SHOT_METHODS)}.")
+    bad = sorted(set(smooth_graphs) - set(ZERO_SHOT_SMOOTH_GRAPHS))
+    if isinstance(smooth_graphs, str) or bad:
+        raise ValueError(
+            f"smooth_graphs={smooth_graphs!r}: use a list of {list(ZERO_SHOT_SMOOTH_GRAPHS)}."
+        )
+    ks = [] if smooth_neighbors is None else smooth_neighbors
+    ks = [ks] if isinstance(ks, int | np.integer) else list(ks)
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k < target.n_obs:
+            raise ValueError(
+                f"smooth_neighbors={smooth_neighbors!r}: each must be a whole number from 1 to "
+                f"{target.n_obs - 1} (the target's cells - 1), or None."
+            )
     s_labels = _labels(source, source_labels_key, "source")
     t_labels = _labels(target, target_labels_key, "target")
     present = list(dict.fromkeys(sorted(t_labels)))
@@ -191,6 +221,25 @@ def zero_shot(
         pred = np.asarray([back[c] for c in chosen])
         attrs["candidates"] = model._candidate_texts(offered, ontology, None)
         rows.append({"method": "celltx zero-shot", **_scores(t_labels, pred, unseen)})
+        if ks and "pca" in smooth_graphs:
+            t.obsm["X_pca_bench"] = pca_embedding(target, seed=seed)
+        for k in ks:
+            for graph in smooth_graphs:
+                chosen = model.predict_zero_shot(
+                    t,
+                    candidates=offered,
+                    key_added="zero_shot_smoothed",
+                    ontology=ontology,
+                    smooth_neighbors=int(k),
+                    smooth_use_rep="X_pca_bench" if graph == "pca" else None,
+                )
+                pred = np.asarray([back[c] for c in chosen])
+                rows.append(
+                    {
+                        "method": f"celltx zero-shot, smoothed (k={k}, {graph})",
+                        **_scores(t_labels, pred, unseen),
+                    }
+                )
     if "classifier + text mapping" in methods:
         texts = attrs.get("candidates")
         if texts is None:

@@ -52,6 +52,36 @@ def _check_overrides(overrides, names: list[str], what: str) -> None:
         )
 
 
+def _check_smooth_neighbors(k, n_cells: int) -> int | None:
+    """``smooth_neighbors`` of :meth:`ZeroShotMixin.predict_zero_shot`, validated."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(
+            f"smooth_neighbors={k!r} must be a whole number >= 1 (neighbours per cell), or "
+            "None for no smoothing."
+        )
+    if k >= n_cells:
+        raise ValueError(
+            f"smooth_neighbors={k} needs more than {k} cells, but the query has {n_cells}: "
+            f"pass smooth_neighbors <= {n_cells - 1} (or None)."
+        )
+    return int(k)
+
+
+def _neighbour_mean(scores: np.ndarray, rep: np.ndarray, k: int) -> np.ndarray:
+    """Each row of ``scores`` averaged with the rows of its ``k`` nearest cells in ``rep``.
+
+    Neighbours are Euclidean nearest rows of ``rep`` other than the cell itself
+    (:class:`sklearn.neighbors.NearestNeighbors`); the cell counts once, its ``k``
+    neighbours once each: ``(scores[i] + sum_j scores[j]) / (k + 1)``.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k).fit(rep).kneighbors(return_distance=False)
+    return (scores + scores[idx].sum(axis=1)) / (k + 1)
+
+
 class ZeroShotMixin:
     """Cell–text alignment (``train(task="cell_text")``) and zero-shot annotation."""
 
@@ -187,6 +217,8 @@ class ZeroShotMixin:
         overrides: Mapping[str, str] | None = None,
         batch_size: int | None = None,
         max_seq_len: int | None = None,
+        smooth_neighbors: int | None = None,
+        smooth_use_rep: str | None = None,
     ) -> np.ndarray:
         """Annotate cells by their similarity to candidate texts, without a classifier.
 
@@ -195,6 +227,11 @@ class ZeroShotMixin:
         embedded by the frozen text encoder and projected; each cell is projected from its
         ``<cls>`` embedding; a cell gets the candidate with the highest cosine similarity.
         The candidates need not be the training labels (LangCell's zero-shot setting).
+
+        With ``smooth_neighbors=k`` each cell's similarities are first averaged with those of
+        its ``k`` nearest cells in the query (GRIT, Hu et al. 2025, smooths zero-shot scores
+        over the query's kNN graph), so a cell whose own scores disagree with all its
+        neighbours' takes theirs.
 
         Parameters
         ----------
@@ -214,6 +251,16 @@ class ZeroShotMixin:
             ``{candidate: CL id or text}`` to correct a match.
         %(batch_size)s
         %(max_seq_len)s
+        smooth_neighbors
+            Average each cell's candidate similarities over itself and its
+            ``smooth_neighbors`` nearest cells among the cells annotated (all of ``adata``,
+            or ``indices``) before choosing; must be at least 1 and smaller than the number
+            of cells. ``None`` (default): no smoothing. ``obsm[key_added + "_similarity"]``
+            then holds the smoothed similarities.
+        smooth_use_rep
+            With ``smooth_neighbors``: the ``obsm`` key whose rows define the neighbours
+            (e.g. ``"X_pca"``, as GRIT uses). ``None`` (default): the cells' unit vectors in
+            the cell–text space (neighbours by cosine similarity).
 
         Returns
         -------
@@ -239,9 +286,21 @@ class ZeroShotMixin:
             self.get_text_embeddings(table["text"].tolist()), device=self.device
         )
         adata = self._validate_anndata(adata)
+        rows = self._cells(adata, indices)  # indices checked once, the cells in their order
+        smooth_neighbors = _check_smooth_neighbors(smooth_neighbors, len(rows))
+        rep = None
+        if smooth_use_rep is not None:
+            if smooth_neighbors is None:
+                raise ValueError("smooth_use_rep is for smooth_neighbors: pass both.")
+            if smooth_use_rep not in adata.obsm:
+                raise ValueError(
+                    f"smooth_use_rep={smooth_use_rep!r} is not in adata.obsm "
+                    f"({list(adata.obsm)}); compute it first (e.g. sc.pp.pca for 'X_pca')."
+                )
+            rep = np.asarray(adata.obsm[smooth_use_rep])[rows]
         loader, _ = self._query_loader(adata, indices, batch_size)
         self.module.eval()
-        chunks = []
+        chunks, cells = [], []
         with self._panel(adata), self._autocast():
             for tensors in loader:
                 cell = self.module.cell_text_embedding(
@@ -250,7 +309,12 @@ class ZeroShotMixin:
                     **self._inputs(tensors),
                 )
                 chunks.append((cell.float() @ text_vec.T).cpu())
+                if smooth_neighbors is not None and rep is None:
+                    cells.append(cell.float().cpu())
         sim = torch.cat(chunks).numpy()
+        if smooth_neighbors is not None:
+            rep = torch.cat(cells).numpy() if rep is None else rep
+            sim = _neighbour_mean(sim, rep, smooth_neighbors)
         chosen = np.asarray(names, dtype=object)[sim.argmax(1)]
         if indices is None:
             adata.obs[key_added] = pd.Categorical(chosen, categories=names)
