@@ -16,11 +16,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from celltx.bench._inputs import lognorm_expression
-from celltx.data import condition_name, parse_condition, parse_conditions
+from celltx.data import condition_name, parse_condition
 
-from ._baselines import _group_means, _own_knockdown
-from ._split import _conditions_of
+from ._baselines import PerturbationBaseline, _own_knockdown
 
 logger = logging.getLogger(__package__)
 
@@ -86,7 +84,7 @@ def _scaled(e: pd.DataFrame) -> pd.DataFrame:
     return e * np.sqrt(e.shape[1] / max(float((e.to_numpy() ** 2).sum()), 1e-12))
 
 
-class PerturbationResidual:
+class PerturbationResidual(PerturbationBaseline):
     """Condition-level perturbation model: a simple prior plus a residual from gene embeddings.
 
     For a single gene ``t`` the prior is the mean of all perturbed training cells with
@@ -169,55 +167,20 @@ class PerturbationResidual:
             )
         self.gene_embedding, self.gene_profiles = gene_embedding, gene_profiles
         self.folds, self.ridges, self.seed = int(folds), tuple(ridges), seed
-        self.perturbation_key, self.control_value, self.layer = (
-            perturbation_key,
-            control_value,
-            layer,
-        )
+        super().__init__(perturbation_key, control_value, layer)
 
     # ---------------------------------------------------------------------------- fitting
-    def fit(self, adata: AnnData) -> PerturbationResidual:
-        """Learn the priors and the residual models from the training cells.
-
-        Parameters
-        ----------
-        adata
-            Training cells (control cells included), conditions in ``obs[perturbation_key]``.
-
-        Returns
-        -------
-        PerturbationResidual
-            ``self``.
-
-        Raises
-        ------
-        ValueError
-            If there are no control cells or a condition cannot be parsed.
-        """
-        col = _conditions_of(adata, self.perturbation_key)
-        x = lognorm_expression(adata, self.layer)
-        genes, names = parse_conditions(col, control_value=self.control_value, max_genes=10**6)
-        codes, uniques = pd.factorize(names)
-        means, counts = _group_means(x, codes, len(uniques))
-        lookup = {u: i for i, u in enumerate(uniques)}
-        if self.control_value not in lookup:
-            raise ValueError(
-                f"No control cells in the training data (no condition {self.control_value!r}); "
-                "include the control cells."
-            )
-        first = pd.Series(genes.to_numpy(), index=names.to_numpy())
-        first = first[~first.index.duplicated()]
-        cond_genes = [first[u] for u in uniques]
-        self.var_names_ = pd.Index(adata.var_names.astype(str))
-        self._index = {g: i for i, g in enumerate(self.var_names_)}
-        self.control_mean_ = means[lookup[self.control_value]]
+    def _fit(self, x, codes) -> None:
+        """The priors and residual models, from the condition means that ``fit`` computed."""
+        means, counts = self.means_, self.conditions_["n_cells"].to_numpy()
+        cond_genes = list(self.conditions_["genes"])
+        self._index = {str(g): i for i, g in enumerate(self.var_names_)}
         perturbed = np.array([len(g) > 0 for g in cond_genes])
         w = counts * perturbed
         self.perturbed_mean_ = (
             (means * w[:, None]).sum(0) / w.sum() if w.sum() else self.control_mean_.copy()
         )
-        cond_frame = pd.DataFrame({"genes": cond_genes}, index=uniques)
-        kd = _own_knockdown(means, cond_frame, self.control_mean_, self._index)
+        kd = _own_knockdown(means, self.conditions_, self.control_mean_, self._index)
         self.knockdown_ = 0.0 if np.isnan(kd) else kd
         self.single_deltas_ = {
             g[0]: means[i] - self.control_mean_ for i, g in enumerate(cond_genes) if len(g) == 1
@@ -261,7 +224,6 @@ class PerturbationResidual:
             self.W_pair_ = _bilinear_fit(self.G_, P, R, lam)
             self.ridge_["pair"], self.cv_error_["pair"] = lam, err
         logger.info("PerturbationResidual: ridge %s", self.ridge_)
-        return self
 
     # ------------------------------------------------------------------------- predicting
     def _single_prior(self, t: str) -> np.ndarray:
@@ -312,10 +274,6 @@ class PerturbationResidual:
         if n_seen == 0:
             out = out + self.perturbed_mean_ - self.control_mean_
         return out, n_seen
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "control_mean_"):
-            raise ValueError("PerturbationResidual is not fitted; call .fit(train_adata) first.")
 
     def predict(self, conditions: Sequence[str]) -> np.ndarray:
         """Mean log-normalised expression of each condition (conditions × genes).
