@@ -146,16 +146,9 @@ def main(argv=None) -> None:
 
         import torch
 
-        cfg = {"model": {}, "epochs": 30, "lr": 1e-2, **json.loads(args.celltx)}
-        model_kw = {
-            "d_model": 64,
-            "n_layers": 2,
-            "n_heads": 4,
-            "max_seq_len": 201,
-            "max_peaks": 200,
-            "dropout": 0.1,
-            **cfg["model"],
-        }
+        recipe = celltx.bench.MULTIOME_CELLTX_DEFAULTS
+        cfg = {**recipe, **json.loads(args.celltx)}
+        model_kw = {**recipe["model"], **cfg.get("model", {})}
         # scvi-tools registers fully paired data: celltx trains on a padded copy; the
         # baselines are scored on the data as it is (padding would hand PCA / LSI all-zero cells)
         padded = celltx.data.pad_mosaic(mdata, modality_key=modality_key or "modality")
@@ -165,7 +158,7 @@ def main(argv=None) -> None:
         model.train(
             max_epochs=cfg["epochs"],
             lr=cfg["lr"],
-            batch_size=32,
+            batch_size=cfg["batch_size"],
             accelerator=args.accelerator,
             enable_progress_bar=False,
         )
