@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 logger = logging.getLogger(__name__)
@@ -124,8 +125,6 @@ def input_pca(x, n_comps: int = 50, n_top: int = 2000, seed: int = 0) -> np.ndar
     >>> input_pca(x, n_comps=5).shape
     (30, 5)
     """
-    import scipy.sparse as sp
-
     x = x.toarray() if sp.issparse(x) else np.asarray(x)
     x = np.asarray(x, dtype=np.float32)
     depth = x.sum(1, keepdims=True)
@@ -189,8 +188,6 @@ def neighbour_pairs(
         np.zeros(n, dtype=np.int64) if batch is None else np.unique(batch, return_inverse=True)[1]
     )
     groups = [np.flatnonzero(codes == b) for b in range(codes.max() + 1 if n else 0)]
-    pairs: list[list[np.ndarray]] = [[] for _ in range(n)]  # within the batch
-    cross: list[list[np.ndarray]] = [[] for _ in range(n)]  # mutual, across batches
     small = [b for b, g in enumerate(groups) if len(g) <= k]
     if small:
         logger.warning(
@@ -200,34 +197,41 @@ def neighbour_pairs(
             k,
             [len(groups[b]) for b in small],
         )
+
+    def edges(rows: np.ndarray, cols: np.ndarray, nn: np.ndarray) -> sp.csr_matrix:
+        """An n × n boolean graph with an edge rows[i] -> cols[nn[i, j]]."""
+        r = np.repeat(rows, nn.shape[1])
+        return sp.csr_matrix((np.ones(r.size, dtype=bool), (r, cols[nn.ravel()])), shape=(n, n))
+
+    within = sp.csr_matrix((n, n), dtype=bool)
     for g in groups:
-        nn = _top_k(emb[g], emb[g], k, exclude_self=True)
-        for i, row in zip(g, nn, strict=True):
-            pairs[i].append(g[row])
-    n_mnn = 0
+        within = within + edges(g, g, _top_k(emb[g], emb[g], k, exclude_self=True))
+    cross = sp.csr_matrix((n, n), dtype=bool)
     if mode != "knn":
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
                 ga, gb = groups[a], groups[b]
-                ab = _top_k(emb[ga], emb[gb], k, exclude_self=False)  # (|a|, k) into gb
-                ba = _top_k(emb[gb], emb[ga], k, exclude_self=False)  # (|b|, k) into ga
-                if ab.shape[1] == 0 or ba.shape[1] == 0:
-                    continue
-                back = np.zeros((len(gb), len(ga)), dtype=bool)
-                back[np.repeat(np.arange(len(gb)), ba.shape[1]), ba.ravel()] = True
-                ia = np.repeat(np.arange(len(ga)), ab.shape[1])
-                ib = ab.ravel()
-                mutual = back[ib, ia]
-                for i, j in zip(ga[ia[mutual]], gb[ib[mutual]], strict=True):
-                    cross[i].append(np.array([j]))
-                    cross[j].append(np.array([i]))
-                n_mnn += int(mutual.sum())
-        logger.info("Neighbour positives: %d mutual nearest-neighbour pairs across batches.", n_mnn)
-    out = []
-    for within, across in zip(pairs, cross, strict=True):
-        p = across if mode == "mnn" and across else within + across
-        out.append(np.unique(np.concatenate(p)) if p else np.zeros(0, np.int64))
-    return out
+                ab = edges(ga, gb, _top_k(emb[ga], emb[gb], k, exclude_self=False))
+                ba = edges(gb, ga, _top_k(emb[gb], emb[ga], k, exclude_self=False))
+                cross = cross + ab.multiply(ba.T)  # i -> j and j -> i: mutual
+        cross = (cross + cross.T).tocsr()
+        logger.info(
+            "Neighbour positives: %d mutual nearest-neighbour pairs across batches.",
+            cross.nnz // 2,
+        )
+    if mode == "knn":
+        graph = within
+    elif mode == "knn+mnn":
+        graph = within + cross
+    else:  # mnn: cross-batch partners, within-batch ones only for cells without any
+        lonely = sp.diags((np.diff(cross.indptr) == 0).astype(np.float32))
+        graph = cross + (lonely @ within).astype(bool)
+    if n == 0:
+        return []
+    graph = sp.csr_matrix(graph, dtype=bool)
+    graph.sum_duplicates()
+    graph.sort_indices()
+    return [a.astype(np.int64) for a in np.split(graph.indices, graph.indptr[1:-1])]
 
 
 class NeighbourBatchSampler(torch.utils.data.Sampler):
