@@ -22,13 +22,10 @@ from celltx._cli_io import (
     check_positive,
     keep_user_fields,
 )
+from celltx.nn import PRESETS
 
-#: model sizes of ``celltx pretrain --size``
-SIZES = {
-    "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256},
-    "base": {"d_model": 256, "n_layers": 4, "n_heads": 8, "max_seq_len": 1200},
-    "scgpt_human": {"d_model": 512, "n_layers": 12, "n_heads": 8, "max_seq_len": 1200},
-}
+#: model sizes of ``celltx pretrain --size``: the shared table of named shapes
+SIZES = PRESETS
 
 
 #: what ``celltx pretrain`` / ``finetune`` write into ``--out``
@@ -213,7 +210,7 @@ def pretrain(
     out
         Output folder.
     size
-        ``"small"``, ``"base"`` or ``"scgpt_human"`` (:data:`SIZES`).
+        ``"tiny"``, ``"small"``, ``"base"`` or ``"scgpt_human"`` (:data:`celltx.nn.PRESETS`).
     task
         ``"generative"`` or ``"contrastive"`` (see :meth:`~celltx.model.ScGPT.train`).
     epochs, batch_size, lr

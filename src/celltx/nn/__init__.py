@@ -1,6 +1,6 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
-from ._config import ScGPTConfig
+from ._config import PRESETS, ScGPTConfig, preset
 from ._layers import (
     PERT_PAD,
     AdversarialDiscriminator,
@@ -24,6 +24,8 @@ from ._layers import (
 
 __all__ = [
     "ScGPTConfig",
+    "PRESETS",
+    "preset",
     "GeneEncoder",
     "ContinuousValueEncoder",
     "CategoryValueEncoder",

@@ -209,6 +209,20 @@ class ScGPTConfig:
         return out
 
     @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ScGPTConfig:
+        """The config of a named shape in :data:`~celltx.nn.PRESETS`, with ``overrides``.
+
+        Names: ``"tiny"``, ``"small"``, ``"base"``, ``"scgpt_human"``.
+
+        Examples
+        --------
+        >>> from celltx.nn import ScGPTConfig
+        >>> ScGPTConfig.preset("small", dropout=0.1).d_model
+        64
+        """
+        return cls(**preset(name, **overrides))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScGPTConfig:
         """Build from a dict of settings; unknown keys raise, naming the known ones."""
         unknown = sorted(set(values) - set(cls.field_names()))
@@ -217,6 +231,48 @@ class ScGPTConfig:
                 f"Unknown settings {unknown}; ScGPTConfig knows {list(cls.field_names())}."
             )
         return cls(**values)
+
+
+#: Named model shapes: the one table the CLI (``--size``), the benchmarks' recipes, the tests,
+#: tutorials and docs build models from (``ScGPTConfig.preset("small", dropout=0.1)``).
+#: ``"tiny"`` is for tests and smoke runs (seconds on a CPU), ``"small"`` for CPU recipes on
+#: thousands of cells, ``"base"`` is :class:`ScGPTConfig`'s own default shape and
+#: ``"scgpt_human"`` the published scGPT_human checkpoint's.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
+    "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256},
+    "base": {"d_model": 256, "n_layers": 4, "n_heads": 8, "max_seq_len": 1200},
+    "scgpt_human": {
+        "d_model": 512,
+        "n_layers": 12,
+        "n_heads": 8,
+        "max_seq_len": 1200,
+        "dropout": 0.2,
+        "n_layers_cls": 3,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> dict[str, Any]:
+    """The settings of the named shape in :data:`PRESETS`, with ``overrides`` on top.
+
+    A plain dict (for ``ScGPT(adata, **preset("small"))`` and the benchmarks' ``model``
+    recipes); :meth:`ScGPTConfig.preset` builds the config itself.
+
+    Examples
+    --------
+    >>> from celltx.nn import preset
+    >>> preset("small", dropout=0.1)
+    {'d_model': 64, 'n_layers': 2, 'n_heads': 4, 'max_seq_len': 256, 'dropout': 0.1}
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; use one of {list(PRESETS)}.")
+    unknown = sorted(set(overrides) - set(ScGPTConfig.field_names()))
+    if unknown:
+        raise ValueError(
+            f"Unknown settings {unknown}; ScGPTConfig knows {list(ScGPTConfig.field_names())}."
+        )
+    return {**PRESETS[name], **overrides}
 
 
 def _is_int(v) -> bool:
