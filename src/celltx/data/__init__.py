@@ -22,6 +22,8 @@ from ._batching import (
     shuffled_token_budget_batches,
     token_budget_batches,
 )
+from ._binning import digitize, quantile_edges
+from ._cell_tokenizer import VIEW_ATAC, VIEW_JOINT, VIEW_RNA, CellTokenizer
 from ._datasets import pbmc68k
 from ._genes import (
     GeneMatch,
@@ -36,20 +38,8 @@ from ._memory import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
 from ._peaks import peak_idf, peak_panel
 from ._perturbation import condition_name, parse_condition, parse_conditions
-from ._tokenizer import (
-    MOD_ATAC,
-    MOD_CLS,
-    MOD_RNA,
-    PERT_PAD,
-    TokenizedBatch,
-    Tokenizer,
-    append_queries,
-    digitize,
-    fixed_gene_tokens,
-    join_modalities,
-    perturbation_tokens,
-    quantile_edges,
-)
+from ._sequences import append_queries, fixed_gene_tokens, join_modalities, perturbation_tokens
+from ._tokenizer import MOD_ATAC, MOD_CLS, MOD_RNA, PERT_PAD, TokenizedBatch, Tokenizer
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
@@ -76,6 +66,7 @@ __all__ = [
     "GeneVocab",
     "GeneMatch",
     "Tokenizer",
+    "CellTokenizer",
     "TokenizedBatch",
     "join_modalities",
     "perturbation_tokens",
@@ -91,6 +82,9 @@ __all__ = [
     "MOD_CLS",
     "MOD_RNA",
     "MOD_ATAC",
+    "VIEW_JOINT",
+    "VIEW_RNA",
+    "VIEW_ATAC",
     "match_genes",
     "gene_names",
     "check_expression",

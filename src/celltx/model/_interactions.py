@@ -104,8 +104,7 @@ class InteractionMixin:
         codes = torch.as_tensor(np.asarray(labels.codes, dtype=np.int64))
         k, n_groups = len(columns), len(labels.categories)
         if batch_size is None:
-            per_cell = self.module.network.transformer_encoder.layers[0].self_attn.n_heads
-            per_cell *= (k + 1) ** 2
+            per_cell = self.config.n_heads * (k + 1) ** 2  # attention entries per cell
             batch_size = int(max(1, min(128, _ATTENTION_ELEMENTS // per_cell)))
         loader, _ = self._query_loader(adata, rows, batch_size)
         sums = torch.zeros(n_groups, k, k, dtype=torch.float64)

@@ -6,8 +6,6 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-import torch
-
 from ._docs import doc_params
 from ._validation import registration_undone_on_failure, resolve_device
 
@@ -17,9 +15,6 @@ if TYPE_CHECKING:
     from ._scgpt import ScGPT
 
 logger = logging.getLogger(__name__)
-
-#: parameter-name prefixes of the parts that hold one entry per batch
-_BATCH_PARTS = ("transformer.dsbn.", "transformer.batch_encoder.")
 
 
 class QueryMixin:
@@ -108,16 +103,11 @@ class QueryMixin:
                 **{k: v for g in init["kwargs"].values() for k, v in g.items()},
             )
             target = resolve_device(accelerator, device)
-        model.module.load_state_dict(_grown_state(reference.module, model.module))
-        for flag in ("cls_trained", "pert_trained", "text_trained"):
-            getattr(model.module, flag).copy_(getattr(reference.module, flag))
+        # the reference's weights, parts with one entry per batch grown for the new batches
+        model.module.load_grown_state(reference.module)
         model.module.set_objective(**reference.module.objective)
         n_ref = reference.summary_stats.n_batch if setup.get("batch_key") else 0
-        model._query_restore = {
-            k: v.detach().clone()
-            for k, v in reference.module.state_dict().items()
-            if k.startswith(_BATCH_PARTS)
-        }
+        model._query_restore = reference.module.batch_state()
         trainable = _freeze_for_query(model.module, unfrozen)
         model.is_trained_ = True
         model.reference_n_batch_ = int(n_ref)
@@ -155,55 +145,15 @@ class QueryMixin:
         restore = getattr(self, "_query_restore", None)
         if not restore:
             return
-        state = self.module.state_dict()
-        with torch.no_grad():
-            for key, ref in restore.items():
-                target = state[key]
-                if target.shape == ref.shape:
-                    target.copy_(ref.to(target.device))
-                else:  # a grown table: the reference rows come first
-                    target[: ref.shape[0]].copy_(ref.to(target.device))
-
-
-def _grown_state(ref_module, module) -> dict:
-    """The reference's state dict fitted to the query module.
-
-    Same-shape tensors are copied, tables with one row per batch grown (reference rows first),
-    new batch norms start at the mean of the reference ones.
-    """
-    ref, own = ref_module.state_dict(), module.state_dict()
-    out = {}
-    for key, target in own.items():
-        if key in ref and ref[key].shape == target.shape:
-            out[key] = ref[key]
-        elif (
-            key in ref and ref[key].dim() == target.dim() and ref[key].shape[1:] == target.shape[1:]
-        ):
-            grown = target.clone()
-            grown[: ref[key].shape[0]] = ref[key]
-            out[key] = grown
-        elif key.startswith("transformer.dsbn.bns."):
-            name = key.rsplit(".", 1)[1]
-            peers = [
-                v
-                for k, v in ref.items()
-                if k.startswith("transformer.dsbn.bns.") and k.endswith("." + name)
-            ]
-            out[key] = (
-                torch.stack([p.float() for p in peers]).mean(0).to(target.dtype)
-                if name in ("weight", "bias")
-                else target
-            )
-        else:
-            out[key] = target
-    return out
+        self.module.restore_batch_state(restore)
 
 
 def _freeze_for_query(module, unfrozen: bool) -> int:
     """Freeze all but the batch-specific parts (or nothing); returns the trainable count."""
+    batch = {id(p) for p in module.batch_parameters()}
     n = 0
-    for name, p in module.named_parameters():
-        train = unfrozen or name.startswith(_BATCH_PARTS)
+    for p in module.parameters():
+        train = unfrozen or id(p) in batch
         p.requires_grad_(train)
         n += p.numel() if train else 0
     return n

@@ -18,7 +18,7 @@ from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from celltx.data import GeneVocab, gene_names, highly_variable, nonzero_medians, peak_idf
+from celltx.data import GeneVocab, gene_names
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
 from celltx.train import ContrastivePlan, PretrainingPlan
@@ -236,18 +236,16 @@ class ScGPT(
             modalities=modalities,
             atac_ids=atac_ids,
         )
-        if config.gene_selection in ("rank", "hvg") and match is not None:
-            # rank-value selection: each gene's non-zero median over the training cells
-            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            medians = nonzero_medians(x, seed=config.seed, linear=True)
-            self.module.set_gene_medians(torch.as_tensor(match.ids), torch.as_tensor(medians))
-            if config.gene_selection == "hvg":
-                hvg = highly_variable(x, n_top=config.n_hvg, seed=config.seed)
-                self.module.set_gene_hvg(torch.as_tensor(match.ids), hvg)
-        if config.peak_selection == "idf" and atac_ids is not None:
-            # TF-IDF peak selection: each peak's IDF over the training cells with ATAC
-            idf = peak_idf(self.adata_manager.get_from_registry(ATAC_KEY))
-            self.module.set_peak_idf(torch.as_tensor(atac_ids), torch.as_tensor(idf))
+        # the tokenizer's selection statistics (rank medians, HVGs, peak IDF) over the cells
+        learns = self.module.tokenizer.learns_from
+        rna_stats = "rna" in learns and match is not None
+        atac_stats = "atac" in learns and atac_ids is not None
+        if rna_stats or atac_stats:
+            get = self.adata_manager.get_from_registry
+            self.module.fit_tokenizer(
+                get(REGISTRY_KEYS.X_KEY) if rna_stats else None,
+                get(ATAC_KEY) if atac_stats else None,
+            )
         if conditions is not None:
             self.module.set_conditions(torch.as_tensor(self._condition_gene_ids(conditions)))
             self.module.pair_by_labels = bool(setup.get("labels_key"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from celltx.data import MOD_CLS, MOD_RNA, fixed_gene_tokens
+from celltx.data import MOD_CLS, MOD_RNA
 
 
 class AttentionMixin:
@@ -30,9 +30,7 @@ class AttentionMixin:
         ``layer``, and ``(B, K)`` True where the gene is a token of the cell (all of them with
         ``include_zeros``).
         """
-        tokens = fixed_gene_tokens(
-            self.tokenizer, x, self.panel_gene_ids, columns, include_zeros=include_zeros
-        )
+        tokens = self.tokenizer.fixed_genes(x, columns, include_zeros=include_zeros)
         modality = None
         if self.transformer.mod_encoder is not None:
             modality = torch.full_like(tokens.gene_ids, MOD_RNA)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from celltx.data import TokenizedBatch, perturbation_tokens
+from celltx.data import TokenizedBatch
 
 
 class PerturbationMixin:
@@ -74,9 +74,7 @@ class PerturbationMixin:
         the tokens, their flags ``(B, L)`` and the panel columns that the tokens after ``<cls>``
         stand for.
         """
-        tokens, cols = perturbation_tokens(
-            self.tokenizer, x_ctrl, self.panel_gene_ids, pert_ids, ties=ties
-        )
+        tokens, cols = self.tokenizer.perturbation(x_ctrl, pert_ids, ties=ties)
         return tokens, tokens.pert_flags, cols
 
     @torch.inference_mode()

@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from celltx.data import (
-    MOD_ATAC,
-    MOD_CLS,
-    MOD_RNA,
-    TokenizedBatch,
-    Tokenizer,
-    augment_views,
-    join_modalities,
-)
+from celltx.data import CellTokenizer, augment_views
 from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
 
 from ._attention import AttentionMixin
-from ._constants import ATAC_KEY, PERTURBATION_KEY, VIEW_ATAC, VIEW_JOINT, VIEW_RNA
+from ._batches import BatchPartsMixin
+from ._constants import ATAC_KEY, PERTURBATION_KEY
 from ._generation import GenerationMixin
 from ._objectives import PARTS, PERTURB, SPLIT, encoder_pass
 from ._perturbation import PerturbationMixin
+from ._tokens import TokenizationMixin
 
 
-class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModuleClass):
+class ScGPTModule(
+    GenerationMixin,
+    AttentionMixin,
+    PerturbationMixin,
+    TokenizationMixin,
+    BatchPartsMixin,
+    BaseModuleClass,
+):
     """Tensor-level scGPT.
 
     Tokenizes expression rows on their device, encodes them and computes the attention-masked
@@ -123,13 +123,15 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             raise ValueError(
                 f"modalities={modalities}; use ('rna',), ('rna', 'atac') or ('atac',)."
             )
-        if "atac" in modalities and atac_ids is None:
-            raise ValueError("An ATAC part needs atac_ids (the vocabulary id of each peak column).")
         if config.zero_fraction is None:  # see ScGPTConfig.zero_fraction
-            config = replace(config, zero_fraction=0.25 if len(modalities) > 1 else 0.0)
+            config = replace(config, zero_fraction=CellTokenizer.default_zero_fraction(modalities))
         self.config = config
         self.modalities = modalities
-        self.atac_values = config.atac_values
+        # panel, selection statistics, ATAC handling, modality join: the one place a
+        # sequence is assembled (celltx.data.CellTokenizer)
+        self.tokenizer = CellTokenizer(
+            config, n_tokens, pad_id, cls_id, gene_ids, modalities=modalities, atac_ids=atac_ids
+        )
         self.transformer = ScGPTTransformer.from_config(
             config,
             n_tokens,
@@ -155,39 +157,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
-        self.tokenizer = Tokenizer(
-            max_seq_len=config.max_seq_len,
-            pad_id=pad_id,
-            cls_id=cls_id,
-            n_bins=n_bins,
-            pad_value=config.pad_value,
-            zero_fraction=config.zero_fraction,
-            seed=config.seed,
-        )
-        self.atac_tokenizer = None
-        if "atac" in modalities:
-            self.atac_tokenizer = Tokenizer(
-                max_seq_len=config.max_peaks + 1,
-                pad_id=pad_id,
-                cls_id=cls_id,
-                n_bins=n_bins if config.atac_values == "binned" else None,
-                pad_value=config.pad_value,
-                zero_fraction=config.atac_zero_fraction,
-                seed=config.seed,
-            )
         self.align_temperature = 0.1
         self.contrast_temperature = config.contrast_temperature
         #: parts left out of :meth:`loss` (a divide-and-conquer plan computes them itself)
         self.skip_parts: set[str] = set()
-        self.register_buffer("mask_ratio", torch.tensor(list(config.mask_ratio)), persistent=False)
-        self.register_buffer(
-            "panel_gene_ids", torch.as_tensor(gene_ids, dtype=torch.long), persistent=False
-        )
-        self.register_buffer(
-            "panel_atac_ids",
-            torch.as_tensor([] if atac_ids is None else atac_ids, dtype=torch.long),
-            persistent=False,
-        )
         self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
         self.n_labels = n_labels or 0
         # perturbation: genes of each registered condition, and the control cells to pair with
@@ -199,29 +172,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         self.register_buffer("ctrl_count", torch.zeros(1, dtype=torch.long), persistent=False)
         self.register_buffer("ctrl_mean", torch.zeros(0), persistent=False)
         self.pair_by_labels = False
-        # whether the classifier / perturbation-response heads were ever trained (or loaded):
-        # saved with the weights, so that predictions from a random head are refused
-        # rank-value gene selection: each vocabulary gene's non-zero median (saved with the
-        # weights of models that use it; 1 = rank by the expression itself)
-        ranked = config.gene_selection in ("rank", "hvg")
-        self.register_buffer("gene_medians", torch.ones(n_tokens), persistent=ranked)
-        # whether the medians are of depth-normalised linear values and cells are ranked on
-        # that scale (counts and log values of the same cells: the same tokens); saves from
-        # before this flag keep their medians of the values as they were
-        self.register_buffer("rank_linear", torch.ones((), dtype=torch.bool), persistent=ranked)
-        # TF-IDF peak selection: each vocabulary peak's IDF over the training cells (saved
-        # with the weights of models that use it)
-        self.register_buffer(
-            "peak_idf", torch.ones(n_tokens), persistent=config.peak_selection == "idf"
-        )
-        # HVG-aware selection: 1 for each vocabulary gene that is highly variable over the
-        # training cells (saved with the weights of models that use it)
-        self.register_buffer(
-            "gene_hvg", torch.zeros(n_tokens), persistent=config.gene_selection == "hvg"
-        )
         # the mean <cls> output over the training cells after contrastive training: the
         # centred objective leaves it as a constant offset, removed from cell embeddings
         self.register_buffer("cell_offset", torch.zeros(config.d_model))
+        # whether the classifier / perturbation-response heads were ever trained (or loaded):
+        # saved with the weights, so that predictions from a random head are refused
         self.register_buffer("cls_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("pert_trained", torch.zeros((), dtype=torch.bool))
         self.register_buffer("text_trained", torch.zeros((), dtype=torch.bool))
@@ -231,6 +186,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._map_tokenizer_keys(state_dict, prefix)  # saves from before CellTokenizer
         # models saved before the head-state flags existed (trusted legacy saves): their heads
         # count as trained, as they were treated then
         for name in ("cls_trained", "pert_trained"):
@@ -243,16 +199,6 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         text = state_dict.setdefault(prefix + "label_text", self.label_text.clone())
         if text.shape != self.label_text.shape:
             self.label_text = torch.zeros_like(text, device=self.label_text.device)
-        if self.config.gene_selection in ("rank", "hvg"):
-            # a checkpoint without medians / HVGs (a published scGPT one) keeps the data's
-            if prefix + "gene_medians" in state_dict:
-                state_dict.setdefault(prefix + "rank_linear", torch.zeros((), dtype=torch.bool))
-            state_dict.setdefault(prefix + "gene_medians", self.gene_medians.clone())
-            state_dict.setdefault(prefix + "rank_linear", self.rank_linear.clone())
-        if self.config.gene_selection == "hvg":
-            state_dict.setdefault(prefix + "gene_hvg", self.gene_hvg.clone())
-        if self.config.peak_selection == "idf":
-            state_dict.setdefault(prefix + "peak_idf", self.peak_idf.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- objective ----------------------------------------------------------------------
@@ -408,174 +354,6 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """
         keys = [k for k in self.transformer.state_dict() if k.startswith("cls_decoder.")]
         self.cls_trained.fill_(bool(keys) and set(keys) <= set(loaded))
-
-    # --- data panel -------------------------------------------------------------------
-    @contextmanager
-    def gene_panel(self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None):
-        """Temporarily use another column -> vocabulary-id mapping (other data)."""
-        old, old_atac = self.panel_gene_ids, self.panel_atac_ids
-        if gene_ids is not None:
-            self.panel_gene_ids = torch.as_tensor(gene_ids, dtype=torch.long, device=old.device)
-        if atac_ids is not None:
-            self.panel_atac_ids = torch.as_tensor(atac_ids, dtype=torch.long, device=old.device)
-        try:
-            yield self
-        finally:
-            self.panel_gene_ids, self.panel_atac_ids = old, old_atac
-
-    def set_gene_medians(self, ids: torch.Tensor, medians: torch.Tensor) -> None:
-        """Store the non-zero medians of the genes ``ids`` (rank-value gene selection)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_medians.device)
-        med = torch.as_tensor(medians, dtype=torch.float32, device=self.gene_medians.device)
-        keep = (ids >= 0) & (med > 0) & torch.isfinite(med)
-        self.gene_medians[ids[keep]] = med[keep]
-
-    def set_peak_idf(self, ids: torch.Tensor, idf: torch.Tensor) -> None:
-        """Store the IDF of the peaks ``ids`` (TF-IDF peak selection)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.peak_idf.device)
-        val = torch.as_tensor(idf, dtype=torch.float32, device=self.peak_idf.device)
-        keep = (ids >= 0) & torch.isfinite(val)
-        self.peak_idf[ids[keep]] = val[keep]
-
-    def peak_scale(self) -> torch.Tensor:
-        """Per ATAC panel column: the peak's IDF (0 outside the vocabulary)."""
-        ids = self.panel_atac_ids
-        return torch.where(ids >= 0, self.peak_idf[ids.clamp(min=0)], 0.0)
-
-    def set_gene_hvg(self, ids: torch.Tensor, mask) -> None:
-        """Mark the genes ``ids`` whose ``mask`` is true as highly variable (the others not)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_hvg.device)
-        flag = torch.as_tensor(mask, dtype=torch.float32, device=self.gene_hvg.device)
-        keep = ids >= 0
-        self.gene_hvg.zero_()
-        self.gene_hvg[ids[keep]] = flag[keep]
-
-    def hvg_priority(self) -> torch.Tensor:
-        """Per panel column: 1 for the highly variable genes of HVG-aware selection, else 0."""
-        ids = self.panel_gene_ids
-        return torch.where(ids >= 0, self.gene_hvg[ids.clamp(min=0)], 0.0)
-
-    def rank_scale(self) -> torch.Tensor:
-        """Per panel column: 1 / the gene's non-zero median (0 outside the vocabulary)."""
-        ids = self.panel_gene_ids
-        med = self.gene_medians[ids.clamp(min=0)]
-        return torch.where(ids >= 0, 1.0 / med, 0.0)
-
-    def atac_input(self, x_atac: torch.Tensor) -> torch.Tensor:
-        """Peak values as the ATAC tokenizer takes them.
-
-        Open = top bin, closed = 0 (``atac_values="binary"``), or the counts (``"binned"``).
-        """
-        if self.atac_values == "binned":
-            return x_atac.float()
-        top = float(self.tokenizer.n_bins - 1) if self.tokenizer.n_bins is not None else 1.0
-        return (x_atac > 0).float() * top
-
-    def tokenize(
-        self,
-        x: torch.Tensor | None,
-        sample: str | None = None,
-        max_seq_len: int | None = None,
-        x_atac: torch.Tensor | None = None,
-    ) -> TokenizedBatch:
-        """Tokenize ``x`` ``(B, G)`` (and ``x_atac`` ``(B, P)`` for an ATAC part).
-
-        Random genes while training, reproducible otherwise. With ATAC, the sequence is
-        ``<cls>``, RNA tokens, ATAC tokens, with modality codes; a cell with an all-zero
-        row in a modality was not measured in it and gets no tokens of it.
-        """
-        if sample is None:
-            sample = "random" if self.training else "hash"
-        rank = {}
-        c = self.config
-        if c.gene_selection in ("rank", "hvg") and sample in ("random", "hash"):
-            rank = {
-                "scale": self.rank_scale(),
-                "priority": self.hvg_priority() if c.gene_selection == "hvg" else None,
-                "random_fraction": c.random_token_fraction if sample == "random" else 0.0,
-                "linear": bool(self.rank_linear),
-            }
-            sample = "rank"
-        if "atac" not in self.modalities:
-            return self.tokenizer(
-                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, **rank
-            )
-        if x_atac is None:
-            raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
-        xa = self.atac_input(x_atac)
-        peak_sample, peak_rank = sample, {}
-        if c.peak_selection == "idf" and sample in ("random", "hash", "rank"):
-            # TF-IDF rank: a cell's rarest open peaks first (reproducible, as gene ranks)
-            peak_sample, peak_rank = "rank", {"scale": self.peak_scale()}
-        atac = self.atac_tokenizer(xa, self.panel_atac_ids, sample=peak_sample, **peak_rank)
-        has_atac = (xa[:, self.panel_atac_ids >= 0] > 0).any(1)
-        rna = has_rna = None
-        if "rna" in self.modalities:
-            if x is None:
-                raise ValueError("This model has an RNA part: pass the expression (x).")
-            rna = self.tokenizer(
-                x, self.panel_gene_ids, sample=sample, max_seq_len=max_seq_len, **rank
-            )
-            has_rna = (x[:, self.panel_gene_ids >= 0] > 0).any(1)
-        t = self.tokenizer
-        return join_modalities(rna, atac, has_rna, has_atac, pad_id=t.pad_id, pad_value=t.pad_value)
-
-    def generative_views(
-        self, tokens: TokenizedBatch, generator: torch.Generator | None = None
-    ) -> tuple[TokenizedBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training rows of a multimodal batch and their known / unknown split.
-
-        Every cell gives a row with a random split over all its tokens
-        (:meth:`split_known`). A cell with tokens of both modalities gives two more: its
-        RNA tokens known and all its ATAC tokens to generate, and the reverse.
-
-        Returns the rows' tokens, ``known`` ``(R, L)``, the cell of each row ``(R,)`` and
-        the view code of each row (``VIEW_JOINT``, ``VIEW_RNA``, ``VIEW_ATAC``).
-        """
-        mod, pad = tokens.modality, tokens.padding_mask
-        B = pad.shape[0]
-        dev = pad.device
-        has_rna = ((mod == MOD_RNA) & ~pad).any(1)
-        has_atac = ((mod == MOD_ATAC) & ~pad).any(1)
-        paired = torch.nonzero(has_rna & has_atac).squeeze(1)
-        known = self.split_known(tokens, generator)
-        cells = torch.arange(B, device=dev)
-        rows = torch.cat([cells, paired, paired])
-        view = torch.cat(
-            [
-                torch.full((B,), VIEW_JOINT, device=dev),
-                torch.full((len(paired),), VIEW_RNA, device=dev),
-                torch.full((len(paired),), VIEW_ATAC, device=dev),
-            ]
-        )
-        out = tokens.select(rows)
-        m = out.modality
-        visible = torch.where(view == VIEW_RNA, MOD_RNA, MOD_ATAC)[:, None]
-        view_known = ((m == visible) | (m == MOD_CLS)) & ~out.padding_mask
-        known = torch.where((view == VIEW_JOINT)[:, None], known[rows], view_known)
-        return out, known, rows, view
-
-    # --- the generative split --------------------------------------------------------
-    def split_known(
-        self, tokens: TokenizedBatch, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Draw the known / unknown split: ``(B, L)`` bool, True at ``<cls>`` and known genes.
-
-        Per cell a ratio is drawn from ``mask_ratio`` and ``round(ratio × n_genes)``
-        of its gene tokens become unknown (at random).
-        """
-        pad = tokens.padding_mask
-        B, L = pad.shape
-        genes = ~pad
-        genes[:, 0] = False  # <cls>
-        n_genes = genes.sum(1)
-        pick = torch.randint(len(self.mask_ratio), (B,), device=pad.device, generator=generator)
-        n_unknown = torch.round(self.mask_ratio[pick] * n_genes).long()
-        score = torch.rand(B, L, device=pad.device, generator=generator)
-        score = torch.where(genes, score, 2.0)  # non-genes rank last
-        rank = score.argsort(1).argsort(1)
-        unknown = (rank < n_unknown[:, None]) & genes
-        return ~unknown & ~pad
 
     # --- scvi-tools module interface -------------------------------------------------
     @staticmethod
