@@ -106,9 +106,7 @@ def test_cell_tokenizer_joins_modalities_as_the_module_did():
     atac = tok.atac(open_, tok.atac_ids, sample="rank", scale=tok.peak_scale())
     has_rna = (x[:, tok.gene_ids >= 0] > 0).any(1)
     has_atac = (open_[:, tok.atac_ids >= 0] > 0).any(1)
-    old = join_modalities(
-        rna, atac, has_rna, has_atac, pad_id=tok.pad_id, pad_value=tok.pad_value
-    )
+    old = join_modalities(rna, atac, has_rna, has_atac, pad_id=tok.pad_id, pad_value=tok.pad_value)
     _same(tok(x, x_atac=xa), old)
     assert torch.equal(tok.peak_idf, m.tokenizer.peak_idf)
     assert (tok.peak_idf != 1).any()  # learned, not the default

@@ -289,7 +289,9 @@ def test_rank_models_saved_before_linear_medians_keep_their_tokens(counts_and_lo
     state = model.module.state_dict()
     assert bool(state["tokenizer.rank_linear"])
     # the layout of such saves: the tokenizer's buffers at the top (before CellTokenizer)
-    old = {k.removeprefix("tokenizer."): v for k, v in state.items() if k != "tokenizer.rank_linear"}
+    old = {
+        k.removeprefix("tokenizer."): v for k, v in state.items() if k != "tokenizer.rank_linear"
+    }
     ids = torch.as_tensor(model._gene_ids(a))
     old["gene_medians"] = old["gene_medians"].clone()
     old["gene_medians"][ids] = torch.as_tensor(nonzero_medians(a.X), dtype=torch.float32)
