@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from celltx.bench._inputs import is_counts, log1p_cp10k, lognorm_expression
 from celltx.data import parse_conditions
+from celltx.nn import preset
 
 from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding, PerturbationBaseline
 from ._residual import PerturbationResidual, _scaled
@@ -37,7 +38,8 @@ CELLTX_PERTURBATION_DEFAULTS = {
     "pretrain_cells": 2000,  # control cells for the generative pretraining (residual mode)
     "attention_cells": 256,  # control cells whose attention is averaged (residual mode)
     "folds": 5,  # inner cross-validation of the residual's ridge penalty
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "dropout": 0.0},
+    # the small shape; the sequence length follows the data's genes (no max_seq_len)
+    "model": {k: v for k, v in preset("small", dropout=0.0).items() if k != "max_seq_len"},
     "pretrain_epochs": 3,  # generative pretraining (gene co-expression); "cells" mode: 10
     "pretrain_lr": 3e-3,
     "epochs": 20,  # perturbation fine-tuning
