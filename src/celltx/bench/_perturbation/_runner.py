@@ -183,44 +183,8 @@ def perturbation(
     ['additive', 'no_change']
     >>> table = summarize_perturbation(df)
     """
-    if isinstance(baselines, str):
-        baselines = (baselines,)
-    unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
-    if unknown:
-        raise ValueError(
-            f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
-        )
-    if isinstance(model, str):
-        if model != "celltx":
-            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
-        model = celltx_perturbation_model(
-            perturbation_key=perturbation_key, control_value=control_value
-        )
-    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
-        raise ValueError(
-            "model must have predict_perturbation(conditions, return_type='mean') or be a "
-            "callable train_fn(train_adata) that returns such an object."
-        )
-    for name, obj in (predictors or {}).items():
-        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
-            raise ValueError(
-                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
-            )
-    if cell_eval and cell_eval_dir is None:
-        raise ValueError("cell_eval=True needs cell_eval_dir= (where the files go).")
-    if cell_eval_profile not in CELL_EVAL_PROFILES:
-        raise ValueError(
-            f"cell_eval_profile must be one of {CELL_EVAL_PROFILES}, got {cell_eval_profile!r}."
-        )
-    run_ce = False
-    if cell_eval_dir is not None:
-        if cell_eval and not cell_eval_installed():
-            raise ImportError(
-                "cell_eval=True but cell-eval is not installed: pip install cell-eval (Python "
-                ">= 3.11) or pip install 'celltx[cell-eval]'; or pass cell_eval=None/False to "
-                "only write the files."
-            )
-        run_ce = cell_eval_installed() if cell_eval is None else bool(cell_eval)
+    baselines, model = _check_methods(baselines, model, predictors, perturbation_key, control_value)
+    run_ce = _cell_eval_run(cell_eval, cell_eval_dir, cell_eval_profile)
     col = _conditions_of(adata, perturbation_key)
     genes, names = parse_conditions(col, control_value=control_value, max_genes=2)
     is_control = (names == control_value).to_numpy()
@@ -473,3 +437,51 @@ def perturbation(
             ce_cols = [c for c in ce_cols if c != "cell_eval_error"]
             out = out.reindex(columns=[*order, *ce_cols, "cell_eval_error", "error"])
     return out
+
+
+def _check_methods(baselines, model, predictors, perturbation_key: str, control_value: str):
+    """The baselines as a sequence and the model (``"celltx"`` built); refuse bad ones."""
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
+    if unknown:
+        raise ValueError(
+            f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
+        )
+    if isinstance(model, str):
+        if model != "celltx":
+            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
+        model = celltx_perturbation_model(
+            perturbation_key=perturbation_key, control_value=control_value
+        )
+    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
+        raise ValueError(
+            "model must have predict_perturbation(conditions, return_type='mean') or be a "
+            "callable train_fn(train_adata) that returns such an object."
+        )
+    for name, obj in (predictors or {}).items():
+        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
+            raise ValueError(
+                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
+            )
+    return baselines, model
+
+
+def _cell_eval_run(cell_eval: bool | None, cell_eval_dir, cell_eval_profile: str) -> bool:
+    """Whether cell-eval scores the exported predictions; refuse impossible settings."""
+    if cell_eval and cell_eval_dir is None:
+        raise ValueError("cell_eval=True needs cell_eval_dir= (where the files go).")
+    if cell_eval_profile not in CELL_EVAL_PROFILES:
+        raise ValueError(
+            f"cell_eval_profile must be one of {CELL_EVAL_PROFILES}, got {cell_eval_profile!r}."
+        )
+    run_ce = False
+    if cell_eval_dir is not None:
+        if cell_eval and not cell_eval_installed():
+            raise ImportError(
+                "cell_eval=True but cell-eval is not installed: pip install cell-eval (Python "
+                ">= 3.11) or pip install 'celltx[cell-eval]'; or pass cell_eval=None/False to "
+                "only write the files."
+            )
+        run_ce = cell_eval_installed() if cell_eval is None else bool(cell_eval)
+    return run_ce
