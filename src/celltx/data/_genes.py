@@ -294,6 +294,20 @@ def sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
 
     What :func:`is_counts` (and the benchmarks' input checks) judge ``x`` on.
 
+    Parameters
+    ----------
+    x
+        A cells × genes matrix: dense, scipy sparse, or backed (then its first rows).
+    n
+        At most this many values.
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        The drawn values, zeros left out.
+
     Examples
     --------
     >>> import numpy as np
