@@ -80,7 +80,7 @@ def run_methods(
     ...     warnings.simplefilter("ignore")
     ...     runs = list(run_methods(["one", "bad"], lambda m, s: 1 / (m == "one"), seeds=[0, 1]))
     >>> [(r.method, r.seed, r.value, r.error) for r in runs][:2]
-    [('one', 0, 1.0, None), ('bad', 0, None, 'ZeroDivisionError: float division by zero')]
+    [('one', 0, 1.0, None), ('bad', 0, None, 'ZeroDivisionError: division by zero')]
     """
     skipped = dict(skipped or {})
     for seed in seeds:
