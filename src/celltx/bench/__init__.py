@@ -1,10 +1,13 @@
 """scEval-style evaluation: tasks, metrics and baselines.
 
-One private module per task: ``_annotation`` and ``_integration`` (small: methods,
-scores and runner in one file), ``_multiome`` and ``_perturbation`` (subpackages with
-their split, metrics, baselines and runner in separate modules). ``_embedding`` holds
-the embedding scores the tasks share, ``_inputs`` the one reader of the expression input
-(layer or ``.X``, counts or log-normalised values).
+One private module per task (``_annotation``, ``_integration``, ``_representation``,
+``_imputation``, ``_query``, ``_network``, ``_zero_shot``; ``_multiome`` and
+``_perturbation`` are subpackages with their split, metrics, baselines and runner in
+separate modules). They share ``_runner`` (the one loop: seeds or folds × methods, each
+method guarded and timed, rows as they finish), ``_baselines`` (PCA, scVI / scANVI,
+Harmony, logistic regression, kNN: written once), ``_embedding`` (the embedding scores),
+``_fit`` (the one celltx training recipe) and ``_inputs`` (the one reader of the
+expression input: layer or ``.X``, counts or log-normalised values).
 """
 
 from ._annotation import ANNOTATION_METHODS, CELLTX_DEFAULTS, annotation, summarize

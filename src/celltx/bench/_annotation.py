@@ -1,229 +1,44 @@
 """Cell-type annotation benchmark: celltx next to standard baselines, same folds.
 
-The methods come first (celltx and the baselines, each trained and applied on one fold),
-then the per-fold scores, :func:`annotation` and :func:`summarize`.
+The methods (celltx and the baselines, each trained and applied on one fold) are in
+``_annotation_methods``; here are the per-fold scores, :func:`annotation` and
+:func:`summarize`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
+from ._annotation_methods import (
+    CELLTX_DEFAULTS,
+    _celltx,
+    _celltypist,
+    _knn_pca,
+    _logreg,
+    _scanvi,
+)
 from ._inputs import (
     expression_kind,
     get_expression,
-    guarded,
     is_counts,
     layer_label,
     log_normalized,
     skip_note,
 )
+from ._runner import method_rows
 
 logger = logging.getLogger(__name__)
 
 #: the methods of :func:`~celltx.bench.annotation`
 ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "scanvi", "celltypist")
-
-#: celltx settings of :func:`annotation` (override any with ``celltx_kwargs``)
-CELLTX_DEFAULTS = {
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 512, "dropout": 0.1},
-    "pretrained": None,  # a scGPT model directory to start from instead of a new model
-    "pretrain_epochs": 20,  # pretraining on all cells of the fold (no labels)
-    "pretrain_task": "generative",  # or "contrastive" (the representation recipe's)
-    "pretrain_lr": 1e-2,
-    "finetune_epochs": 40,
-    "finetune_lr": 1e-3,
-    "batch_size": 32,
-    "class_weight": "balanced",
-    "label_smoothing": 0.1,
-    "freeze_layers": 0,
-}
-
-
-def _dense(x) -> np.ndarray:
-    return x.toarray() if sparse.issparse(x) else np.asarray(x)
-
-
-def _logreg(data, y, train, test, seed, **kw):
-    from sklearn.linear_model import LogisticRegression
-
-    X = data.X
-    clf = LogisticRegression(max_iter=kw.get("max_iter", 1000), C=kw.get("C", 1.0))
-    clf.fit(X[train], y[train])
-    return clf.predict(X[test])
-
-
-def _knn_pca(data, y, train, test, seed, **kw):
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
-
-    X = _dense(data.X)
-    n_comps = min(kw.get("n_comps", 50), len(train) - 1, X.shape[1] - 1)
-    pca = PCA(n_components=n_comps, random_state=seed).fit(
-        X[train]
-    )  # fitted on the fold's training cells
-    knn = KNeighborsClassifier(n_neighbors=kw.get("n_neighbors", 15))
-    knn.fit(pca.transform(X[train]), y[train])
-    return knn.predict(pca.transform(X[test]))
-
-
-def _masked(data, y, train, unlabeled="<unlabeled>"):
-    a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
-    a.var_names = data.var_names.copy()
-    lab = np.full(data.n_obs, unlabeled, dtype=object)
-    lab[train] = y[train]
-    a.obs["_label"] = pd.Categorical(lab)
-    return a
-
-
-def _scanvi(data, y, train, test, seed, **kw):
-    import scvi
-
-    a = _masked(data, y, train)  # raw counts (annotation() makes sure)
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(a, labels_key="_label")
-    vae = scvi.model.SCVI(
-        a, gene_likelihood=kw.get("gene_likelihood", "nb"), n_latent=kw.get("n_latent", 30)
-    )
-    progress = kw.get("enable_progress_bar", False)
-    vae.train(
-        max_epochs=kw.get("scvi_epochs", 100),
-        enable_progress_bar=progress,
-        accelerator=kw.get("accelerator", "auto"),
-    )
-    lvae = scvi.model.SCANVI.from_scvi_model(
-        vae, unlabeled_category="<unlabeled>", labels_key="_label"
-    )
-    lvae.train(
-        max_epochs=kw.get("scanvi_epochs", 20),
-        enable_progress_bar=progress,
-        accelerator=kw.get("accelerator", "auto"),
-    )
-    return np.asarray(lvae.predict(a))[test]
-
-
-def _celltypist(data, y, train, test, seed, **kw):
-    import celltypist
-
-    X = data.X  # log1p-CP10k (or the caller's log-normalised values)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tr = AnnData(
-            X=X[train].copy(), obs=pd.DataFrame({"y": y[train]}, index=data.obs_names[train])
-        )
-        tr.var_names = data.var_names.copy()
-        common = {
-            "labels": "y",
-            "check_expression": False,
-            "n_jobs": 1,
-            "feature_selection": kw.get("feature_selection", False),
-        }
-        try:
-            model = celltypist.train(tr, max_iter=kw.get("max_iter", 1000), **common)
-        except TypeError:
-            # celltypist <= 1.7.1 passes multi_class= to LogisticRegression, which
-            # scikit-learn >= 1.8 no longer accepts; its SGD logistic regression still works
-            model = celltypist.train(tr, use_SGD=True, **common)
-        te = AnnData(X=X[test].copy(), obs=pd.DataFrame(index=data.obs_names[test]))
-        te.var_names = data.var_names.copy()
-        res = celltypist.annotate(te, model=model)
-    return res.predicted_labels["predicted_labels"].astype(str).to_numpy()
-
-
-def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
-    """Pretrain (or reuse the pretraining of an earlier fold), fine-tune, predict.
-
-    Pretraining sees every cell and no label (its generative and contrastive objectives do
-    not read them), with the same seed in every fold, so its weights are the same in every
-    fold: ``cache`` (one
-    dict per :func:`annotation` call) keeps them after the first fold and later folds
-    load them, and the random state pretraining left, instead of pretraining again.
-    """
-    import copy
-
-    import scvi
-
-    from celltx.model import ScGPT
-
-    cfg = {**CELLTX_DEFAULTS, **kw}
-    cfg["model"] = {**CELLTX_DEFAULTS["model"], **kw.get("model", {})}
-    a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
-    a.var_names = data.var_names.copy()
-    lab = pd.Series(np.nan, index=a.obs_names, dtype=object)
-    lab.iloc[train] = y[train]
-    a.obs["_label"] = lab.to_numpy()  # test cells unlabelled (NaN), as for scANVI
-    scvi.settings.seed = seed
-    ScGPT.setup_anndata(a, labels_key="_label")
-    train_kw = {
-        "batch_size": cfg["batch_size"],
-        "accelerator": cfg.get("accelerator", "auto"),
-        "enable_progress_bar": cfg.get("enable_progress_bar", False),
-        "train_size": 1.0,
-        "check_val_every_n_epoch": None,
-    }
-    if cfg["pretrained"] is not None:
-        over = {k: v for k, v in cfg["model"].items() if k in ScGPT.PRETRAINED_OVERRIDES}
-        model = ScGPT.load_pretrained(cfg["pretrained"], a, **over)
-    else:
-        model = ScGPT(a, **cfg["model"])
-    if cfg["pretrain_epochs"]:
-        label_free = cfg["pretrain_task"] in ("generative", "contrastive")
-        state = (cache or {}).get("pretrained") if label_free else None
-        if state is not None and _same_shapes(model.module.state_dict(), state):
-            model.module.load_state_dict(state)
-            _set_rng(cache["rng"])  # where pretraining left the random numbers
-        else:
-            model.train(
-                max_epochs=cfg["pretrain_epochs"],
-                lr=cfg["pretrain_lr"],
-                task=cfg["pretrain_task"],
-                **train_kw,
-            )
-            if cache is not None and label_free:
-                cache["pretrained"] = copy.deepcopy(model.module.state_dict())
-                cache["rng"] = _get_rng()
-    model.train(
-        max_epochs=cfg["finetune_epochs"],
-        lr=cfg["finetune_lr"],
-        task="annotation",
-        class_weight=cfg["class_weight"],
-        label_smoothing=cfg["label_smoothing"],
-        freeze_layers=cfg["freeze_layers"],
-        **train_kw,
-    )
-    return np.asarray(model.predict(indices=test), dtype=str)
-
-
-def _get_rng() -> tuple:
-    import random
-
-    import torch
-
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
-
-
-def _set_rng(state: tuple) -> None:
-    import random
-
-    import torch
-
-    random.setstate(state[0])
-    np.random.set_state(state[1])  # noqa: NPY002 (the state Lightning seeds)
-    torch.set_rng_state(state[2])
-
-
-def _same_shapes(a: Mapping, b: Mapping) -> bool:
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-
 
 _RUNNERS: dict[str, Callable] = {
     "celltx": _celltx,
@@ -548,42 +363,31 @@ def annotation(
         folds = _few_labels(folds, y, classes, label_fraction, seed)
     rows = []
     cache: dict = {}  # celltx's pretrained weights, shared by the folds
-    for fold, (train, test) in enumerate(folds):
-        for m in methods:
-            row = {
-                "method": m,
-                "fold": fold,
-                **dict.fromkeys(_SCORES, np.nan),
-                "n_labelled": len(train),
-                "seconds": np.nan,
-            }
-            if m in skipped:
-                rows.append({**row, "error": skipped[m]})
-                continue
-            t0 = time.perf_counter()
-            scores, err = guarded(
-                f"{m} (fold {fold})",
-                _fold_scores,
-                _RUNNERS[m],
-                data[m],
-                y,
-                train,
-                test,
-                seed,
-                classes,
-                {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {}),
-            )
-            rows.append(
-                {**row, **(scores or {}), "seconds": time.perf_counter() - t0, "error": err}
-            )
-            if err is None:
+
+    def run(m, fold):
+        train, test = folds[fold]
+        kw = {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {})
+        return _fold_scores(_RUNNERS[m], data[m], y, train, test, seed, classes, kw)
+
+    for fold, (train, _) in enumerate(folds):
+        for row in method_rows(
+            methods,
+            run,
+            [fold],
+            seed_column="fold",
+            columns={**dict.fromkeys(_SCORES, np.nan), "n_labelled": len(train)},
+            skipped=skipped,
+            label=lambda m, f: f"{m} (fold {f})",
+        ):
+            rows.append(row)
+            if row["error"] is None:
                 logger.info(
                     "fold %d %s: accuracy %.3f, macro-F1 %.3f (%.0f s)",
                     fold,
-                    m,
-                    rows[-1]["accuracy"],
-                    rows[-1]["macro_f1"],
-                    rows[-1]["seconds"],
+                    row["method"],
+                    row["accuracy"],
+                    row["macro_f1"],
+                    row["seconds"],
                 )
     return pd.DataFrame(
         rows, columns=["method", "fold", *_SCORES, "n_labelled", "seconds", "error"]

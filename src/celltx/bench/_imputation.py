@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
-from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from celltx.nn import preset
+
+from ._baselines import dense, fitted_pca, train_scvi
 from ._fit import fit_celltx
-from ._inputs import expression_kind, get_expression, guarded, log_normalized, skip_note
+from ._inputs import expression_kind, get_expression, log_normalized, skip_note
+from ._runner import method_rows
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +23,12 @@ IMPUTATION_METHODS = ("celltx", "knn", "scvi", "mean")
 
 #: the celltx recipe of :func:`imputation` (a model trained on the masked data)
 IMPUTATION_CELLTX_DEFAULTS = {
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256, "dropout": 0.1},
+    "model": preset("small", dropout=0.1),
     "epochs": 80,
     "lr": 3e-3,
     "batch_size": 32,
     "accelerator": "auto",
 }
-
-
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64)
 
 
 def _mask(x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +52,7 @@ def _knn(
     masked_log: np.ndarray, rows, cols, n_neighbors: int, n_comps: int, seed: int
 ) -> np.ndarray:
     """MAGIC-style smoothing: the mean of the entry over the cell's PCA neighbours."""
-    n = min(n_comps, masked_log.shape[0] - 1, masked_log.shape[1] - 1)
-    z = PCA(n_components=n, random_state=seed).fit_transform(masked_log)
+    z = fitted_pca(n_comps, masked_log, seed).fit_transform(masked_log)
     nn = NearestNeighbors(n_neighbors=min(n_neighbors + 1, len(z))).fit(z)
     idx = nn.kneighbors(z, return_distance=False)[:, 1:]  # not the cell itself
     return masked_log[idx[rows], cols[:, None]].mean(1)
@@ -102,15 +98,11 @@ def _celltx(masked: AnnData, rows, cols, masked_log, settings: Mapping, seed: in
 
 
 def _scvi(masked_counts: AnnData, rows, cols, settings: Mapping):
-    import scvi
-
-    a = masked_counts.copy()
-    scvi.model.SCVI.setup_anndata(a)
-    vae = scvi.model.SCVI(a, n_latent=settings.get("n_latent", 10))
-    vae.train(
+    vae = train_scvi(
+        masked_counts.copy(),
+        n_latent=settings.get("n_latent", 10),
         max_epochs=settings.get("epochs", 100),
         accelerator=settings.get("accelerator", "auto"),
-        enable_progress_bar=False,
     )
     rho = vae.get_normalized_expression(library_size=1e4, return_numpy=True)
     return np.log1p(rho[rows, cols])
@@ -188,51 +180,49 @@ def imputation(
         raise ValueError(f"fraction={fraction} must be in (0, 1).")
     x = get_expression(adata, layer)
     kind = expression_kind(x)
-    raw = _dense(x)
+    raw = dense(x, np.float64)
     rows, cols = _mask(raw, fraction, seed)
     masked_raw = raw.copy()
     masked_raw[rows, cols] = 0.0
-    truth = _dense(log_normalized(raw, kind))[rows, cols]
+    truth = dense(log_normalized(raw, kind), np.float64)[rows, cols]
     # the masked data as a method sees it (log1p-CP10k of the masked counts: library sizes
     # change slightly with the hidden values, as they would for real dropouts)
-    masked_log = _dense(log_normalized(masked_raw, kind))
+    masked_log = dense(log_normalized(masked_raw, kind), np.float64)
     masked = AnnData(
         X=masked_raw.astype(np.float32), obs=adata.obs[[]].copy(), var=adata.var[[]].copy()
     )
     kwargs = dict(method_kwargs or {})
-    out = []
-    for method in methods:
-        start = time.perf_counter()
-        extra = {}
+
+    def run(method, _seed):  # the prediction and its scores (both in the seconds)
+        bins = None
         if method == "mean":
-            pred, error = guarded("mean", _gene_mean, masked_log, rows, cols)
+            pred = _gene_mean(masked_log, rows, cols)
         elif method == "knn":
-            pred, error = guarded("knn", _knn, masked_log, rows, cols, n_neighbors, n_comps, seed)
-        elif method == "scvi" and kind != "counts":
-            pred, error = None, skip_note("scvi", "scVI needs raw counts")
+            pred = _knn(masked_log, rows, cols, n_neighbors, n_comps, seed)
         elif method == "scvi":
-            pred, error = guarded("scvi", _scvi, masked, rows, cols, kwargs.get("scvi", {}))
+            pred = _scvi(masked, rows, cols, kwargs.get("scvi", {}))
         else:
-            res, error = guarded(
-                "celltx", _celltx, masked, rows, cols, masked_log, kwargs.get("celltx", {}), seed
-            )
-            pred = None if res is None else res[1]
-            if res is not None:
-                extra["pearson_bins"] = _scores(res[0], truth)[0]
-        pearson = mse = np.nan
-        if pred is not None:
-            pearson, mse = _scores(np.asarray(pred, dtype=np.float64), truth)
-        out.append(
-            {
-                "method": method,
-                "pearson": pearson,
-                "mse": mse,
-                "pearson_bins": extra.get("pearson_bins", np.nan),
-                "n_hidden": len(rows),
-                "scored_on": "log1p_cp10k" if kind == "counts" else "lognorm",
-                "seconds": time.perf_counter() - start,
-                "error": error,
-            }
+            bins, pred = _celltx(masked, rows, cols, masked_log, kwargs.get("celltx", {}), seed)
+        pearson, mse = _scores(np.asarray(pred, dtype=np.float64), truth)
+        out = {"pearson": pearson, "mse": mse}
+        if bins is not None:
+            out["pearson_bins"] = _scores(bins, truth)[0]
+        return out
+
+    skipped = {}
+    if kind != "counts" and "scvi" in methods:
+        skipped["scvi"] = skip_note("scvi", "scVI needs raw counts")
+    columns = {
+        "pearson": np.nan,
+        "mse": np.nan,
+        "pearson_bins": np.nan,
+        "n_hidden": len(rows),
+        "scored_on": "log1p_cp10k" if kind == "counts" else "lognorm",
+    }
+    out = []
+    for row in method_rows(methods, run, skipped=skipped, columns=columns):
+        logger.info(
+            "imputation %s: pearson %.3f, mse %.3f", row["method"], row["pearson"], row["mse"]
         )
-        logger.info("imputation %s: pearson %.3f, mse %.3f", method, pearson, mse)
+        out.append(row)
     return pd.DataFrame(out)

@@ -18,7 +18,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from celltx.data import is_counts as is_counts  # the benchmarks import it from here
-from celltx.data._genes import _sample_values
+from celltx.data import sample_values
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def expression_kind(x, where: str = "adata.X") -> str:
     >>> expression_kind(np.array([[0, 3], [1, 0]]))
     'counts'
     """
-    v = _sample_values(x)
+    v = sample_values(x)
     if not v.size:
         return "lognorm"
     if not np.isfinite(v).all():

@@ -1,7 +1,7 @@
 """Batch-integration benchmark: scib-metrics on celltx and baseline embeddings.
 
-The baselines (unintegrated PCA, scVI, Harmony) come first, then :func:`integration`,
-which scores them next to the caller's embeddings.
+The baselines (unintegrated PCA, scVI, Harmony) are those of ``_baselines``;
+:func:`integration` scores them next to celltx's recipe and the caller's embeddings.
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._inputs import (
-    expression_kind,
-    get_expression,
-    guarded,
-    is_counts,
-    layer_label,
-    normalize_log1p,
-    skip_note,
-)
+from celltx.nn import preset
+
+from ._baselines import harmony_embedding, pca_embedding, scvi_embedding
+from ._inputs import expression_kind, get_expression, layer_label, skip_note
+from ._runner import run_methods
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +36,7 @@ INTEGRATION_METHODS = ("celltx", *INTEGRATION_BASELINES)
 #: batches, in the input's PCA, with ``contrast_k=20``) and 10 epochs; see the
 #: representation section of the docs for the measurements
 INTEGRATION_CELLTX_DEFAULTS = {
-    "model": {
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "max_seq_len": 256,
-        "dropout": 0.0,
-        "gene_selection": "rank",
-        "contrast_k": 20,
-    },
+    "model": preset("small", dropout=0.0, gene_selection="rank", contrast_k=20),
     "task": "integration",
     "epochs": 10,
     "lr": 1e-2,
@@ -84,147 +72,6 @@ def celltx_integration_embedding(
         a, INTEGRATION_CELLTX_DEFAULTS, dict(settings or {}), seed, batch_key=batch_key
     )
     return model.get_latent_representation()
-
-
-def pca_embedding(
-    adata: AnnData,
-    layer: str | None = None,
-    n_comps: int = 50,
-    counts: bool | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Unintegrated PCA of the expression; the data is not modified.
-
-    Counts are normalised to 10,000 per cell and ``log1p``-transformed (log-normalised
-    values are used as they are), then restricted to 2,000 highly variable genes (or all
-    when fewer), scaled (clipped at 10) and decomposed by scanpy's PCA.
-
-    Parameters
-    ----------
-    adata
-        Cells × genes.
-    layer
-        Layer with the expression (default ``X``).
-    n_comps
-        Number of components (capped at ``n_cells - 1`` and ``n_genes - 1``).
-    counts
-        Whether ``X`` / ``layer`` holds raw counts (``None``: judged on a sample of the
-        values, as :func:`~celltx.bench.integration` does).
-    seed
-        Seed of the PCA.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_cells, n_comps)`` float32.
-
-    Examples
-    --------
-    >>> import celltx
-    >>> celltx.bench.pca_embedding(celltx.datasets.pbmc68k(), n_comps=5).shape
-    (700, 5)
-    """
-    import scanpy as sc
-
-    a = AnnData(X=get_expression(adata, layer).copy())
-    a.obs_names, a.var_names = adata.obs_names.copy(), adata.var_names.copy()
-    if counts is None:
-        counts = is_counts(a.X)
-    if counts:
-        normalize_log1p(a)
-    if a.n_vars > 2000:
-        sc.pp.highly_variable_genes(a, n_top_genes=2000)
-        a = a[:, a.var["highly_variable"]].copy()
-    sc.pp.scale(a, max_value=10)
-    n = min(n_comps, a.n_obs - 1, a.n_vars - 1)
-    sc.pp.pca(a, n_comps=n, random_state=seed)
-    return np.asarray(a.obsm["X_pca"], dtype=np.float32)
-
-
-def scvi_embedding(
-    adata: AnnData, batch_key: str, layer: str | None = None, seed: int = 0, **kwargs
-) -> np.ndarray:
-    """Latent space of scvi-tools' scVI on raw counts, with ``batch_key`` as batch covariate.
-
-    Parameters
-    ----------
-    adata
-        Cells × genes with raw counts; not modified.
-    batch_key
-        ``obs`` column with the batches.
-    layer
-        Layer with the counts (default ``X``).
-    seed
-        ``scvi.settings.seed``.
-    **kwargs
-        ``n_latent`` (30), ``max_epochs`` (scvi-tools' default), ``n_top_genes`` (2,000
-        highly variable genes, flavor ``seurat_v3``), and Lightning arguments of
-        ``SCVI.train``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_cells, n_latent)`` float32 latent means.
-
-    Raises
-    ------
-    ValueError
-        If the matrix does not hold raw counts.
-    """
-    import scanpy as sc
-    import scvi
-
-    x = get_expression(adata, layer)
-    if not is_counts(x):
-        raise ValueError(
-            "scVI needs raw counts (non-negative integers); pass the layer that holds them "
-            "(counts_layer=...) or leave 'scvi' out of the baselines."
-        )
-    a = AnnData(X=x.copy(), obs=adata.obs[[batch_key]].copy())
-    a.var_names = adata.var_names.copy()
-    n_top = kwargs.pop("n_top_genes", 2000)
-    if a.n_vars > n_top:
-        sc.pp.highly_variable_genes(
-            a, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True
-        )
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(a, batch_key=batch_key)
-    model = scvi.model.SCVI(a, n_latent=kwargs.pop("n_latent", 30))
-    kwargs.setdefault("enable_progress_bar", False)
-    model.train(**kwargs)
-    return model.get_latent_representation().astype(np.float32)
-
-
-def harmony_embedding(
-    X_pca: np.ndarray, obs: pd.DataFrame, batch_key: str, seed: int = 0
-) -> np.ndarray:
-    """Harmony (harmonypy) on a PCA embedding.
-
-    Parameters
-    ----------
-    X_pca
-        ``(n_cells, d)`` PCA embedding, e.g. of :func:`pca_embedding`.
-    obs
-        Cell annotations with ``batch_key``, one row per cell.
-    batch_key
-        Column of ``obs`` with the batches.
-    seed
-        Harmony's ``random_state``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_cells, d)`` float32 corrected embedding.
-    """
-    import harmonypy
-
-    ho = harmonypy.run_harmony(
-        np.asarray(X_pca, dtype=np.float64), obs, [batch_key], random_state=seed, verbose=False
-    )
-    Z = np.asarray(ho.Z_corr)
-    if Z.shape[0] != len(obs):
-        Z = Z.T
-    return Z.astype(np.float32)
 
 
 def integration(
@@ -389,23 +236,24 @@ def integration(
     if no_scvi:
         errors["scVI"] = skip_note("scVI", no_scvi)
     seconds: dict[str, float] = {}
+
+    def _keep(runs) -> None:  # the embeddings of the runs that worked, the others' errors
+        for r in runs:
+            seconds[r.method] = r.seconds
+            if r.error is None:
+                arrays[r.method] = r.value
+                logger.info("%s embedding done", r.method)
+            else:
+                errors[r.method] = r.error
+
+    settings = (method_kwargs or {}).get("celltx")
     if train_celltx:
-        t0 = time.perf_counter()
-        z, err = guarded(
-            "celltx",
-            celltx_integration_embedding,
-            adata,
-            batch_key,
-            layer,
-            seed,
-            (method_kwargs or {}).get("celltx"),
+        _keep(
+            run_methods(
+                ["celltx"],
+                lambda m, s: celltx_integration_embedding(adata, batch_key, layer, seed, settings),
+            )
         )
-        seconds["celltx"] = time.perf_counter() - t0
-        if err is None:
-            arrays["celltx"] = z
-            logger.info("celltx embedding done")
-        else:
-            errors["celltx"] = err
     # PCA is also the pre-integration reference of the scores: computed first, not guarded
     t0 = time.perf_counter()
     x_pca = pca_embedding(adata, layer, seed=seed, counts=kind == "counts")
@@ -415,28 +263,21 @@ def integration(
         seconds["PCA (unintegrated)"] = t_pca
     order = (["celltx"] if train_celltx and "celltx" in errors else []) + list(arrays)
     order += [n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines]
-    if "harmony" in baselines:
-        t0 = time.perf_counter()
-        z, err = guarded(
-            "Harmony", harmony_embedding, x_pca, adata.obs[[batch_key]].copy(), batch_key, seed
+
+    def run(method, _seed):
+        if method == "Harmony":
+            return harmony_embedding(x_pca, adata.obs[[batch_key]].copy(), batch_key, seed)
+        return scvi_embedding(adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
+
+    _keep(
+        run_methods(
+            [n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines],
+            run,
+            skipped={n: errors[n] for n in ("scVI",) if n in errors},
         )
-        seconds["Harmony"] = t_pca + time.perf_counter() - t0  # Harmony corrects the PCA
-        if err is None:
-            arrays["Harmony"] = z
-            logger.info("Harmony embedding done")
-        else:
-            errors["Harmony"] = err
-    if "scvi" in baselines and "scVI" not in errors:
-        t0 = time.perf_counter()
-        z, err = guarded(
-            "scVI", scvi_embedding, adata, batch_key, layer, seed, **dict(scvi_kwargs or {})
-        )
-        seconds["scVI"] = time.perf_counter() - t0
-        if err is None:
-            arrays["scVI"] = z
-            logger.info("scVI embedding done")
-        else:
-            errors["scVI"] = err
+    )
+    if "Harmony" in seconds:
+        seconds["Harmony"] += t_pca  # Harmony corrects the PCA
     if not arrays:  # every baseline failed at run time
         table = pd.DataFrame(
             {

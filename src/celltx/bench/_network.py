@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,14 +9,18 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.metrics import average_precision_score
 
+from celltx.nn import preset
+
+from ._baselines import dense
 from ._fit import fit_celltx
 from ._inputs import get_expression, guarded, log_normalized
+from ._runner import method_rows
 
 NETWORK_METHODS = ("attention", "embedding", "pearson", "random")
 
 #: the celltx recipe of :func:`gene_network` when no trained model is given
 NETWORK_CELLTX_DEFAULTS = {
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256, "dropout": 0.1},
+    "model": preset("small", dropout=0.1),
     "epochs": 20,
     "lr": 3e-3,
     "batch_size": 32,
@@ -49,7 +52,7 @@ def _edges(truth, genes: pd.Index) -> pd.DataFrame:
 def _pearson(adata: AnnData, genes: pd.Index, layer) -> np.ndarray:
     cols = adata.var_names.astype(str).get_indexer(genes)
     values = log_normalized(get_expression(adata, layer))[:, cols]
-    values = np.asarray(values.toarray() if hasattr(values, "toarray") else values, np.float64)
+    values = dense(values, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.corrcoef(values, rowvar=False)
     return np.abs(np.nan_to_num(r))
@@ -181,39 +184,40 @@ def gene_network(
     adj[names.get_indexer(edges["source"]), names.get_indexer(edges["target"])] = True
     label = _pair_scores(adj.astype(np.float64), directed) > 0
     kwargs = dict(method_kwargs or {})
-    fitted = None
-    out = []
-    for method in methods:
-        start = time.perf_counter()
-        if method in ("attention", "embedding") and model is None and fitted is None:
-            fitted, error = guarded(
-                "celltx", fit_celltx, adata, NETWORK_CELLTX_DEFAULTS, kwargs.get("celltx", {}), seed
-            )
-            fitted = fitted if error is None else error
-        use = model if model is not None else fitted
+    trained: dict = {}  # the default model, trained once for the celltx methods
+
+    def run(method, _seed):  # the gene-gene scores and their scores (both in the seconds)
         if method == "pearson":
-            m, error = guarded("pearson", _pearson, adata, names, expression_layer)
+            m = _pearson(adata, names, expression_layer)
         elif method == "random":
-            m, error = np.random.default_rng(seed).random((n, n)), None
-        elif isinstance(use, str):
-            m, error = None, use  # the default model failed to train
-        elif method == "embedding":
-            m, error = guarded("embedding", _embedding, use, names)
+            m = np.random.default_rng(seed).random((n, n))
         else:
-            m, error = guarded("attention", _attention, use, adata, names, layer)
-        row = {"method": method}
-        row.update(
-            dict.fromkeys(
-                ("auprc", "auprc_ratio", "early_precision", "early_precision_ratio"), np.nan
+            use = model
+            if use is None:
+                if not trained:
+                    trained["model"], trained["error"] = guarded(
+                        "celltx",
+                        fit_celltx,
+                        adata,
+                        NETWORK_CELLTX_DEFAULTS,
+                        kwargs.get("celltx", {}),
+                        seed,
+                    )
+                if trained["error"] is not None:
+                    return {"error": trained["error"]}  # the default model failed to train
+                use = trained["model"]
+            m = (
+                _embedding(use, names)
+                if method == "embedding"
+                else _attention(use, adata, names, layer)
             )
-        )
-        if m is not None:
-            row.update(_scores(_pair_scores(np.asarray(m, np.float64), directed), label))
-        row.update(
-            n_pairs=len(label),
-            n_edges=int(label.sum()),
-            seconds=time.perf_counter() - start,
-            error=error,
-        )
-        out.append(row)
-    return pd.DataFrame(out)
+        return _scores(_pair_scores(np.asarray(m, np.float64), directed), label)
+
+    columns = {
+        **dict.fromkeys(
+            ("auprc", "auprc_ratio", "early_precision", "early_precision_ratio"), np.nan
+        ),
+        "n_pairs": len(label),
+        "n_edges": int(label.sum()),
+    }
+    return pd.DataFrame(list(method_rows(methods, run, columns=columns)))

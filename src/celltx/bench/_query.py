@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score
-from sklearn.neighbors import KNeighborsClassifier
 
-from ._inputs import expression_kind, get_expression, guarded, log_normalized, skip_note
+from celltx.nn import preset
+
+from ._baselines import dense, fitted_pca, knn_classify, scvi_query
+from ._inputs import expression_kind, get_expression, log_normalized, skip_note
+from ._runner import method_rows
 
 logger = logging.getLogger(__name__)
 
@@ -21,15 +22,7 @@ QUERY_METHODS = ("celltx", "pca", "scvi")
 
 #: the celltx recipe of :func:`query_mapping` (reference training, then query training)
 QUERY_CELLTX_DEFAULTS = {
-    "model": {
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "max_seq_len": 256,
-        "dropout": 0.1,
-        "dsbn": True,
-        "batch_token": True,
-    },
+    "model": preset("small", dropout=0.1, dsbn=True, batch_token=True),
     "reference_epochs": 10,
     "query_epochs": 5,
     "batch_size": 32,
@@ -38,39 +31,28 @@ QUERY_CELLTX_DEFAULTS = {
 
 
 def _transfer(z_ref, z_query, labels_ref, n_neighbors):
-    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(z_ref))).fit(z_ref, labels_ref)
-    return knn.predict(z_query)
+    return knn_classify(z_ref, labels_ref, z_query, min(n_neighbors, len(z_ref)))
 
 
 def _pca(ref: AnnData, query: AnnData, layer, n_comps: int, seed: int):
     x_ref = log_normalized(get_expression(ref, layer))
     x_q = log_normalized(get_expression(query, layer))
-    x_ref = x_ref.toarray() if hasattr(x_ref, "toarray") else np.asarray(x_ref)
-    x_q = x_q.toarray() if hasattr(x_q, "toarray") else np.asarray(x_q)
-    n = min(n_comps, x_ref.shape[0] - 1, x_ref.shape[1] - 1)
-    pca = PCA(n_components=n, random_state=seed).fit(x_ref)
+    x_ref, x_q = dense(x_ref), dense(x_q)
+    pca = fitted_pca(n_comps, x_ref, seed).fit(x_ref)
     return pca.transform(x_ref), pca.transform(x_q)
 
 
 def _scvi(ref: AnnData, query: AnnData, batch_key, layer, settings: Mapping):
-    import scvi
-
-    ref, query = ref.copy(), query.copy()
-    scvi.model.SCVI.setup_anndata(ref, layer=layer, batch_key=batch_key)
-    vae = scvi.model.SCVI(ref, n_latent=settings.get("n_latent", 10))
-    vae.train(
-        max_epochs=settings.get("reference_epochs", 100),
+    return scvi_query(
+        ref,
+        query,
+        layer=layer,
+        batch_key=batch_key,
+        n_latent=settings.get("n_latent", 10),
+        reference_epochs=settings.get("reference_epochs", 100),
+        query_epochs=settings.get("query_epochs", 50),
         accelerator=settings.get("accelerator", "auto"),
-        enable_progress_bar=False,
     )
-    q = scvi.model.SCVI.load_query_data(query, vae)
-    q.train(
-        max_epochs=settings.get("query_epochs", 50),
-        plan_kwargs={"weight_decay": 0.0},
-        accelerator=settings.get("accelerator", "auto"),
-        enable_progress_bar=False,
-    )
-    return q.get_latent_representation(ref), q.get_latent_representation(query)
 
 
 def _celltx(
@@ -182,45 +164,38 @@ def query_mapping(
     labels_ref = ref.obs[labels_key].astype(str).to_numpy()
     truth = query.obs[labels_key].astype(str).to_numpy()
     kwargs = dict(method_kwargs or {})
-    rows = []
-    for method in methods:
-        start = time.perf_counter()
-        error = None
-        if method == "scvi" and kind != "counts":
-            result, error = None, skip_note("scvi", "scVI needs raw counts")
-        elif method == "pca":
-            result, error = guarded("pca", _pca, ref, query, layer, n_comps, seed)
+
+    def run(method, _seed):  # the embeddings and the label transfer (both in the seconds)
+        if method == "pca":
+            z_ref, z_query = _pca(ref, query, layer, n_comps, seed)
         elif method == "scvi":
-            result, error = guarded(
-                "scvi", _scvi, ref, query, batch_key, layer, kwargs.get("scvi", {})
-            )
+            z_ref, z_query = _scvi(ref, query, batch_key, layer, kwargs.get("scvi", {}))
         else:
-            result, error = guarded(
-                "celltx",
-                _celltx,
-                ref,
-                query,
-                batch_key,
-                labels_key,
-                layer,
-                kwargs.get("celltx", {}),
-                seed,
+            z_ref, z_query = _celltx(
+                ref, query, batch_key, labels_key, layer, kwargs.get("celltx", {}), seed
             )
-        acc = f1 = np.nan
-        if result is not None:
-            pred = _transfer(result[0], result[1], labels_ref, n_neighbors)
-            acc = float((pred == truth).mean())
-            f1 = float(f1_score(truth, pred, average="macro"))
-        rows.append(
-            {
-                "method": method,
-                "accuracy": acc,
-                "macro_f1": f1,
-                "n_reference": ref.n_obs,
-                "n_query": query.n_obs,
-                "seconds": time.perf_counter() - start,
-                "error": error,
-            }
+        pred = _transfer(z_ref, z_query, labels_ref, n_neighbors)
+        return {
+            "accuracy": float((pred == truth).mean()),
+            "macro_f1": float(f1_score(truth, pred, average="macro")),
+        }
+
+    skipped = {}
+    if kind != "counts" and "scvi" in methods:
+        skipped["scvi"] = skip_note("scvi", "scVI needs raw counts")
+    columns = {
+        "accuracy": np.nan,
+        "macro_f1": np.nan,
+        "n_reference": ref.n_obs,
+        "n_query": query.n_obs,
+    }
+    rows = []
+    for row in method_rows(methods, run, skipped=skipped, columns=columns):
+        logger.info(
+            "query mapping %s: accuracy %.3f, macro-F1 %.3f",
+            row["method"],
+            row["accuracy"],
+            row["macro_f1"],
         )
-        logger.info("query mapping %s: accuracy %.3f, macro-F1 %.3f", method, acc, f1)
+        rows.append(row)
     return pd.DataFrame(rows)

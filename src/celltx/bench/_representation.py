@@ -2,37 +2,35 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from celltx.nn import preset
+
+from ._baselines import pca_embedding, scvi_embedding
 from ._embedding import embedding_scores
 from ._fit import fit_celltx
-from ._inputs import get_expression, guarded, is_counts, skip_note
-from ._integration import pca_embedding, scvi_embedding
+from ._inputs import get_expression, is_counts, skip_note
+from ._runner import method_rows
 
 EMBEDDING_METHODS = ("celltx", "pca", "scvi")
 
 #: the celltx recipe of :func:`embedding` (trained from scratch on the data; see the
 #: representation section of the docs for the measurements behind it)
 EMBED_CELLTX_DEFAULTS = {
-    "model": {
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "max_seq_len": 256,
-        "dropout": 0.0,
-        "gene_selection": "rank",
-    },
+    "model": preset("small", dropout=0.0, gene_selection="rank"),
     "task": "contrastive",
     "epochs": 20,
     "lr": 1e-2,
     "batch_size": 32,
     "accelerator": "auto",
 }
+
+#: the score columns of :func:`embedding`
+_SCORES = ("knn_accuracy", "knn_accuracy_sd", "leiden_nmi", "leiden_ari")
 
 
 def _celltx(adata: AnnData, layer, settings: Mapping, seed: int) -> np.ndarray:
@@ -99,46 +97,23 @@ def embedding(
         )
     kwargs = dict(method_kwargs or {})
     counts = is_counts(get_expression(adata, layer))
-    rows = []
-    for method in methods:
-        start = time.perf_counter()
+
+    def run(method, _seed):
         if method == "celltx":
-            emb, error = guarded("celltx", _celltx, adata, layer, kwargs.get("celltx", {}), seed)
-        elif method == "pca":
-            emb, error = guarded("pca", pca_embedding, adata, layer=layer, seed=seed)
-        elif not counts:
-            emb, error = None, skip_note("scvi", "scVI needs raw counts")
-        else:
-            one = adata.copy()
-            one.obs["_one_batch"] = "all"
-            emb, error = guarded(
-                "scvi",
-                scvi_embedding,
-                one,
-                "_one_batch",
-                layer=layer,
-                seed=seed,
-                **dict(kwargs.get("scvi", {})),
-            )
-        seconds = time.perf_counter() - start
-        row = {"method": method, "seconds": seconds, "error": error}
-        if emb is not None:
-            s = embedding_scores(adata, labels_key, {method: emb}, seed=seed).iloc[0]
-            row.update(
-                knn_accuracy=s["knn_accuracy"],
-                knn_accuracy_sd=s["knn_accuracy_sd"],
-                leiden_nmi=s["leiden_nmi"],
-                leiden_ari=s["leiden_ari"],
-            )
-            row["error"] = row["error"] or s["error"]
-        rows.append(row)
-    cols = [
-        "method",
-        "knn_accuracy",
-        "knn_accuracy_sd",
-        "leiden_nmi",
-        "leiden_ari",
-        "seconds",
-        "error",
-    ]
-    return pd.DataFrame(rows).reindex(columns=cols)
+            return _celltx(adata, layer, kwargs.get("celltx", {}), seed)
+        if method == "pca":
+            return pca_embedding(adata, layer=layer, seed=seed)
+        one = adata.copy()
+        one.obs["_one_batch"] = "all"
+        return scvi_embedding(
+            one, "_one_batch", layer=layer, seed=seed, **dict(kwargs.get("scvi", {}))
+        )
+
+    def score(method, _seed, emb):  # not part of the method's seconds
+        s = embedding_scores(adata, labels_key, {method: emb}, seed=seed).iloc[0]
+        return {c: s[c] for c in (*_SCORES, "error")}
+
+    skipped = {} if counts else {"scvi": "scVI needs raw counts"}
+    skipped = {m: skip_note(m, why) for m, why in skipped.items() if m in methods}
+    rows = list(method_rows(methods, run, skipped=skipped, score=score))
+    return pd.DataFrame(rows).reindex(columns=["method", *_SCORES, "seconds", "error"])

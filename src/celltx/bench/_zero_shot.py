@@ -9,21 +9,16 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.metrics import f1_score
 
+from celltx.nn import preset
+
+from ._baselines import dense, fitted_pca, logistic_regression, pca_embedding
 from ._fit import fit_celltx
 from ._inputs import lognorm_expression
-from ._integration import pca_embedding
 
 #: the celltx recipe of :func:`zero_shot`: a small rank-token model trained on the source's
 #: labels with the cell–text objective only (measured in docs/zero_shot.md)
 ZERO_SHOT_CELLTX_DEFAULTS: dict = {
-    "model": {
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "max_seq_len": 256,
-        "gene_selection": "rank",
-        "dropout": 0.0,
-    },
+    "model": preset("small", gene_selection="rank", dropout=0.0),
     "epochs": 30,
     "lr": 1e-3,
     "batch_size": 32,
@@ -77,24 +72,19 @@ def _scores(truth: np.ndarray, pred: np.ndarray, unseen: Sequence[str] | None) -
 
 def _classifier(source, s_labels, target, seed) -> np.ndarray:
     """Logistic regression on the source's 50 PCs of the shared genes: target predictions."""
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     genes = source.var_names.intersection(target.var_names)
     if len(genes) < 2:
         raise ValueError("Source and target share fewer than 2 genes: the classifier needs both.")
 
-    def dense(a):
-        x = lognorm_expression(a[:, genes])
-        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
-
-    xs, xt = dense(source), dense(target)
+    xs = dense(lognorm_expression(source[:, genes]), np.float32)
+    xt = dense(lognorm_expression(target[:, genes]), np.float32)
     scale = StandardScaler().fit(xs)
-    pca = PCA(n_components=min(50, len(genes) - 1, len(xs) - 1), random_state=seed)
+    pca = fitted_pca(50, xs, seed)
     zs = pca.fit_transform(scale.transform(xs))
-    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(zs, s_labels)
-    return clf.predict(pca.transform(scale.transform(xt)))
+    zt = pca.transform(scale.transform(xt))
+    return logistic_regression(zs, s_labels, zt, max_iter=2000, seed=seed)
 
 
 def _nearest(encoder, queries: list[str], keys: list[str]) -> np.ndarray:

@@ -33,6 +33,7 @@ from ._genes import (
     is_counts,
     match_genes,
     nonzero_medians,
+    sample_values,
 )
 from ._memory import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
@@ -93,6 +94,7 @@ __all__ = [
     "peak_panel",
     "highly_variable",
     "is_counts",
+    "sample_values",
     "quantile_edges",
     "digitize",
     "pbmc68k",

@@ -289,8 +289,32 @@ def highly_variable(x, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0
     return a.var["highly_variable"].to_numpy(dtype=bool)
 
 
-def _sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` stored values of ``x`` drawn at random (non-zero ones for dense data)."""
+def sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` stored values of ``x`` drawn at random (non-zero ones for dense data).
+
+    What :func:`is_counts` (and the benchmarks' input checks) judge ``x`` on.
+
+    Parameters
+    ----------
+    x
+        A cells × genes matrix: dense, scipy sparse, or backed (then its first rows).
+    n
+        At most this many values.
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        The drawn values, zeros left out.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from celltx.data import sample_values
+    >>> sample_values(np.array([[0.0, 2.0], [1.0, 0.0]])).tolist()
+    [2.0, 1.0]
+    """
     rng = np.random.default_rng(seed)
     if sparse.issparse(x):
         v = np.asarray(x.data).ravel()
@@ -303,6 +327,9 @@ def _sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
         v = v[rng.integers(0, v.size, n)]
     v = np.asarray(v)
     return v[v != 0]
+
+
+_sample_values = sample_values  # the name it had before it was public
 
 
 def is_counts(x) -> bool:
@@ -327,5 +354,5 @@ def is_counts(x) -> bool:
     >>> is_counts(np.array([[0, 3], [1, 0]])), is_counts(np.log1p(np.array([[0, 3], [1, 0]])))
     (True, False)
     """
-    v = _sample_values(x)
+    v = sample_values(x)
     return bool(v.size) and bool(np.all(v >= 0)) and bool(np.all(np.mod(v, 1) == 0))

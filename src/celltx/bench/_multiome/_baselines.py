@@ -11,8 +11,8 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
+from celltx.bench._baselines import pca_embedding
 from celltx.bench._inputs import get_expression, is_counts
-from celltx.bench._integration import pca_embedding
 from celltx.data import modality_presence, place_rows
 
 from ._mudata import _get_mod, _positions, _scatter_rows

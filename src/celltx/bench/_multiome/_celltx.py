@@ -7,20 +7,14 @@ from mudata import MuData
 from scipy import sparse
 
 from celltx.bench._inputs import get_expression
+from celltx.nn import preset
 
 from ._mudata import _scatter_rows
 
 #: the celltx recipe of :func:`multiome` (``methods=("celltx", ...)``): trained from scratch
 #: on the (padded) MuData; the multiome page of the docs has the measurements behind it
 MULTIOME_CELLTX_DEFAULTS = {
-    "model": {
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "max_seq_len": 201,
-        "max_peaks": 200,
-        "dropout": 0.1,
-    },
+    "model": preset("small", max_seq_len=201, max_peaks=200, dropout=0.1),
     "epochs": 30,
     "lr": 1e-2,
     "batch_size": 32,

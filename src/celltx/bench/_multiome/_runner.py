@@ -19,6 +19,7 @@ from celltx.bench._inputs import (
     layer_label,
     skip_note,
 )
+from celltx.bench._runner import run_methods
 
 from ._baselines import (
     MULTIOME_BASELINES,
@@ -330,15 +331,13 @@ def multiome(
             **{"seed": seed, **dict(multivi_kwargs or {})},
         ),
     }
-    for b in baselines:
-        if b in errors:
+    todo = [b for b in baselines if b not in errors]
+    for r in run_methods(todo, lambda b, _seed: runs[b]()):
+        b, out = r.method, r.value
+        if r.error is not None:
+            errors[b] = r.error
             continue
-        start = time.perf_counter()
-        out, err = guarded(b, runs[b])
-        if err is not None:
-            errors[b] = err
-            continue
-        seconds[b] = time.perf_counter() - start
+        seconds[b] = r.seconds
         if b == "wnn":
             graphs[b] = out
         elif b == "multivi":

@@ -32,6 +32,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from celltx.bench._baselines import dense
 from celltx.bench._inputs import lognorm_expression
 from celltx.data import parse_conditions
 
@@ -129,10 +130,6 @@ def _canonical(values, control_value: str) -> np.ndarray:
     )[1].to_numpy(dtype=object)
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64)
-
-
 def _prediction_table(
     pred, conditions, var_names: pd.Index, pred_key: str, control_value: str, predict_kwargs
 ) -> tuple[np.ndarray, np.ndarray, pd.Index]:
@@ -147,7 +144,11 @@ def _prediction_table(
         )
     if isinstance(pred, AnnData):
         labels = pred.obs[pred_key] if pred_key in pred.obs else pd.Series(pred.obs_names)
-        return _canonical(labels, control_value), _dense(pred.X), pd.Index(pred.var_names)
+        return (
+            _canonical(labels, control_value),
+            dense(pred.X, np.float64),
+            pd.Index(pred.var_names),
+        )
     if isinstance(pred, pd.DataFrame):
         return (
             _canonical(pred.index, control_value),

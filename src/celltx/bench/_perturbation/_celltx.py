@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from celltx.bench._baselines import dense
 from celltx.bench._inputs import is_counts, log1p_cp10k, lognorm_expression
 from celltx.data import parse_conditions
+from celltx.nn import preset
 
 from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding, PerturbationBaseline
 from ._residual import PerturbationResidual, _scaled
@@ -37,7 +39,8 @@ CELLTX_PERTURBATION_DEFAULTS = {
     "pretrain_cells": 2000,  # control cells for the generative pretraining (residual mode)
     "attention_cells": 256,  # control cells whose attention is averaged (residual mode)
     "folds": 5,  # inner cross-validation of the residual's ridge penalty
-    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "dropout": 0.0},
+    # the small shape; the sequence length follows the data's genes (no max_seq_len)
+    "model": {k: v for k, v in preset("small", dropout=0.0).items() if k != "max_seq_len"},
     "pretrain_epochs": 3,  # generative pretraining (gene co-expression); "cells" mode: 10
     "pretrain_lr": 3e-3,
     "epochs": 20,  # perturbation fine-tuning
@@ -297,7 +300,7 @@ def _pretrain(ctrl: AnnData, cfg: dict) -> dict:
 
 def _coexpression_profiles(ctrl: AnnData, shift: float):
     """Classical profiles: ``shift`` × the regression of every gene on the target in ``ctrl``."""
-    x = ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else np.asarray(ctrl.X)
+    x = dense(ctrl.X)
     x = x.astype(np.float64)
     cov = np.cov(x.T)
     beta = cov / np.clip(np.diag(cov), 1e-12, None)[None, :]  # beta[:, t]: genes on gene t
@@ -385,7 +388,7 @@ class InSilicoProfiles:
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(cells.n_obs, min(n_cells, cells.n_obs), replace=False))
         x = cells.X[pick]
-        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        x = dense(x)
         self.model, self.genes = model, list(cells.var_names.astype(str))
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.ids = np.asarray(model.vocab.lookup(self.genes))

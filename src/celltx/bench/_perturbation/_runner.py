@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,162 +13,21 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from celltx.bench._inputs import guarded, lognorm_expression
-from celltx.data import condition_name, parse_condition, parse_conditions
+from celltx.bench._inputs import lognorm_expression
+from celltx.bench._runner import run_methods
+from celltx.data import parse_conditions
 
 from ._baselines import PERTURBATION_BASELINES, PerturbationBaseline, _group_means
-from ._cell_eval import (
-    CELL_EVAL_PROFILES,
-    cell_eval_command,
-    cell_eval_installed,
-    run_cell_eval,
-    write_cell_eval,
-)
+from ._cell_eval import CELL_EVAL_PROFILES, cell_eval_installed
+from ._cell_eval_export import _CellEvalExport
 from ._celltx import celltx_perturbation_model
+from ._de_genes import _de_indices
 from ._metrics import PERTURBATION_METRICS, perturbation_metrics
+from ._model_predictions import _model_cell_predictions, _model_predictions
 from ._split import TEST_SUBGROUPS, _conditions_of, perturbation_split, read_perturbation_split
 
 # the task's logger, ``celltx.bench._perturbation``
 logger = logging.getLogger(__package__)
-
-_GEARS_DE_KEY = "top_non_dropout_de_20"
-
-
-def _de_indices(
-    adata: AnnData,
-    perturbation_key: str,
-    groups: Sequence[str],
-    raw_of_group: Mapping[str, list[str]],
-    dt: np.ndarray,
-    n_de: int,
-) -> tuple[list[np.ndarray], list[str]]:
-    """DE genes of each condition and where they come from.
-
-    GEARS' ``uns["top_non_dropout_de_20"]`` when it has the condition, else the ``n_de``
-    genes with the largest absolute change of the mean.
-    """
-    n_genes = dt.shape[1]
-    fallback = np.argsort(-np.abs(dt), axis=1, kind="stable")[:, : min(n_de, n_genes)]
-    table = adata.uns.get(_GEARS_DE_KEY)
-    out, source = [], []
-    if not isinstance(table, Mapping) or not table:
-        return list(fallback), ["mean_difference"] * len(groups)
-    pos = {g: i for i, g in enumerate(adata.var_names.astype(str))}
-    if "gene_id" in adata.var:
-        for i, g in enumerate(adata.var["gene_id"].astype(str)):
-            pos.setdefault(g, i)
-    key_of_raw: dict[str, str] = {}
-    if "condition_name" in adata.obs:
-        pairs = (
-            adata.obs[[perturbation_key, "condition_name"]]
-            .astype(str)
-            .drop_duplicates(perturbation_key)
-        )
-        key_of_raw = dict(zip(pairs[perturbation_key], pairs["condition_name"], strict=True))
-    for i, grp in enumerate(groups):
-        genes = None
-        for raw in raw_of_group[grp]:
-            for key in (key_of_raw.get(raw), raw, grp):
-                if key is not None and key in table:
-                    genes = table[key]
-                    break
-            if genes is not None:
-                break
-        idx = (
-            [pos[str(g)] for g in np.asarray(genes).ravel() if str(g) in pos]
-            if genes is not None
-            else []
-        )
-        if idx:
-            out.append(np.asarray(idx[:n_de], dtype=np.int64))
-            source.append(_GEARS_DE_KEY)
-        else:
-            out.append(fallback[i])
-            source.append("mean_difference")
-    return out, source
-
-
-def _model_predictions(
-    obj, conditions: list[str], var_names: pd.Index, control_value: str
-) -> np.ndarray:
-    """A model's mean prediction of ``conditions`` as an array, conditions × ``var_names``."""
-    res = obj.predict_perturbation(conditions, return_type="mean")
-    if isinstance(res, AnnData):
-        names = [
-            condition_name(parse_condition(str(c), control_value=control_value), control_value)
-            for c in res.obs_names
-        ]
-        missing = [g for g in var_names if g not in set(res.var_names)]
-        if missing:
-            raise ValueError(
-                f"The model's prediction lacks {len(missing)} gene(s) of the panel (e.g. {missing[:5]}); "
-                "predict_perturbation must return every gene of the data."
-            )
-        frame = pd.DataFrame(
-            res[:, var_names].X.toarray()
-            if sparse.issparse(res.X)
-            else np.asarray(res[:, var_names].X),
-            index=names,
-            columns=var_names,
-        )
-        absent = [c for c in conditions if c not in frame.index]
-        if absent:
-            raise ValueError(
-                f"The model's prediction has no row for {absent[:5]}; predict_perturbation must "
-                "return one row per requested condition (obs_names = condition names)."
-            )
-        frame = frame[~frame.index.duplicated()]
-        return frame.loc[conditions].to_numpy(dtype=np.float64)
-    arr = np.asarray(res, dtype=np.float64)
-    if arr.shape != (len(conditions), len(var_names)):
-        raise ValueError(
-            f"predict_perturbation returned shape {arr.shape}; expected an AnnData or an array "
-            f"of shape {(len(conditions), len(var_names))} (conditions × genes)."
-        )
-    return arr
-
-
-def _model_cell_predictions(
-    obj, conditions: list[str], var_names: pd.Index, control_value: str
-) -> tuple[np.ndarray, AnnData]:
-    """A model's per-cell predictions of ``conditions`` and their means per condition.
-
-    ``predict_perturbation(conditions, return_type="cells")`` must return an AnnData with
-    the condition of each row in ``obs["condition"]``; the means are what
-    ``return_type="mean"`` returns (the same sampled control cells).
-    """
-    res = obj.predict_perturbation(conditions, return_type="cells")
-    if not isinstance(res, AnnData) or "condition" not in res.obs:
-        raise TypeError("predict_perturbation(return_type='cells') gave no per-cell AnnData.")
-    missing = [g for g in var_names if g not in set(res.var_names)]
-    if missing:
-        raise ValueError(
-            f"The model's prediction lacks {len(missing)} gene(s) of the panel (e.g. {missing[:5]}); "
-            "predict_perturbation must return every gene of the data."
-        )
-    res = res[:, var_names].copy()
-    names = pd.Series(
-        [
-            condition_name(parse_condition(str(c), control_value=control_value), control_value)
-            for c in res.obs["condition"]
-        ]
-    )
-    res.obs["condition"] = names.to_numpy()
-    lookup = {c: i for i, c in enumerate(conditions)}
-    absent = [c for c in conditions if c not in set(names)]
-    if absent:
-        raise ValueError(
-            f"The model's prediction has no row for {absent[:5]}; predict_perturbation must "
-            "predict every requested condition."
-        )
-    codes = names.map(lookup).fillna(-1).to_numpy(dtype=np.int64)
-    means, _ = _group_means(res.X, codes, len(conditions))
-    return np.asarray(means, dtype=np.float64), res
-
-
-def _safe_name(name: str) -> str:
-    """A folder name for a method (letters, digits, ``._-``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)) or "method"
 
 
 def perturbation(
@@ -326,44 +183,8 @@ def perturbation(
     ['additive', 'no_change']
     >>> table = summarize_perturbation(df)
     """
-    if isinstance(baselines, str):
-        baselines = (baselines,)
-    unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
-    if unknown:
-        raise ValueError(
-            f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
-        )
-    if isinstance(model, str):
-        if model != "celltx":
-            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
-        model = celltx_perturbation_model(
-            perturbation_key=perturbation_key, control_value=control_value
-        )
-    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
-        raise ValueError(
-            "model must have predict_perturbation(conditions, return_type='mean') or be a "
-            "callable train_fn(train_adata) that returns such an object."
-        )
-    for name, obj in (predictors or {}).items():
-        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
-            raise ValueError(
-                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
-            )
-    if cell_eval and cell_eval_dir is None:
-        raise ValueError("cell_eval=True needs cell_eval_dir= (where the files go).")
-    if cell_eval_profile not in CELL_EVAL_PROFILES:
-        raise ValueError(
-            f"cell_eval_profile must be one of {CELL_EVAL_PROFILES}, got {cell_eval_profile!r}."
-        )
-    run_ce = False
-    if cell_eval_dir is not None:
-        if cell_eval and not cell_eval_installed():
-            raise ImportError(
-                "cell_eval=True but cell-eval is not installed: pip install cell-eval (Python "
-                ">= 3.11) or pip install 'celltx[cell-eval]'; or pass cell_eval=None/False to "
-                "only write the files."
-            )
-        run_ce = cell_eval_installed() if cell_eval is None else bool(cell_eval)
+    baselines, model = _check_methods(baselines, model, predictors, perturbation_key, control_value)
+    run_ce = _cell_eval_run(cell_eval, cell_eval_dir, cell_eval_profile)
     col = _conditions_of(adata, perturbation_key)
     genes, names = parse_conditions(col, control_value=control_value, max_genes=2)
     is_control = (names == control_value).to_numpy()
@@ -582,8 +403,8 @@ def perturbation(
         second = np.vstack([np.asarray(x[b].mean(axis=0)).ravel() for _, b in halves])
         table = _score("ceiling", lambda: first, second)
         frames.append(table[order].assign(error=None))
-    for name, run in methods.items():
-        table, err = guarded(name, _score, name, run)
+    for r in run_methods(list(methods), lambda name, _seed: _score(name, methods[name])):
+        name, table, err = r.method, r.value, r.error  # _score times the method itself
         if exporter is not None and err is None:
             table = exporter(name, mean_preds.pop(name), cell_preds.pop(name, None), table)
         if err is None:
@@ -618,98 +439,49 @@ def perturbation(
     return out
 
 
-class _CellEvalExport:
-    """Writes each method's predictions for cell-eval and, if asked, adds its metrics."""
-
-    def __init__(
-        self,
-        folder: Path,
-        x,
-        names: np.ndarray,
-        test_names: list[str],
-        control_value: str,
-        var_names: pd.Index,
-        obs_names: pd.Index,
-        run: bool,
-        profile: str,
-    ):
-        keep = np.flatnonzero(np.isin(names, [*test_names, control_value]))
-        self.real = AnnData(
-            X=x[keep],
-            obs=pd.DataFrame({"condition": names[keep]}, index=obs_names[keep].astype(str)),
-            var=pd.DataFrame(index=var_names.copy()),
+def _check_methods(baselines, model, predictors, perturbation_key: str, control_value: str):
+    """The baselines as a sequence and the model (``"celltx"`` built); refuse bad ones."""
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    unknown = [b for b in baselines if b not in PERTURBATION_BASELINES]
+    if unknown:
+        raise ValueError(
+            f"Unknown baseline(s) {unknown}; choose from {list(PERTURBATION_BASELINES)}."
         )
-        self.folder, self.test_names, self.control_value = folder, test_names, control_value
-        self.run, self.profile = run, profile
-        self.path_real = folder / "real.h5ad"
-        self.real_written = False
-        self.de_real: Path | None = None
-        self.commands: list[str] = []
-
-    def __call__(self, name: str, means: np.ndarray, cells, table: pd.DataFrame) -> pd.DataFrame:
-        out = self.folder / _safe_name(name)
-        path_pred = out / "pred.h5ad"
-        pred = (
-            cells
-            if cells is not None
-            else pd.DataFrame(means, index=self.test_names, columns=self.real.var_names)
+    if isinstance(model, str):
+        if model != "celltx":
+            raise ValueError(f"model={model!r}; use 'celltx', a trained model or a train_fn.")
+        model = celltx_perturbation_model(
+            perturbation_key=perturbation_key, control_value=control_value
         )
-        try:
-            write_cell_eval(
-                pred,
-                self.real,
-                path_pred,
-                None if self.real_written else self.path_real,
-                conditions=self.test_names,
-                control_value=self.control_value,
-            )
-        except Exception as err:  # noqa: BLE001 - an export failure must not lose the scores
-            msg = f"{type(err).__name__}: {err}"
-            logger.warning("%s: cell-eval export failed: %s", name, msg)
-            warnings.warn(f"{name}: cell-eval export failed ({msg}).", UserWarning, stacklevel=3)
-            return table.assign(cell_eval_error=msg) if self.run else table
-        self.real_written = True
-        self.commands.append(
-            cell_eval_command(path_pred, self.path_real, out, profile=self.profile)
+    if model is not None and not hasattr(model, "predict_perturbation") and not callable(model):
+        raise ValueError(
+            "model must have predict_perturbation(conditions, return_type='mean') or be a "
+            "callable train_fn(train_adata) that returns such an object."
         )
-        if not self.run:
-            return table
-        try:
-            scores = run_cell_eval(
-                path_pred, self.path_real, out, profile=self.profile, de_real=self.de_real
+    for name, obj in (predictors or {}).items():
+        if not (hasattr(obj, "fit") and hasattr(obj, "predict")):
+            raise ValueError(
+                f"Predictor {name!r} needs fit(train_adata) and predict(conditions) methods."
             )
-        except Exception as err:  # noqa: BLE001 - cell-eval's failure must not lose the scores
-            msg = f"{type(err).__name__}: {err}"
-            logger.warning("%s: cell-eval failed: %s", name, msg)
-            warnings.warn(
-                f"{name}: cell-eval failed ({msg}); its cell_eval_* columns are NaN.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return table.assign(cell_eval_error=msg)
-        if self.de_real is None and (out / "real_de.csv").is_file():
-            self.de_real = out / "real_de.csv"  # the observed DE, reused by the next methods
-        scores = scores.add_prefix("cell_eval_")
-        logger.info("%s: cell-eval scored %d conditions", name, len(scores))
-        return table.join(scores, on="condition").assign(cell_eval_error=None)
+    return baselines, model
 
-    def finish(self) -> None:
-        """Write the command lines; say how to run them when cell-eval did not."""
-        if not self.commands:
-            return
-        script = self.folder / "cell_eval_commands.sh"
-        script.write_text("#!/bin/sh\n" + "\n".join(self.commands) + "\n")
-        if not self.run:
-            why = (
-                "cell_eval=False"
-                if cell_eval_installed()
-                else "cell-eval is not installed (pip install cell-eval)"
+
+def _cell_eval_run(cell_eval: bool | None, cell_eval_dir, cell_eval_profile: str) -> bool:
+    """Whether cell-eval scores the exported predictions; refuse impossible settings."""
+    if cell_eval and cell_eval_dir is None:
+        raise ValueError("cell_eval=True needs cell_eval_dir= (where the files go).")
+    if cell_eval_profile not in CELL_EVAL_PROFILES:
+        raise ValueError(
+            f"cell_eval_profile must be one of {CELL_EVAL_PROFILES}, got {cell_eval_profile!r}."
+        )
+    run_ce = False
+    if cell_eval_dir is not None:
+        if cell_eval and not cell_eval_installed():
+            raise ImportError(
+                "cell_eval=True but cell-eval is not installed: pip install cell-eval (Python "
+                ">= 3.11) or pip install 'celltx[cell-eval]'; or pass cell_eval=None/False to "
+                "only write the files."
             )
-            logger.warning(
-                "cell-eval files written to %s but not scored (%s); score them with the "
-                "commands in %s, e.g.\n%s",
-                self.folder,
-                why,
-                script,
-                self.commands[0],
-            )
+        run_ce = cell_eval_installed() if cell_eval is None else bool(cell_eval)
+    return run_ce
