@@ -243,7 +243,8 @@ def embed(
                 _prepare_for_saved_model(adata, ckpt, gene_symbols)
                 model = ScGPT.load(ckpt, adata=adata, accelerator=accelerator)
             model.inference_precision = precision
-            n_matched = model._match(adata).n_matched
+            match = model._match(adata)  # None: a model without an RNA gene panel
+            n_matched = 0 if match is None else match.n_matched
             t_load = time.perf_counter() - t0
 
             kw = {
@@ -275,6 +276,7 @@ def embed(
                         block = model.get_latent_representation(adata, indices=idx, **kw)
                         if npy:
                             if sink is None:
+                                assert partial is not None  # npy: atomic_output gave it
                                 shape = (adata.n_obs, block.shape[1])
                                 sink = np.lib.format.open_memmap(
                                     partial, mode="w+", dtype=np.float32, shape=shape
@@ -283,7 +285,7 @@ def embed(
                         else:
                             parts.append(block)
                         bar.update(len(idx))
-                if npy:
+                if sink is not None:  # npy
                     sink.flush()
                     emb = sink
                 else:

@@ -144,7 +144,7 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "model"), overwrite=True)
     summary = finish_training(model, adata.n_obs, adata.n_vars, out, t0, "finetune")
-    if predict is not None:
+    if predict is not None and predict_out is not None:  # (checked above: both or neither)
         query = ad.read_h5ad(predict)
         with keep_user_fields(query):  # the query's obs and uns as they were
             proba = model.predict(query, soft=True)

@@ -9,6 +9,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from celltx._cli_io import Output, UsageError, check_outputs
 
@@ -54,7 +55,7 @@ def quickstart(
 
     out.mkdir(parents=True, exist_ok=True)
     scvi.settings.seed = seed
-    recipe = celltx.bench.EMBED_CELLTX_DEFAULTS
+    recipe: dict[str, Any] = celltx.bench.EMBED_CELLTX_DEFAULTS
     epochs = recipe["epochs"] if epochs is None else epochs
     lr = recipe["lr"] if lr is None else lr
     with quiet_third_party():

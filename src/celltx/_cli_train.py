@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from celltx._cli_io import (
     Output,
@@ -72,19 +73,19 @@ def _read_inputs(paths: Sequence[str | os.PathLike], backed: bool = False):
     """The cells of one or several ``.h5ad`` files (several: concatenated, genes unioned)."""
     import anndata as ad
 
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise TrainArgsError(f"input files do not exist: {missing}.")
-    if backed and len(paths) > 1:
+    if backed and len(files) > 1:
         raise TrainArgsError(
             "--backed streams one .h5ad file from disk; concatenate the files first (e.g. "
             "anndata.experimental.concat_on_disk) or drop --backed."
         )
-    if len(paths) == 1:
-        return ad.read_h5ad(paths[0], backed="r" if backed else None)
-    parts = [ad.read_h5ad(p) for p in paths]
-    for p, a in zip(paths, parts, strict=True):
+    if len(files) == 1:
+        return ad.read_h5ad(files[0], backed="r" if backed else None)
+    parts = [ad.read_h5ad(p) for p in files]
+    for p, a in zip(files, parts, strict=True):
         a.obs["source_file"] = p.name
     return ad.concat(parts, join="outer", fill_value=0, index_unique="-")
 
@@ -291,7 +292,7 @@ def pretrain(
     settings = {**SIZES[size], "gene_selection": gene_selection, "seed": seed}
     if max_seq_len is not None:
         settings["max_seq_len"] = max_seq_len
-    extra = {}
+    extra: dict[str, Any] = {}
     if checkpoint_every is not None:
         extra = {"checkpoint_every": checkpoint_every, "checkpoint_dir": out / "checkpoints"}
     if resume is not None:
@@ -335,7 +336,7 @@ def pretrain(
             **extra,
             **trainer_kwargs(accelerator, devices, strategy, precision),
         )
-        if rank_zero_only.rank != 0:
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning
             return {}  # DDP: the other ranks hold the same weights; rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         model.save(str(out / "model"), overwrite=True)
