@@ -32,7 +32,7 @@ from celltx._cli_quickstart import (
 logger = logging.getLogger("celltx")
 
 #: the sub-commands and the module that defines each (``add_parser`` and ``run``)
-VERBS = {
+_VERBS = {
     "quickstart": _cli_quickstart,
     "embed": _cli_embed,
     "pretrain": _cli_train,
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="celltx", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    parsers = {verb: module.add_parser(sub) for verb, module in VERBS.items()}
+    parsers = {verb: module.add_parser(sub) for verb, module in _VERBS.items()}
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    VERBS[args.command].run(args, parsers[args.command])
+    _VERBS[args.command].run(args, parsers[args.command])
     return 0
 
 
