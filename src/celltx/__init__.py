@@ -2,7 +2,6 @@
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
 
 # The core (data → nn → module → train → model, and io) is imported with the package. The
 # task packages above the model are imported on first use (``celltx.bench``, ``celltx.tl``,
@@ -11,8 +10,6 @@ from typing import TYPE_CHECKING
 from . import data, io, model, module, nn, train
 
 _LAZY = ("bench", "datasets", "pl", "text", "tl")
-if TYPE_CHECKING:  # for type checkers and linters; at run time ``__getattr__`` imports them
-    from . import bench, datasets, pl, text, tl
 
 try:
     __version__ = version("celltx")
