@@ -1,26 +1,26 @@
-"""``celltx pretrain`` and ``celltx finetune``: the Python API's training paths as CLI verbs."""
+"""``celltx pretrain`` and what it shares with ``celltx finetune`` (trainer arguments, the summary)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from celltx._cli_io import (
     Output,
     UsageError,
-    atomic_output,
     check_checkpoint_file,
     check_devices,
     check_h5ad_input,
     check_outputs,
     check_positive,
-    keep_user_fields,
 )
 from celltx.nn import PRESETS
 
@@ -28,9 +28,8 @@ from celltx.nn import PRESETS
 SIZES = PRESETS
 
 
-#: what ``celltx pretrain`` / ``finetune`` write into ``--out``
+#: what ``celltx pretrain`` writes into ``--out``
 PRETRAIN_WRITES = ("model", "scgpt", "history.csv", "summary.json", "checkpoints")
-FINETUNE_WRITES = ("model", "history.csv", "summary.json")
 
 
 class TrainArgsError(UsageError):
@@ -74,19 +73,19 @@ def _read_inputs(paths: Sequence[str | os.PathLike], backed: bool = False):
     """The cells of one or several ``.h5ad`` files (several: concatenated, genes unioned)."""
     import anndata as ad
 
-    paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise TrainArgsError(f"input files do not exist: {missing}.")
-    if backed and len(paths) > 1:
+    if backed and len(files) > 1:
         raise TrainArgsError(
             "--backed streams one .h5ad file from disk; concatenate the files first (e.g. "
             "anndata.experimental.concat_on_disk) or drop --backed."
         )
-    if len(paths) == 1:
-        return ad.read_h5ad(paths[0], backed="r" if backed else None)
-    parts = [ad.read_h5ad(p) for p in paths]
-    for p, a in zip(paths, parts, strict=True):
+    if len(files) == 1:
+        return ad.read_h5ad(files[0], backed="r" if backed else None)
+    parts = [ad.read_h5ad(p) for p in files]
+    for p, a in zip(files, parts, strict=True):
         a.obs["source_file"] = p.name
     return ad.concat(parts, join="outer", fill_value=0, index_unique="-")
 
@@ -150,7 +149,8 @@ def _devices(devices: str) -> int | str:
     return int(devices) if devices.isdigit() else devices
 
 
-def _trainer_kwargs(accelerator: str, devices: str, strategy: str | None, precision: str | None):
+def trainer_kwargs(accelerator: str, devices: str, strategy: str | None, precision: str | None):
+    """Lightning's trainer arguments from the CLI's ``--accelerator`` ... ``--precision``."""
     kw = {"accelerator": accelerator, "devices": _devices(devices)}
     if strategy:
         kw["strategy"] = strategy
@@ -292,7 +292,7 @@ def pretrain(
     settings = {**SIZES[size], "gene_selection": gene_selection, "seed": seed}
     if max_seq_len is not None:
         settings["max_seq_len"] = max_seq_len
-    extra = {}
+    extra: dict[str, Any] = {}
     if checkpoint_every is not None:
         extra = {"checkpoint_every": checkpoint_every, "checkpoint_dir": out / "checkpoints"}
     if resume is not None:
@@ -334,17 +334,18 @@ def pretrain(
             gradient_checkpointing=gradient_checkpointing,
             compile=compile,
             **extra,
-            **_trainer_kwargs(accelerator, devices, strategy, precision),
+            **trainer_kwargs(accelerator, devices, strategy, precision),
         )
-        if rank_zero_only.rank != 0:
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning
             return {}  # DDP: the other ranks hold the same weights; rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         model.save(str(out / "model"), overwrite=True)
         model.export_scgpt(str(out / "scgpt"), overwrite=True)
-    return _finish(model, n_cells, n_genes, out, t0, "pretrain")
+    return finish_training(model, n_cells, n_genes, out, t0, "pretrain")
 
 
-def _finish(model, n_cells: int, n_genes: int, out: Path, t0: float, verb: str) -> dict:
+def finish_training(model, n_cells: int, n_genes: int, out: Path, t0: float, verb: str) -> dict:
+    """Write ``history.csv`` and ``summary.json`` to ``out``, print a summary, return it."""
     import pandas as pd
 
     hist = pd.concat([v for v in model.history.values()], axis=1)
@@ -375,135 +376,51 @@ def _finish(model, n_cells: int, n_genes: int, out: Path, t0: float, verb: str) 
     return summary
 
 
-def finetune(
-    checkpoint: str | os.PathLike,
-    input_path: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    labels_key: str,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    freeze_layers: int = 0,
-    class_weight: str | None = None,
-    layer: str | None = None,
-    batch_key: str | None = None,
-    gene_symbols: str | None = None,
-    predict: str | os.PathLike | None = None,
-    predict_out: str | os.PathLike | None = None,
-    accelerator: str = "auto",
-    devices: str = "auto",
-    strategy: str | None = None,
-    precision: str | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Fine-tune a scGPT-format checkpoint for cell-type annotation.
-
-    Loads ``checkpoint`` (a published scGPT directory, or the ``scgpt/`` folder that
-    ``celltx pretrain`` writes) with :meth:`~celltx.model.ScGPT.load_pretrained` on the
-    labelled cells of ``input_path``, trains ``task="annotation"`` and writes ``model/``,
-    ``history.csv`` and ``summary.json`` to ``out``. With ``predict`` (an ``.h5ad`` of
-    cells to annotate) and ``predict_out``, writes that file with ``obs["celltx_prediction"]``
-    and ``obs["celltx_confidence"]``.
-
-    Parameters
-    ----------
-    checkpoint
-        scGPT-format model directory (``args.json``, ``vocab.json``, weights).
-    input_path
-        Labelled cells (``.h5ad``).
-    out
-        Output folder.
-    labels_key
-        ``obs`` column with the labels (NaN: unlabelled).
-    epochs, batch_size, lr, freeze_layers, class_weight
-        As in :meth:`~celltx.model.ScGPT.train`.
-    layer, batch_key, gene_symbols
-        As in :meth:`~celltx.model.ScGPT.setup_anndata`.
-    predict, predict_out
-        Cells to annotate and where to write them.
-    accelerator, devices, strategy, precision, seed, overwrite, progress
-        As for :func:`pretrain`.
-
-    Returns
-    -------
-    dict
-        What ``summary.json`` holds.
-    """
-    import anndata as ad
-    import numpy as np
-    import scvi
-
-    from celltx.model import ScGPT
-
-    ckpt = Path(checkpoint)
-    if not (ckpt / "args.json").is_file() or not (ckpt / "vocab.json").is_file():
-        hint = (
-            f" ({ckpt / 'scgpt'} is the scGPT-format copy celltx pretrain writes)"
-            if (ckpt / "scgpt" / "args.json").is_file()
-            else ""
-        )
-        raise TrainArgsError(
-            f"checkpoint {ckpt} is not a scGPT-format model directory (args.json, vocab.json, "
-            f"weights){hint}."
-        )
-    src = Path(input_path)
-    if (predict is None) != (predict_out is None):
-        raise TrainArgsError("--predict and --predict-out go together.")
-    if epochs < 1 or batch_size < 1:
-        raise TrainArgsError("--epochs and --batch-size must be >= 1.")
-    check_positive(lr, "--lr", TrainArgsError)
-    check_devices(devices, TrainArgsError)
-    outputs = [Output(out, "--out", kind="dir", writes=FINETUNE_WRITES)]
-    if predict_out is not None:
-        outputs.append(Output(predict_out, "--predict-out", suffixes=(".h5ad",)))
-    reads = [ckpt, src] + ([] if predict is None else [predict])
-    check_outputs(outputs, reads, overwrite, TrainArgsError)
-    out = Path(out)
-    check_h5ad_input(src, "input", TrainArgsError)
-    if predict is not None:
-        check_h5ad_input(predict, "--predict", TrainArgsError)
-    t0 = time.perf_counter()
-    adata = ad.read_h5ad(src)
-    if labels_key not in adata.obs.columns:
-        raise TrainArgsError(
-            f"--labels-key {labels_key!r} is not a column of {src}; its columns: "
-            f"{list(adata.obs.columns)}."
-        )
-    scvi.settings.seed = seed
-    ScGPT.setup_anndata(
-        adata, layer=layer, batch_key=batch_key, labels_key=labels_key, gene_symbols=gene_symbols
-    )
-    model = ScGPT.load_pretrained(ckpt, adata, gene_symbols=gene_symbols, accelerator=accelerator)
-    model.train(
-        max_epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        task="annotation",
-        freeze_layers=freeze_layers,
-        class_weight=class_weight,
-        enable_progress_bar=progress,
-        **_trainer_kwargs(accelerator, devices, strategy, precision),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / "model"), overwrite=True)
-    summary = _finish(model, adata.n_obs, adata.n_vars, out, t0, "finetune")
-    if predict is not None:
-        query = ad.read_h5ad(predict)
-        with keep_user_fields(query):  # the query's obs and uns as they were
-            proba = model.predict(query, soft=True)
-        query.obs["celltx_prediction"] = proba.columns.to_numpy()[proba.to_numpy().argmax(1)]
-        query.obs["celltx_confidence"] = np.asarray(proba.max(axis=1), dtype=np.float32)
-        with atomic_output(predict_out) as partial:  # a failed write keeps an earlier file
-            query.write_h5ad(partial)
-        print(f"Wrote predictions for {query.n_obs} cells to {predict_out}", flush=True)
-    return summary
+def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Lightning and output arguments ``pretrain`` and ``finetune`` share."""
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator")
+    parser.add_argument("--devices", default="auto", help="Lightning devices (e.g. 2)")
+    parser.add_argument("--strategy", default=None, help="Lightning strategy (e.g. ddp)")
+    parser.add_argument("--precision", default=None, help="Lightning precision (bf16-mixed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
-    """Add the ``pretrain`` and ``finetune`` sub-commands to ``sub``."""
+def common_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments ``pretrain`` and ``finetune`` share, from parsed arguments."""
+    return {
+        "accelerator": args.accelerator,
+        "devices": args.devices,
+        "strategy": args.strategy,
+        "precision": args.precision,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "layer": args.layer,
+        "batch_key": args.batch_key,
+        "gene_symbols": args.gene_symbols,
+    }
+
+
+@contextlib.contextmanager
+def report_errors(parser: argparse.ArgumentParser, command: str) -> Iterator[None]:
+    """Bad arguments exit 2 (usage and message), data problems 1; stdout is flushed."""
+    try:
+        yield
+    except TrainArgsError as err:
+        parser.error(str(err))
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"celltx {command}: error: {err}\n")
+    if sys.stdout:
+        sys.stdout.flush()
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``pretrain`` sub-command to ``sub`` (``argparse`` sub-parsers)."""
     p = sub.add_parser(
         "pretrain",
         help="pretrain a ScGPT from scratch on .h5ad files or a SOMA experiment",
@@ -569,90 +486,27 @@ def add_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     p.add_argument(
         "--resume", default=None, metavar="CKPT", help="continue from a .ckpt of --checkpoint-every"
     )
-    f = sub.add_parser(
-        "finetune",
-        help="fine-tune a scGPT-format checkpoint for cell-type annotation",
-        description="Fine-tune a scGPT-format checkpoint (published, or the scgpt/ folder of "
-        "celltx pretrain) for cell-type annotation on labelled cells; optionally annotate "
-        "another .h5ad.",
-    )
-    f.add_argument("checkpoint", metavar="CHECKPOINT", help="scGPT-format model directory")
-    f.add_argument("input", metavar="INPUT", help="labelled cells (.h5ad)")
-    f.add_argument("--out", required=True, help="output folder")
-    f.add_argument("--labels-key", required=True, help="obs column with the labels")
-    f.add_argument("--epochs", type=int, default=10)
-    f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--lr", type=float, default=1e-4)
-    f.add_argument("--freeze-layers", type=int, default=0)
-    f.add_argument("--class-weight", choices=["balanced"], default=None)
-    f.add_argument("--layer", default=None)
-    f.add_argument("--batch-key", default=None)
-    f.add_argument("--gene-symbols", default=None)
-    f.add_argument("--predict", default=None, metavar="QUERY", help=".h5ad to annotate")
-    f.add_argument("--predict-out", default=None, metavar="OUTPUT", help="where to write it")
-    for a in (p, f):
-        a.add_argument("--accelerator", default="auto", help="Lightning accelerator")
-        a.add_argument("--devices", default="auto", help="Lightning devices (e.g. 2)")
-        a.add_argument("--strategy", default=None, help="Lightning strategy (e.g. ddp)")
-        a.add_argument("--precision", default=None, help="Lightning precision (bf16-mixed)")
-        a.add_argument("--seed", type=int, default=0)
-        a.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-        a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return {"pretrain": p, "finetune": f}
+    add_trainer_arguments(p)
+    return p
 
 
-def run(args, parsers: dict) -> None:
-    """Run a ``pretrain`` / ``finetune`` command; bad arguments exit 2, data problems 1."""
-    common = {
-        "accelerator": args.accelerator,
-        "devices": args.devices,
-        "strategy": args.strategy,
-        "precision": args.precision,
-        "seed": args.seed,
-        "overwrite": args.overwrite,
-        "progress": not args.no_progress,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "layer": args.layer,
-        "batch_key": args.batch_key,
-        "gene_symbols": args.gene_symbols,
-    }
-    parser = parsers[args.command]
-    try:
-        if args.command == "pretrain":
-            pretrain(
-                args.inputs,
-                args.out,
-                size=args.size,
-                task=args.task,
-                gene_selection=args.gene_selection,
-                max_seq_len=args.max_seq_len,
-                accumulate_grad_batches=args.accumulate_grad_batches,
-                gradient_checkpointing=args.gradient_checkpointing,
-                compile=args.compile,
-                checkpoint_every=args.checkpoint_every,
-                resume=args.resume,
-                backed=args.backed,
-                measurement=args.measurement,
-                obs_filter=args.obs_filter,
-                **common,
-            )
-        else:
-            finetune(
-                args.checkpoint,
-                args.input,
-                args.out,
-                labels_key=args.labels_key,
-                freeze_layers=args.freeze_layers,
-                class_weight=args.class_weight,
-                predict=args.predict,
-                predict_out=args.predict_out,
-                **common,
-            )
-    except TrainArgsError as err:
-        parser.error(str(err))
-    except (ValueError, OSError) as err:
-        parser.exit(1, f"celltx {args.command}: error: {err}\n")
-    if sys.stdout:
-        sys.stdout.flush()
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Run ``celltx pretrain``; bad arguments exit 2, data problems 1."""
+    with report_errors(parser, "pretrain"):
+        pretrain(
+            args.inputs,
+            args.out,
+            size=args.size,
+            task=args.task,
+            gene_selection=args.gene_selection,
+            max_seq_len=args.max_seq_len,
+            accumulate_grad_batches=args.accumulate_grad_batches,
+            gradient_checkpointing=args.gradient_checkpointing,
+            compile=args.compile,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            backed=args.backed,
+            measurement=args.measurement,
+            obs_filter=args.obs_filter,
+            **common_kwargs(args),
+        )
