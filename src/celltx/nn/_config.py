@@ -210,7 +210,7 @@ class ScGPTConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ScGPTConfig:
-        """The config of a named shape in :data:`~celltx.nn.PRESETS`, with ``overrides``.
+        """The config of a named shape in ``celltx.nn.PRESETS``, with ``overrides``.
 
         Names: ``"tiny"``, ``"small"``, ``"base"``, ``"scgpt_human"``.
 
@@ -254,7 +254,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> dict[str, Any]:
-    """The settings of the named shape in :data:`PRESETS`, with ``overrides`` on top.
+    """The settings of the named shape in ``celltx.nn.PRESETS``, with ``overrides`` on top.
 
     A plain dict (for ``ScGPT(adata, **preset("small"))`` and the benchmarks' ``model``
     recipes); :meth:`ScGPTConfig.preset` builds the config itself.
