@@ -202,8 +202,8 @@ class InferenceMixin:
         x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
         # only the requested cells are read (a caller embedding block by block reads each once)
         expressed = expressed_counts(x, known, rows=rows)
-        L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
-        return sequence_lengths(expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction)
+        L = self.config.max_seq_len if max_seq_len is None else int(max_seq_len)
+        return sequence_lengths(expressed, int(known.sum()), L, self.config.zero_fraction)
 
     def _inputs(self, tensors) -> dict:
         """The module's data inputs of a loader batch (``x``, ``x_atac``), on the model's device."""

@@ -168,15 +168,16 @@ class MultiomeMixin:
             return pred.float()
 
         X = self._run_inference(mdata, rows, batch_size, predict).numpy().astype(np.float32)
-        top = float(self.module.tokenizer.n_bins - 1) if self.module.tokenizer.n_bins else 1.0
-        if target == "atac" and self.module.atac_values == "binary":
+        config = self.config
+        top = float(config.n_bins - 1) if config.n_bins else 1.0
+        if target == "atac" and config.atac_values == "binary":
             X = np.clip(X / top, 0.0, 1.0)
         cols = panel["cols"].cpu().numpy()
         out = AnnData(X=X, obs=mdata.obs.iloc[rows].copy(), var=target_mod.var.iloc[cols].copy())
         out.uns["celltx"] = {
             "predicted_from": "atac" if target == "rna" else "rna",
             "scale": "expression bin (0 … n_bins-1)"
-            if target == "rna" or self.module.atac_values == "binned"
+            if target == "rna" or config.atac_values == "binned"
             else "probability open",
         }
         return out
