@@ -52,17 +52,18 @@ class AnnotationMixin:
         >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
         >>> proba = model.predict(soft=True)  # doctest: +SKIP
         """
-        if not self.module.has_head("cls"):
-            raise ValueError(
+        self._require_head(
+            "cls",
+            (
                 "This model has no classifier: set up the AnnData with labels_key, build or load "
                 "the model, and train(task='annotation')."
-            )
-        if not self.module.head_trained("cls"):
-            raise ValueError(
+            ),
+            (
                 "The classifier head of this model was never trained (it is randomly initialised: "
                 "a new model, generative-only training, or a checkpoint without a classifier for "
                 "these labels). Train it first: model.train(task='annotation', max_epochs=...)."
-            )
+            ),
+        )
         adata = self._validate_anndata(adata)
         cats = np.asarray(self._label_state().categorical_mapping)
         rows = self._cells(adata, indices)

@@ -119,6 +119,16 @@ class DataMixin(InferenceMixin):
         with self.module.gene_panel(self._gene_ids(adata), self._atac_ids(adata)):
             yield
 
+    def _require_head(self, name: str, missing: str, untrained: str) -> None:
+        """Refuse a query of a task head that is not built (``missing``) or never trained.
+
+        ``untrained``: the message when the head was neither trained nor loaded.
+        """
+        if not self.module.has_head(name):
+            raise ValueError(missing)
+        if not self.module.head_trained(name):
+            raise ValueError(untrained)
+
     def _check_datamodule_model(self) -> None:
         """Raise unless this model can take a datamodule's batches (genes only, no batches)."""
         if self.module.multimodal or "rna" not in self.module.modalities:

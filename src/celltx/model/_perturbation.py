@@ -96,17 +96,18 @@ class PerturbationMixin:
 
     def _controls(self, control_adata: AnnData | None, n_cells: int, seed: int, batch_size: int):
         """Expression, batch codes and the AnnData of ``n_cells`` sampled control cells."""
-        if not self.module.has_head("pert"):
-            raise ValueError(
+        self._require_head(
+            "pert",
+            (
                 "This model has no perturbation parts: ScGPT.setup_anndata(adata, "
                 "perturbation_key='condition'), build the model, train(task='perturbation')."
-            )
-        if not self.module.head_trained("pert"):
-            raise ValueError(
+            ),
+            (
                 "The perturbation-response head of this model was never trained (its predictions "
                 "would be the control cells unchanged). Train it first: "
                 "model.train(task='perturbation', max_epochs=...)."
-            )
+            ),
+        )
         if control_adata is None:
             adata = self.adata
             pool = np.flatnonzero(self._control_mask(adata))

@@ -173,17 +173,18 @@ class ZeroShotMixin:
         )
 
     def _require_text_head(self) -> None:
-        if not self.module.has_head("text"):
-            raise ValueError(
+        self._require_head(
+            "text",
+            (
                 "This model has no cell–text head: set up labels (labels_key), then "
                 "model.train(task='cell_text', ...) before zero-shot annotation."
-            )
-        if not self.module.head_trained("text"):
-            raise ValueError(
+            ),
+            (
                 "The cell–text head of this model was never trained (set_label_texts builds it "
                 "randomly initialised): its answers would be random. Train it first: "
                 "model.train(task='cell_text', max_epochs=...)."
-            )
+            ),
+        )
 
     @torch.inference_mode()
     def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
