@@ -52,33 +52,24 @@ class AnnotationMixin:
         >>> adata.obs["predicted"] = model.predict()  # doctest: +SKIP
         >>> proba = model.predict(soft=True)  # doctest: +SKIP
         """
-        if not self.module.has_head("cls"):
-            raise ValueError(
+        self._require_head(
+            "cls",
+            (
                 "This model has no classifier: set up the AnnData with labels_key, build or load "
                 "the model, and train(task='annotation')."
-            )
-        if not bool(self.module.cls_trained):
-            raise ValueError(
+            ),
+            (
                 "The classifier head of this model was never trained (it is randomly initialised: "
                 "a new model, generative-only training, or a checkpoint without a classifier for "
                 "these labels). Train it first: model.train(task='annotation', max_epochs=...)."
-            )
+            ),
+        )
         adata = self._validate_anndata(adata)
         cats = np.asarray(self._label_state().categorical_mapping)
         rows = self._cells(adata, indices)
-        loader, _ = self._query_loader(adata, rows, batch_size)
-        self.module.eval()
-        chunks = []
-        with self._panel(adata), self._autocast():
-            for tensors in loader:
-                chunks.append(
-                    self.module.classify(
-                        batch=self._batch_codes(tensors),
-                        max_seq_len=max_seq_len,
-                        **self._inputs(tensors),
-                    ).cpu()
-                )
-        proba = torch.cat(chunks).numpy()
+        proba = self._run_inference(
+            adata, rows, batch_size, lambda b: self.module.classify(**b, max_seq_len=max_seq_len)
+        ).numpy()
         if soft:
             return pd.DataFrame(
                 proba, index=adata.obs_names[rows], columns=pd.Index(cats.astype(str), name="label")

@@ -1,4 +1,7 @@
-"""Shared plumbing of the task mixins: registry look-ups, gene panels, loader inputs, autocast."""
+"""Shared plumbing of the task mixins: registry look-ups and gene panels.
+
+The loader, precision and inference loop live in ``_inference.py`` (``InferenceMixin``).
+"""
 
 from __future__ import annotations
 
@@ -6,38 +9,27 @@ import logging
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi import settings as scvi_settings
 
 from celltx.data import (
-    DEFAULT_BATCH_TOKENS,
     GeneMatch,
     GeneVocab,
-    RowsInOrder,
-    TokenBudgetSampler,
     check_expression,
-    expressed_counts,
     gene_names,
     match_genes,
-    sequence_lengths,
-    token_budget_batches,
 )
 from celltx.module import ATAC_KEY
 
 from ._datamodule import check_datamodule_config, datamodule_panel
-from ._validation import check_batch_size, check_indices, check_modality_order
+from ._inference import InferenceMixin
+from ._validation import check_modality_order
 
 logger = logging.getLogger(__name__)
 
 
-#: values of :attr:`DataMixin.inference_precision`
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class DataMixin:
-    """Shared plumbing of the task mixins: registry look-ups, gene panels, loader inputs, autocast."""
+class DataMixin(InferenceMixin):
+    """Shared plumbing of the task mixins: registry look-ups, gene panels, the inference loop."""
 
     def _setup_args(self, adata: AnnData) -> dict:
         if adata is None and self.adata is None:
@@ -73,87 +65,6 @@ class DataMixin:
         """Vocabulary id of each gene of ``adata`` (-1 if absent); raises if too few match."""
         match = self._match(adata)
         return None if match is None else match.ids
-
-    def _cells(self, adata, indices) -> np.ndarray:
-        """The cells a query reads: ``indices`` checked (:func:`check_indices`), all if ``None``.
-
-        The one check of ``indices`` behind every inference method: integer positions in any
-        order, repeats allowed, negative from the end; or a boolean mask over all cells.
-        """
-        rows = check_indices(indices, adata.n_obs)
-        return np.arange(adata.n_obs) if rows is None else rows
-
-    def _query_loader(self, adata, indices, batch_size, batch_tokens=None, max_seq_len=None):
-        """A loader over ``indices`` of ``adata`` and the order its cells come in.
-
-        ``indices`` and ``batch_size`` are checked (:meth:`_cells`, :func:`check_batch_size`).
-        Each batch holds exactly the cells it names, in that order, also from disk-backed
-        data (:class:`celltx.data.RowsInOrder`; scvi-tools' own loader returns a backed
-        batch's rows sorted).
-
-        ``batch_tokens="auto"``: :data:`celltx.data.DEFAULT_BATCH_TOKENS` for RNA models,
-        ``None`` otherwise. Without ``batch_tokens``: ``batch_size`` cells at a time, in the
-        order of ``indices`` (the order is ``None``). With it: cells sorted by sequence length
-        and grouped into batches of at most ``batch_tokens`` padded tokens
-        (:func:`celltx.data.token_budget_batches`); the order says which position of
-        ``indices`` each output row belongs to (:meth:`_restore_order`).
-        """
-        rows = self._cells(adata, indices)
-        batch_size = check_batch_size(batch_size)
-        rna_only = not self.module.multimodal and "rna" in self.module.modalities
-        if isinstance(batch_tokens, str):
-            if batch_tokens != "auto":
-                raise ValueError(
-                    f"batch_tokens={batch_tokens!r}; use 'auto', an integer >= 2 or None."
-                )
-            batch_tokens = DEFAULT_BATCH_TOKENS if rna_only else None
-        order = None
-        if batch_tokens is None:
-            step = scvi_settings.batch_size if batch_size is None else batch_size
-            batches = [np.arange(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
-        else:
-            if (
-                isinstance(batch_tokens, bool)
-                or int(batch_tokens) != batch_tokens
-                or batch_tokens < 2
-            ):
-                raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
-            if not rna_only:
-                raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
-            lengths = self._sequence_lengths(adata, None if indices is None else rows, max_seq_len)
-            batches = token_budget_batches(lengths, int(batch_tokens), max_cells=batch_size)
-            # a batch's cells in data order: read as they lie (no reordering copy)
-            batches = [b[np.argsort(rows[b], kind="stable")] for b in batches]
-            order = np.concatenate(batches)
-        dataset = RowsInOrder(self.get_anndata_manager(adata).create_torch_dataset(), rows)
-        # each sampler item is a whole batch (positions into rows); batch_size=None passes it
-        # to the dataset as it is
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            sampler=TokenBudgetSampler(batches),
-            batch_size=None,
-            num_workers=scvi_settings.dl_num_workers,
-            persistent_workers=scvi_settings.dl_persistent_workers,
-        )
-        return loader, order
-
-    def _sequence_lengths(self, adata, rows=None, max_seq_len=None) -> np.ndarray:
-        """Tokens of each cell (``rows``: only these) under the tokenizer's rules."""
-        known = self._gene_ids(adata) >= 0
-        x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
-        # only the requested cells are read (a caller embedding block by block reads each once)
-        expressed = expressed_counts(x, known, rows=rows)
-        L = self.module.tokenizer.max_seq_len if max_seq_len is None else int(max_seq_len)
-        return sequence_lengths(expressed, int(known.sum()), L, self.module.tokenizer.zero_fraction)
-
-    @staticmethod
-    def _restore_order(rows: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-        """Rows of a :meth:`_query_loader` pass back in the order of its ``indices``."""
-        if order is None:
-            return rows
-        out = np.empty_like(rows)
-        out[order] = rows
-        return out
 
     def _atac_ids(self, adata, vocab: GeneVocab | None = None) -> np.ndarray | None:
         """Vocabulary id of each peak of ``adata`` (its ATAC modality; -1 if absent)."""
@@ -208,6 +119,16 @@ class DataMixin:
         with self.module.gene_panel(self._gene_ids(adata), self._atac_ids(adata)):
             yield
 
+    def _require_head(self, name: str, missing: str, untrained: str) -> None:
+        """Refuse a query of a task head that is not built (``missing``) or never trained.
+
+        ``untrained``: the message when the head was neither trained nor loaded.
+        """
+        if not self.module.has_head(name):
+            raise ValueError(missing)
+        if not self.module.head_trained(name):
+            raise ValueError(untrained)
+
     def _check_datamodule_model(self) -> None:
         """Raise unless this model can take a datamodule's batches (genes only, no batches)."""
         if self.module.multimodal or "rna" not in self.module.modalities:
@@ -245,48 +166,6 @@ class DataMixin:
         if not isinstance(value, str) or not value:
             raise ValueError(f"gene_column={value!r} must be the name of a var column.")
         self.__dict__["gene_column_"] = value
-
-    def _inputs(self, tensors) -> dict:
-        """The module's data inputs of a loader batch (``x``, ``x_atac``), on the model's device."""
-        out = {"x": None, "x_atac": None}
-        if REGISTRY_KEYS.X_KEY in tensors:
-            out["x"] = tensors[REGISTRY_KEYS.X_KEY].to(self.device)
-        if ATAC_KEY in tensors:
-            out["x_atac"] = tensors[ATAC_KEY].to(self.device)
-        return out
-
-    @property
-    def inference_precision(self) -> str:
-        """Numeric precision of embeddings, predictions and the other queries.
-
-        ``"auto"`` (default): bf16 autocast on a GPU that supports it, float32 elsewhere;
-        ``"bf16"``: bf16 autocast on any device (CPUs with AVX-512 BF16 or AMX run it
-        faster; ``benchmarks/inference_precision.py`` measures speed and the deviation from
-        float32); ``"fp32"``: float32 everywhere. Outputs are float32 in every case. Training
-        precision is Lightning's ``precision`` argument of :meth:`train`.
-
-        Examples
-        --------
-        >>> model.inference_precision = "bf16"  # doctest: +SKIP
-        >>> emb = model.get_latent_representation()  # doctest: +SKIP
-        """
-        return self.__dict__.get("_inference_precision", "auto")
-
-    @inference_precision.setter
-    def inference_precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"inference_precision={value!r}; use one of {list(PRECISIONS)}.")
-        self.__dict__["_inference_precision"] = value
-
-    def _autocast(self):
-        p, dev = self.inference_precision, self.device.type
-        if p == "bf16" or (p == "auto" and dev == "cuda" and torch.cuda.is_bf16_supported()):
-            return torch.autocast(dev, dtype=torch.bfloat16)
-        return torch.autocast(dev, enabled=False)
-
-    def _batch_codes(self, tensors) -> torch.Tensor | None:
-        b = tensors.get(REGISTRY_KEYS.BATCH_KEY)
-        return None if b is None else b.reshape(-1).long().to(self.device)
 
     def _summary(self, config, match, rna, atac_ids, n_labels, conditions) -> str:
         n_params = sum(p.numel() for p in self.module.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from contextlib import closing
 
 import numpy as np
 import pandas as pd
@@ -11,9 +12,6 @@ import torch
 from anndata import AnnData
 from lightning.pytorch import LightningDataModule
 
-from celltx.data import trim_heap
-
-from ._datamodule import inference_loader
 from ._docs import doc_params
 
 #: batches between two returns of the C heap's free pages to the system (``trim_heap``)
@@ -106,28 +104,19 @@ class EmbeddingMixin:
                 raise ValueError(
                     "Pass datamodule alone: its query selects the cells (not adata or indices)."
                 )
-            panel = self._datamodule_panel(datamodule)
-            loader, order = inference_loader(datamodule, batch_size or 64), None
         else:
             adata = self._validate_anndata(adata)
-            panel = self._panel(adata)
-            loader, order = self._query_loader(
-                adata, indices, batch_size, batch_tokens, max_seq_len
-            )
-        self.module.eval()
-        chunks, n_empty = [], 0
-        with panel, self._autocast():
-            for i, tensors in enumerate(loader):
-                if i % TRIM_EVERY == TRIM_EVERY - 1:
-                    trim_heap()  # freed batches leave the resident set (long runs)
-                emb, n_genes = self.module.cell_embedding(
-                    **self._inputs(tensors),
-                    max_seq_len=max_seq_len,
-                    batch=None if datamodule is not None else self._batch_codes(tensors),
-                    pooling=pooling,
-                )
-                n_empty += int((n_genes == 0).sum())
-                chunks.append(emb.cpu())
+        emb, n_genes = self._run_inference(
+            adata,
+            indices,
+            batch_size,
+            lambda b: self.module.cell_embedding(**b, max_seq_len=max_seq_len, pooling=pooling),
+            batch_tokens=batch_tokens,
+            max_seq_len=max_seq_len,
+            datamodule=datamodule,
+            trim_every=TRIM_EVERY,
+        )
+        n_empty = int((n_genes == 0).sum())
         if n_empty:
             warnings.warn(
                 f"{n_empty} cells have no expressed gene of the vocabulary; their embedding is "
@@ -136,11 +125,8 @@ class EmbeddingMixin:
                 UserWarning,
                 stacklevel=2,
             )
-        emb = self._restore_order(torch.cat(chunks).numpy().astype(np.float32), order)
-        # after contrastive training: the training cells' mean output (a constant offset)
-        if pooling in ("cls", "concat"):  # the offset is that of the <cls> output
-            d = self.module.cell_offset.shape[0]
-            emb[:, :d] -= self.module.cell_offset.float().cpu().numpy()
+        # after contrastive training: the training cells' mean <cls> output (a constant offset)
+        emb = self.module.remove_cell_offset(emb, pooling).numpy().astype(np.float32)
         if normalize:
             emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb
@@ -195,26 +181,26 @@ class EmbeddingMixin:
             reference_indices = getattr(self, "train_indices", None)
             if reference_indices is None:
                 reference_indices = np.arange(adata.n_obs)
-        self.module.eval()
-        device = self.device
-        sq = {"gep": 0.0, "mvc": 0.0, "mean": 0.0}
-        heldout = []
-        gen = torch.Generator(device=device).manual_seed(seed)
-        with self._panel(adata), self._autocast():
-            ref, _ = self._query_loader(adata, reference_indices, batch_size)
-            gene_mean = self.module.mean_token_values(self._inputs(t) for t in ref)
-            for tensors in self._query_loader(adata, indices, batch_size)[0]:
-                inputs = self._inputs(tensors)
-                errors = self.module.heldout_squared_errors(
-                    inputs["x"], gen, gene_mean, self._batch_codes(tensors), x_atac=inputs["x_atac"]
-                )
-                for key in sq:
-                    sq[key] += errors[key]
-                heldout.append(errors["n"])
-        n = max(sum(heldout), 1)
+        sq = {"gep": 0.0, "mvc": 0.0, "mean": 0.0, "n": 0}
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        ref, _ = self._inference_batches(adata, reference_indices, batch_size)
+        with closing(ref):
+            gene_mean = self.module.mean_token_values(
+                {"x": b["x"], "x_atac": b["x_atac"]} for b in ref
+            )
+
+        def add_errors(b):
+            errors = self.module.heldout_squared_errors(
+                b["x"], gen, gene_mean, b["batch"], x_atac=b["x_atac"]
+            )
+            for key in sq:
+                sq[key] += errors[key]
+
+        self._run_inference(adata, indices, batch_size, add_errors)
+        n = max(sq["n"], 1)
         return {
             "gep_mse": sq["gep"] / n,
             "mvc_mse": sq["mvc"] / n,
             "gene_mean_mse": sq["mean"] / n,
-            "n_tokens": int(sum(heldout)),
+            "n_tokens": int(sq["n"]),
         }

@@ -68,21 +68,14 @@ class ImputationMixin:
         symbols = self._setup_args(adata).get("gene_symbols")
         var_names = adata.var_names if not symbols else pd.Index(adata.var[symbols].astype(str))
         rows = self._cells(adata, indices)
-        loader, _ = self._query_loader(adata, rows, batch_size)
-        self.module.eval()
-        chunks, cols = [], None
-        with self._panel(adata), self._autocast():
-            for tensors in loader:
-                inp = self._inputs(tensors)
-                pred, cols = self.module.impute(
-                    inp["x"],
-                    self._batch_codes(tensors),
-                    chunk_size=chunk_size,
-                    x_atac=inp["x_atac"],
-                )
-                chunks.append(pred.float().cpu())
-        X = torch.cat(chunks).numpy().astype(np.float32)
-        cols = cols.cpu().numpy()
+        panel = {}
+
+        def impute(b):
+            pred, panel["cols"] = self.module.impute(**b, chunk_size=chunk_size)
+            return pred.float()
+
+        X = self._run_inference(adata, rows, batch_size, impute).numpy().astype(np.float32)
+        cols = panel["cols"].cpu().numpy()
         genes = pd.Index(np.asarray(var_names)[cols].astype(str), name="gene")
         if gene_list is not None:
             wanted = [str(g) for g in gene_list]

@@ -157,32 +157,27 @@ class MultiomeMixin:
         key = REGISTRY_KEYS.X_KEY if target == "rna" else ATAC_KEY
         target_mod = self._modality(mdata, key)
         rows = self._cells(mdata, indices)
-        loader, _ = self._query_loader(mdata, rows, batch_size)
-        self.module.eval()
-        chunks, cols = [], None
-        with self._panel(mdata), self._autocast():
-            for tensors in loader:
-                inp = self._inputs(tensors)
-                pred, cols = self.module.predict_modality(
-                    inp["x"],
-                    inp["x_atac"],
-                    target,
-                    batch=self._batch_codes(tensors),
-                    chunk_size=chunk_size,
-                )
-                source = inp["x_atac"] if target == "rna" else inp["x"]
-                pred[~(source > 0).any(1)] = float("nan")
-                chunks.append(pred.float().cpu())
-        X = torch.cat(chunks).numpy().astype(np.float32)
-        top = float(self.module.tokenizer.n_bins - 1) if self.module.tokenizer.n_bins else 1.0
-        if target == "atac" and self.module.atac_values == "binary":
+        panel = {}
+
+        def predict(b):
+            pred, panel["cols"] = self.module.predict_modality(
+                target=target, chunk_size=chunk_size, **b
+            )
+            source = b["x_atac"] if target == "rna" else b["x"]
+            pred[~(source > 0).any(1)] = float("nan")
+            return pred.float()
+
+        X = self._run_inference(mdata, rows, batch_size, predict).numpy().astype(np.float32)
+        config = self.config
+        top = float(config.n_bins - 1) if config.n_bins else 1.0
+        if target == "atac" and config.atac_values == "binary":
             X = np.clip(X / top, 0.0, 1.0)
-        cols = cols.cpu().numpy()
+        cols = panel["cols"].cpu().numpy()
         out = AnnData(X=X, obs=mdata.obs.iloc[rows].copy(), var=target_mod.var.iloc[cols].copy())
         out.uns["celltx"] = {
             "predicted_from": "atac" if target == "rna" else "rna",
             "scale": "expression bin (0 … n_bins-1)"
-            if target == "rna" or self.module.atac_values == "binned"
+            if target == "rna" or config.atac_values == "binned"
             else "probability open",
         }
         return out

@@ -96,17 +96,18 @@ class PerturbationMixin:
 
     def _controls(self, control_adata: AnnData | None, n_cells: int, seed: int, batch_size: int):
         """Expression, batch codes and the AnnData of ``n_cells`` sampled control cells."""
-        if self.module.pert_decoder is None:
-            raise ValueError(
+        self._require_head(
+            "pert",
+            (
                 "This model has no perturbation parts: ScGPT.setup_anndata(adata, "
                 "perturbation_key='condition'), build the model, train(task='perturbation')."
-            )
-        if not bool(self.module.pert_trained):
-            raise ValueError(
+            ),
+            (
                 "The perturbation-response head of this model was never trained (its predictions "
                 "would be the control cells unchanged). Train it first: "
                 "model.train(task='perturbation', max_epochs=...)."
-            )
+            ),
+        )
         if control_adata is None:
             adata = self.adata
             pool = np.flatnonzero(self._control_mask(adata))
@@ -130,17 +131,16 @@ class PerturbationMixin:
             raise ValueError(f"n_cells={n_cells} must be >= 1.")
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(pool, size=min(n_cells, len(pool)), replace=False))
-        loader = self._make_data_loader(adata=adata, indices=pick, batch_size=batch_size)
-        xs, bs = [], []
-        for tensors in loader:
-            xs.append(tensors[REGISTRY_KEYS.X_KEY].float())
-            b = self._batch_codes(tensors)
-            bs.append(
-                torch.zeros(len(xs[-1]), dtype=torch.long)
-                if b is None
-                else b.reshape(-1).long().cpu()
-            )
-        return torch.cat(xs), torch.cat(bs), adata, pick
+        x, batch = self._run_inference(
+            adata,
+            pick,
+            batch_size,
+            lambda b: (
+                b["x"].float(),
+                torch.zeros(len(b["x"]), dtype=torch.long) if b["batch"] is None else b["batch"],
+            ),
+        )
+        return x, batch, adata, pick
 
     @torch.inference_mode()
     def _perturb_all(self, conditions, control_adata, n_cells, seed, batch_size):
@@ -154,8 +154,7 @@ class PerturbationMixin:
         names = [condition_name(self._parse(c), control_value=ctrl_value) for c in conditions]
         ids = torch.as_tensor(self._condition_gene_ids(names))
         x, batch, adata, pick = self._controls(control_adata, n_cells, seed, batch_size)
-        self.module.eval()
-        with self._panel(adata), self._autocast():
+        with self._inference_context(self._panel(adata)):
             pred, cols = self.module.perturb_conditions(
                 x.to(self.device), ids.to(self.device), batch.to(self.device), batch_size
             )

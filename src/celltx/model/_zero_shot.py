@@ -173,17 +173,18 @@ class ZeroShotMixin:
         )
 
     def _require_text_head(self) -> None:
-        if not self.module.has_head("text"):
-            raise ValueError(
+        self._require_head(
+            "text",
+            (
                 "This model has no cell–text head: set up labels (labels_key), then "
                 "model.train(task='cell_text', ...) before zero-shot annotation."
-            )
-        if not bool(self.module.text_trained):
-            raise ValueError(
+            ),
+            (
                 "The cell–text head of this model was never trained (set_label_texts builds it "
                 "randomly initialised): its answers would be random. Train it first: "
                 "model.train(task='cell_text', max_epochs=...)."
-            )
+            ),
+        )
 
     @torch.inference_mode()
     def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
@@ -200,9 +201,8 @@ class ZeroShotMixin:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a list of strings.")
         names = list(texts)
-        head = self.module.text_head
         raw = torch.as_tensor(self._text_encoder().encode(names), device=self.device)
-        return head.text(raw).cpu().numpy()
+        return self.module.text_embedding(raw).cpu().numpy()
 
     # --- zero-shot annotation -------------------------------------------------------------
     @doc_params
@@ -298,22 +298,16 @@ class ZeroShotMixin:
                     f"({list(adata.obsm)}); compute it first (e.g. sc.pp.pca for 'X_pca')."
                 )
             rep = np.asarray(adata.obsm[smooth_use_rep])[rows]
-        loader, _ = self._query_loader(adata, indices, batch_size)
-        self.module.eval()
-        chunks, cells = [], []
-        with self._panel(adata), self._autocast():
-            for tensors in loader:
-                cell = self.module.cell_text_embedding(
-                    batch=self._batch_codes(tensors),
-                    max_seq_len=max_seq_len,
-                    **self._inputs(tensors),
-                )
-                chunks.append((cell.float() @ text_vec.T).cpu())
-                if smooth_neighbors is not None and rep is None:
-                    cells.append(cell.float().cpu())
-        sim = torch.cat(chunks).numpy()
+        keep_cells = smooth_neighbors is not None and rep is None
+
+        def similarity(b):
+            cell = self.module.cell_text_embedding(**b, max_seq_len=max_seq_len).float()
+            return cell @ text_vec.T, cell if keep_cells else None
+
+        sim, cells = self._run_inference(adata, rows, batch_size, similarity)
+        sim = sim.numpy()
         if smooth_neighbors is not None:
-            rep = torch.cat(cells).numpy() if rep is None else rep
+            rep = cells.numpy() if rep is None else rep
             sim = _neighbour_mean(sim, rep, smooth_neighbors)
         chosen = np.asarray(names, dtype=object)[sim.argmax(1)]
         if indices is None:

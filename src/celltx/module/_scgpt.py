@@ -545,6 +545,32 @@ class ScGPTModule(
     def sample(self, *args, **kwargs):
         raise NotImplementedError("ScGPTModule is not a generative count model; use generative().")
 
+    # --- what the model's queries ask (no submodule or buffer named outside) -----------
+    def head_trained(self, name: str) -> bool:
+        """Whether the head of a task was trained or loaded (``"cls"``, ``"pert"``, ``"text"``).
+
+        A head that :meth:`has_head` but never trained is randomly initialised.
+        """
+        flags = {"cls": self.cls_trained, "pert": self.pert_trained, "text": self.text_trained}
+        return bool(flags[name])
+
+    def remove_cell_offset(self, emb: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+        """Cell embeddings ``emb`` less the training cells' mean ``<cls>`` output (in place).
+
+        Contrastive training records that constant offset (zero otherwise). It is that of the
+        ``<cls>`` columns: ``pooling`` ``"cls"`` and ``"concat"``; other poolings unchanged.
+        """
+        if pooling in ("cls", "concat"):
+            d = self.cell_offset.shape[0]
+            emb[:, :d] -= self.cell_offset.float().to(emb.device)
+        return emb
+
+    def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Text-encoder embeddings ``(n, d_text)`` as unit vectors in the cell–text space."""
+        if self.text_head is None:
+            raise ValueError("This model has no cell–text head: train(task='cell_text') first.")
+        return self.text_head.text(text_emb)
+
 
 def _weight_property(part: str) -> property:
     return property(
