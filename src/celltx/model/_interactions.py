@@ -106,26 +106,25 @@ class InteractionMixin:
         if batch_size is None:
             per_cell = self.config.n_heads * (k + 1) ** 2  # attention entries per cell
             batch_size = int(max(1, min(128, _ATTENTION_ELEMENTS // per_cell)))
-        loader, _ = self._query_loader(adata, rows, batch_size)
         sums = torch.zeros(n_groups, k, k, dtype=torch.float64)
         counts = torch.zeros(n_groups, k, k, dtype=torch.float64)
         cols = torch.as_tensor(columns, device=self.device)
-        self.module.eval()
         start = 0
-        with self._panel(adata), self._autocast():
-            for tensors in loader:
-                x = self._inputs(tensors)["x"]
-                code = codes[start : start + x.shape[0]]
-                start += x.shape[0]
-                attn, present = self.module.gene_attention(
-                    x, cols, self._batch_codes(tensors), layer=layer, include_zeros=include_zeros
-                )
-                keep = code >= 0
-                if not keep.any():
-                    continue
+
+        def accumulate(inputs):  # per-group sums of the batch's attention, in place
+            nonlocal start
+            code = codes[start : start + inputs["x"].shape[0]]
+            start += inputs["x"].shape[0]
+            attn, present = self.module.gene_attention(
+                inputs["x"], cols, inputs["batch"], layer=layer, include_zeros=include_zeros
+            )
+            keep = code >= 0
+            if keep.any():
                 pair = (present[:, :, None] & present[:, None, :]).cpu()[keep]
                 sums.index_add_(0, code[keep], attn.double().cpu()[keep] * pair)
                 counts.index_add_(0, code[keep], pair.double())
+
+        self._run_inference(adata, rows, batch_size, accumulate)
         index = pd.Index(names, name="source")
         n_cells = np.bincount(labels.codes[labels.codes >= 0], minlength=n_groups)
         out = {}
