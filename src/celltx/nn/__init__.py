@@ -1,26 +1,29 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
-from ._config import PRESETS, ScGPTConfig, preset
-from ._layers import (
-    PERT_PAD,
-    AdversarialDiscriminator,
-    BatchLabelEncoder,
-    CategoryValueEncoder,
-    CellTextHead,
-    ClsDecoder,
-    ContinuousValueEncoder,
-    DomainSpecificBatchNorm,
-    ExprDecoder,
-    GeneEncoder,
-    MVCDecoder,
-    ScGPTTransformer,
+from ._attention import (
     SelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
     generative_attn_mask,
-    grad_reverse,
     padding_attn_mask,
 )
+from ._config import PRESETS, ScGPTConfig, preset
+from ._encoders import (
+    BatchLabelEncoder,
+    CategoryValueEncoder,
+    ContinuousValueEncoder,
+    DomainSpecificBatchNorm,
+    GeneEncoder,
+)
+from ._heads import (
+    AdversarialDiscriminator,
+    CellTextHead,
+    ClsDecoder,
+    ExprDecoder,
+    MVCDecoder,
+    grad_reverse,
+)
+from ._transformer import PERT_PAD, ScGPTTransformer
 
 __all__ = [
     "ScGPTConfig",
