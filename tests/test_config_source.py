@@ -66,8 +66,7 @@ def _building_blocks():
     for name in cnn.__all__:
         obj = getattr(cnn, name)
         if (inspect.isclass(obj) and issubclass(obj, nn.Module)) or inspect.isfunction(obj):
-            if obj is not cnn.preset:  # the preset table's accessor, not a building block
-                out.append(obj)
+            out.append(obj)
     return out
 
 
@@ -207,6 +206,8 @@ def test_a_config_and_keyword_settings_together_are_refused():
         ScGPTTransformer(ScGPTConfig.preset("tiny"), n_tokens=10, d_model=32)
     with pytest.raises(ValueError, match="needs n_tokens"):
         ScGPTTransformer(ScGPTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="first argument is a ScGPTConfig"):
+        ScGPTTransformer({"d_model": 16}, n_tokens=10)
 
 
 def test_the_checkpoint_writer_writes_the_configs_values():

@@ -196,6 +196,11 @@ class ScGPTTransformer(nn.Module):
     @staticmethod
     def _from_keywords(first, args, kwargs, data):
         """Config, data sizes and ``do_mvc`` of the deprecated keyword form."""
+        if first is not None and (isinstance(first, bool) or not isinstance(first, int)):
+            raise ValueError(
+                f"ScGPTTransformer's first argument is a ScGPTConfig, not {type(first).__name__}"
+                ": ScGPTTransformer(ScGPTConfig.preset('small'), n_tokens=..., pad_id=...)."
+            )
         given = {} if first is None else {"n_tokens": first}
         if len(args) > len(_LEGACY_ORDER) - 1:
             raise TypeError(f"ScGPTTransformer takes at most {len(_LEGACY_ORDER)} settings.")
