@@ -7,7 +7,8 @@ from ._attention import (
     generative_attn_mask,
     padding_attn_mask,
 )
-from ._config import PRESETS, ScGPTConfig, preset
+from ._config import PRESETS as _PRESETS
+from ._config import ScGPTConfig, preset
 from ._encoders import (
     BatchLabelEncoder,
     CategoryValueEncoder,
@@ -24,6 +25,13 @@ from ._heads import (
     grad_reverse,
 )
 from ._transformer import PERT_PAD, ScGPTTransformer
+
+#: Named model shapes, ``{name: ScGPTConfig settings}``: ``"tiny"`` (tests and smoke runs),
+#: ``"small"`` (CPU recipes on thousands of cells), ``"base"`` (:class:`ScGPTConfig`'s own
+#: default shape) and ``"scgpt_human"`` (the published scGPT_human checkpoint's). The one
+#: table the CLI, benchmarks, tests, tutorials and docs build models from: :func:`preset`,
+#: :meth:`ScGPTConfig.preset`.
+PRESETS = _PRESETS
 
 __all__ = [
     "ScGPTConfig",
