@@ -52,12 +52,13 @@ def train(args) -> None:
     torch.manual_seed(args.seed)  # same initial weights in every process and run
     model = celltx.model.ScGPT(
         adata,
-        d_model=args.d_model,
-        n_layers=2,
-        n_heads=4,
-        max_seq_len=args.max_seq_len,
-        dropout=0.0,
-        gene_selection="rank",  # deterministic tokens and bins: no random numbers in a step
+        **celltx.nn.preset(
+            "small",
+            d_model=args.d_model,
+            max_seq_len=args.max_seq_len,
+            dropout=0.0,
+            gene_selection="rank",  # deterministic tokens and bins: no random numbers in a step
+        ),
     )
     kwargs = {}
     if args.devices > 1:

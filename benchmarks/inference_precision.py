@@ -32,10 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 import celltx
 from celltx.model import ScGPT
 
-SIZES = {
-    "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 256},
-    "scgpt_human": {"d_model": 512, "n_layers": 12, "n_heads": 8, "max_seq_len": 1200},
-}
+SIZES = {name: celltx.nn.preset(name) for name in ("small", "scgpt_human")}
 
 
 def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 15) -> float:

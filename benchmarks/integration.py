@@ -146,13 +146,9 @@ def main(argv=None) -> None:
     sc.pp.highly_variable_genes(
         adata, n_top_genes=2000, flavor="seurat_v3", batch_key=a.batch, subset=True
     )
-    kw = {
-        "d_model": a.d_model,
-        "n_layers": a.layers,
-        "n_heads": 4,
-        "max_seq_len": a.max_seq_len,
-        "dropout": 0.1,
-    }
+    kw = celltx.nn.preset(
+        "small", d_model=a.d_model, n_layers=a.layers, max_seq_len=a.max_seq_len, dropout=0.1
+    )
     emb, timing = {}, {}
     if "recipe" in a.models:
         t0 = time.perf_counter()

@@ -46,10 +46,16 @@ import torch
 import celltx
 from celltx.data import GeneVocab
 from celltx.io import read_scgpt_dir, read_weights, to_scgpt
-from celltx.nn import ClsDecoder, ScGPTTransformer
+from celltx.nn import ClsDecoder, ScGPTConfig, ScGPTTransformer
 
 N_TOKENS = 60_697
-SHAPE = {"embsize": 512, "nheads": 8, "nlayers": 12, "d_hid": 512}
+HUMAN = ScGPTConfig.preset("scgpt_human")
+SHAPE = {
+    "embsize": HUMAN.d_model,
+    "nheads": HUMAN.n_heads,
+    "nlayers": HUMAN.n_layers,
+    "d_hid": HUMAN.d_hid_resolved,
+}
 
 
 def write_human_sized_checkpoint(
@@ -66,24 +72,27 @@ def write_human_sized_checkpoint(
     GeneVocab.from_genes(genes).save(out / "vocab.json")
     args = {
         **SHAPE,
-        "dropout": 0.2,
-        "n_layers_cls": 3,
-        "n_bins": 51,
+        "dropout": HUMAN.dropout,
+        "n_layers_cls": HUMAN.n_layers_cls,
+        "n_bins": HUMAN.n_bins,
         "pad_token": "<pad>",
-        "pad_value": -2,
+        "pad_value": HUMAN.pad_value,
         "mask_value": -1,
-        "input_emb_style": "continuous",
+        "input_emb_style": HUMAN.input_emb_style,
         "cell_emb_style": "cls",
-        "max_seq_len": 1200,
-        "mask_ratio": [0.25, 0.5, 0.75],
+        "max_seq_len": HUMAN.max_seq_len,
+        "mask_ratio": list(HUMAN.mask_ratio),
     }
     (out / "args.json").write_text(json.dumps(args))
     torch.manual_seed(0)
-    net = ScGPTTransformer(
-        N_TOKENS, d_model=512, n_heads=8, d_hid=512, n_layers=12, pad_id=N_TOKENS - 3
-    )
+    net = ScGPTTransformer(HUMAN, n_tokens=N_TOKENS, pad_id=N_TOKENS - 3)
     sd = {k: v.contiguous() for k, v in to_scgpt(net.state_dict(), "official").items()}
-    sd.update({f"cls_decoder.{k}": v for k, v in ClsDecoder(512, 1).state_dict().items()})
+    sd.update(
+        {
+            f"cls_decoder.{k}": v
+            for k, v in ClsDecoder(HUMAN.d_model, 1, HUMAN.n_layers_cls).state_dict().items()
+        }
+    )
     if safetensors:
         from safetensors.torch import save_file
 

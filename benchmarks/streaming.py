@@ -75,10 +75,11 @@ TRAIN_CHILD = """
 import json, resource, sys, time
 import anndata as ad
 from celltx.model import ScGPT
+from celltx.nn import preset
 t = time.perf_counter()
 adata = ad.read_h5ad(sys.argv[1], backed="r")
 ScGPT.setup_anndata(adata)
-model = ScGPT(adata, d_model=64, n_layers=2, n_heads=4, max_seq_len=256)
+model = ScGPT(adata, **preset("small"))
 t_setup = time.perf_counter() - t
 model.train(max_epochs=1, max_steps=int(sys.argv[2]), batch_size=64, accelerator="cpu",
             enable_progress_bar=False, check_val_every_n_epoch=None)
@@ -128,6 +129,7 @@ def main() -> None:
     import scvi
 
     from celltx.model import ScGPT
+    from celltx.nn import preset
 
     d = Path(args.dir or tempfile.mkdtemp(prefix="celltx-stream-"))
     d.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ def main() -> None:
             a = ad.read_h5ad(f)[:1000].copy()
             scvi.settings.seed = 0
             ScGPT.setup_anndata(a)
-            m = ScGPT(a, d_model=64, n_layers=2, n_heads=4, max_seq_len=256)
+            m = ScGPT(a, **preset("small"))
             m.is_trained_ = True
             m.save(str(d / "ckpt"), overwrite=True)
         out = subprocess.run(

@@ -73,16 +73,8 @@ try:
 except ImportError:  # pragma: no cover - fall back to ru_maxrss
     psutil = None
 
-CONFIGS = {
-    "small": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_hid": None, "max_seq_len": 256},
-    "scgpt_human": {
-        "d_model": 512,
-        "n_layers": 12,
-        "n_heads": 8,
-        "d_hid": 512,
-        "max_seq_len": 1200,
-    },
-}
+#: model shapes measured: names in celltx.nn.PRESETS
+CONFIGS = ("small", "scgpt_human")
 
 
 # --- environment ------------------------------------------------------------------------
@@ -377,7 +369,7 @@ def run_config(name: str, args, device: torch.device) -> tuple[list[Row], str]:
         batch_size = min(batch_size, 4)
 
     adata = load_data(name, n_cells if (name == "scgpt_human" or args.quick) else None)
-    cfg = CONFIGS[name]
+    cfg = celltx.nn.preset(name)
     celltx.model.ScGPT.setup_anndata(adata)
     torch.manual_seed(0)
     model = celltx.model.ScGPT(adata, **cfg)

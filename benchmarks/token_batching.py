@@ -60,12 +60,7 @@ def child(cells: int, threads: int, cfg: dict, train: bool = False) -> dict:
         adata, data = celltx.datasets.pbmc68k(), "pbmc68k, 700 cells"
     scvi.settings.seed = 0
     ScGPT.setup_anndata(adata)
-    size = (
-        {"d_model": 64, "n_layers": 2, "n_heads": 4}
-        if train
-        else {"d_model": 256, "n_layers": 4, "n_heads": 8}
-    )
-    model = ScGPT(adata, **size, max_seq_len=1200)
+    model = ScGPT(adata, **celltx.nn.preset("small" if train else "base", max_seq_len=1200))
     model.is_trained_ = True
     known = model._gene_ids(adata) >= 0
     lengths = sequence_lengths(expressed_counts(adata.X, known), int(known.sum()), 1200)

@@ -47,6 +47,15 @@ TASK_HEADS = (
     "mod_encoder",
 )
 
+# Fixed values of the scGPT args.json keys that describe how scGPT itself trained, not the
+# architecture: celltx reads only these (others raise) and writes them as they are.
+#: value id scGPT's masked-value pretraining used for held-out values
+SCGPT_MASK_VALUE = -1
+#: scGPT's ``input_style``: per-cell binned values (the only one celltx reproduces)
+SCGPT_INPUT_STYLE = "binned"
+#: scGPT's ``cell_emb_style``: the ``<cls>`` output is the cell embedding (ditto)
+SCGPT_CELL_EMB_STYLE = "cls"
+
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
 
 
@@ -175,8 +184,9 @@ def _choice_arg(args: Mapping, key: str, source: str, default: str, choices: tup
 def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None) -> dict:
     """Translate scGPT's ``args.json`` into :class:`celltx.model.ScGPT` arguments.
 
-    Only what defines the computation is taken: sizes, dropout, binning, pad value,
-    value-embedding style, norm placement, sequence length and generative mask ratios.
+    Only what defines the computation is taken: sizes (classifier depth ``n_layers_cls``
+    included), dropout, binning, pad value, value-embedding style, norm placement, sequence
+    length and generative mask ratios.
     Every field used is checked: sizes must be whole numbers (``4.0`` is accepted, ``4.5``,
     ``true``, strings, lists and ``null`` are not), ``embsize`` divisible by ``nheads``,
     ``dropout`` in ``[0, 1)``, mask ratios in ``[0, 1)``. Settings celltx cannot reproduce
@@ -216,8 +226,8 @@ def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None)
             "scGPT model directory."
         )
     unsupported = {
-        "cell_emb_style": ("cls",),
-        "input_style": ("binned",),
+        "cell_emb_style": (SCGPT_CELL_EMB_STYLE,),
+        "input_style": (SCGPT_INPUT_STYLE,),
         "pad_token": (PAD_TOKEN,),
     }
     for key, ok in unsupported.items():
@@ -239,13 +249,19 @@ def scgpt_args_to_kwargs(args: Mapping, source: str | os.PathLike | None = None)
         "n_bins": _int_arg(args, "n_bins", src, 3, default=ScGPTConfig.n_bins),
         "pad_value": _float_arg(args, "pad_value", src, ScGPTConfig.pad_value),
         "input_emb_style": _choice_arg(
-            args, "input_emb_style", src, "continuous", ("continuous", "category")
+            args, "input_emb_style", src, ScGPTConfig.input_emb_style, ("continuous", "category")
         ),
-        "norm_first": _choice_arg(args, "norm_scheme", src, "post", ("post", "pre")) == "pre",
+        "norm_first": _choice_arg(
+            args, "norm_scheme", src, "pre" if ScGPTConfig.norm_first else "post", ("post", "pre")
+        )
+        == "pre",
         "max_seq_len": _int_arg(args, "max_seq_len", src, 2, default=ScGPTConfig.max_seq_len),
+        "n_layers_cls": _int_arg(args, "n_layers_cls", src, 1, default=ScGPTConfig.n_layers_cls),
     }
     if "activation" in args:  # written by celltx's export, not by scGPT
-        kwargs["activation"] = _choice_arg(args, "activation", src, "relu", ("relu", "gelu"))
+        kwargs["activation"] = _choice_arg(
+            args, "activation", src, ScGPTConfig.activation, ("relu", "gelu")
+        )
     ratio = args.get("mask_ratio")
     if ratio is not None:
         ratios = list(ratio) if isinstance(ratio, list | tuple) else [ratio]
@@ -295,20 +311,20 @@ def scgpt_args_from_config(config: ScGPTConfig, n_tokens: int) -> dict:
         "nlayers": c.n_layers,
         "d_hid": c.d_hid_resolved,
         "dropout": float(c.dropout),
-        "n_layers_cls": 3,
+        "n_layers_cls": c.n_layers_cls,
         "n_bins": c.n_bins if c.n_bins is not None else ScGPTConfig.n_bins,
         "pad_token": PAD_TOKEN,
         "pad_value": float(c.pad_value),
-        "mask_value": -1,
-        "input_style": "binned",
+        "mask_value": SCGPT_MASK_VALUE,
+        "input_style": SCGPT_INPUT_STYLE,
         "input_emb_style": c.input_emb_style,
-        "cell_emb_style": "cls",
+        "cell_emb_style": SCGPT_CELL_EMB_STYLE,
         "norm_scheme": "pre" if c.norm_first else "post",
         "activation": c.activation,
         "max_seq_len": c.max_seq_len,
         "mask_ratio": list(c.mask_ratio),
         "ntoken": int(n_tokens),
-        "USE_MVC": True,
+        "USE_MVC": True,  # celltx always builds the cell-prompt (MVC) decoder
         "vocab_path": "vocab.json",
         "data_source": "celltx",
     }

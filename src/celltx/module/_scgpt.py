@@ -132,9 +132,9 @@ class ScGPTModule(
         self.tokenizer = CellTokenizer(
             config, n_tokens, pad_id, cls_id, gene_ids, modalities=modalities, atac_ids=atac_ids
         )
-        self.transformer = ScGPTTransformer.from_config(
+        self.transformer = ScGPTTransformer(
             config,
-            n_tokens,
+            n_tokens=n_tokens,
             pad_id=pad_id,
             n_cls=n_labels,
             n_batches=n_batch or None,
@@ -152,7 +152,7 @@ class ScGPTModule(
         # cell–text alignment (LangCell): built by add_text_head, or from a saved config
         self.text_head = None
         if config.text_dim is not None:
-            self.text_head = CellTextHead(d_model, config.text_dim)
+            self.text_head = CellTextHead(d_model, config.text_dim, config.text_temperature)
         # the text embedding of each label (set before cell–text training; saved with the model)
         self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
@@ -338,7 +338,8 @@ class ScGPTModule(
                 )
             return
         dev = self.cell_offset.device
-        self.text_head = CellTextHead(self.config.d_model, int(d_text)).to(dev)
+        c = self.config
+        self.text_head = CellTextHead(c.d_model, int(d_text), c.text_temperature).to(dev)
         self.text_trained.fill_(False)  # a new head is random until cell–text training
         self.config = replace(self.config, text_dim=int(d_text))
         self.label_text = torch.zeros(0, int(d_text), device=dev)

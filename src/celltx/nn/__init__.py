@@ -1,26 +1,37 @@
 """Plain ``torch.nn`` building blocks of the scGPT transformer (no AnnData here)."""
 
-from ._config import PRESETS, ScGPTConfig, preset
-from ._layers import (
-    PERT_PAD,
-    AdversarialDiscriminator,
-    BatchLabelEncoder,
-    CategoryValueEncoder,
-    CellTextHead,
-    ClsDecoder,
-    ContinuousValueEncoder,
-    DomainSpecificBatchNorm,
-    ExprDecoder,
-    GeneEncoder,
-    MVCDecoder,
-    ScGPTTransformer,
+from ._attention import (
     SelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
     generative_attn_mask,
-    grad_reverse,
     padding_attn_mask,
 )
+from ._config import PRESETS as _PRESETS
+from ._config import ScGPTConfig, preset
+from ._encoders import (
+    BatchLabelEncoder,
+    CategoryValueEncoder,
+    ContinuousValueEncoder,
+    DomainSpecificBatchNorm,
+    GeneEncoder,
+)
+from ._heads import (
+    AdversarialDiscriminator,
+    CellTextHead,
+    ClsDecoder,
+    ExprDecoder,
+    MVCDecoder,
+    grad_reverse,
+)
+from ._transformer import PERT_PAD, ScGPTTransformer
+
+#: Named model shapes, ``{name: ScGPTConfig settings}``: ``"tiny"`` (tests and smoke runs),
+#: ``"small"`` (CPU recipes on thousands of cells), ``"base"`` (:class:`ScGPTConfig`'s own
+#: default shape) and ``"scgpt_human"`` (the published scGPT_human checkpoint's). The one
+#: table the CLI, benchmarks, tests, tutorials and docs build models from: :func:`preset`,
+#: :meth:`ScGPTConfig.preset`.
+PRESETS = _PRESETS
 
 __all__ = [
     "ScGPTConfig",

@@ -137,6 +137,9 @@ class ScGPTConfig:
     text_dim
         Width of the encoder's text embeddings; ``None`` until the model has a cell–text
         head (set by the first ``train(task="cell_text")``).
+    text_temperature
+        Initial temperature of the cell–text head's learnable similarity scale
+        (:class:`~celltx.nn.CellTextHead`; CLIP's and LangCell's 0.07).
 
     Examples
     --------
@@ -187,6 +190,7 @@ class ScGPTConfig:
     atac_values: str = "binary"
     text_encoder: str = "all-MiniLM-L6-v2"
     text_dim: int | None = None
+    text_temperature: float = 0.07
 
     def __post_init__(self):
         object.__setattr__(self, "mask_ratio", tuple(float(r) for r in self.mask_ratio))
@@ -275,6 +279,15 @@ def preset(name: str, **overrides: Any) -> dict[str, Any]:
     return {**PRESETS[name], **overrides}
 
 
+def config_default(value: Any, name: str) -> Any:
+    """``value``, or when it is ``None`` the default of the :class:`ScGPTConfig` field ``name``.
+
+    How the building blocks of :mod:`celltx.nn` fill a hyperparameter that a caller leaves
+    out: the number is written once, in :class:`ScGPTConfig`, and read from there.
+    """
+    return getattr(ScGPTConfig, name) if value is None else value
+
+
 def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, Integral)
 
@@ -353,9 +366,10 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if not _is_int(v) or v < low:
             raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
-    t = c.contrast_temperature
-    if not _is_number(t) or not math.isfinite(t) or t <= 0:
-        raise ValueError(f"contrast_temperature={t!r} must be a finite number > 0.")
+    for name in ("contrast_temperature", "text_temperature"):
+        t = getattr(c, name)
+        if not _is_number(t) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"{name}={t!r} must be a finite number > 0.")
     for name in ("gep_weight", "mvc_weight"):
         v = getattr(c, name)
         if not _is_number(v) or not math.isfinite(v) or v < 0:
