@@ -1,16 +1,21 @@
-"""Objectives as small parts, and tasks as named lists of parts with weights.
+"""Objectives as small parts, each owning its weight and settings.
 
 A part computes one loss from named inputs: the scvi-tools minibatch (``tensors``), what the
 encoder pass produced (``inference``: ``tokens``, ``known``, ``h``, ``cell_emb``, ``rows``,
 ``view``, ``pert_pred``, ``pert_target``) and the heads' predictions (``predictions``:
-``expr``, ``mvc``, ``cls``, ``dab``). It says which encoder pass it needs (:attr:`Part.pass_`)
-and which heads it reads (:attr:`Part.heads`). :class:`~celltx.module.ScGPTModule` runs the
-pass the task's parts need, the heads they read, and sums their weighted losses. Adding an
-objective means adding one part here and listing it in a task.
+``expr``, ``mvc``, ``cls``, ``dab``). It declares which encoder pass it needs
+(:attr:`Part.pass_`), how many views of each cell (:attr:`Part.views`), which heads it reads
+(:attr:`Part.heads`) and what the model must provide before or compute after training
+(:attr:`Part.needs`, :attr:`Part.after`). :class:`~celltx.module.ScGPTModule` holds one
+configured copy of every part (:attr:`~celltx.module.ScGPTModule.parts`: weight and settings,
+the defaults read from :class:`~celltx.nn.ScGPTConfig`), runs the pass its active parts need,
+the heads they read, and sums their weighted losses. Adding an objective means one part here
+(or :func:`register_part`) and one task (:func:`celltx.model.register_task`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 
-from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY
+from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY, augment_views
+from celltx.nn import ScGPTConfig
 
 from ._constants import VIEW_ATAC, VIEW_RNA
 
@@ -48,28 +54,111 @@ class PartLoss:
 
 
 class Part:
-    """One objective.
+    """One objective: its weight, its settings and its loss.
 
-    Subclasses set :attr:`name`, :attr:`pass_`, :attr:`heads`, :attr:`metrics` and implement
-    :meth:`__call__`.
+    Subclasses set :attr:`name`, :attr:`pass_`, :attr:`heads`, :attr:`metrics` (and the other
+    class attributes they need), keep their settings as instance attributes (defaults read
+    from the model's config in :meth:`configure`) and implement :meth:`__call__`.
+
+    Parameters
+    ----------
+    weight
+        The part's weight in the objective (0: not part of it).
+
+    Examples
+    --------
+    >>> from celltx.module import Part, PartLoss
+    >>> class CellNorm(Part):
+    ...     name = "cell_norm"
+    ...     metrics = ("cell_norm_loss",)
+    ...     def __call__(self, module, tensors, inference, predictions):
+    ...         loss = inference["cell_emb"].float().pow(2).mean()
+    ...         return PartLoss(loss, None, {"cell_norm_loss": loss.detach()})
+    >>> CellNorm(weight=0.1).weight
+    0.1
     """
 
     #: the key of the part in a task's weights
     name: ClassVar[str]
     #: the encoder pass it needs (:data:`WHOLE` works on any pass)
     pass_: ClassVar[str] = WHOLE
+    #: views of each cell the split pass encodes (2: every cell twice, each with its own
+    #: known / unknown split; rows ``0..B-1`` and ``B..2B-1``)
+    views: ClassVar[int] = 1
     #: the head predictions it reads
     heads: ClassVar[tuple[str, ...]] = ()
     #: the metrics it logs (NaN in steps where the part is not active)
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: what the model provides before training with the part (e.g. ``"label_texts"``)
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: what the model computes after training with the part (e.g. ``"cell_offset"``)
+    after: ClassVar[tuple[str, ...]] = ()
+    #: the module's flag buffer that marks the part's head trained (``None``: no head)
+    trained_flag: ClassVar[str | None] = None
+    #: a part whose weight brings this one in at weight 1 when the module can compute it
+    #: (multiome generation aligns the modalities)
+    joins: ClassVar[str | None] = None
+    #: whether it can train from a datamodule (reads no registry field but the counts)
+    from_datamodule: ClassVar[bool] = False
+    #: whether a divide-and-conquer plan computes its loss over the whole batch
+    #: (:class:`~celltx.train.ContrastivePlan`)
+    chunked: ClassVar[bool] = False
+
+    def __init__(self, weight: float = 0.0):
+        self.weight = float(weight)
+
+    def configure(self, config) -> None:
+        """Set the part's settings to their defaults in ``config`` (a :class:`~celltx.nn.ScGPTConfig`)."""
+
+    def configured(self, config, weight: float = 0.0) -> Part:
+        """A copy with ``weight`` and the settings of ``config``."""
+        part = copy.copy(self)
+        part.weight = float(weight)
+        part.configure(config)
+        return part
 
     def available(self, module) -> str | None:
         """``None`` when ``module`` can compute this part, else why not (with the fix)."""
         return None
 
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Counts of the :attr:`views` of each cell of ``x``, augmented; ``None``: no augmentation.
+
+        Called in training before the cells are tokenized; returns ``views`` stacked copies
+        of the batch (rows ``0..B-1`` the first view), each augmented on its own.
+        """
+        return None
+
     def __call__(self, module, tensors: dict, inference: dict, predictions: dict) -> PartLoss:
         """The part's loss for one minibatch."""
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+def register_part(part: Part) -> Part:
+    """Add a new objective part to :data:`PARTS` (its name must be new); returns it.
+
+    A task then weights it by name (:class:`celltx.model.Task`) and
+    ``train(loss_weights={name: w})`` reaches it like any built-in part.
+
+    Examples
+    --------
+    >>> from celltx.module import PARTS, Part, register_part
+    >>> class Silent(Part):
+    ...     name = "silent_example"
+    >>> register_part(Silent()) is PARTS["silent_example"]
+    True
+    >>> del PARTS["silent_example"]
+    """
+    if not isinstance(part, Part) or not isinstance(getattr(part, "name", None), str):
+        raise ValueError(f"{part!r} is not a Part with a name.")
+    if part.name in PARTS:
+        raise ValueError(f"A part named {part.name!r} is already registered.")
+    PARTS[part.name] = part
+    return part
 
 
 def _unknown(inference: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +187,7 @@ class GenePrompt(Part):
 
     name = "gep"
     pass_ = SPLIT
+    from_datamodule = True
     heads = ("expr",)
     metrics = ("gep_mse", "rna_mse", "atac_mse")
 
@@ -122,6 +212,7 @@ class CellPrompt(Part):
 
     name = "mvc"
     pass_ = SPLIT
+    from_datamodule = True
     heads = ("mvc",)
     metrics = ("mvc_mse",)
 
@@ -140,6 +231,10 @@ class Classification(Part):
     name = "cls"
     heads = ("cls",)
     metrics = ("cls_loss", "cls_accuracy")
+    trained_flag = "cls_trained"
+
+    def configure(self, config):
+        self.label_smoothing = 0.0
 
     def available(self, module):
         if module.transformer.cls_decoder is None:
@@ -156,7 +251,7 @@ class Classification(Part):
             logits,
             labels.clamp(min=0),
             weight=module.class_weights,
-            label_smoothing=module.label_smoothing,
+            label_smoothing=self.label_smoothing,
             reduction="none",
         )
         lab = (labels >= 0).float()
@@ -173,12 +268,16 @@ class Classification(Part):
 class ElasticCellSimilarity(Part):
     """scGPT's elastic cell similarity ``mean(1 - (relu(cos) - threshold)^2)``.
 
-    Computed over pairs of distinct cells of the minibatch; ``threshold`` is
-    ``module.ecs_threshold``.
+    Computed over pairs of distinct cells of the minibatch; ``threshold``: the config's
+    ``ecs_threshold``.
     """
 
     name = "ecs"
     metrics = ("ecs_loss",)
+    from_datamodule = True
+
+    def configure(self, config):
+        self.threshold = config.ecs_threshold
 
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
@@ -188,7 +287,7 @@ class ElasticCellSimilarity(Part):
         unit = F.normalize(cell_emb.float(), dim=1)
         cos = F.relu(unit @ unit.T)
         off = ~torch.eye(R, dtype=torch.bool, device=cos.device)
-        loss = (1 - (cos[off] - module.ecs_threshold) ** 2).mean()
+        loss = (1 - (cos[off] - self.threshold) ** 2).mean()
         return PartLoss(loss, None, {"ecs_loss": loss.detach()})
 
 
@@ -223,6 +322,10 @@ class ModalityAlignment(Part):
     name = "align"
     pass_ = SPLIT
     metrics = ("align_loss",)
+    joins = "gep"
+
+    def configure(self, config):
+        self.temperature = config.align_temperature
 
     def available(self, module):
         if not module.multimodal:
@@ -238,7 +341,7 @@ class ModalityAlignment(Part):
         loss = (
             None
             if view is None
-            else alignment_loss(cell_emb, inference["rows"], view, module.align_temperature)
+            else alignment_loss(cell_emb, inference["rows"], view, self.temperature)
         )
         if loss is None:  # fewer than 2 cells with both modalities in this step
             loss = cell_emb.new_zeros((), dtype=torch.float32)
@@ -254,6 +357,8 @@ class PerturbationResponse(Part):
     name = "pert"
     pass_ = PERTURB
     metrics = ("pert_mse",)
+    needs = ("controls",)
+    trained_flag = "pert_trained"
 
     def available(self, module):
         if module.pert_decoder is None:
@@ -286,23 +391,36 @@ class Contrastive(Part):
 
     name = "contrast"
     pass_ = SPLIT
+    views = 2
     metrics = ("contrast_loss",)
+    after = ("cell_offset",)
+    chunked = True
+
+    def configure(self, config):
+        self.temperature = config.contrast_temperature
+        self.filter = config.contrast_filter
+        self.thinning = config.contrast_thinning
+        self.gene_dropout = config.contrast_gene_dropout
 
     def available(self, module):
         if module.multimodal:
             return "The contrastive loss is for RNA-only models (multiome models align views)."
         return None
 
+    def augment(self, x, generator=None):
+        if self.thinning <= 0 and self.gene_dropout <= 0:
+            return None
+        x = x.to_dense() if x.is_sparse else x
+        return augment_views(x.repeat(self.views, 1), self.thinning, self.gene_dropout, generator)
+
+    def pair_loss(self, z1, z2, partner=None) -> torch.Tensor:
+        """:func:`contrastive_loss` of the two views with this part's settings."""
+        return contrastive_loss(z1, z2, self.temperature, partner, self.filter)
+
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
         half = cell_emb.shape[0] // 2
-        loss = contrastive_loss(
-            cell_emb[:half],
-            cell_emb[half:],
-            module.contrast_temperature,
-            partner=tensors.get(PARTNER_KEY),
-            filter_fraction=module.config.contrast_filter,
-        )
+        loss = self.pair_loss(cell_emb[:half], cell_emb[half:], tensors.get(PARTNER_KEY))
         return PartLoss(loss, None, {"contrast_loss": loss.detach()})
 
 
@@ -317,6 +435,8 @@ class CellText(Part):
 
     name = "text"
     metrics = ("text_loss", "text_accuracy")
+    needs = ("label_texts",)
+    trained_flag = "text_trained"
 
     def available(self, module):
         if module.text_head is None or not len(module.label_text):
@@ -473,9 +593,15 @@ def alignment_loss(
     return torch.stack(losses).mean()
 
 
-#: every part, by name, in the order losses are summed
+def _default(part: Part) -> Part:
+    part.configure(ScGPTConfig())
+    return part
+
+
+#: every part, by name, in the order losses are summed (settings: the default config's);
+#: a module holds configured copies (:attr:`~celltx.module.ScGPTModule.parts`)
 PARTS: dict[str, Part] = {
-    p.name: p
+    p.name: _default(p)
     for p in (
         PerturbationResponse(),
         GenePrompt(),
@@ -487,23 +613,6 @@ PARTS: dict[str, Part] = {
         Contrastive(),
         CellText(),
     )
-}
-
-#: the tasks of :meth:`celltx.model.ScGPT.train`: parts and their weights
-TASKS: dict[str, dict[str, float]] = {
-    "generative": {"gep": 1.0, "mvc": 1.0},
-    "annotation": {"cls": 1.0},
-    "integration": {"contrast": 1.0},
-    "integration_scgpt": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
-    "perturbation": {"pert": 1.0},
-    "contrastive": {"contrast": 1.0},
-    "cell_text": {"text": 1.0},
-}
-
-
-#: settings a task gives its parts unless the model's config names them (``None`` there)
-TASK_OPTIONS: dict[str, dict[str, object]] = {
-    "integration": {"contrast_positives": "mnn"},
 }
 
 

@@ -16,7 +16,6 @@ from celltx.data import (
     MOD_RNA,
     TokenizedBatch,
     Tokenizer,
-    augment_views,
     join_modalities,
 )
 from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
@@ -150,7 +149,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         # cell–text alignment (LangCell): built by add_text_head, or from a saved config
         self.text_head = None
         if config.text_dim is not None:
-            self.text_head = CellTextHead(d_model, config.text_dim)
+            self.text_head = CellTextHead(d_model, config.text_dim, config.text_temperature)
         # the text embedding of each label (set before cell–text training; saved with the model)
         self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
@@ -175,9 +174,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 zero_fraction=config.atac_zero_fraction,
                 seed=config.seed,
             )
-        self.align_temperature = 0.1
-        self.contrast_temperature = config.contrast_temperature
-        #: parts left out of :meth:`loss` (a divide-and-conquer plan computes them itself)
+        #: the objective: a configured copy of every part (weight and settings, the
+        #: defaults from ``config``), in the order of :data:`~celltx.module.PARTS`
+        self.parts = {name: part.configured(config) for name, part in PARTS.items()}
+        #: parts left out of :meth:`loss` (prefer ``loss(..., skip=...)``)
         self.skip_parts: set[str] = set()
         self.register_buffer("mask_ratio", torch.tensor(list(config.mask_ratio)), persistent=False)
         self.register_buffer(
@@ -258,7 +258,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
     # --- objective ----------------------------------------------------------------------
     def set_objective(
         self,
-        ecs_threshold: float = 0.8,
+        ecs_threshold: float | None = None,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
         **weights: float,
@@ -266,8 +266,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         """Set the objective: a weight per part; parts not named get 0.
 
         The parts are :data:`~celltx.module.PARTS`: ``gep``, ``mvc``, ``cls``, ``ecs``, ``dab``,
-        ``pert``, ``align``. Raises when a weighted part cannot be computed by this module (e.g.
-        ``cls`` without labels).
+        ``pert``, ``align``, ``contrast``, ``text`` (and registered ones). Raises when a
+        weighted part cannot be computed by this module (e.g. ``cls`` without labels).
+        ``ecs_threshold`` (default: the config's) and ``label_smoothing`` are settings of
+        the ``ecs`` and ``cls`` parts; ``class_weights`` weighs the classes of ``cls`` and
+        ``text``.
         """
         unknown = sorted(set(weights) - set(PARTS))
         if unknown:
@@ -282,18 +285,32 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 raise ValueError(why)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
-        self.objective = {name: w for name, w in weights.items() if w > 0}
+        for name, w in weights.items():
+            self.parts.setdefault(name, PARTS[name].configured(self.config)).weight = w
         self.encoder_pass = encoder_pass(self.objective)
-        self.ecs_threshold = ecs_threshold
+        self.ecs_threshold = self.config.ecs_threshold if ecs_threshold is None else ecs_threshold
         self.label_smoothing = label_smoothing
         if class_weights is None:
             self.class_weights.fill_(1.0)
         else:
             self.class_weights.copy_(torch.as_tensor(class_weights, dtype=torch.float32))
 
+    @property
+    def objective(self) -> dict[str, float]:
+        """The weight of each active part (weight > 0), in the order losses are summed."""
+        return {name: p.weight for name, p in self.parts.items() if p.weight > 0}
+
     def weight(self, part: str) -> float:
         """The objective's weight of ``part`` (0 when not part of it)."""
-        return self.objective.get(part, 0.0)
+        p = self.parts.get(part)
+        return p.weight if p is not None and p.weight > 0 else 0.0
+
+    def on_train_end(self) -> None:
+        """Mark the heads of the active parts trained (their :attr:`Part.trained_flag`)."""
+        for name in self.objective:
+            flag = self.parts[name].trained_flag
+            if flag is not None:
+                getattr(self, flag).fill_(True)
 
     @property
     def generative_split(self) -> bool:
@@ -392,7 +409,9 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
                 )
             return
         dev = self.cell_offset.device
-        self.text_head = CellTextHead(self.config.d_model, int(d_text)).to(dev)
+        self.text_head = CellTextHead(
+            self.config.d_model, int(d_text), self.config.text_temperature
+        ).to(dev)
         self.text_trained.fill_(False)  # a new head is random until cell–text training
         self.config = replace(self.config, text_dim=int(d_text))
         self.label_text = torch.zeros(0, int(d_text), device=dev)
@@ -651,26 +670,25 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             return out
         if generative is None:
             generative = self.generative_split
-        views = generative and not self.multimodal and self.weight("contrast") > 0
-        c = self.config
-        augment = (
-            views and self.training and (c.contrast_thinning > 0 or c.contrast_gene_dropout > 0)
-        )
-        if augment:
-            # two views of every cell, each augmented on its own before its tokens are chosen
-            x = x.to_dense() if x.is_sparse else x
-            x = augment_views(
-                x.repeat(2, 1), c.contrast_thinning, c.contrast_gene_dropout, generator
-            )
+        # views of every cell, declared by the active parts (the contrastive part's two)
+        n_views = max((self.parts[n].views for n in self.objective), default=1)
+        views = generative and not self.multimodal and n_views > 1
+        augment = False
+        if views and self.training:
+            part = next(self.parts[n] for n in self.objective if self.parts[n].views == n_views)
+            # each view augmented on its own before its tokens are chosen (None: no augmentation)
+            out = part.augment(x, generator)
+            augment = out is not None
+            x = out if augment else x
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
         rows = view = None
         if generative and self.multimodal:
             tokens, known, rows, view = self.generative_views(tokens, generator)
             batch = None if batch is None else batch[rows]
         elif views:
-            # two views of every cell: rows 0..B-1 and B..2B-1, each with its own split
-            B = tokens.gene_ids.shape[0] // (2 if augment else 1)
-            rows = torch.arange(B, device=tokens.gene_ids.device).repeat(2)
+            # n views of every cell: rows 0..B-1, B..2B-1, ..., each with its own split
+            B = tokens.gene_ids.shape[0] // (n_views if augment else 1)
+            rows = torch.arange(B, device=tokens.gene_ids.device).repeat(n_views)
             if not augment:
                 tokens = tokens.select(rows)
             known = self.split_known(tokens, generator)
@@ -706,7 +724,7 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         (``cls``), batch logits (``dab``).
         """
         t = self.transformer
-        heads = {h for name in self.objective for h in PARTS[name].heads}
+        heads = {h for name in self.objective for h in self.parts[name].heads}
         out = (
             self.transformer.decode(h, gene_emb, self._batch(batch))
             if heads & {"expr", "mvc"}
@@ -718,10 +736,11 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
             out["dab"] = t.grad_reverse_discriminator(h[:, 0])
         return out
 
-    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Weighted sum of the losses of the objective's parts (:mod:`celltx.module._objectives`).
+    def loss(self, tensors, inference_outputs, generative_outputs, skip=()) -> LossOutput:
+        """Weighted sum of the losses of the objective's parts (:attr:`parts`).
 
-        Every part's metrics are logged in every step (NaN when the part is not active), so
+        Parts named in ``skip`` are left out (a divide-and-conquer plan computes them over
+        the whole batch itself, ``module(tensors, loss_kwargs={"skip": ...})``). Every part's metrics are logged in every step (NaN when the part is not active), so
         that ``model.history`` keeps all columns across successive ``train()`` calls with
         different tasks.
         """
@@ -737,9 +756,10 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
         row_loss = cell_emb.new_zeros(R, dtype=torch.float32)
         loss = cell_emb.new_zeros((), dtype=torch.float32)
         metrics = {}
+        skip = set(skip) | self.skip_parts
         for name, weight in self.objective.items():
-            part = PARTS[name]
-            if name in self.skip_parts:
+            part = self.parts[name]
+            if name in skip:
                 continue
             if part.pass_ == SPLIT and inference_outputs.get("known") is None:
                 continue  # e.g. an evaluation pass without a split
@@ -766,6 +786,28 @@ class ScGPTModule(GenerationMixin, AttentionMixin, PerturbationMixin, BaseModule
     @torch.inference_mode()
     def sample(self, *args, **kwargs):
         raise NotImplementedError("ScGPTModule is not a generative count model; use generative().")
+
+
+def _setting_property(part: str, setting: str) -> property:
+    def fset(self, value):
+        setattr(self.parts[part], setting, value)
+
+    return property(
+        lambda self: getattr(self.parts[part], setting),
+        fset,
+        doc=f"The ``{setting}`` setting of the ``{part}`` part (``parts[{part!r}].{setting}``).",
+    )
+
+
+# settings that were module attributes before parts owned them (saves keep some of them)
+for _name, (_part, _setting) in {
+    "ecs_threshold": ("ecs", "threshold"),
+    "label_smoothing": ("cls", "label_smoothing"),
+    "align_temperature": ("align", "temperature"),
+    "contrast_temperature": ("contrast", "temperature"),
+}.items():
+    setattr(ScGPTModule, _name, _setting_property(_part, _setting))
+del _name, _setting
 
 
 def _weight_property(part: str) -> property:

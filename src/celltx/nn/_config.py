@@ -137,6 +137,15 @@ class ScGPTConfig:
     text_dim
         Width of the encoder's text embeddings; ``None`` until the model has a cell–text
         head (set by the first ``train(task="cell_text")``).
+    ecs_threshold
+        Threshold of scGPT's elastic cell similarity (``ecs``, ``task="integration_scgpt"``):
+        cosines of cell pairs are pulled towards it. A number in ``[0, 1]``; one
+        ``train(loss_weights={"ecs_threshold": ...})`` overrides it for that training.
+    align_temperature
+        Temperature of the cross-modal alignment of multiome models (``align``).
+    text_temperature
+        Initial temperature of the cell–text head's learnable logit scale
+        (:class:`~celltx.nn.CellTextHead`, ``task="cell_text"``).
 
     Examples
     --------
@@ -187,6 +196,9 @@ class ScGPTConfig:
     atac_values: str = "binary"
     text_encoder: str = "all-MiniLM-L6-v2"
     text_dim: int | None = None
+    ecs_threshold: float = 0.8
+    align_temperature: float = 0.1
+    text_temperature: float = 0.07
 
     def __post_init__(self):
         object.__setattr__(self, "mask_ratio", tuple(float(r) for r in self.mask_ratio))
@@ -353,9 +365,12 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if not _is_int(v) or v < low:
             raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
-    t = c.contrast_temperature
-    if not _is_number(t) or not math.isfinite(t) or t <= 0:
-        raise ValueError(f"contrast_temperature={t!r} must be a finite number > 0.")
+    for name in ("contrast_temperature", "align_temperature", "text_temperature"):
+        t = getattr(c, name)
+        if not _is_number(t) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"{name}={t!r} must be a finite number > 0.")
+    if not _is_number(c.ecs_threshold) or not 0 <= c.ecs_threshold <= 1:
+        raise ValueError(f"ecs_threshold={c.ecs_threshold!r} must be a number in [0, 1].")
     for name in ("gep_weight", "mvc_weight"):
         v = getattr(c, name)
         if not _is_number(v) or not math.isfinite(v) or v < 0:
