@@ -51,7 +51,7 @@ REQUIREMENTS: dict[str, str] = {
 Hook = Callable[..., None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Task:
     """A training task of :meth:`ScGPT.train <celltx.model.ScGPT.train>`.
 

@@ -1,14 +1,8 @@
 """scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
 from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
-from ._objectives import (
-    PARTS,
-    Part,
-    PartLoss,
-    cell_text_loss,
-    contrastive_loss,
-    register_part,
-)
+from ._losses import cell_text_loss, contrastive_loss
+from ._objectives import PARTS, Part, PartLoss, register_part
 from ._scgpt import ScGPTModule
 
 __all__ = [

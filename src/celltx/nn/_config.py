@@ -70,7 +70,8 @@ class ScGPTConfig:
     mask_ratio
         Held-out ("unknown") fractions for generative pretraining; one drawn per cell.
     gep_weight, mvc_weight
-        Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task.
+        Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task
+        (``task="generative"`` reads them here; a new model starts with that objective).
     contrast_temperature
         Temperature of the contrastive loss between two views of a cell (``task=
         "contrastive"``).
@@ -139,8 +140,8 @@ class ScGPTConfig:
         head (set by the first ``train(task="cell_text")``).
     ecs_threshold
         Threshold of scGPT's elastic cell similarity (``ecs``, ``task="integration_scgpt"``):
-        cosines of cell pairs are pulled towards it. A number in ``[0, 1]``; one
-        ``train(loss_weights={"ecs_threshold": ...})`` overrides it for that training.
+        cosines of cell pairs are pulled towards it. A number in ``[0, 1]``;
+        ``train(loss_weights={"ecs_threshold": ...})`` overrides it (kept by later calls).
     align_temperature
         Temperature of the cross-modal alignment of multiome models (``align``).
     text_temperature
