@@ -170,3 +170,12 @@ def test_old_task_tables_still_import_with_a_warning():
             "ecs": 10.0,
             "dab": 1.0,
         }
+
+
+def test_setting_a_task_the_old_way_still_works():
+    try:
+        with pytest.warns(FutureWarning, match="register_task"):
+            TASKS["old_style"] = {"gep": 2.0}
+        assert TASK_REGISTRY["old_style"].declared_weights() == {"gep": 2.0}
+    finally:
+        TASK_REGISTRY.pop("old_style", None)

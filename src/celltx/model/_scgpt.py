@@ -407,7 +407,9 @@ class ScGPT(
         if "precision" not in kw and accelerator in ("auto", "gpu", "cuda") and bf16_available():
             kw["precision"] = "bf16-mixed"
         data_parallel_defaults(kw)
-        splitter_cls, ds_kwargs = self._splitter(batch_tokens, datamodule, datasplitter_kwargs, kw)
+        splitter_cls, ds_kwargs = self._splitter(
+            spec, batch_tokens, datamodule, datasplitter_kwargs, kw
+        )
         if checkpoint_every is not None:
             kw = step_checkpoints(kw, checkpoint_every, checkpoint_dir)
         elif checkpoint_dir is not None:
@@ -415,12 +417,8 @@ class ScGPT(
         if compile and not getattr(self, "_encoder_compiled", False):
             self.module.compile_encoder()
             self._encoder_compiled = True
-        every = self._validation_every(
-            datamodule, train_size, validation_size, batch_size, ds_kwargs, early_stopping,
-            check_val_every_n_epoch, kw,
-        )  # fmt: skip
-        if every is not None:
-            kw["check_val_every_n_epoch"] = every
+        vals = (train_size, validation_size, batch_size, ds_kwargs, early_stopping)
+        self._validation(datamodule, *vals, check_val_every_n_epoch, kw)
         if self.is_trained_ and not isinstance(self.history_, dict):
             # loaded weights (load_pretrained) have no history: let scvi start a fresh one
             self.is_trained_ = False

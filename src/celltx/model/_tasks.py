@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -72,7 +72,12 @@ class Task:
         The contrastive part's positives for this task when the config leaves them to the
         task (``contrast_positives=None``): ``"self"``, ``"knn"``, ``"mnn"``, ``"knn+mnn"``.
     plan
-        Lightning plan class (``None``: the model's :class:`~celltx.train.PretrainingPlan`).
+        Lightning plan class (``None``: the model's :class:`~celltx.train.PretrainingPlan`;
+        ``train(chunk_size=...)`` picks :class:`~celltx.train.ContrastivePlan`).
+    splitter
+        Data splitter class (``None``: scvi-tools' :class:`~scvi.dataloaders.DataSplitter`,
+        or the token-budget / neighbour splitter that ``batch_tokens`` and the contrastive
+        positives call for).
     datamodule
         Whether the task trains from a datamodule (parts that read only counts).
     prepare
@@ -93,6 +98,7 @@ class Task:
     optional: tuple[str, ...] = ()
     contrast_positives: str = "self"
     plan: type | None = None
+    splitter: type | None = None
     datamodule: bool = False
     prepare: Hook | None = field(default=None, compare=False)
     on_train_end: Hook | None = field(default=None, compare=False)
@@ -202,6 +208,17 @@ class _TaskWeights(Mapping):
 
     def __getitem__(self, name: str) -> dict[str, float]:
         return TASK_REGISTRY[name].declared_weights()
+
+    def __setitem__(self, name: str, weights: Mapping[str, float]) -> None:
+        """Deprecated: ``TASKS[name] = weights`` registers (or re-weights) a task."""
+        warnings.warn(
+            "Setting celltx.model.TASKS[name] is deprecated: register a task with "
+            "celltx.model.register_task(celltx.model.Task(name, weights, ...)).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        old = TASK_REGISTRY.get(name)
+        TASK_REGISTRY[name] = Task(name, weights) if old is None else replace(old, weights=weights)
 
     def __iter__(self) -> Iterator[str]:
         return iter(TASK_REGISTRY)

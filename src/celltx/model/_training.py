@@ -328,12 +328,13 @@ class TrainingMixin:
             plan_kwargs["lr"] = lr
         return plan_cls, plan_kwargs
 
-    def _splitter(self, batch_tokens, datamodule, kwargs, trainer_kwargs):
-        """The data splitter class and its arguments (token budget, neighbour positives)."""
+    def _splitter(self, spec, batch_tokens, datamodule, kwargs, trainer_kwargs):
+        """The data splitter class and its arguments (task's, token budget, neighbour positives)."""
         import scvi
 
         ddp = "ddp" in str(trainer_kwargs.get("strategy", ""))
-        cls, kwargs = self._data_splitter_cls, dict(kwargs or {})
+        cls = self._data_splitter_cls if spec is None or spec.splitter is None else spec.splitter
+        kwargs = dict(kwargs or {})
         if batch_tokens is not None:
             if (
                 isinstance(batch_tokens, bool)
@@ -367,33 +368,27 @@ class TrainingMixin:
                 trainer_kwargs["callbacks"] = [*callbacks, self._refresh_callback(state, mode)]
         return cls, kwargs
 
-    def _validation_every(
-        self,
-        datamodule,
-        train_size,
-        validation_size,
-        batch_size,
-        ds_kwargs,
-        early_stopping,
-        every,
-        trainer_kwargs,
-    ):
-        """``check_val_every_n_epoch``, ``None`` when there are no validation cells."""
+    def _validation(
+        self, datamodule, train_size, validation_size, batch_size, ds_kwargs, early_stopping,
+        every, trainer_kwargs,
+    ) -> None:  # fmt: skip
+        """Set ``check_val_every_n_epoch``: left out when there are no validation cells."""
         if datamodule is not None:
-            return every if has_validation(datamodule) else None
-        if self._n_validation(train_size, validation_size, batch_size, ds_kwargs):
-            return every
-        # no validation cells (train_size=1.0, or very few cells): train without a validation
-        # loop rather than fail inside Lightning
-        if early_stopping and "validation" in str(
-            trainer_kwargs.get("early_stopping_monitor", "validation")
-        ):
-            raise ValueError(
-                f"early_stopping monitors the validation loss, but train_size={train_size} "
-                f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "
-                "(e.g. 0.9) or pass early_stopping=False."
-            )
-        return None
+            every = every if has_validation(datamodule) else None
+        elif not self._n_validation(train_size, validation_size, batch_size, ds_kwargs):
+            # no validation cells (train_size=1.0, or very few cells): train without a
+            # validation loop rather than fail inside Lightning
+            if early_stopping and "validation" in str(
+                trainer_kwargs.get("early_stopping_monitor", "validation")
+            ):
+                raise ValueError(
+                    f"early_stopping monitors the validation loss, but train_size={train_size} "
+                    f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "
+                    "(e.g. 0.9) or pass early_stopping=False."
+                )
+            every = None
+        if every is not None:
+            trainer_kwargs["check_val_every_n_epoch"] = every
 
     def _freeze(self, freeze_layers: int, gradient_checkpointing: bool) -> list:
         """Freeze layers for this call (raises when nothing is left to train)."""
