@@ -1,9 +1,8 @@
 """User-facing scvi-tools model classes."""
 
-from celltx.module import TASKS
-
 from ._fields import GeneLayerField, LabelsField, PerturbationField
 from ._scgpt import ScGPT
+from ._tasks import TASK_OPTIONS, TASK_REGISTRY, TASKS, Task, register_task
 from ._training import TokenBudgetSplitter
 
 __all__ = [
@@ -12,5 +11,9 @@ __all__ = [
     "LabelsField",
     "PerturbationField",
     "TokenBudgetSplitter",
+    "Task",
+    "TASK_REGISTRY",
+    "register_task",
     "TASKS",
+    "TASK_OPTIONS",
 ]

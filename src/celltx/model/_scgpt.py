@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -21,17 +20,11 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from celltx.data import GeneVocab, gene_names
 from celltx.module import ATAC_KEY, ScGPTModule
 from celltx.nn import ScGPTConfig
-from celltx.train import ContrastivePlan, PretrainingPlan
+from celltx.train import PretrainingPlan
 
 from ._annotation import AnnotationMixin
 from ._base import DataMixin
-from ._datamodule import (
-    check_datamodule,
-    check_datamodule_config,
-    datamodule_panel,
-    datamodule_registry,
-    has_validation,
-)
+from ._datamodule import check_datamodule_config, datamodule_panel, datamodule_registry
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
 from ._fields import anndata_setup_fields
@@ -43,12 +36,11 @@ from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
 from ._save import SafeSaveMixin
+from ._tasks import finish
 from ._training import (
-    NeighbourSplitter,
     SafeTrainRunner,
-    TokenBudgetSplitter,
     TrainingMixin,
-    check_resume,
+    bf16_available,
     data_parallel_defaults,
     step_checkpoints,
 )
@@ -58,9 +50,6 @@ from ._validation import (
     resolve_vocab,
 )
 from ._zero_shot import ZeroShotMixin
-
-#: objective parts a model can train from a datamodule (no labels, batches or conditions)
-_DM_PARTS = ("gep", "mvc", "ecs")
 
 
 class ScGPT(
@@ -265,21 +254,6 @@ class ScGPT(
             "kwargs": {"settings": config.to_dict()},
         }
 
-    def _check_datamodule_training(self, datamodule, task, early_stopping) -> None:
-        check_datamodule(datamodule, self.gene_column)
-        self._check_datamodule_model()
-        if task not in (None, "generative"):
-            raise ValueError(
-                f"task={task!r}: training from a datamodule supports task='generative' (labels, "
-                "batches and perturbations come with an AnnData: ScGPT.setup_anndata)."
-            )
-        if early_stopping and not has_validation(datamodule):
-            raise ValueError(
-                "early_stopping monitors the validation loss, but the datamodule has no "
-                "validation cells: build it with train_size < 1 (e.g. 0.9), or a lamindb "
-                "MappedCollectionDataModule with collection_val=...."
-            )
-
     @property
     def config(self) -> ScGPTConfig:
         """The model's hyperparameters (:class:`~celltx.nn.ScGPTConfig`)."""
@@ -368,6 +342,7 @@ class ScGPT(
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @doc_params
     def train(
         self,
         max_epochs: int | None = None,
@@ -396,114 +371,18 @@ class ScGPT(
         batch_tokens: int | None = None,
         **trainer_kwargs,
     ):
-        """Pretrain or fine-tune, from scratch or from loaded weights.
+        """Pretrain or fine-tune, from scratch or from loaded weights, on a task.
 
-        Tasks: generative pretraining, cell-type annotation or batch integration.
-
-        Runs through scvi-tools' :class:`~scvi.train.TrainRunner` and Lightning, so
-        Lightning arguments pass through (``accelerator``, ``devices``, ``strategy="ddp"``,
-        ``precision``, ``gradient_clip_val``, ``accumulate_grad_batches``, …). On a GPU with
-        bf16 support ``precision="bf16-mixed"`` is the default. Losses per epoch land in
-        ``model.history`` (``train_loss``, ``validation_loss``, ``gep_mse_*``,
-        ``mvc_mse_*``).
+        The task (:data:`~celltx.model.TASK_REGISTRY`) sets the objective's parts and says
+        what it needs; then a data splitter, a plan and scvi-tools' runner train it
+        (:class:`~scvi.train.TrainRunner` and Lightning, so Lightning arguments pass through:
+        ``strategy="ddp"``, ``precision``, ``gradient_clip_val``, …). On a GPU with bf16
+        support ``precision="bf16-mixed"`` is the default. Losses per epoch land in
+        ``model.history`` (``train_loss``, ``validation_loss``, one column per part metric).
 
         Parameters
         ----------
-        max_epochs
-            Epochs; ``None`` uses scvi-tools' heuristic from the number of cells.
-        batch_size
-            Cells per step (per device).
-        lr
-            Peak learning rate (default 1e-3, see :class:`~celltx.train.PretrainingPlan`).
-        accelerator, devices
-            Lightning device selection (``"cpu"``, ``"gpu"``, ``"auto"``).
-        train_size, validation_size
-            Split of cells into training and validation.
-        early_stopping
-            Stop when ``early_stopping_monitor`` (default ``"elbo_validation"``, the
-            validation loss) stops improving; ``early_stopping_patience`` etc. pass through.
-        check_val_every_n_epoch
-            Validation frequency (``None``: only with early stopping).
-        plan_kwargs
-            Arguments of :class:`~celltx.train.PretrainingPlan`.
-        datasplitter_kwargs
-            Arguments of scvi-tools' :class:`~scvi.dataloaders.DataSplitter`.
-        task
-            Loss preset: ``"generative"`` (gene- and cell-prompt generation, the default
-            for a new model), ``"annotation"`` (cross-entropy of the classifier on the
-            ``<cls>`` embedding of whole cells; needs ``labels_key``), ``"integration"``
-            (the contrastive loss with neighbour positives, CLAIRE-style: each cell's
-            nearest neighbours within its batch and its mutual nearest neighbours in other
-            batches, found in the input's PCA, count as positives besides its own second
-            view; needs ``batch_key``; see the model's ``contrast_*`` settings),
-            ``"integration_scgpt"`` (scGPT's recipe: generation + elastic cell similarity
-            ×10 + the adversarial batch discriminator when built with ``dab=True``; needs
-            ``batch_key``), ``"contrastive"`` (InfoNCE between two views of each cell, each
-            with its own random known / unknown split; add ``loss_weights={"gep": 1,
-            "mvc": 1}`` to generate as well, as CellLM does), ``"cell_text"`` (LangCell's cell–text
-            alignment: each labelled cell against its label's Cell Ontology text; needs
-            ``labels_key`` and ``celltx[text]``; see :meth:`predict_zero_shot`). ``None``
-            keeps the objective of the previous call.
-        loss_weights
-            Override single weights of the preset: ``gep``, ``mvc``, ``cls``, ``ecs``,
-            ``dab``, ``contrast``, ``text``, and ``ecs_threshold`` (default 0.8).
-        class_weight
-            Classification and cell–text alignment: ``"balanced"`` weighs each class by ``n_cells /
-            (n_classes × n_class_cells)`` over the labelled training cells, or a
-            ``{label: weight}`` dict; ``None``: equal weights.
-        label_smoothing
-            Classification only: label smoothing of the cross-entropy.
-        freeze_layers
-            Keep the gene / value embeddings and the first ``freeze_layers`` transformer
-            layers fixed during this call (``-1``: all of them, train only the heads).
-        chunk_size
-            With the contrastive part: CellLM's divide-and-conquer training
-            (:class:`~celltx.train.ContrastivePlan`). Each ``batch_size`` minibatch is the
-            contrastive batch (every pair of its cells is compared), encoded ``chunk_size``
-            cells at a time, so memory follows ``chunk_size`` and the contrastive batch can be
-            thousands of cells. ``None``: one pass per minibatch.
-        gradient_checkpointing
-            Recompute each transformer layer's activations in the backward pass instead of
-            keeping them (for long sequences or large batches): less memory, about a third
-            more compute; gradients are unchanged. For this call only.
-        compile
-            Compile the transformer layers with :func:`torch.compile` (``dynamic=True``)
-            before training; they stay compiled for later calls and inference. Compiling
-            takes tens of seconds; it pays off on GPUs and long runs. Dropout masks then come
-            from the compiler's random numbers, so a run is not bit-identical to eager mode.
-        checkpoint_every
-            Write a checkpoint every this many optimizer steps into ``checkpoint_dir``
-            (default ``<scvi.settings.logging_dir>/checkpoints``): Lightning's
-            ``step=N.ckpt`` (weights, optimizer and scheduler state, loop position) plus a
-            celltx save of the model at that step (``step=N/``, loadable with :meth:`load`).
-            The latest is kept. Resume an interrupted run with the same arguments plus
-            ``ckpt_path="<checkpoint_dir>/step=N.ckpt"`` (read with
-            :func:`celltx.io.read_checkpoint`, then by Lightning with
-            ``weights_only=True``; nothing is unpickled, a file holding other objects is
-            refused).
-        checkpoint_dir
-            Directory of the checkpoints of ``checkpoint_every``.
-        datamodule
-            Train from scvi-tools' :class:`~scvi.dataloaders.TileDBDataModule` over a SOMA
-            experiment (``pip install 'celltx[soma]'``) or its
-            :class:`~scvi.dataloaders.MappedCollectionDataModule` over a lamindb collection
-            instead of the AnnData: its batches, shuffling and train / validation split (SOMA:
-            its ``train_size``; lamindb: its ``collection_val``) are used, so ``batch_size``,
-            ``train_size``, ``validation_size`` and ``datasplitter_kwargs`` do not apply. Its
-            genes are matched to the vocabulary by name (SOMA: ``var`` column
-            :attr:`gene_column`; lamindb: the collection's joined ``var_names``). Generative
-            objectives only (``gep``, ``mvc``, ``ecs``) on RNA models without batch-aware
-            parts.
-        batch_tokens
-            Token-budget batches for training: the cells are grouped by sequence length into
-            batches of at most ``batch_tokens`` padded tokens (``batch_size`` caps the cells
-            of a batch), regrouped at random every epoch (:class:`TokenBudgetSplitter`).
-            Less padding, so more cells per second on cells of mixed length; the number of
-            cells per step varies. Not with DDP or a datamodule. ``None``: batches of
-            ``batch_size`` cells.
-        **trainer_kwargs
-            Passed to Lightning's trainer through :class:`~scvi.train.Trainer`
-            (``ckpt_path`` resumes from a checkpoint).
+        %(train)s
 
         Examples
         --------
@@ -519,192 +398,49 @@ class ScGPT(
         >>> model = celltx.model.ScGPT(datamodule=dm, d_model=64)  # doctest: +SKIP
         >>> model.train(max_epochs=1, datamodule=dm)  # doctest: +SKIP
         """
-        if datamodule is None and self.adata is None:
-            raise ValueError(
-                "This model was built from a datamodule and has no AnnData: pass "
-                "model.train(datamodule=..., max_epochs=...)."
-            )
-        if datamodule is not None:
-            self._check_datamodule_training(datamodule, task, early_stopping)
-        if max_epochs is not None and (
-            isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
-        ):
-            raise ValueError(
-                f"max_epochs={max_epochs!r}: training needs at least one epoch (or None for "
-                "scvi-tools' default from the number of cells)."
-            )
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1.")
-        if trainer_kwargs.get("ckpt_path") is not None:
-            check_resume(trainer_kwargs["ckpt_path"])  # nothing unpickled, clear errors
-        if task == "cell_text" or (loss_weights or {}).get("text", 0) > 0:
-            if not len(self.module.label_text):
-                self.set_label_texts()  # each label's Cell Ontology text, then the head
-        self._set_objective(task, loss_weights, class_weight, label_smoothing)
-        if datamodule is not None:
-            other = [p for p, w in self.module.objective.items() if w > 0 and p not in _DM_PARTS]
-            if other:
-                raise ValueError(
-                    f"Training from a datamodule supports the generative parts {list(_DM_PARTS)}; "
-                    f"this objective also has {other}. Pass task='generative'."
-                )
-        plan_kwargs = dict(plan_kwargs or {})
-        plan_cls = self._training_plan_cls
-        if chunk_size is not None:
-            if self.module.weight("contrast") <= 0:
-                raise ValueError(
-                    "chunk_size is for divide-and-conquer contrastive training: pass "
-                    "task='contrastive' (or loss_weights={'contrast': 1.0})."
-                )
-            plan_cls = ContrastivePlan
-            plan_kwargs["chunk_size"] = int(chunk_size)
-            if "gradient_clip_val" in trainer_kwargs:  # manual optimisation clips in the plan
-                plan_kwargs["gradient_clip_val"] = trainer_kwargs.pop("gradient_clip_val")
-        if lr is not None:
-            plan_kwargs["lr"] = lr
-        if (
-            "precision" not in trainer_kwargs
-            and accelerator in ("auto", "gpu", "cuda")
-            and torch.cuda.is_available()
-            and torch.cuda.is_bf16_supported()
-        ):
-            trainer_kwargs["precision"] = "bf16-mixed"
-        data_parallel_defaults(trainer_kwargs)
-        splitter_cls = None
-        if batch_tokens is not None:
-            if (
-                isinstance(batch_tokens, bool)
-                or int(batch_tokens) != batch_tokens
-                or batch_tokens < 2
-            ):
-                raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
-            if datamodule is not None or "ddp" in str(trainer_kwargs.get("strategy", "")):
-                raise ValueError(
-                    "batch_tokens is for training on an AnnData in one process; with DDP or a "
-                    "datamodule, use batch_size."
-                )
-            if self.module.multimodal or "rna" not in self.module.modalities:
-                raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
-            import scvi
-
-            datasplitter_kwargs = {
-                **(datasplitter_kwargs or {}),
-                "lengths": self._sequence_lengths(self.adata),
-                "batch_tokens": int(batch_tokens),
-                "seed": scvi.settings.seed or 0,
-            }
-            splitter_cls = TokenBudgetSplitter
-        mode = self._neighbour_positives() if datamodule is None else None
-        if mode is not None:  # neighbour positives: batches that pair each anchor with one
-            if splitter_cls is not None or "ddp" in str(trainer_kwargs.get("strategy", "")):
-                raise ValueError(
-                    f"Neighbour positives (contrast_positives={mode!r}) pair cells within a "
-                    "batch on one process: leave out batch_tokens and DDP, or build the model "
-                    "with contrast_positives='self'."
-                )
-            import scvi
-
-            state: dict = {}
-            datasplitter_kwargs = {
-                **(datasplitter_kwargs or {}),
-                "pairs_fn": self._pairs_fn(mode),
-                "seed": scvi.settings.seed or 0,
-                "state": state,
-            }
-            splitter_cls = NeighbourSplitter
-            if self.module.config.contrast_refresh:
-                kw = dict(trainer_kwargs)
-                kw["callbacks"] = [
-                    *(kw.get("callbacks") or []),
-                    self._refresh_callback(state, mode),
-                ]
-                trainer_kwargs = kw
+        kw = trainer_kwargs
+        self._check_train(datamodule, task, max_epochs, batch_size, early_stopping, kw)
+        spec = self._set_task(task, loss_weights, class_weight, label_smoothing, datamodule)
+        plan_cls, plan_kwargs = self._plan(spec, chunk_size, lr, plan_kwargs, kw)
+        if "precision" not in kw and accelerator in ("auto", "gpu", "cuda") and bf16_available():
+            kw["precision"] = "bf16-mixed"
+        data_parallel_defaults(kw)
+        splitter_cls, ds_kwargs = self._splitter(
+            spec, batch_tokens, datamodule, datasplitter_kwargs, kw
+        )
         if checkpoint_every is not None:
-            trainer_kwargs = step_checkpoints(trainer_kwargs, checkpoint_every, checkpoint_dir)
+            kw = step_checkpoints(kw, checkpoint_every, checkpoint_dir)
         elif checkpoint_dir is not None:
             raise ValueError("checkpoint_dir needs checkpoint_every=<steps>.")
         if compile and not getattr(self, "_encoder_compiled", False):
             self.module.compile_encoder()
             self._encoder_compiled = True
-        if datamodule is not None:
-            if not has_validation(datamodule):
-                check_val_every_n_epoch = None  # the datamodule has no validation cells
-        elif not self._n_validation(train_size, validation_size, batch_size, datasplitter_kwargs):
-            # no validation cells (train_size=1.0, or very few cells): train without a
-            # validation loop rather than fail inside Lightning
-            if early_stopping and "validation" in str(
-                trainer_kwargs.get("early_stopping_monitor", "validation")
-            ):
-                raise ValueError(
-                    f"early_stopping monitors the validation loss, but train_size={train_size} "
-                    f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "
-                    "(e.g. 0.9) or pass early_stopping=False."
-                )
-            check_val_every_n_epoch = None
-        if check_val_every_n_epoch is not None:
-            trainer_kwargs["check_val_every_n_epoch"] = check_val_every_n_epoch
+        vals = (train_size, validation_size, batch_size, ds_kwargs, early_stopping)
+        self._validation(datamodule, *vals, check_val_every_n_epoch, kw)
         if self.is_trained_ and not isinstance(self.history_, dict):
             # loaded weights (load_pretrained) have no history: let scvi start a fresh one
             self.is_trained_ = False
-        if self.module.weight("pert") > 0:
-            self._store_controls()
-        self.module.set_gradient_checkpointing(gradient_checkpointing)
-        frozen = self.module.freeze(freeze_layers)
-        if not any(p.requires_grad for p in self.module.parameters()):
-            for p in frozen:
-                p.requires_grad_(True)
-            raise ValueError(
-                "Nothing to train: every parameter is frozen (a query model whose reference has "
-                "no batch-specific parts embeds the query as it is; or freeze_layers=-1 on a "
-                "model without heads to train). Call get_latent_representation() directly."
-            )
+        if spec is not None and spec.prepare is not None:
+            spec.prepare(self, self.adata)
+        max_epochs = self._max_epochs(max_epochs, datamodule)
+        frozen = self._freeze(freeze_layers, gradient_checkpointing)
         # scvi-tools leaves the module in eval mode after training or inference, and Lightning
         # keeps submodules' modes: without this, a second train() call would run without
         # dropout and with batch norms on running statistics
         self.module.train()
-        self._training_plan_cls = plan_cls
-        if splitter_cls is not None:
-            self._data_splitter_cls = splitter_cls
         try:
-            panel = (
-                self._panel(self.adata)
-                if datamodule is None
-                else self._datamodule_panel(datamodule)
-            )
-            with panel:
-                out = super().train(
-                    max_epochs=max_epochs,
-                    accelerator=accelerator,
-                    devices=devices,
-                    train_size=train_size,
-                    validation_size=validation_size,
-                    batch_size=batch_size,
-                    early_stopping=early_stopping,
-                    plan_kwargs=plan_kwargs,
-                    datasplitter_kwargs=datasplitter_kwargs,
-                    datamodule=datamodule,
-                    **trainer_kwargs,
+            dm = datamodule
+            with self._panel(self.adata) if dm is None else self._datamodule_panel(dm):
+                split = (splitter_cls, ds_kwargs, train_size, validation_size, batch_size)
+                splitter = dm if dm is not None else self._data_splitter(*split, kw)
+                plan = plan_cls(self.module, **plan_kwargs)
+                out = self._run(
+                    splitter, plan, max_epochs, accelerator, devices, early_stopping, kw
                 )
         finally:
             self.module.set_gradient_checkpointing(False)
-            self.__dict__.pop("_training_plan_cls", None)  # back to the class's plan
-            self.__dict__.pop("_data_splitter_cls", None)
             for p in frozen:
                 p.requires_grad_(True)
             self._restore_reference_batches()  # a query model keeps its reference batches
-        m = self.module
-        if m.weight("contrast") > 0:
-            # the centred contrastive loss ignores a constant offset of every cell's <cls>
-            # output (cosine ~1 between all cells): store it, so that embeddings are centred
-            m.cell_offset.zero_()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                emb = self.get_latent_representation(indices=self.train_indices)
-            m.cell_offset.copy_(torch.as_tensor(emb.mean(0), device=m.cell_offset.device))
-        if m.weight("cls") > 0:
-            m.cls_trained.fill_(True)
-        if m.weight("pert") > 0:
-            m.pert_trained.fill_(True)
-        if m.weight("text") > 0:
-            m.text_trained.fill_(True)
+        finish(self, spec)
         return out

@@ -1,4 +1,4 @@
-"""Objective selection, class weights, the validation split and the DDP defaults of :meth:`ScGPT.train`."""
+"""The steps of :meth:`ScGPT.train`: task and objective, plan, data splitter, validation, runner."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
+from scvi import settings as scvi_settings
 from scvi.dataloaders import DataSplitter
 from scvi.train import Trainer, TrainRunner
 
@@ -22,8 +23,11 @@ from celltx.data import (
     token_budget_batches,
 )
 from celltx.io import read_checkpoint
-from celltx.module import PARTS, TASK_OPTIONS, TASKS
-from celltx.train import EveryNEpochs, StepCheckpoint
+from celltx.module import PARTS
+from celltx.train import ContrastivePlan, EveryNEpochs, StepCheckpoint
+
+from ._datamodule import check_datamodule, has_validation
+from ._tasks import get_task, provide
 
 _DDP_FIND_UNUSED = {
     "ddp": "ddp_find_unused_parameters_true",
@@ -46,6 +50,11 @@ def data_parallel_defaults(trainer_kwargs: dict) -> None:
         trainer_kwargs["strategy"] = _DDP_FIND_UNUSED[strategy]
     if isinstance(trainer_kwargs.get("strategy"), str) and "ddp" in trainer_kwargs["strategy"]:
         trainer_kwargs.setdefault("inference_mode", False)
+
+
+def bf16_available() -> bool:
+    """Whether a CUDA GPU with bf16 support is present (the default precision there)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 #: ckpt_path values Lightning resolves itself (to checkpoints of this run's callbacks)
@@ -74,6 +83,25 @@ def check_resume(ckpt_path) -> None:
             "that training with checkpoint_every wrote. To start from a model's weights "
             "instead, load it (ScGPT.load, ScGPT.load_pretrained) and train it."
         )
+
+
+def default_max_epochs(n_obs: int, cap: int = 400, decay_at: int = 20_000) -> int:
+    """scvi-tools' default number of epochs for ``n_obs`` cells (``max_epochs=None``).
+
+    ``cap`` epochs up to ``decay_at`` cells, then ``decay_at / n_obs * cap`` (at least 1) —
+    the rule of scvi-tools' ``UnsupervisedTrainingMixin.train``, written here because
+    scvi-tools keeps its helper private.
+    """
+    return max(min(round(decay_at / n_obs * cap), cap), 1)
+
+
+def uses_ddp(strategy) -> bool:
+    """Whether a Lightning ``strategy`` (a name or an object) is data-parallel (DDP)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    if isinstance(strategy, str):
+        return "ddp" in strategy
+    return isinstance(strategy, DDPStrategy)
 
 
 class SafeTrainer(Trainer):
@@ -187,7 +215,7 @@ class NeighbourSplitter(DataSplitter):
 
 
 class TrainingMixin:
-    """Objective selection, class weights and the validation split of :meth:`ScGPT.train`."""
+    """The steps of :meth:`ScGPT.train`: arguments, task, plan, splitter, validation, run."""
 
     def _n_validation(self, train_size, validation_size, batch_size, datasplitter_kwargs) -> int:
         """Number of validation cells scvi-tools' splitter gives for these arguments."""
@@ -206,62 +234,67 @@ class TrainingMixin:
         splitter.setup()
         return len(splitter.val_idx)
 
-    def _set_objective(self, task, loss_weights, class_weight, label_smoothing) -> None:
+    def _check_train(self, datamodule, task, max_epochs, batch_size, early_stopping, kw) -> None:
+        if datamodule is None and self.adata is None:
+            raise ValueError(
+                "This model was built from a datamodule and has no AnnData: pass "
+                "model.train(datamodule=..., max_epochs=...)."
+            )
+        if datamodule is not None:
+            check_datamodule(datamodule, self.gene_column)
+            self._check_datamodule_model()
+            if task is not None and not get_task(task).datamodule:
+                raise ValueError(
+                    f"task={task!r}: training from a datamodule supports task='generative' "
+                    "(labels, batches and perturbations come with an AnnData: "
+                    "ScGPT.setup_anndata)."
+                )
+            if early_stopping and not has_validation(datamodule):
+                raise ValueError(
+                    "early_stopping monitors the validation loss, but the datamodule has no "
+                    "validation cells: build it with train_size < 1 (e.g. 0.9), or a lamindb "
+                    "MappedCollectionDataModule with collection_val=...."
+                )
+        if max_epochs is not None and (
+            isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1
+        ):
+            raise ValueError(
+                f"max_epochs={max_epochs!r}: training needs at least one epoch (or None for "
+                "scvi-tools' default from the number of cells)."
+            )
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if kw.get("ckpt_path") is not None:
+            check_resume(kw["ckpt_path"])  # nothing unpickled, clear errors
+
+    def _set_task(self, task, loss_weights, class_weight, label_smoothing, datamodule):
+        """Resolve ``task`` and set the module's objective; returns the task (``None``: kept).
+
+        The task's weights (``None``: the current objective), overridden by ``loss_weights``;
+        what its parts need from the model (:data:`BEFORE`), then the objective itself.
+        """
         m = self.module
-        if task is None:
-            weights = dict(m.objective)
-        elif task in TASKS:
-            weights = dict(TASKS[task])
-            if m.multimodal and weights.get("gep", 0) > 0:
-                weights["align"] = 1.0  # multiome: align the modalities while generating
-        else:
-            raise ValueError(f"task={task!r}; use one of {list(TASKS)} or None.")
+        spec = get_task(task)
         setup = self._setup_args(self.adata)
-        if task == "annotation" and not setup.get("labels_key"):
-            raise ValueError(
-                "task='annotation' needs labels: ScGPT.setup_anndata(adata, labels_key='<obs "
-                "column>'), then build or load the model."
-            )
-        if task == "perturbation" and not setup.get("perturbation_key"):
-            raise ValueError(
-                "task='perturbation' needs perturbation conditions: ScGPT.setup_anndata(adata, "
-                "perturbation_key='<obs column>', control_value='ctrl'), then build the model."
-            )
-        if task in ("integration", "integration_scgpt"):
-            if not setup.get("batch_key"):
-                raise ValueError(
-                    f"task={task!r} needs batches: ScGPT.setup_anndata(adata, "
-                    "batch_key='<obs column>'), then build or load the model (with "
-                    "task='integration_scgpt': dsbn=True, dab=True, batch_token=True for "
-                    "scGPT's full recipe)."
-                )
-            if not m.has_head("dab"):
-                weights["dab"] = 0.0
-            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
-            counts = np.bincount(np.asarray(codes, dtype=int), minlength=self.summary_stats.n_batch)
-            mapping = self.adata_manager.get_state_registry(
-                REGISTRY_KEYS.BATCH_KEY
-            ).categorical_mapping
-            small = [str(mapping[i]) for i in np.flatnonzero(counts < 2)]
-            if small:
-                raise ValueError(
-                    f"Batches {small} have fewer than 2 cells; batch-aware training cannot learn "
-                    "them. Drop those cells or merge the batches."
-                )
+        if spec is None:
+            weights = dict(m.objective)
+        else:
+            spec.check(self, setup)
+            weights = spec.weights_for(m)
         extra = dict(loss_weights or {})
-        threshold = extra.pop("ecs_threshold", getattr(m, "ecs_threshold", 0.8))
+        threshold = extra.pop("ecs_threshold", m.ecs_threshold)
         unknown = set(extra) - set(PARTS)
         if unknown:
             raise ValueError(f"Unknown loss weights {sorted(unknown)}; use {', '.join(PARTS)}.")
         weights.update(extra)
-        cw = None
-        if weights.get("cls", 0) > 0 or weights.get("text", 0) > 0:
-            cw = self._class_weights(class_weight)
-        elif class_weight is not None:
+        provide(self, weights, self.adata)
+        label_parts = weights.get("cls", 0) > 0 or weights.get("text", 0) > 0
+        if class_weight is not None and not label_parts:
             raise ValueError(
                 "class_weight applies to the label-aware parts: classification (cls > 0) and "
                 "cell–text alignment (text > 0)."
             )
+        cw = self._class_weights(class_weight) if label_parts else None
         if label_smoothing and not weights.get("cls", 0) > 0:
             raise ValueError(
                 f"label_smoothing={label_smoothing}: label smoothing and class weights apply to "
@@ -270,15 +303,163 @@ class TrainingMixin:
         m.set_objective(
             **weights, ecs_threshold=threshold, label_smoothing=label_smoothing, class_weights=cw
         )
-        if task is not None or not hasattr(self, "_contrast_positives"):
+        if datamodule is not None:
+            other = [p for p in m.objective if not m.parts[p].from_datamodule]
+            if other:
+                parts = [n for n, p in PARTS.items() if p.from_datamodule]
+                raise ValueError(
+                    f"Training from a datamodule supports the generative parts {parts}; "
+                    f"this objective also has {other}. Pass task='generative'."
+                )
+        if spec is not None or not hasattr(self, "_contrast_positives"):
             own = m.config.contrast_positives
-            task_opt = TASK_OPTIONS.get(task, {}).get("contrast_positives", "self")
-            self._contrast_positives = own if own is not None else task_opt
+            self._contrast_positives = (
+                own
+                if own is not None
+                else (spec.contrast_positives if spec is not None else "self")
+            )
         if "mnn" in self._contrast_positives and not setup.get("batch_key"):
             raise ValueError(
-                f"contrast_positives={self._contrast_positives!r} pairs cells across batches: ScGPT.setup_anndata(adata, "
-                "batch_key='<obs column>'), or use contrast_positives='knn'."
+                f"contrast_positives={self._contrast_positives!r} pairs cells across batches: "
+                "ScGPT.setup_anndata(adata, batch_key='<obs column>'), or use "
+                "contrast_positives='knn'."
             )
+        return spec
+
+    def _plan(self, spec, chunk_size, lr, plan_kwargs, trainer_kwargs):
+        """The plan class and its arguments: the task's, or divide-and-conquer with ``chunk_size``."""
+        plan_kwargs = {**dict(trainer_kwargs.pop("plan_config", None) or {}), **(plan_kwargs or {})}
+        plan_cls = self._training_plan_cls if spec is None or spec.plan is None else spec.plan
+        if chunk_size is not None:
+            if not any(self.module.parts[p].chunked for p in self.module.objective):
+                raise ValueError(
+                    "chunk_size is for divide-and-conquer contrastive training: pass "
+                    "task='contrastive' (or loss_weights={'contrast': 1.0})."
+                )
+            plan_cls = ContrastivePlan
+            plan_kwargs["chunk_size"] = int(chunk_size)
+            if "gradient_clip_val" in trainer_kwargs:  # manual optimisation clips in the plan
+                plan_kwargs["gradient_clip_val"] = trainer_kwargs.pop("gradient_clip_val")
+        if lr is not None:
+            plan_kwargs["lr"] = lr
+        return plan_cls, plan_kwargs
+
+    def _splitter(self, spec, batch_tokens, datamodule, kwargs, trainer_kwargs):
+        """The data splitter class and its arguments (task's, token budget, neighbour positives)."""
+        import scvi
+
+        ddp = "ddp" in str(trainer_kwargs.get("strategy", ""))
+        cls = self._data_splitter_cls if spec is None or spec.splitter is None else spec.splitter
+        kwargs = dict(kwargs or {})
+        if batch_tokens is not None:
+            if (
+                isinstance(batch_tokens, bool)
+                or int(batch_tokens) != batch_tokens
+                or batch_tokens < 2
+            ):
+                raise ValueError(f"batch_tokens={batch_tokens!r} must be an integer >= 2.")
+            if datamodule is not None or ddp:
+                raise ValueError(
+                    "batch_tokens is for training on an AnnData in one process; with DDP or a "
+                    "datamodule, use batch_size."
+                )
+            if self.module.multimodal or "rna" not in self.module.modalities:
+                raise ValueError("batch_tokens is for RNA models; use batch_size with ATAC data.")
+            kwargs["lengths"] = self._sequence_lengths(self.adata)
+            kwargs.update(batch_tokens=int(batch_tokens), seed=scvi.settings.seed or 0)
+            cls = TokenBudgetSplitter
+        mode = self._neighbour_positives() if datamodule is None else None
+        if mode is not None:  # neighbour positives: batches that pair each anchor with one
+            if batch_tokens is not None or ddp:
+                raise ValueError(
+                    f"Neighbour positives (contrast_positives={mode!r}) pair cells within a "
+                    "batch on one process: leave out batch_tokens and DDP, or build the model "
+                    "with contrast_positives='self'."
+                )
+            state: dict = {}
+            kwargs.update(pairs_fn=self._pairs_fn(mode), seed=scvi.settings.seed or 0, state=state)
+            cls = NeighbourSplitter
+            if self.module.config.contrast_refresh:
+                callbacks = [*(trainer_kwargs.get("callbacks") or [])]
+                trainer_kwargs["callbacks"] = [*callbacks, self._refresh_callback(state, mode)]
+        return cls, kwargs
+
+    def _validation(
+        self, datamodule, train_size, validation_size, batch_size, ds_kwargs, early_stopping,
+        every, trainer_kwargs,
+    ) -> None:  # fmt: skip
+        """Set ``check_val_every_n_epoch``: left out when there are no validation cells."""
+        if datamodule is not None:
+            every = every if has_validation(datamodule) else None
+        elif not self._n_validation(train_size, validation_size, batch_size, ds_kwargs):
+            # no validation cells (train_size=1.0, or very few cells): train without a
+            # validation loop rather than fail inside Lightning
+            if early_stopping and "validation" in str(
+                trainer_kwargs.get("early_stopping_monitor", "validation")
+            ):
+                raise ValueError(
+                    f"early_stopping monitors the validation loss, but train_size={train_size} "
+                    f"leaves no validation cells among {self.adata.n_obs}. Lower train_size "
+                    "(e.g. 0.9) or pass early_stopping=False."
+                )
+            every = None
+        if every is not None:
+            trainer_kwargs["check_val_every_n_epoch"] = every
+
+    def _freeze(self, freeze_layers: int, gradient_checkpointing: bool) -> list:
+        """Freeze layers for this call (raises when nothing is left to train)."""
+        self.module.set_gradient_checkpointing(gradient_checkpointing)
+        frozen = self.module.freeze(freeze_layers)
+        if not any(p.requires_grad for p in self.module.parameters()):
+            for p in frozen:
+                p.requires_grad_(True)
+            raise ValueError(
+                "Nothing to train: every parameter is frozen (a query model whose reference has "
+                "no batch-specific parts embeds the query as it is; or freeze_layers=-1 on a "
+                "model without heads to train). Call get_latent_representation() directly."
+            )
+        return frozen
+
+    def _max_epochs(self, max_epochs, datamodule) -> int:
+        """``max_epochs``, or scvi-tools' heuristic from the number of cells."""
+        if max_epochs is not None:
+            return max_epochs
+        n_obs = self.adata.n_obs if datamodule is None else getattr(datamodule, "n_obs", None)
+        if n_obs is None:
+            raise ValueError(
+                "If `datamodule` does not have `n_obs` attribute, `max_epochs` must be passed in."
+            )
+        return default_max_epochs(n_obs)
+
+    def _data_splitter(self, cls, kwargs, train_size, validation_size, batch_size, trainer_kwargs):
+        """scvi-tools' data splitter of this training, as its own ``train`` builds it."""
+        kwargs = {
+            "shuffle_set_split": trainer_kwargs.pop("shuffle_set_split", True),
+            "load_sparse_tensor": trainer_kwargs.pop("load_sparse_tensor", False),
+            **kwargs,
+        }
+        return cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size or scvi_settings.batch_size,
+            distributed_sampler=uses_ddp(trainer_kwargs.get("strategy", None)),
+            **kwargs,
+        )
+
+    def _run(self, splitter, plan, max_epochs, accelerator, devices, early_stopping, kw):
+        """Build scvi-tools' runner around ``splitter`` and ``plan``, and run it."""
+        kw.setdefault("early_stopping", early_stopping)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            **kw,
+        )
+        return runner()
 
     def _neighbour_positives(self) -> str | None:
         """``"knn"`` / ``"mnn"`` when this training pairs neighbours, else ``None``."""

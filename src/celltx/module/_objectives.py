@@ -1,16 +1,21 @@
-"""Objectives as small parts, and tasks as named lists of parts with weights.
+"""Objectives as small parts, each owning its weight and settings.
 
 A part computes one loss from named inputs: the scvi-tools minibatch (``tensors``), what the
 encoder pass produced (``inference``: ``tokens``, ``known``, ``h``, ``cell_emb``, ``rows``,
 ``view``, ``pert_pred``, ``pert_target``) and the heads' predictions (``predictions``:
-``expr``, ``mvc``, ``cls``, ``dab``). It says which encoder pass it needs (:attr:`Part.pass_`)
-and which heads it reads (:attr:`Part.heads`). :class:`~celltx.module.ScGPTModule` runs the
-pass the task's parts need, the heads they read, and sums their weighted losses. Adding an
-objective means adding one part here and listing it in a task.
+``expr``, ``mvc``, ``cls``, ``dab``). It declares which encoder pass it needs
+(:attr:`Part.pass_`), how many views of each cell (:attr:`Part.views`), which heads it reads
+(:attr:`Part.heads`) and what the model must provide before or compute after training
+(:attr:`Part.needs`, :attr:`Part.after`). :class:`~celltx.module.ScGPTModule` holds one
+configured copy of every part (:attr:`~celltx.module.ScGPTModule.parts`: weight and settings,
+the defaults read from :class:`~celltx.nn.ScGPTConfig`), runs the pass its active parts need,
+the heads they read, and sums their weighted losses. Adding an objective means one part here
+(or :func:`register_part`) and one task (:func:`celltx.model.register_task`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 
-from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY
+from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY, augment_views
+from celltx.nn import ScGPTConfig
 
-from ._constants import VIEW_ATAC, VIEW_RNA
+from ._losses import alignment_loss, cell_text_loss, contrastive_loss
 
 #: encoder passes: whole cells; cells with a known / unknown split under the generative
 #: mask; control cells encoded under a perturbation
@@ -48,28 +54,111 @@ class PartLoss:
 
 
 class Part:
-    """One objective.
+    """One objective: its weight, its settings and its loss.
 
-    Subclasses set :attr:`name`, :attr:`pass_`, :attr:`heads`, :attr:`metrics` and implement
-    :meth:`__call__`.
+    Subclasses set :attr:`name`, :attr:`pass_`, :attr:`heads`, :attr:`metrics` (and the other
+    class attributes they need), keep their settings as instance attributes (defaults read
+    from the model's config in :meth:`configure`) and implement :meth:`__call__`.
+
+    Parameters
+    ----------
+    weight
+        The part's weight in the objective (0: not part of it).
+
+    Examples
+    --------
+    >>> from celltx.module import Part, PartLoss
+    >>> class CellNorm(Part):
+    ...     name = "cell_norm"
+    ...     metrics = ("cell_norm_loss",)
+    ...     def __call__(self, module, tensors, inference, predictions):
+    ...         loss = inference["cell_emb"].float().pow(2).mean()
+    ...         return PartLoss(loss, None, {"cell_norm_loss": loss.detach()})
+    >>> CellNorm(weight=0.1).weight
+    0.1
     """
 
     #: the key of the part in a task's weights
     name: ClassVar[str]
     #: the encoder pass it needs (:data:`WHOLE` works on any pass)
     pass_: ClassVar[str] = WHOLE
+    #: views of each cell the split pass encodes (2: every cell twice, each with its own
+    #: known / unknown split; rows ``0..B-1`` and ``B..2B-1``)
+    views: ClassVar[int] = 1
     #: the head predictions it reads
     heads: ClassVar[tuple[str, ...]] = ()
     #: the metrics it logs (NaN in steps where the part is not active)
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: what the model provides before training with the part (e.g. ``"label_texts"``)
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: what the model computes after training with the part (e.g. ``"cell_offset"``)
+    after: ClassVar[tuple[str, ...]] = ()
+    #: the module's flag buffer that marks the part's head trained (``None``: no head)
+    trained_flag: ClassVar[str | None] = None
+    #: a part whose weight brings this one in at weight 1 when the module can compute it
+    #: (multiome generation aligns the modalities)
+    joins: ClassVar[str | None] = None
+    #: whether it can train from a datamodule (reads no registry field but the counts)
+    from_datamodule: ClassVar[bool] = False
+    #: whether a divide-and-conquer plan computes its loss over the whole batch
+    #: (:class:`~celltx.train.ContrastivePlan`)
+    chunked: ClassVar[bool] = False
+
+    def __init__(self, weight: float = 0.0):
+        self.weight = float(weight)
+
+    def configure(self, config) -> None:
+        """Set the part's settings to their defaults in ``config`` (a :class:`~celltx.nn.ScGPTConfig`)."""
+
+    def configured(self, config, weight: float = 0.0) -> Part:
+        """A copy with ``weight`` and the settings of ``config``."""
+        part = copy.copy(self)
+        part.weight = float(weight)
+        part.configure(config)
+        return part
 
     def available(self, module) -> str | None:
         """``None`` when ``module`` can compute this part, else why not (with the fix)."""
         return None
 
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Counts of the :attr:`views` of each cell of ``x``, augmented; ``None``: no augmentation.
+
+        Called in training before the cells are tokenized; returns ``views`` stacked copies
+        of the batch (rows ``0..B-1`` the first view), each augmented on its own.
+        """
+        return None
+
     def __call__(self, module, tensors: dict, inference: dict, predictions: dict) -> PartLoss:
         """The part's loss for one minibatch."""
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+def register_part(part: Part) -> Part:
+    """Add a new objective part to :data:`PARTS` (its name must be new); returns it.
+
+    A task then weights it by name (:class:`celltx.model.Task`) and
+    ``train(loss_weights={name: w})`` reaches it like any built-in part.
+
+    Examples
+    --------
+    >>> from celltx.module import PARTS, Part, register_part
+    >>> class Silent(Part):
+    ...     name = "silent_example"
+    >>> register_part(Silent()) is PARTS["silent_example"]
+    True
+    >>> del PARTS["silent_example"]
+    """
+    if not isinstance(part, Part) or not isinstance(getattr(part, "name", None), str):
+        raise ValueError(f"{part!r} is not a Part with a name.")
+    if part.name in PARTS:
+        raise ValueError(f"A part named {part.name!r} is already registered.")
+    PARTS[part.name] = part
+    return part
 
 
 def _unknown(inference: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +187,7 @@ class GenePrompt(Part):
 
     name = "gep"
     pass_ = SPLIT
+    from_datamodule = True
     heads = ("expr",)
     metrics = ("gep_mse", "rna_mse", "atac_mse")
 
@@ -122,6 +212,7 @@ class CellPrompt(Part):
 
     name = "mvc"
     pass_ = SPLIT
+    from_datamodule = True
     heads = ("mvc",)
     metrics = ("mvc_mse",)
 
@@ -140,6 +231,10 @@ class Classification(Part):
     name = "cls"
     heads = ("cls",)
     metrics = ("cls_loss", "cls_accuracy")
+    trained_flag = "cls_trained"
+
+    def configure(self, config):
+        self.label_smoothing = 0.0
 
     def available(self, module):
         if module.transformer.cls_decoder is None:
@@ -156,7 +251,7 @@ class Classification(Part):
             logits,
             labels.clamp(min=0),
             weight=module.class_weights,
-            label_smoothing=module.label_smoothing,
+            label_smoothing=self.label_smoothing,
             reduction="none",
         )
         lab = (labels >= 0).float()
@@ -173,12 +268,16 @@ class Classification(Part):
 class ElasticCellSimilarity(Part):
     """scGPT's elastic cell similarity ``mean(1 - (relu(cos) - threshold)^2)``.
 
-    Computed over pairs of distinct cells of the minibatch; ``threshold`` is
-    ``module.ecs_threshold``.
+    Computed over pairs of distinct cells of the minibatch; ``threshold``: the config's
+    ``ecs_threshold``.
     """
 
     name = "ecs"
     metrics = ("ecs_loss",)
+    from_datamodule = True
+
+    def configure(self, config):
+        self.threshold = config.ecs_threshold
 
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
@@ -188,7 +287,7 @@ class ElasticCellSimilarity(Part):
         unit = F.normalize(cell_emb.float(), dim=1)
         cos = F.relu(unit @ unit.T)
         off = ~torch.eye(R, dtype=torch.bool, device=cos.device)
-        loss = (1 - (cos[off] - module.ecs_threshold) ** 2).mean()
+        loss = (1 - (cos[off] - self.threshold) ** 2).mean()
         return PartLoss(loss, None, {"ecs_loss": loss.detach()})
 
 
@@ -223,6 +322,10 @@ class ModalityAlignment(Part):
     name = "align"
     pass_ = SPLIT
     metrics = ("align_loss",)
+    joins = "gep"
+
+    def configure(self, config):
+        self.temperature = config.align_temperature
 
     def available(self, module):
         if not module.multimodal:
@@ -238,7 +341,7 @@ class ModalityAlignment(Part):
         loss = (
             None
             if view is None
-            else alignment_loss(cell_emb, inference["rows"], view, module.align_temperature)
+            else alignment_loss(cell_emb, inference["rows"], view, self.temperature)
         )
         if loss is None:  # fewer than 2 cells with both modalities in this step
             loss = cell_emb.new_zeros((), dtype=torch.float32)
@@ -254,6 +357,8 @@ class PerturbationResponse(Part):
     name = "pert"
     pass_ = PERTURB
     metrics = ("pert_mse",)
+    needs = ("controls",)
+    trained_flag = "pert_trained"
 
     def available(self, module):
         if module.pert_decoder is None:
@@ -286,23 +391,36 @@ class Contrastive(Part):
 
     name = "contrast"
     pass_ = SPLIT
+    views = 2
     metrics = ("contrast_loss",)
+    after = ("cell_offset",)
+    chunked = True
+
+    def configure(self, config):
+        self.temperature = config.contrast_temperature
+        self.filter = config.contrast_filter
+        self.thinning = config.contrast_thinning
+        self.gene_dropout = config.contrast_gene_dropout
 
     def available(self, module):
         if module.multimodal:
             return "The contrastive loss is for RNA-only models (multiome models align views)."
         return None
 
+    def augment(self, x, generator=None):
+        if self.thinning <= 0 and self.gene_dropout <= 0:
+            return None
+        x = x.to_dense() if x.is_sparse else x
+        return augment_views(x.repeat(self.views, 1), self.thinning, self.gene_dropout, generator)
+
+    def pair_loss(self, z1, z2, partner=None) -> torch.Tensor:
+        """:func:`contrastive_loss` of the two views with this part's settings."""
+        return contrastive_loss(z1, z2, self.temperature, partner, self.filter)
+
     def __call__(self, module, tensors, inference, predictions):
         cell_emb = inference["cell_emb"]
         half = cell_emb.shape[0] // 2
-        loss = contrastive_loss(
-            cell_emb[:half],
-            cell_emb[half:],
-            module.contrast_temperature,
-            partner=tensors.get(PARTNER_KEY),
-            filter_fraction=module.config.contrast_filter,
-        )
+        loss = self.pair_loss(cell_emb[:half], cell_emb[half:], tensors.get(PARTNER_KEY))
         return PartLoss(loss, None, {"contrast_loss": loss.detach()})
 
 
@@ -317,6 +435,8 @@ class CellText(Part):
 
     name = "text"
     metrics = ("text_loss", "text_accuracy")
+    needs = ("label_texts",)
+    trained_flag = "text_trained"
 
     def available(self, module):
         if module.text_head is None or not len(module.label_text):
@@ -339,143 +459,15 @@ class CellText(Part):
         )
 
 
-def cell_text_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Symmetric InfoNCE between cells and the texts of their labels.
-
-    ``logits`` ``(N, T)``: scaled similarities of ``N`` cells to every label's text;
-    ``labels`` ``(N,)``: each cell's text. Cell → text: cross-entropy over all texts
-    (weighted per label by ``weight``, e.g. ``class_weight="balanced"``). Text → cell: for
-    each text with cells in the batch, softmax over the batch's cells, maximising the
-    probability of its cells together (several cells share a label); averaged over texts,
-    so every label present counts alike. The mean of both. No cells give 0.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from celltx.module import cell_text_loss
-    >>> labels = torch.tensor([0, 0, 1, 2])
-    >>> good = 10 * torch.nn.functional.one_hot(labels, 3).float()
-    >>> bool(cell_text_loss(good, labels) < cell_text_loss(-good, labels))
-    True
-    """
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    logits = logits.float()
-    if weight is not None and weight.shape[0] != logits.shape[1]:
-        weight = None  # the default all-ones buffer of a model without classes
-    c2t = F.cross_entropy(logits, labels, weight=weight)
-    present = torch.unique(labels)
-    logp = torch.log_softmax(logits[:, present], dim=0)  # (N, P): over cells
-    pos = labels[:, None] == present[None, :]
-    t2c = -torch.logsumexp(logp.masked_fill(~pos, float("-inf")), dim=0).mean()
-    return (c2t + t2c) / 2
+def _default(part: Part) -> Part:
+    part.configure(ScGPTConfig())
+    return part
 
 
-def contrastive_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    temperature: float,
-    partner: torch.Tensor | None = None,
-    filter_fraction: float = 0.0,
-) -> torch.Tensor:
-    """Symmetric InfoNCE between two views ``(N, D)`` of the same ``N`` cells.
-
-    The embeddings are centred over all ``2N`` rows (early in training every ``<cls>``
-    output is nearly the same vector, and InfoNCE on raw cosines then stays at chance) and
-    L2-normalised; logits are cosines / ``temperature``; row ``i`` of one view must pick row
-    ``i`` of the other. Fewer than 2 cells give 0.
-
-    ``partner`` ``(N,)``: a further positive of each row, the row index of a neighbouring
-    cell (``-1``: none), as CLAIRE / NNCLR use neighbours. Row ``i``'s positives are then
-    ``i`` and ``partner[i]`` (and every row whose partner is ``i``) in the other view, and
-    its loss is the mean of their ``-log`` softmax probabilities (SupCon's multi-positive
-    form, which pulls every positive in, not only the easiest); without partners this is
-    the loss above. ``filter_fraction``: the guard against false
-    positives, the lowest-similarity fraction of the partner pairs (cosine of the two cells'
-    mean embeddings, without gradient) is left out.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from celltx.module import contrastive_loss
-    >>> z = torch.randn(8, 4)
-    >>> bool(contrastive_loss(z, z, 0.1) < contrastive_loss(z, z.roll(1, 0), 0.1))
-    True
-    """
-    n = z1.shape[0]
-    if n < 2:
-        return z1.float().sum() * 0.0
-    z = torch.cat([z1, z2]).float()
-    z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
-    logits = z[:n] @ z[n:].T / temperature
-    target = torch.arange(n, device=z.device)
-    if partner is None or not bool((partner >= 0).any()):
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    partner = partner.to(z.device).long().clone()
-    if filter_fraction > 0:
-        with torch.no_grad():
-            cell = F.normalize(z[:n] + z[n:], dim=1)
-            has = torch.nonzero(partner >= 0).squeeze(1)
-            sim = (cell[has] * cell[partner[has]]).sum(1)
-            n_drop = int(filter_fraction * len(has))
-            if n_drop:
-                partner[has[sim.argsort()[:n_drop]]] = -1
-    pos = torch.eye(n, dtype=torch.bool, device=z.device)
-    has = torch.nonzero(partner >= 0).squeeze(1)
-    pos[has, partner[has]] = True
-    pos = pos | pos.T
-
-    def nce(lg: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(lg, 1)
-        return (-(logp * pos).sum(1) / pos.sum(1)).mean()
-
-    return (nce(logits) + nce(logits.T)) / 2
-
-
-def alignment_loss(
-    cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
-) -> torch.Tensor | None:
-    """Contrastive alignment of the views of multimodal cells (``None``: fewer than 2).
-
-    The rows of :meth:`~celltx.module.ScGPTModule.generative_views` hold, for the ``P`` cells with both
-    modalities, a joint, an RNA-alone and an ATAC-alone ``<cls>`` embedding (same cell
-    order in each view). For each pair of views, a symmetric InfoNCE (CLIP) loss on
-    cosine similarities / ``temperature``: a cell's embedding in one view
-    must be closer to its own embedding in the other view than to the other cells'.
-    The mean over the three pairs.
-    """
-    rna_rows = torch.nonzero(view == VIEW_RNA).squeeze(1)
-    P = len(rna_rows)
-    if P < 2:
-        return None
-    atac_rows = torch.nonzero(view == VIEW_ATAC).squeeze(1)
-    raw = cell_emb.float()
-    raw = raw - raw.mean(0, keepdim=True)
-    # early in training every <cls> output is nearly the same vector (cosine ~0.999
-    # between cells), which leaves InfoNCE on raw cosines flat at log(P): contrast the
-    # differences between cells (centred over the rows) instead
-    z = F.normalize(raw, dim=1)
-    spread = raw.pow(2).sum(1).mean().clamp(min=1e-8)
-    # row i < n_cells is cell i's joint row, so a cell's joint row is its cell index
-    idx = [rows[rna_rows], rna_rows, atac_rows]
-    target = torch.arange(P, device=z.device)
-    losses = []
-    for a, b in ((0, 1), (0, 2), (1, 2)):
-        logits = z[idx[a]] @ z[idx[b]].T / temperature
-        nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        # InfoNCE ignores a constant offset between two views (it shifts every logit of a
-        # row alike), which kept RNA-only and ATAC-only cells apart: also pull each pair
-        # together, relative to the spread of the embeddings (scale-free)
-        gap = (raw[idx[a]] - raw[idx[b]]).pow(2).sum(1).mean() / spread
-        losses.append(nce + gap)
-    return torch.stack(losses).mean()
-
-
-#: every part, by name, in the order losses are summed
+#: every part, by name, in the order losses are summed (settings: the default config's);
+#: a module holds configured copies (:attr:`~celltx.module.ScGPTModule.parts`)
 PARTS: dict[str, Part] = {
-    p.name: p
+    p.name: _default(p)
     for p in (
         PerturbationResponse(),
         GenePrompt(),
@@ -487,23 +479,6 @@ PARTS: dict[str, Part] = {
         Contrastive(),
         CellText(),
     )
-}
-
-#: the tasks of :meth:`celltx.model.ScGPT.train`: parts and their weights
-TASKS: dict[str, dict[str, float]] = {
-    "generative": {"gep": 1.0, "mvc": 1.0},
-    "annotation": {"cls": 1.0},
-    "integration": {"contrast": 1.0},
-    "integration_scgpt": {"gep": 1.0, "mvc": 1.0, "ecs": 10.0, "dab": 1.0},
-    "perturbation": {"pert": 1.0},
-    "contrastive": {"contrast": 1.0},
-    "cell_text": {"text": 1.0},
-}
-
-
-#: settings a task gives its parts unless the model's config names them (``None`` there)
-TASK_OPTIONS: dict[str, dict[str, object]] = {
-    "integration": {"contrast_positives": "mnn"},
 }
 
 

@@ -7,21 +7,23 @@ from dataclasses import replace
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.module.base import BaseModuleClass, auto_move_data
 
-from celltx.data import CellTokenizer, augment_views
+from celltx.data import CellTokenizer
 from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
 
 from ._attention import AttentionMixin
 from ._batches import BatchPartsMixin
 from ._constants import ATAC_KEY, PERTURBATION_KEY
 from ._generation import GenerationMixin
-from ._objectives import PARTS, PERTURB, SPLIT, encoder_pass
+from ._objective_mixin import ObjectiveMixin
+from ._objectives import PARTS, PERTURB, SPLIT
 from ._perturbation import PerturbationMixin
 from ._tokens import TokenizationMixin
 
 
 class ScGPTModule(
+    ObjectiveMixin,
     GenerationMixin,
     AttentionMixin,
     PerturbationMixin,
@@ -157,9 +159,10 @@ class ScGPTModule(
         self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
             torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
-        self.align_temperature = 0.1
-        self.contrast_temperature = config.contrast_temperature
-        #: parts left out of :meth:`loss` (a divide-and-conquer plan computes them itself)
+        #: the objective: a configured copy of every part (weight and settings, the
+        #: defaults from ``config``), in the order of :data:`~celltx.module.PARTS`
+        self.parts = {name: part.configured(config) for name, part in PARTS.items()}
+        #: parts left out of :meth:`loss` (prefer ``loss(..., skip=...)``)
         self.skip_parts: set[str] = set()
         self.register_buffer("class_weights", torch.ones(max(n_labels or 1, 1)), persistent=False)
         self.n_labels = n_labels or 0
@@ -200,46 +203,6 @@ class ScGPTModule(
         if text.shape != self.label_text.shape:
             self.label_text = torch.zeros_like(text, device=self.label_text.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    # --- objective ----------------------------------------------------------------------
-    def set_objective(
-        self,
-        ecs_threshold: float = 0.8,
-        label_smoothing: float = 0.0,
-        class_weights: torch.Tensor | None = None,
-        **weights: float,
-    ) -> None:
-        """Set the objective: a weight per part; parts not named get 0.
-
-        The parts are :data:`~celltx.module.PARTS`: ``gep``, ``mvc``, ``cls``, ``ecs``, ``dab``,
-        ``pert``, ``align``. Raises when a weighted part cannot be computed by this module (e.g.
-        ``cls`` without labels).
-        """
-        unknown = sorted(set(weights) - set(PARTS))
-        if unknown:
-            raise ValueError(f"Unknown loss weights {unknown}; use {', '.join(PARTS)}.")
-        weights = {name: float(weights.get(name, 0.0)) for name in PARTS}
-        bad = {k: v for k, v in weights.items() if v < 0}
-        if bad or sum(weights.values()) <= 0:
-            raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
-        for name, w in weights.items():
-            why = PARTS[name].available(self) if w > 0 else None
-            if why:
-                raise ValueError(why)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1).")
-        self.objective = {name: w for name, w in weights.items() if w > 0}
-        self.encoder_pass = encoder_pass(self.objective)
-        self.ecs_threshold = ecs_threshold
-        self.label_smoothing = label_smoothing
-        if class_weights is None:
-            self.class_weights.fill_(1.0)
-        else:
-            self.class_weights.copy_(torch.as_tensor(class_weights, dtype=torch.float32))
-
-    def weight(self, part: str) -> float:
-        """The objective's weight of ``part`` (0 when not part of it)."""
-        return self.objective.get(part, 0.0)
 
     @property
     def generative_split(self) -> bool:
@@ -430,26 +393,25 @@ class ScGPTModule(
             return out
         if generative is None:
             generative = self.generative_split
-        views = generative and not self.multimodal and self.weight("contrast") > 0
-        c = self.config
-        augment = (
-            views and self.training and (c.contrast_thinning > 0 or c.contrast_gene_dropout > 0)
-        )
-        if augment:
-            # two views of every cell, each augmented on its own before its tokens are chosen
-            x = x.to_dense() if x.is_sparse else x
-            x = augment_views(
-                x.repeat(2, 1), c.contrast_thinning, c.contrast_gene_dropout, generator
-            )
+        # views of every cell, declared by the active parts (the contrastive part's two)
+        n_views = max((self.parts[n].views for n in self.objective), default=1)
+        views = generative and not self.multimodal and n_views > 1
+        augment = False
+        if views and self.training:
+            part = next(self.parts[n] for n in self.objective if self.parts[n].views == n_views)
+            # each view augmented on its own before its tokens are chosen (None: no augmentation)
+            out = part.augment(x, generator)
+            augment = out is not None
+            x = out if augment else x
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
         rows = view = None
         if generative and self.multimodal:
             tokens, known, rows, view = self.generative_views(tokens, generator)
             batch = None if batch is None else batch[rows]
         elif views:
-            # two views of every cell: rows 0..B-1 and B..2B-1, each with its own split
-            B = tokens.gene_ids.shape[0] // (2 if augment else 1)
-            rows = torch.arange(B, device=tokens.gene_ids.device).repeat(2)
+            # n views of every cell: rows 0..B-1, B..2B-1, ..., each with its own split
+            B = tokens.gene_ids.shape[0] // (n_views if augment else 1)
+            rows = torch.arange(B, device=tokens.gene_ids.device).repeat(n_views)
             if not augment:
                 tokens = tokens.select(rows)
             known = self.split_known(tokens, generator)
@@ -485,7 +447,7 @@ class ScGPTModule(
         (``cls``), batch logits (``dab``).
         """
         t = self.transformer
-        heads = {h for name in self.objective for h in PARTS[name].heads}
+        heads = {h for name in self.objective for h in self.parts[name].heads}
         out = (
             self.transformer.decode(h, gene_emb, self._batch(batch))
             if heads & {"expr", "mvc"}
@@ -496,51 +458,6 @@ class ScGPTModule(
         if "dab" in heads:
             out["dab"] = t.grad_reverse_discriminator(h[:, 0])
         return out
-
-    def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
-        """Weighted sum of the losses of the objective's parts (:mod:`celltx.module._objectives`).
-
-        Every part's metrics are logged in every step (NaN when the part is not active), so
-        that ``model.history`` keeps all columns across successive ``train()`` calls with
-        different tasks.
-        """
-        cell_emb = inference_outputs["cell_emb"]
-        R = cell_emb.shape[0]  # rows: cells, plus the single-modality views of multimodal cells
-        rows = inference_outputs.get("rows")
-        n_cells = R if rows is None else int(rows.max()) + 1 if len(rows) else 0
-        if rows is not None and REGISTRY_KEYS.X_KEY in tensors:
-            n_cells = len(tensors[REGISTRY_KEYS.X_KEY])
-        if rows is None:
-            rows = torch.arange(R, device=cell_emb.device)
-        inference = {**inference_outputs, "rows": rows}
-        row_loss = cell_emb.new_zeros(R, dtype=torch.float32)
-        loss = cell_emb.new_zeros((), dtype=torch.float32)
-        metrics = {}
-        for name, weight in self.objective.items():
-            part = PARTS[name]
-            if name in self.skip_parts:
-                continue
-            if part.pass_ == SPLIT and inference_outputs.get("known") is None:
-                continue  # e.g. an evaluation pass without a split
-            out = part(self, tensors, inference, generative_outputs)
-            loss = loss + weight * out.loss
-            if out.rows is not None:
-                row_loss = row_loss + weight * out.rows
-            metrics.update(out.metrics)
-        per_cell = cell_emb.new_zeros(n_cells, dtype=torch.float32).index_add(0, rows, row_loss)
-        nan = torch.full((), float("nan"), device=cell_emb.device)
-        names = [m for part in PARTS.values() for m in part.metrics]
-        if "atac" not in self.modalities:
-            names = [m for m in names if m not in ("rna_mse", "atac_mse", "align_loss")]
-        for key in names:
-            if metrics.get(key) is None:
-                metrics[key] = nan
-        return LossOutput(
-            loss=loss,
-            reconstruction_loss=per_cell,
-            kl_local=torch.zeros_like(per_cell),
-            extra_metrics=metrics,
-        )
 
     @torch.inference_mode()
     def sample(self, *args, **kwargs):
@@ -571,17 +488,3 @@ class ScGPTModule(
         if self.text_head is None:
             raise ValueError("This model has no cell–text head: train(task='cell_text') first.")
         return self.text_head.text(text_emb)
-
-
-def _weight_property(part: str) -> property:
-    return property(
-        lambda self: self.weight(part),
-        doc=f"The objective's weight of ``{part}`` (read-only; kept for compatibility, use "
-        f"``weight({part!r})``).",
-    )
-
-
-# ``module.gep_weight`` etc. were attributes before objectives became parts
-for _part in PARTS:
-    setattr(ScGPTModule, f"{_part}_weight", _weight_property(_part))
-del _part

@@ -70,7 +70,8 @@ class ScGPTConfig:
     mask_ratio
         Held-out ("unknown") fractions for generative pretraining; one drawn per cell.
     gep_weight, mvc_weight
-        Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task.
+        Weights of the gene-prompt and cell-prompt (MVC) losses of the generative task
+        (``task="generative"`` reads them here; a new model starts with that objective).
     contrast_temperature
         Temperature of the contrastive loss between two views of a cell (``task=
         "contrastive"``).
@@ -137,9 +138,15 @@ class ScGPTConfig:
     text_dim
         Width of the encoder's text embeddings; ``None`` until the model has a cell–text
         head (set by the first ``train(task="cell_text")``).
+    ecs_threshold
+        Threshold of scGPT's elastic cell similarity (``ecs``, ``task="integration_scgpt"``):
+        cosines of cell pairs are pulled towards it. A number in ``[0, 1]``;
+        ``train(loss_weights={"ecs_threshold": ...})`` overrides it (kept by later calls).
+    align_temperature
+        Temperature of the cross-modal alignment of multiome models (``align``).
     text_temperature
-        Initial temperature of the cell–text head's learnable similarity scale
-        (:class:`~celltx.nn.CellTextHead`; CLIP's and LangCell's 0.07).
+        Initial temperature of the cell–text head's learnable logit scale
+        (:class:`~celltx.nn.CellTextHead`, ``task="cell_text"``).
 
     Examples
     --------
@@ -190,6 +197,8 @@ class ScGPTConfig:
     atac_values: str = "binary"
     text_encoder: str = "all-MiniLM-L6-v2"
     text_dim: int | None = None
+    ecs_threshold: float = 0.8
+    align_temperature: float = 0.1
     text_temperature: float = 0.07
 
     def __post_init__(self):
@@ -366,10 +375,12 @@ def _validate(c: ScGPTConfig) -> None:
         v = getattr(c, name)
         if not _is_int(v) or v < low:
             raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
-    for name in ("contrast_temperature", "text_temperature"):
+    for name in ("contrast_temperature", "align_temperature", "text_temperature"):
         t = getattr(c, name)
         if not _is_number(t) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"{name}={t!r} must be a finite number > 0.")
+    if not _is_number(c.ecs_threshold) or not 0 <= c.ecs_threshold <= 1:
+        raise ValueError(f"ecs_threshold={c.ecs_threshold!r} must be a number in [0, 1].")
     for name in ("gep_weight", "mvc_weight"):
         v = getattr(c, name)
         if not _is_number(v) or not math.isfinite(v) or v < 0:

@@ -9,9 +9,6 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput
 
 from celltx.data import PARTNER_KEY
-from celltx.module import contrastive_loss
-
-CONTRAST = "contrast"
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -95,15 +92,17 @@ def divide_and_conquer_step(
     group, as Lightning's DDP sets up) the embeddings of every process are gathered
     (:func:`gather_rows`), so the contrastive batch is the global batch: each process takes
     the gradients of its own rows, scaled by the number of processes because DDP averages
-    the parameter gradients. ``module`` must be in training mode with ``contrast`` in its
-    objective; a batch of :class:`~celltx.data.NeighbourBatchSampler` carries each row's
+    the parameter gradients. ``module`` must be in training mode with a chunked part
+    (:attr:`celltx.module.Part.chunked`: the contrastive one) in its objective; a batch of :class:`~celltx.data.NeighbourBatchSampler` carries each row's
     neighbour partner (:data:`~celltx.data.PARTNER_KEY`), a positive over the whole
     (gathered) batch; ``backward`` is how a loss is backpropagated (Lightning's
     ``manual_backward`` in a plan). Returns a :class:`~scvi.module.base.LossOutput` of the
     batch (detached; for logging).
     """
-    if module.weight(CONTRAST) <= 0:
+    name = next((n for n in module.objective if module.parts[n].chunked), None)
+    if name is None:
         raise ValueError("A divide-and-conquer step needs the contrastive part in the objective.")
+    part = module.parts[name]
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
     tensors = dict(tensors)
@@ -127,42 +126,32 @@ def divide_and_conquer_step(
     if partner is not None:  # this process's partner rows, as rows of the gathered batch
         partner = partner.to(z1.device).long()
         partner, _ = gather_rows(torch.where(partner >= 0, partner + start, -1))
-    global_loss = contrastive_loss(
-        a1,
-        a2,
-        module.contrast_temperature,
-        partner=partner,
-        filter_fraction=module.config.contrast_filter,
-    )
+    global_loss = part.pair_loss(a1, a2, partner)
     g1, g2 = torch.autograd.grad(global_loss, (a1, a2))
     # this process's rows; DDP divides the summed parameter gradients by the world size
     g1 = g1[start : start + n] * world
     g2 = g2[start : start + n] * world
-    weight = module.weight(CONTRAST)
+    weight = part.weight
     total = weight * global_loss.detach()
     per_cell, metrics = [], {}
     start = 0
-    skipped = set(module.skip_parts)
-    module.skip_parts = skipped | {CONTRAST}
-    try:
-        for chunk, state in zip(chunks, states, strict=True):
-            c = len(chunk[REGISTRY_KEYS.X_KEY])
-            _set_rng_state(state, device)
-            inf, gen, out = module(chunk)
-            emb = inf["cell_emb"].float()
-            surrogate = (emb[:c] * g1[start : start + c]).sum() + (
-                emb[c:] * g2[start : start + c]
-            ).sum()
-            backward(out.loss * (c / n) + weight * surrogate)
-            total = total + out.loss.detach() * (c / n)
-            rec = out.reconstruction_loss  # LossOutput keeps it as a dict of named terms
-            rec = sum(rec.values()) if isinstance(rec, dict) else rec
-            per_cell.append(rec.detach())
-            metrics = {k: v for k, v in out.extra_metrics.items()}
-            start += c
-    finally:
-        module.skip_parts = skipped
-    metrics["contrast_loss"] = global_loss.detach()
+    for chunk, state in zip(chunks, states, strict=True):
+        c = len(chunk[REGISTRY_KEYS.X_KEY])
+        _set_rng_state(state, device)
+        # the chunk's share of the other parts' losses; this part's is the whole batch's
+        inf, gen, out = module(chunk, loss_kwargs={"skip": (name,)})
+        emb = inf["cell_emb"].float()
+        surrogate = (emb[:c] * g1[start : start + c]).sum() + (
+            emb[c:] * g2[start : start + c]
+        ).sum()
+        backward(out.loss * (c / n) + weight * surrogate)
+        total = total + out.loss.detach() * (c / n)
+        rec = out.reconstruction_loss  # LossOutput keeps it as a dict of named terms
+        rec = sum(rec.values()) if isinstance(rec, dict) else rec
+        per_cell.append(rec.detach())
+        metrics = {k: v for k, v in out.extra_metrics.items()}
+        start += c
+    metrics[part.metrics[0]] = global_loss.detach()
     rec = torch.cat(per_cell)
     return LossOutput(
         loss=total, reconstruction_loss=rec, kl_local=torch.zeros_like(rec), extra_metrics=metrics

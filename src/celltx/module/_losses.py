@@ -1,0 +1,142 @@
+"""The contrastive losses of the objective parts, as plain functions of embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._constants import VIEW_ATAC, VIEW_RNA
+
+
+def cell_text_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE between cells and the texts of their labels.
+
+    ``logits`` ``(N, T)``: scaled similarities of ``N`` cells to every label's text;
+    ``labels`` ``(N,)``: each cell's text. Cell → text: cross-entropy over all texts
+    (weighted per label by ``weight``, e.g. ``class_weight="balanced"``). Text → cell: for
+    each text with cells in the batch, softmax over the batch's cells, maximising the
+    probability of its cells together (several cells share a label); averaged over texts,
+    so every label present counts alike. The mean of both. No cells give 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.module import cell_text_loss
+    >>> labels = torch.tensor([0, 0, 1, 2])
+    >>> good = 10 * torch.nn.functional.one_hot(labels, 3).float()
+    >>> bool(cell_text_loss(good, labels) < cell_text_loss(-good, labels))
+    True
+    """
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    logits = logits.float()
+    if weight is not None and weight.shape[0] != logits.shape[1]:
+        weight = None  # the default all-ones buffer of a model without classes
+    c2t = F.cross_entropy(logits, labels, weight=weight)
+    present = torch.unique(labels)
+    logp = torch.log_softmax(logits[:, present], dim=0)  # (N, P): over cells
+    pos = labels[:, None] == present[None, :]
+    t2c = -torch.logsumexp(logp.masked_fill(~pos, float("-inf")), dim=0).mean()
+    return (c2t + t2c) / 2
+
+
+def contrastive_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    partner: torch.Tensor | None = None,
+    filter_fraction: float = 0.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between two views ``(N, D)`` of the same ``N`` cells.
+
+    The embeddings are centred over all ``2N`` rows (early in training every ``<cls>``
+    output is nearly the same vector, and InfoNCE on raw cosines then stays at chance) and
+    L2-normalised; logits are cosines / ``temperature``; row ``i`` of one view must pick row
+    ``i`` of the other. Fewer than 2 cells give 0.
+
+    ``partner`` ``(N,)``: a further positive of each row, the row index of a neighbouring
+    cell (``-1``: none), as CLAIRE / NNCLR use neighbours. Row ``i``'s positives are then
+    ``i`` and ``partner[i]`` (and every row whose partner is ``i``) in the other view, and
+    its loss is the mean of their ``-log`` softmax probabilities (SupCon's multi-positive
+    form, which pulls every positive in, not only the easiest); without partners this is
+    the loss above. ``filter_fraction``: the guard against false
+    positives, the lowest-similarity fraction of the partner pairs (cosine of the two cells'
+    mean embeddings, without gradient) is left out.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from celltx.module import contrastive_loss
+    >>> z = torch.randn(8, 4)
+    >>> bool(contrastive_loss(z, z, 0.1) < contrastive_loss(z, z.roll(1, 0), 0.1))
+    True
+    """
+    n = z1.shape[0]
+    if n < 2:
+        return z1.float().sum() * 0.0
+    z = torch.cat([z1, z2]).float()
+    z = F.normalize(z - z.mean(0, keepdim=True), dim=1)
+    logits = z[:n] @ z[n:].T / temperature
+    target = torch.arange(n, device=z.device)
+    if partner is None or not bool((partner >= 0).any()):
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    partner = partner.to(z.device).long().clone()
+    if filter_fraction > 0:
+        with torch.no_grad():
+            cell = F.normalize(z[:n] + z[n:], dim=1)
+            has = torch.nonzero(partner >= 0).squeeze(1)
+            sim = (cell[has] * cell[partner[has]]).sum(1)
+            n_drop = int(filter_fraction * len(has))
+            if n_drop:
+                partner[has[sim.argsort()[:n_drop]]] = -1
+    pos = torch.eye(n, dtype=torch.bool, device=z.device)
+    has = torch.nonzero(partner >= 0).squeeze(1)
+    pos[has, partner[has]] = True
+    pos = pos | pos.T
+
+    def nce(lg: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(lg, 1)
+        return (-(logp * pos).sum(1) / pos.sum(1)).mean()
+
+    return (nce(logits) + nce(logits.T)) / 2
+
+
+def alignment_loss(
+    cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
+) -> torch.Tensor | None:
+    """Contrastive alignment of the views of multimodal cells (``None``: fewer than 2).
+
+    The rows of :meth:`~celltx.module.ScGPTModule.generative_views` hold, for the ``P`` cells with both
+    modalities, a joint, an RNA-alone and an ATAC-alone ``<cls>`` embedding (same cell
+    order in each view). For each pair of views, a symmetric InfoNCE (CLIP) loss on
+    cosine similarities / ``temperature``: a cell's embedding in one view
+    must be closer to its own embedding in the other view than to the other cells'.
+    The mean over the three pairs.
+    """
+    rna_rows = torch.nonzero(view == VIEW_RNA).squeeze(1)
+    P = len(rna_rows)
+    if P < 2:
+        return None
+    atac_rows = torch.nonzero(view == VIEW_ATAC).squeeze(1)
+    raw = cell_emb.float()
+    raw = raw - raw.mean(0, keepdim=True)
+    # early in training every <cls> output is nearly the same vector (cosine ~0.999
+    # between cells), which leaves InfoNCE on raw cosines flat at log(P): contrast the
+    # differences between cells (centred over the rows) instead
+    z = F.normalize(raw, dim=1)
+    spread = raw.pow(2).sum(1).mean().clamp(min=1e-8)
+    # row i < n_cells is cell i's joint row, so a cell's joint row is its cell index
+    idx = [rows[rna_rows], rna_rows, atac_rows]
+    target = torch.arange(P, device=z.device)
+    losses = []
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        logits = z[idx[a]] @ z[idx[b]].T / temperature
+        nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        # InfoNCE ignores a constant offset between two views (it shifts every logit of a
+        # row alike), which kept RNA-only and ATAC-only cells apart: also pull each pair
+        # together, relative to the spread of the embeddings (scale-free)
+        gap = (raw[idx[a]] - raw[idx[b]]).pow(2).sum(1).mean() / spread
+        losses.append(nce + gap)
+    return torch.stack(losses).mean()
