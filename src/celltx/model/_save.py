@@ -31,7 +31,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from celltx.io import CorruptJSON, UnsupportedValue, from_json, to_json
 
@@ -202,23 +201,6 @@ class SafeSaveMixin:
     unless ``trust_remote_pickle=True`` says its source is trusted.
     """
 
-    #: module buffers outside the state dict that a save keeps (those the module has)
-    _saved_module_buffers: tuple[str, ...] = (
-        "condition_genes",
-        "ctrl_x",
-        "ctrl_start",
-        "ctrl_count",
-        "ctrl_mean",
-        "class_weights",
-    )
-    #: plain module attributes (numbers, booleans) that a save keeps: the objective
-    _saved_module_attributes: tuple[str, ...] = (
-        "ecs_threshold",
-        "label_smoothing",
-        "pair_by_labels",
-        "align_temperature",
-    )
-
     def save(
         self,
         dir_path: str | os.PathLike,
@@ -314,16 +296,8 @@ class SafeSaveMixin:
                     "arrays or DataFrames before saving."
                 ) from None
         module = self.module
-        buffers = {
-            name: getattr(module, name)
-            for name in self._saved_module_buffers
-            if isinstance(getattr(module, name, None), torch.Tensor)
-        }
-        module_attributes = {
-            name: getattr(module, name)
-            for name in self._saved_module_attributes
-            if isinstance(getattr(module, name, None), bool | int | float)
-        }
+        # module state outside the state dict (control cells, the objective), asked of it
+        buffers, module_attributes = module.saved_state()
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
         clash = [k for k in tensors if k.startswith(_EXTRA)]
         if clash:  # cannot happen with torch's dotted names; guards the layout
@@ -495,32 +469,9 @@ class SafeSaveMixin:
                 "were written by another celltx version."
             ) from None
         module = model.module
-        with torch.no_grad():
-            for name, tensor in extra.items():
-                if name in cls._saved_module_buffers and isinstance(
-                    getattr(module, name, None), torch.Tensor
-                ):
-                    setattr(module, name, tensor.to(getattr(module, name).device))
-        for name, value in dict(meta.get("module_attributes") or {}).items():
-            if name in cls._saved_module_attributes and hasattr(module, name):
-                if not isinstance(value, bool | int | float):
-                    raise ValueError(
-                        f"{jpath}: module attribute {name!r} is {value!r}, not a number; the save is damaged."
-                    )
-                setattr(module, name, value)
-        objective = dict(meta.get("module_objective") or {})
-        if objective:
-            try:
-                module.set_objective(
-                    ecs_threshold=module.ecs_threshold,
-                    label_smoothing=module.label_smoothing,
-                    class_weights=module.class_weights.clone(),
-                    **{str(k): float(v) for k, v in objective.items()},
-                )
-            except (TypeError, ValueError) as e:
-                raise ValueError(
-                    f"{jpath}: the saved objective {objective} is invalid ({e})."
-                ) from e
+        module.load_saved_state(
+            extra, dict(meta.get("module_attributes") or {}), meta.get("module_objective"), jpath
+        )
         model.to_device(torch_device)
         model.module.eval()
         model._validate_anndata(adata)

@@ -226,7 +226,7 @@ class ScGPT(
             atac_ids=atac_ids,
         )
         # the tokenizer's selection statistics (rank medians, HVGs, peak IDF) over the cells
-        learns = self.module.tokenizer.learns_from
+        learns = self.module.tokenizer_learns_from
         rna_stats = "rna" in learns and match is not None
         atac_stats = "atac" in learns and atac_ids is not None
         if rna_stats or atac_stats:

@@ -261,7 +261,7 @@ TASK_OPTIONS: Mapping[str, dict[str, object]] = _TaskOptions()
 
 # --- what the model provides for the parts -----------------------------------------------
 def _label_texts(model, adata) -> None:
-    if not len(model.module.label_text):
+    if not model.module.has_label_texts:
         model.set_label_texts()  # each label's Cell Ontology text, then the head
 
 
@@ -273,12 +273,11 @@ def _controls(model, adata) -> None:
 def _cell_offset(model) -> None:
     # the centred contrastive loss ignores a constant offset of every cell's <cls> output
     # (cosine ~1 between all cells): store it, so that embeddings are centred
-    m = model.module
-    m.cell_offset.zero_()
+    model.module.set_cell_offset(None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         emb = model.get_latent_representation(indices=model.train_indices)
-    m.cell_offset.copy_(torch.as_tensor(emb.mean(0), device=m.cell_offset.device))
+    model.module.set_cell_offset(torch.as_tensor(emb.mean(0)))
 
 
 #: what the model provides before training for a part's :attr:`~celltx.module.Part.needs`

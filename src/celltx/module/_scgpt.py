@@ -488,3 +488,89 @@ class ScGPTModule(
         if self.text_head is None:
             raise ValueError("This model has no cell–text head: train(task='cell_text') first.")
         return self.text_head.text(text_emb)
+
+    # --- state a celltx save keeps besides the state dict ------------------------------
+    #: buffers outside the state dict that a save keeps (those the module has)
+    SAVED_BUFFERS: tuple[str, ...] = (
+        "condition_genes",
+        "ctrl_x",
+        "ctrl_start",
+        "ctrl_count",
+        "ctrl_mean",
+        "class_weights",
+    )
+    #: plain attributes (numbers, booleans) that a save keeps: the objective's settings
+    SAVED_ATTRIBUTES: tuple[str, ...] = (
+        "ecs_threshold",
+        "label_smoothing",
+        "pair_by_labels",
+        "align_temperature",
+    )
+
+    def saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, bool | int | float]]:
+        """What a save keeps besides the state dict: ``(buffers, attributes)``."""
+        buffers = {
+            name: getattr(self, name)
+            for name in self.SAVED_BUFFERS
+            if isinstance(getattr(self, name, None), torch.Tensor)
+        }
+        attributes = {
+            name: getattr(self, name)
+            for name in self.SAVED_ATTRIBUTES
+            if isinstance(getattr(self, name, None), bool | int | float)
+        }
+        return buffers, attributes
+
+    def load_saved_state(
+        self,
+        buffers: dict[str, torch.Tensor],
+        attributes: dict[str, object],
+        objective: dict[str, float] | None = None,
+        source: object = "the save",
+    ) -> None:
+        """Restore :meth:`saved_state` and the saved objective's weights (``source``: for errors).
+
+        Names this module does not keep are ignored; a non-number attribute or an invalid
+        objective raises a ``ValueError`` naming ``source``.
+        """
+        with torch.no_grad():
+            for name, tensor in buffers.items():
+                if name in self.SAVED_BUFFERS and isinstance(
+                    getattr(self, name, None), torch.Tensor
+                ):
+                    setattr(self, name, tensor.to(getattr(self, name).device))
+        for name, value in attributes.items():
+            if name in self.SAVED_ATTRIBUTES and hasattr(self, name):
+                if not isinstance(value, bool | int | float):
+                    raise ValueError(
+                        f"{source}: module attribute {name!r} is {value!r}, not a number; the "
+                        "save is damaged."
+                    )
+                setattr(self, name, value)
+        if objective:
+            try:
+                self.set_objective(
+                    ecs_threshold=self.ecs_threshold,
+                    label_smoothing=self.label_smoothing,
+                    class_weights=self.class_weights.clone(),
+                    **{str(k): float(v) for k, v in objective.items()},
+                )
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{source}: the saved objective {objective} is invalid ({e})."
+                ) from e
+
+    def set_cell_offset(self, mean: torch.Tensor | None) -> None:
+        """Record the training cells' mean ``<cls>`` output (``None``: zero).
+
+        :meth:`remove_cell_offset` takes it off the cell embeddings.
+        """
+        if mean is None:
+            self.cell_offset.zero_()
+        else:
+            self.cell_offset.copy_(torch.as_tensor(mean, device=self.cell_offset.device))
+
+    @property
+    def has_label_texts(self) -> bool:
+        """Whether each label's text embedding is set (cell–text alignment)."""
+        return bool(len(self.label_text))

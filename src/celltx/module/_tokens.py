@@ -69,6 +69,11 @@ class TokenizationMixin:
         with self.tokenizer.panel(gene_ids, atac_ids):
             yield self
 
+    @property
+    def tokenizer_learns_from(self) -> tuple[str, ...]:
+        """Modalities whose training cells :meth:`fit_tokenizer` needs (may be empty)."""
+        return tuple(self.tokenizer.learns_from)
+
     def fit_tokenizer(self, x=None, x_atac=None) -> None:
         """Learn the tokenizer's selection statistics from training cells.
 
