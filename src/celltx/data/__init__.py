@@ -24,7 +24,6 @@ from ._batching import (
 )
 from ._binning import digitize, quantile_edges
 from ._cell_tokenizer import VIEW_ATAC, VIEW_JOINT, VIEW_RNA, CellTokenizer
-from ._datasets import pbmc68k
 from ._genes import (
     GeneMatch,
     check_expression,
@@ -35,8 +34,9 @@ from ._genes import (
     nonzero_medians,
     sample_values,
 )
-from ._memory import fix_mmap_threshold, trim_heap
+from ._heap import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
+from ._pbmc68k import pbmc68k
 from ._peaks import peak_idf, peak_panel
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._sequences import append_queries, fixed_gene_tokens, join_modalities, perturbation_tokens

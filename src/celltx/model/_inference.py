@@ -29,8 +29,8 @@ from celltx.data import (
 )
 from celltx.module import ATAC_KEY
 
+from ._checks import check_batch_size, check_indices
 from ._datamodule import inference_loader
-from ._validation import check_batch_size, check_indices
 
 #: values of :attr:`InferenceMixin.inference_precision`
 PRECISIONS = ("auto", "fp32", "bf16")

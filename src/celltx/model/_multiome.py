@@ -12,9 +12,9 @@ from scvi.data import AnnDataManager
 
 from celltx.module import ATAC_KEY
 
+from ._checks import check_mudata, registration_undone_on_failure
 from ._docs import doc_params
 from ._fields import mudata_setup_fields
-from ._validation import check_mudata, registration_undone_on_failure
 
 
 class MultiomeMixin:

@@ -12,7 +12,7 @@ from anndata import AnnData
 from celltx import io
 from celltx.module import SCVI_UUID_KEY
 
-from ._validation import registration_undone_on_failure, resolve_device
+from ._checks import registration_undone_on_failure, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from ._checks import registration_undone_on_failure, resolve_device
 from ._docs import doc_params
-from ._validation import registration_undone_on_failure, resolve_device
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -34,7 +34,7 @@ import numpy as np
 
 from celltx.io import CorruptJSON, UnsupportedValue, from_json, to_json
 
-from ._validation import resolve_device
+from ._checks import resolve_device
 
 FORMAT = "celltx.model"
 FORMAT_VERSION = 1

@@ -23,7 +23,11 @@ from celltx.nn import ScGPTConfig
 from celltx.train import PretrainingPlan
 
 from ._annotation import AnnotationMixin
-from ._base import DataMixin
+from ._checks import (
+    check_anndata_setup,
+    registration_undone_on_failure,
+    resolve_vocab,
+)
 from ._datamodule import check_datamodule_config, datamodule_panel, datamodule_registry
 from ._docs import doc_params
 from ._embedding import EmbeddingMixin
@@ -35,6 +39,7 @@ from ._multiome import MultiomeMixin
 from ._perturbation import PerturbationMixin
 from ._pretrained import PretrainedMixin
 from ._query import QueryMixin
+from ._registry import DataMixin
 from ._save import SafeSaveMixin
 from ._tasks import finish
 from ._training import (
@@ -43,11 +48,6 @@ from ._training import (
     bf16_available,
     data_parallel_defaults,
     step_checkpoints,
-)
-from ._validation import (
-    check_anndata_setup,
-    registration_undone_on_failure,
-    resolve_vocab,
 )
 from ._zero_shot import ZeroShotMixin
 

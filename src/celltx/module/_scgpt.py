@@ -15,10 +15,10 @@ from celltx.nn import CellTextHead, ExprDecoder, ScGPTConfig, ScGPTTransformer
 from ._attention import AttentionMixin
 from ._batches import BatchPartsMixin
 from ._constants import ATAC_KEY, PERTURBATION_KEY
-from ._generation import GenerationMixin
 from ._objective_mixin import ObjectiveMixin
 from ._objectives import PARTS, PERTURB, SPLIT
 from ._perturbation import PerturbationMixin
+from ._queries import GenerationMixin
 from ._tokens import TokenizationMixin
 
 

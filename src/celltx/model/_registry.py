@@ -21,9 +21,9 @@ from celltx.data import (
 )
 from celltx.module import ATAC_KEY
 
+from ._checks import check_modality_order
 from ._datamodule import check_datamodule_config, datamodule_panel
 from ._inference import InferenceMixin
-from ._validation import check_modality_order
 
 logger = logging.getLogger(__name__)
 
