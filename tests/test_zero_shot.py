@@ -15,6 +15,7 @@ pytest.importorskip("cellxgene_ontology_guide", reason="needs the text extra: ce
 import celltx  # noqa: E402
 from celltx.model import ScGPT  # noqa: E402
 from celltx.module import cell_text_loss  # noqa: E402
+from celltx.nn import preset
 from celltx.text import CellOntology, TextEncoder, cell_type_texts, is_cl_id  # noqa: E402
 from celltx.text._ontology import normalize  # noqa: E402
 
@@ -56,9 +57,7 @@ def aligned(halves):
     a = source.copy()
     scvi.settings.seed = 0
     ScGPT.setup_anndata(a, labels_key="cell_type")
-    model = ScGPT(
-        a, **{**SMALL, "d_model": 64, "max_seq_len": 256}, gene_selection="rank", dropout=0.0
-    )
+    model = ScGPT(a, **preset("small"), gene_selection="rank", dropout=0.0)
     model.train(
         max_epochs=10, task="cell_text", batch_size=32, accelerator="cpu", enable_progress_bar=False
     )
