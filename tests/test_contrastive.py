@@ -127,6 +127,7 @@ def test_train_with_chunks_and_bad_input(tmp_path):
     np.testing.assert_allclose(emb[model.train_indices].mean(0), 0, atol=1e-4)
 
 
+@pytest.mark.slow  # three fresh processes importing celltx (a launcher, 2 gloo ranks): ~17 s idle
 def test_divide_and_conquer_gathers_across_processes(tmp_path):
     """Two gloo processes, 20 cells each, give the gradients of one process with 40 cells.
 
