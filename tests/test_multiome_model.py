@@ -275,6 +275,7 @@ def test_real_scatac_alone():
     assert np.isfinite(model.get_latent_representation()).all()
 
 
+@pytest.mark.slow  # trains an epoch on the real multiome subset (~6 s)
 def test_real_paired_multiome_plumbing():
     import mudata
 
