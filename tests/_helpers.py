@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from celltx.nn import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root."""
 SHARED = ROOT.parent / "shared"
@@ -21,8 +23,9 @@ FIXTURES = SHARED / "fixtures" / "scgpt_reference"
 DATA = SHARED / "data"
 """Real data sets (``.h5ad`` / ``.h5mu``) used by the slower tests and the tutorials."""
 
-SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}
-"""Model size of the small models the tests train."""
+SMALL = preset("small", d_model=32, max_seq_len=128)
+"""Model size of the small models the tests train: the ``"small"`` preset at half width and
+half length (``{"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128}``)."""
 
 
 class Evil:

@@ -20,11 +20,12 @@ import torch
 
 def build():
     import celltx
+    from celltx.nn import preset
 
     adata = celltx.datasets.pbmc68k()[:96].copy()
     celltx.model.ScGPT.setup_anndata(adata)
     torch.manual_seed(0)
-    model = celltx.model.ScGPT(adata, d_model=16, n_layers=2, n_heads=2, max_seq_len=48)
+    model = celltx.model.ScGPT(adata, **preset("tiny", n_layers=2, max_seq_len=48))
     model.module.set_objective(contrast=1.0, gep=1.0, mvc=0.5)
     model.module.train()
     from scvi import REGISTRY_KEYS

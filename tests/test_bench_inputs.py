@@ -14,9 +14,10 @@ from scipy import sparse
 import celltx
 from celltx.bench import _annotation
 from celltx.bench._inputs import expression_kind, is_counts, log1p_cp10k
+from celltx.nn import preset
 
 TINY_CELLTX = {
-    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 64},
+    "model": preset("tiny"),
     "pretrain_epochs": 1,
     "finetune_epochs": 1,
     "accelerator": "cpu",

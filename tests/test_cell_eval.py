@@ -22,6 +22,7 @@ from celltx.bench import (
 )
 from celltx.bench._perturbation import _cell_eval, _runner
 from celltx.datasets import from_pertpy, simulate_perturbseq
+from celltx.nn import preset
 
 SMALL = {
     "n_genes": 40,
@@ -350,7 +351,7 @@ def test_pertpy_layout_works_directly(sim):
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
     ScGPT.setup_anndata(a, perturbation_key="perturbation_name", control_value="control")
-    model = ScGPT(a, d_model=16, n_layers=1, n_heads=2)
+    model = ScGPT(a, **preset("tiny"))
     conds = model._registered_conditions()
     assert "control" in conds
     expected = _pertpy_labels(sim.obs["condition"], "+", "control")

@@ -11,6 +11,7 @@ from scvi import REGISTRY_KEYS
 
 import celltx
 from celltx.module import contrastive_loss
+from celltx.nn import preset
 from celltx.train import divide_and_conquer_step
 from celltx.train._contrastive import _chunks, _rng_state, _set_rng_state
 
@@ -31,9 +32,7 @@ def test_contrastive_loss_prefers_matching_views_and_ignores_offsets():
 def setup():
     adata = celltx.datasets.pbmc68k()[:96].copy()
     celltx.model.ScGPT.setup_anndata(adata)
-    model = celltx.model.ScGPT(
-        adata, d_model=16, n_layers=2, n_heads=2, max_seq_len=48, dropout=0.1
-    )
+    model = celltx.model.ScGPT(adata, **preset("tiny", n_layers=2, max_seq_len=48), dropout=0.1)
     model.module.set_objective(contrast=1.0, gep=1.0, mvc=0.5)
     x = torch.as_tensor(adata.X[:40].toarray())
     tensors = {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS.BATCH_KEY: torch.zeros(40, 1)}
@@ -100,7 +99,7 @@ def test_two_views_per_cell_in_the_split_pass(setup):
 def test_train_with_chunks_and_bad_input(tmp_path):
     adata = celltx.datasets.pbmc68k()[:120].copy()
     celltx.model.ScGPT.setup_anndata(adata)
-    model = celltx.model.ScGPT(adata, d_model=16, n_layers=1, n_heads=2, max_seq_len=32)
+    model = celltx.model.ScGPT(adata, **preset("tiny", max_seq_len=32))
     with pytest.raises(ValueError, match="task='contrastive'"):
         model.train(max_epochs=1, chunk_size=8)
     model.train(
@@ -128,6 +127,7 @@ def test_train_with_chunks_and_bad_input(tmp_path):
     np.testing.assert_allclose(emb[model.train_indices].mean(0), 0, atol=1e-4)
 
 
+@pytest.mark.slow  # three fresh processes importing celltx (a launcher, 2 gloo ranks): ~17 s idle
 def test_divide_and_conquer_gathers_across_processes(tmp_path):
     """Two gloo processes, 20 cells each, give the gradients of one process with 40 cells.
 

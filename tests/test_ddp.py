@@ -22,6 +22,7 @@ def _run(out, devices):
     return json.loads((out / "result.json").read_text())
 
 
+@pytest.mark.slow  # trains in three fresh processes (1 + 2 DDP ranks): ~23 s on an idle CPU
 @pytest.mark.skipif(sys.platform == "win32", reason="DDP subprocess launcher")
 def test_ddp_two_processes_match_one(tmp_path):
     """The same global batches give the same losses and weights on 1 and on 2 processes.
@@ -88,6 +89,7 @@ def test_ddp_strategy_names_keep_unused_heads():
     assert kw == {}
 
 
+@pytest.mark.slow  # trains in four fresh processes (2 DDP ranks, then a resume): ~23 s idle
 def test_cli_pretrain_on_two_processes_with_checkpoints(tmp_path):
     """``celltx pretrain --devices 2 --strategy ddp``: rank 0 writes; a checkpoint resumes."""
     import anndata as ad

@@ -245,6 +245,7 @@ def test_integration_bench_errors(pbmc):
 
 
 # --- loaded checkpoints -------------------------------------------------------------------
+@pytest.mark.slow  # trains an epoch on pbmc68k (~6 s)
 def test_pretrained_checkpoint_gets_a_new_classifier():
     adata = ad.read_h5ad(need(FIXTURES / "pbmc68k_tiefree.h5ad"))
     adata.obs["cell_type"] = celltx.datasets.pbmc68k().obs["cell_type"].to_numpy()

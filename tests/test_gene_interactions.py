@@ -11,6 +11,7 @@ import torch
 
 import celltx
 from celltx.data import Tokenizer, fixed_gene_tokens
+from celltx.nn import preset
 from celltx.nn._layers import SelfAttention, TransformerEncoder, padding_attn_mask
 
 
@@ -68,7 +69,7 @@ def untrained():
     adata = celltx.datasets.pbmc68k()[:120].copy()
     celltx.model.ScGPT.setup_anndata(adata)
     torch.manual_seed(0)
-    model = celltx.model.ScGPT(adata, d_model=16, n_layers=2, n_heads=2, max_seq_len=32)
+    model = celltx.model.ScGPT(adata, **preset("tiny", n_layers=2, max_seq_len=32))
     return model, adata
 
 
@@ -169,7 +170,7 @@ def test_gene_network_coexpression_beats_random(sim):
 def test_gene_network_celltx_methods_and_bad_input(sim):
     adata = sim.copy()
     celltx.model.ScGPT.setup_anndata(adata)
-    model = celltx.model.ScGPT(adata, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)
+    model = celltx.model.ScGPT(adata, **preset("tiny"))
     model.train(max_epochs=1, batch_size=64, accelerator="cpu", enable_progress_bar=False)
     genes = list(adata.var_names[:40])
     grn = sim.uns["simulation"]["grn"]

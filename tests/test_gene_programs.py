@@ -12,6 +12,7 @@ from anndata import AnnData
 
 import celltx
 from celltx.bench import gene_program_scores
+from celltx.nn import preset
 
 
 def planted(n_groups: int = 3, size: int = 20, d: int = 16, noise: float = 0.3, seed: int = 0):
@@ -108,7 +109,7 @@ def test_bad_input():
 def test_from_model(pbmc):
     model_cls = celltx.model.ScGPT
     model_cls.setup_anndata(pbmc)
-    model = model_cls(pbmc, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)  # untrained
+    model = model_cls(pbmc, **preset("tiny"))  # untrained
     genes = list(pbmc.var_names[:60])
     programs = celltx.tl.gene_programs(model, genes, n_neighbors=10, adata=pbmc)
     assert sorted(programs["gene"]) == sorted(genes)

@@ -11,8 +11,9 @@ import torch
 
 import celltx
 from celltx.model import ScGPT
+from celltx.nn import preset
 
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 64}
+TINY = preset("tiny", d_model=32, n_heads=4)
 
 
 @pytest.fixture(scope="module")

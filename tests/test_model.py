@@ -8,6 +8,7 @@ from scipy import sparse
 
 import celltx
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 from _helpers import SMALL
 
@@ -120,7 +121,7 @@ def test_training_learns_beyond_gene_means(pbmc):
     """Held-out unknown-gene bins: the model beats predicting each gene's mean bin."""
     scvi.settings.seed = 0
     ScGPT.setup_anndata(pbmc)
-    model = ScGPT(pbmc, d_model=64, n_layers=2, n_heads=4, max_seq_len=256, dropout=0.1)
+    model = ScGPT(pbmc, **preset("small", dropout=0.1))
     before = model.score_generation(indices=np.arange(600, 700), reference_indices=np.arange(600))
     model.train(
         max_epochs=40,

@@ -13,6 +13,7 @@ import torch
 import celltx
 from celltx.data import MOD_ATAC, MOD_RNA
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 from _helpers import DATA, need
 
@@ -20,7 +21,7 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-SMALL = dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=64, max_peaks=64, dropout=0.0)
+SMALL = preset("small", d_model=32, max_seq_len=64, max_peaks=64, dropout=0.0)
 FIT = dict(
     batch_size=32, accelerator="cpu", enable_progress_bar=False, check_val_every_n_epoch=None
 )
@@ -274,6 +275,7 @@ def test_real_scatac_alone():
     assert np.isfinite(model.get_latent_representation()).all()
 
 
+@pytest.mark.slow  # trains an epoch on the real multiome subset (~6 s)
 def test_real_paired_multiome_plumbing():
     import mudata
 

@@ -23,6 +23,7 @@ from celltx.data import (
 )
 from celltx.model import ScGPT
 from celltx.module import contrastive_loss
+from celltx.nn import preset
 
 from _helpers import SMALL
 
@@ -261,10 +262,7 @@ def test_divide_and_conquer_with_augmented_views_and_partners_equals_one_graph()
     ScGPT.setup_anndata(adata)
     model = ScGPT(
         adata,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        max_seq_len=48,
+        **preset("tiny", max_seq_len=48),
         dropout=0.1,
         contrast_thinning=0.5,
         contrast_gene_dropout=0.2,

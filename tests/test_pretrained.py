@@ -148,6 +148,7 @@ def test_trained_model_exports_and_reloads(trained, tmp_path):
 
 
 # --- fine-tuning from the loaded weights -------------------------------------------------
+@pytest.mark.slow  # trains an epoch on pbmc68k (~6 s)
 def test_training_continues_from_loaded_weights(tiefree):
     model = _load(FIXTURES / "ckpt_small", tiefree)
     file_sd = celltx.io.from_scgpt(

@@ -11,7 +11,7 @@ from scipy import sparse
 
 import celltx
 from celltx.data import Tokenizer, highly_variable, nonzero_medians
-from celltx.nn import ScGPTConfig
+from celltx.nn import ScGPTConfig, preset
 
 
 def test_rank_keeps_the_genes_most_above_their_median():
@@ -58,9 +58,7 @@ def test_config_refuses_unknown_selection():
 def test_rank_model_is_deterministic_and_saves_its_medians(tmp_path):
     adata = celltx.datasets.pbmc68k()
     celltx.model.ScGPT.setup_anndata(adata)
-    model = celltx.model.ScGPT(
-        adata, d_model=16, n_layers=1, n_heads=2, max_seq_len=24, gene_selection="rank"
-    )
+    model = celltx.model.ScGPT(adata, **preset("tiny", max_seq_len=24), gene_selection="rank")
     x = adata.X[:40].toarray()
     want = nonzero_medians(adata.X, linear=True)  # of depth-normalised linear values
     got = model.module.gene_medians[torch.as_tensor(model._gene_ids(adata))].numpy()
@@ -80,7 +78,7 @@ def test_rank_model_is_deterministic_and_saves_its_medians(tmp_path):
     assert torch.equal(loaded.module.gene_medians, model.module.gene_medians)
     np.testing.assert_allclose(e1, e2, atol=1e-6)
     # the default (random) model keeps no medians in its weights: old saves stay compatible
-    plain = celltx.model.ScGPT(adata, d_model=16, n_layers=1, n_heads=2, max_seq_len=24)
+    plain = celltx.model.ScGPT(adata, **preset("tiny", max_seq_len=24))
     assert "gene_medians" not in plain.module.state_dict()
 
 
@@ -150,7 +148,7 @@ def test_highly_variable_finds_genes_that_separate_groups():
 def test_hvg_model_stores_its_genes_and_mixed_training_is_configurable(tmp_path):
     adata = celltx.datasets.pbmc68k()
     celltx.model.ScGPT.setup_anndata(adata)
-    kw = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 24}
+    kw = preset("tiny", max_seq_len=24)
     model = celltx.model.ScGPT(adata, gene_selection="hvg", n_hvg=100, **kw)
     flags = model.module.gene_hvg[torch.as_tensor(model._gene_ids(adata))].numpy()
     np.testing.assert_array_equal(flags.astype(bool), highly_variable(adata.X, n_top=100))

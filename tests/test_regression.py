@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from celltx.nn import preset
+
 FIXTURE = Path(__file__).parent / "fixtures" / "regression.npz"
-TINY = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 64}
+TINY = preset("small", d_model=32, max_seq_len=64)
 FIT = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 64}
 
 

@@ -19,10 +19,11 @@ from scvi import REGISTRY_KEYS
 
 import celltx
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 from _helpers import FIXTURES, need
 
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 64}
+TINY = preset("tiny", d_model=32, n_heads=4)
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}
 
 

@@ -19,11 +19,12 @@ import pytest
 import celltx
 from celltx.cli import main
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 # the models are untrained on purpose: these tests are about files, not embeddings
 pytestmark = pytest.mark.filterwarnings("ignore:This model was neither trained")
 
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32}
+TINY = preset("tiny", max_seq_len=32)
 
 
 def _sha256(path) -> str:

@@ -14,10 +14,11 @@ from scipy import sparse
 import celltx
 from celltx.cli import main
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 # max_seq_len above every pbmc68k cell's expressed genes (183..409 of 765): cells differ in
 # length, so token-budget batches regroup and reorder them
-LONG = {"d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 1200}
+LONG = preset("tiny", d_model=32, n_heads=4, max_seq_len=1200)
 N = 48
 MODES = ["auto", None, 1500]  # the default budget, plain batches, a small budget (many passes)
 
@@ -195,7 +196,7 @@ def test_multiome_cross_prediction_takes_the_same_indices():
     """The MuData queries go through the same check (mask, order, refusals)."""
     mdata = celltx.data.pad_mosaic(celltx.datasets.simulate_multiome(n_cells=30, seed=0))
     ScGPT.setup_mudata(mdata)
-    model = ScGPT(mdata, d_model=16, n_heads=2, n_layers=1, max_seq_len=32, max_peaks=32)
+    model = ScGPT(mdata, **preset("tiny", max_seq_len=32), max_peaks=32)
     model.is_trained_ = True
     full = model.predict_rna_from_atac(mdata)
     mask = np.zeros(mdata.n_obs, dtype=bool)

@@ -18,10 +18,11 @@ from scipy import sparse
 
 from celltx.data import nonzero_medians
 from celltx.model import ScGPT
+from celltx.nn import preset
 
 from _helpers import Evil
 
-TINY = {"d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 64}
+TINY = preset("tiny", d_model=32, n_heads=4)
 CPU = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 32}
 
 

@@ -35,6 +35,7 @@ def test_tutorial_runs(path: Path, tmp_path, monkeypatch):
     assert not errors
 
 
+@pytest.mark.slow  # trains the representation recipe on pbmc68k, UMAP, PCA scores
 def test_cli_quickstart(tmp_path, capsys, caplog):
     out = tmp_path / "qs"
     assert (

@@ -15,6 +15,7 @@ pytest.importorskip("cellxgene_ontology_guide", reason="needs the text extra: ce
 import celltx  # noqa: E402
 from celltx.model import ScGPT  # noqa: E402
 from celltx.module import cell_text_loss  # noqa: E402
+from celltx.nn import preset
 from celltx.text import CellOntology, TextEncoder, cell_type_texts, is_cl_id  # noqa: E402
 from celltx.text._ontology import normalize  # noqa: E402
 
@@ -56,9 +57,7 @@ def aligned(halves):
     a = source.copy()
     scvi.settings.seed = 0
     ScGPT.setup_anndata(a, labels_key="cell_type")
-    model = ScGPT(
-        a, **{**SMALL, "d_model": 64, "max_seq_len": 256}, gene_selection="rank", dropout=0.0
-    )
+    model = ScGPT(a, **preset("small"), gene_selection="rank", dropout=0.0)
     model.train(
         max_epochs=10, task="cell_text", batch_size=32, accelerator="cpu", enable_progress_bar=False
     )
@@ -146,6 +145,7 @@ def test_cell_text_loss_prefers_alignment_and_handles_shared_labels():
 
 
 # --- model ----------------------------------------------------------------------------------
+@pytest.mark.slow  # the module's `aligned` fixture trains 10 cell-text epochs (~14 s)
 def test_train_cell_text_learns_and_records_texts(aligned):
     h = aligned.history["text_loss_train"].to_numpy().ravel()
     assert h[-1] < h[0]  # the alignment loss goes down
@@ -155,6 +155,7 @@ def test_train_cell_text_learns_and_records_texts(aligned):
     assert aligned.config.text_dim == 384 and aligned.module.has_head("text")
 
 
+@pytest.mark.slow  # the module's `aligned` fixture trains 10 cell-text epochs (~14 s)
 def test_zero_shot_beats_chance_across_namings(aligned, halves):
     """Trained on one half's names, annotate the other half named differently (real data)."""
     _, target = halves
@@ -172,6 +173,7 @@ def test_zero_shot_beats_chance_across_namings(aligned, halves):
     assert (t.X != target.X).nnz == 0
 
 
+@pytest.mark.slow  # the module's `aligned` fixture trains 10 cell-text epochs (~14 s)
 def test_zero_shot_candidate_kinds_and_text_embeddings(aligned, halves):
     _, target = halves
     t = target[:40].copy()
@@ -190,6 +192,7 @@ def test_zero_shot_candidate_kinds_and_text_embeddings(aligned, halves):
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # the module's `aligned` fixture trains 10 cell-text epochs (~14 s)
 @pytest.mark.parametrize(
     "candidates, match",
     [
@@ -214,6 +217,7 @@ def test_zero_shot_needs_head_and_labels(pbmc):
         m.train(max_epochs=1, task="cell_text", accelerator="cpu")
 
 
+@pytest.mark.slow  # the module's `aligned` fixture trains 10 cell-text epochs (~14 s)
 def test_save_load_keeps_the_text_head(aligned, halves, tmp_path):
     t = halves[1][:60].copy()
     before = aligned.predict_zero_shot(t, candidates=list(RENAME.values()))
@@ -226,6 +230,7 @@ def test_save_load_keeps_the_text_head(aligned, halves, tmp_path):
     assert isinstance(loaded.label_texts_, pd.DataFrame)
 
 
+@pytest.mark.slow  # trains four times on pbmc68k (~4 s)
 def test_cell_text_after_generative_pretraining(pbmc):
     ScGPT.setup_anndata(pbmc, labels_key="cell_type")
     m = ScGPT(pbmc, **SMALL)
