@@ -383,3 +383,14 @@ def test_embedding_scores_failing_embedding_becomes_error_row(pbmc, monkeypatch)
     nan[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         celltx.bench.embedding_scores(small, "cell_type", {"nan": nan})
+
+
+def test_exact_neighbors_for_scib_are_the_brute_force_graph():
+    from celltx.bench._integration import exact_neighbors
+
+    x = np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32)
+    res = exact_neighbors(x, 10)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(res.indices[:, 0], np.arange(120))  # itself first
+    np.testing.assert_array_equal(np.sort(res.indices, 1), np.sort(np.argsort(d, 1)[:, :10], 1))
+    np.testing.assert_allclose(res.distances, np.sqrt(np.sort(d, 1)[:, :10]), atol=1e-4)
