@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
@@ -360,7 +360,7 @@ class CellTokenizer(torch.nn.Module):
         x: torch.Tensor | None,
         gene_ids: torch.Tensor | None = None,
         *,
-        sample: Sample | None = None,
+        sample: str | None = None,
         max_seq_len: int | None = None,
         x_atac: torch.Tensor | None = None,
         **rna_kwargs: Any,
@@ -388,7 +388,11 @@ class CellTokenizer(torch.nn.Module):
             if x is None:
                 raise ValueError("Pass the expression (x) to tokenize.")
             return self.rna(
-                x, ids, sample=sample or "random", max_seq_len=max_seq_len, **rna_kwargs
+                x,
+                ids,
+                sample=cast(Sample, sample or "random"),
+                max_seq_len=max_seq_len,
+                **rna_kwargs,
             )
         if sample is None:
             sample = "random" if self.training else "hash"
@@ -401,16 +405,17 @@ class CellTokenizer(torch.nn.Module):
                 "linear": bool(self.rank_linear),
             }
             sample = "rank"
+        how = cast(Sample, sample)  # the Tokenizer refuses other values with a ValueError
         if "atac" not in self.modalities:
             if x is None:
                 raise ValueError("This model tokenizes RNA: pass the expression (x).")
-            return self.rna(x, self.gene_ids, sample=sample, max_seq_len=max_seq_len, **rank)
+            return self.rna(x, self.gene_ids, sample=how, max_seq_len=max_seq_len, **rank)
         if x_atac is None:
             raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
         if self.atac is None:  # built with every model that has an ATAC part
             raise ValueError("This tokenizer has no ATAC part.")
         xa = self.atac_input(x_atac)
-        peak_sample: Sample = sample
+        peak_sample = how
         peak_rank: dict[str, Any] = {}
         if self.peak_selection == "idf" and sample in ("random", "hash", "rank"):
             # TF-IDF rank: a cell's rarest open peaks first (reproducible, as gene ranks)
@@ -421,7 +426,7 @@ class CellTokenizer(torch.nn.Module):
         if "rna" in self.modalities:
             if x is None:
                 raise ValueError("This model has an RNA part: pass the expression (x).")
-            rna = self.rna(x, self.gene_ids, sample=sample, max_seq_len=max_seq_len, **rank)
+            rna = self.rna(x, self.gene_ids, sample=how, max_seq_len=max_seq_len, **rank)
             has_rna = (x[:, self.gene_ids >= 0] > 0).any(1)
         return join_modalities(
             rna, atac, has_rna, has_atac, pad_id=self.pad_id, pad_value=self.pad_value
@@ -437,14 +442,14 @@ class CellTokenizer(torch.nn.Module):
         return fixed_gene_tokens(self.rna, x, self.gene_ids, columns, include_zeros=include_zeros)
 
     def perturbation(
-        self, x: torch.Tensor, pert_ids: torch.Tensor, ties: Ties = "hash"
+        self, x: torch.Tensor, pert_ids: torch.Tensor, ties: str = "hash"
     ) -> tuple[TokenizedBatch, torch.Tensor]:
         """Tokens of cells ``x`` under the perturbation of genes ``pert_ids`` ``(B, P)``.
 
         The whole panel, nothing sampled; see :func:`perturbation_tokens`. Returns the
         tokens and the panel columns they stand for.
         """
-        return perturbation_tokens(self.rna, x, self.gene_ids, pert_ids, ties=ties)
+        return perturbation_tokens(self.rna, x, self.gene_ids, pert_ids, ties=cast(Ties, ties))
 
     # --- the generative split -------------------------------------------------------------
     def split_known(
