@@ -132,10 +132,10 @@ class CellTokenizer(torch.nn.Module):
         n_tokens: int,
         pad_id: int,
         cls_id: int,
-        gene_ids: Sequence[int] | torch.Tensor,
+        gene_ids: Sequence[int] | np.ndarray | torch.Tensor,
         *,
         modalities: Sequence[str] = ("rna",),
-        atac_ids: Sequence[int] | torch.Tensor | None = None,
+        atac_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     ):
         super().__init__()
         modalities = tuple(modalities)

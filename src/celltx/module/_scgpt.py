@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, auto_move_data
@@ -105,14 +106,14 @@ class ScGPTModule(
         n_tokens: int,
         pad_id: int,
         cls_id: int,
-        gene_ids: Sequence[int] | torch.Tensor,
+        gene_ids: Sequence[int] | np.ndarray | torch.Tensor,
         *,
         config: ScGPTConfig | None = None,
         n_labels: int | None = None,
         n_batch: int = 0,
         perturbation: bool = False,
         modalities: Sequence[str] = ("rna",),
-        atac_ids: Sequence[int] | torch.Tensor | None = None,
+        atac_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
         **settings: Any,
     ):
         super().__init__()
