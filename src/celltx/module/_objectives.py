@@ -74,13 +74,7 @@ class Part:
     >>> class CellNorm(Part):
     ...     name = "cell_norm"
     ...     metrics = ("cell_norm_loss",)
-    ...     def __call__(
-        self,
-        module: ScGPTModule,
-        tensors: dict[str, torch.Tensor],
-        inference: dict[str, Any],
-        predictions: dict[str, torch.Tensor],
-    ) -> PartLoss:
+    ...     def __call__(self, module, tensors, inference, predictions):
     ...         loss = inference["cell_emb"].float().pow(2).mean()
     ...         return PartLoss(loss, None, {"cell_norm_loss": loss.detach()})
     >>> CellNorm(weight=0.1).weight
