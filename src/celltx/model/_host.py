@@ -11,7 +11,7 @@ is an empty class: nothing declared here exists on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -140,6 +140,3 @@ class ModelHost:
 
         # --- TrainingMixin -------------------------------------------------------------
         def _label_state(self) -> Any: ...
-
-
-__all__: Sequence[str] = ()
