@@ -1,14 +1,14 @@
-"""Type aliases of the data layer, for annotations (imported under ``TYPE_CHECKING`` only)."""
+"""Type aliases of the data layer, for annotations (imported under ``TYPE_CHECKING``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
-if TYPE_CHECKING:
-    import h5py
-    import numpy as np
-    from scipy import sparse
+import h5py
+import numpy as np
+from scipy import sparse
 
-#: A cells × features matrix: dense, scipy-sparse or disk-backed (an h5py dataset, or
-#: another array-like read by row slices, as anndata's backed sparse datasets).
-Matrix: TypeAlias = "np.ndarray | sparse.spmatrix | sparse.sparray | h5py.Dataset"
+#: A cells × features matrix: dense, scipy-sparse (a sparse matrix or array) or disk-backed
+#: (an h5py dataset, or another array-like read by row slices, as anndata's backed sparse
+#: datasets).
+Matrix: TypeAlias = np.ndarray | sparse.spmatrix | h5py.Dataset
