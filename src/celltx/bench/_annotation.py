@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,7 @@ def _few_labels(
     Refuses (``ValueError`` naming the labels) when a label would keep no cell in a fold,
     before anything is trained.
     """
-    empty = {}
+    empty: dict[Any, int] = {}
     for train, _ in folds:
         n = np.array([(y[train] == c).sum() for c in classes])
         for c, k, m in zip(classes, _n_labelled(n, fraction), n, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ from ._baselines import (
 )
 
 #: celltx settings of :func:`annotation` (override any with ``celltx_kwargs``)
-CELLTX_DEFAULTS = {
+CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset("small", max_seq_len=512, dropout=0.1),
     "pretrained": None,  # a scGPT model directory to start from instead of a new model
     "pretrain_epochs": 20,  # pretraining on all cells of the fold (no labels)
@@ -160,6 +161,7 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
         state = (cache or {}).get("pretrained") if label_free else None
         if state is not None and _same_shapes(model.module.state_dict(), state):
             model.module.load_state_dict(state)
+            assert cache is not None  # the state came from it
             _set_rng(cache["rng"])  # where pretraining left the random numbers
         else:
             model.train(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ def knn_accuracy(
 def leiden_scores(
     X: np.ndarray,
     labels,
-    resolution: float | Sequence[float] = 1.0,
+    resolution: float | Sequence[float] | np.ndarray = 1.0,
     n_neighbors: int = 15,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -84,7 +85,9 @@ def leiden_scores(
     sc.pp.neighbors(
         tmp, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed, transformer="sklearn"
     )
-    resolutions = [resolution] if np.isscalar(resolution) else list(resolution)
+    resolutions = (
+        [resolution] if np.isscalar(resolution) else list(cast(Sequence[float], resolution))
+    )
     return best_leiden(tmp, labels, resolutions, seed)
 
 

@@ -190,7 +190,9 @@ def gene_program_scores(
                 f"programs and truth share {len(shared)} genes; at least 2 are needed (e.g. "
                 f"{list(labels.index[:3])} vs {list(known.index[:3])})."
             )
-        best, purity, n_shared = [], [], []
+        best: list[str | None] = []
+        purity: list[float] = []
+        n_shared: list[int] = []
         for p in order:
             hits = known.reindex(members[p].intersection(shared))
             n_shared.append(len(hits))
@@ -238,22 +240,22 @@ def gene_program_scores(
                 "No gene of the programs is in adata.var_names (with variation across cells), "
                 f"e.g. {list(labels.index[:3])} vs {list(adata.var_names[:3])}."
             )
-        coherence = np.asarray(coherence)
+        coherence_arr = np.asarray(coherence)
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # programs without draws: NaN
             random_mean = np.nanmean(draws, axis=1)
             random_sd = np.std(draws, axis=1, ddof=1) if n_random > 1 else np.nan * draws[:, 0]
-            z = (coherence - random_mean) / random_sd
+            z = (coherence_arr - random_mean) / random_sd
         table["n_measured"] = n_measured
-        table["coherence"] = coherence
+        table["coherence"] = coherence_arr
         table["random_coherence"] = random_mean
         table["random_coherence_sd"] = random_sd
         table["coherence_z"] = z
         summary["n_measured"] = float(sum(n_measured))
-        scored = np.isfinite(coherence) & np.isfinite(draws).all(axis=1)
+        scored = np.isfinite(coherence_arr) & np.isfinite(draws).all(axis=1)
         if scored.any():
             per_draw = draws[scored].mean(axis=0)
-            coh = float(coherence[scored].mean())
+            coh = float(coherence_arr[scored].mean())
             sd_all = float(np.std(per_draw, ddof=1)) if n_random > 1 else float("nan")
             summary.update(
                 coherence=coh,

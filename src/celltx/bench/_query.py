@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 QUERY_METHODS = ("celltx", "pca", "scvi")
 
 #: the celltx recipe of :func:`query_mapping` (reference training, then query training)
-QUERY_CELLTX_DEFAULTS = {
+QUERY_CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset("small", dropout=0.1, dsbn=True, batch_token=True),
     "reference_epochs": 10,
     "query_epochs": 5,

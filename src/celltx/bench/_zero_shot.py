@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -193,7 +194,8 @@ def zero_shot(
     if len(set(offered)) < len(offered):
         raise ValueError("candidates maps two target labels to the same candidate.")
     back = {v: k for k, v in candidates.items()}
-    rows, attrs = [], {}
+    rows: list[dict[str, Any]] = []
+    attrs: dict[str, Any] = {}
     model = None
     if "celltx zero-shot" in methods or "classifier + text mapping" in methods:
         model = fit_celltx(
@@ -204,6 +206,7 @@ def zero_shot(
     # celltx={"label_texts": {"ontology": False}})
     ontology = bool(dict((celltx or {}).get("label_texts") or {}).get("ontology", True))
     if "celltx zero-shot" in methods:
+        assert model is not None  # fitted above for this method
         t = target.copy()
         chosen = model.predict_zero_shot(
             t, candidates=offered, key_added="zero_shot", ontology=ontology
@@ -231,6 +234,7 @@ def zero_shot(
                     }
                 )
     if "classifier + text mapping" in methods:
+        assert model is not None  # fitted above for this method
         texts = attrs.get("candidates")
         if texts is None:
             texts = model._candidate_texts(offered, ontology, None)
@@ -239,11 +243,11 @@ def zero_shot(
         s_names = list(model.label_texts_.index)
         # each predicted source label -> the most similar candidate: by name (as the labels
         # are written) and by description (the same ontology texts celltx uses)
-        for how, q, k in (
+        for how, q, cands in (
             ("names", s_names, offered),
             ("descriptions", model.label_texts_.text.tolist(), texts.text.tolist()),
         ):
-            to = dict(zip(s_names, _nearest(enc, q, k), strict=True))
+            to = dict(zip(s_names, _nearest(enc, q, cands), strict=True))
             pred = np.asarray([back[offered[to[p]]] for p in s_pred])
             attrs[f"mapping_{how}"] = {n: back[offered[i]] for n, i in to.items()}
             rows.append(

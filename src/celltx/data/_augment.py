@@ -10,10 +10,15 @@ neighbours within a batch and mutual nearest neighbours across batches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    from ._types import Matrix
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ def augment_views(
     return y
 
 
-def input_pca(x, n_comps: int = 50, n_top: int = 2000, seed: int = 0) -> np.ndarray:
+def input_pca(x: Matrix, n_comps: int = 50, n_top: int = 2000, seed: int = 0) -> np.ndarray:
     """PCA of log-normalised rows: the input space in which neighbour positives are found.
 
     ``x`` ``(n, G)`` dense or scipy-sparse; counts are scaled to 10,000 per cell and
@@ -125,8 +130,7 @@ def input_pca(x, n_comps: int = 50, n_top: int = 2000, seed: int = 0) -> np.ndar
     >>> input_pca(x, n_comps=5).shape
     (30, 5)
     """
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(cast(sp.spmatrix, x).toarray() if sp.issparse(x) else x, dtype=np.float32)
     depth = x.sum(1, keepdims=True)
     x = np.log1p(x / np.maximum(depth, 1e-8) * 1e4)
     if x.shape[1] > n_top:
@@ -267,7 +271,7 @@ class NeighbourBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return int(np.ceil(self.n / (2 * self.half)))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         rng = np.random.default_rng((self.seed, self.epoch))
         self.epoch += 1
         order = rng.permutation(self.n)
@@ -300,7 +304,7 @@ def partner_rows(n: int) -> torch.Tensor:
     return rows
 
 
-def partner_collate(items: list) -> dict:
+def partner_collate(items: list[Any]) -> dict[str, Any]:
     """Collate of :class:`NeighbourBatchSampler`'s batches: the batch with :data:`PARTNER_KEY`.
 
     Examples

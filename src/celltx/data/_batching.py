@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+if TYPE_CHECKING:
+    from ._types import Matrix
+
 
 #: rows read at a time from disk-backed matrices
 _CHUNK = 10_000
@@ -17,7 +24,10 @@ DEFAULT_BATCH_TOKENS = 16_384
 
 
 def expressed_counts(
-    x, columns: np.ndarray | None = None, chunk: int = _CHUNK, rows: np.ndarray | None = None
+    x: Matrix,
+    columns: np.ndarray | None = None,
+    chunk: int = _CHUNK,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Number of non-zero values per row of ``x``, over ``columns`` (a boolean mask).
 
@@ -41,7 +51,7 @@ def expressed_counts(
         n = len(uniq)
     out = np.zeros(n, dtype=np.int64)
     for lo in range(0, n, chunk):
-        block = x[lo : lo + chunk] if uniq is None else x[uniq[lo : lo + chunk]]
+        block: Any = x[lo : lo + chunk] if uniq is None else x[uniq[lo : lo + chunk]]
         if columns is not None:
             block = block[:, columns]
         if sp.issparse(block):
@@ -136,7 +146,7 @@ class TokenBudgetSampler(torch.utils.data.Sampler):
     def __init__(self, batches: list[np.ndarray]):
         self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         for b in self.batches:
             yield b.tolist()
 
@@ -174,7 +184,7 @@ class ShuffledTokenBudgetSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, epoch])
         return shuffled_token_budget_batches(self.lengths, self.batch_tokens, self.max_cells, rng)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches(self.epoch)
         self.epoch += 1
         for b in batches:
@@ -207,23 +217,24 @@ class RowsInOrder(torch.utils.data.Dataset):
     [50, 30, 10, 30]
     """
 
-    def __init__(self, dataset, rows: np.ndarray):
+    def __init__(self, dataset: Any, rows: np.ndarray):
         self.dataset = dataset
         self.rows = np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, positions) -> dict:
+    def __getitem__(self, positions: int | list[int] | np.ndarray) -> dict[str, Any]:
         rows = self.rows[np.atleast_1d(np.asarray(positions, dtype=np.int64))]
         uniq, inv = np.unique(rows, return_inverse=True)
         data = self.dataset[uniq]
         if len(uniq) == len(rows) and (uniq == rows).all():
-            return data  # already increasing and distinct: the rows as read
+            out: dict[str, Any] = data
+            return out  # already increasing and distinct: the rows as read
         return {k: v[inv] for k, v in data.items()}
 
 
-def first_item(items: list):
+def first_item(items: list[Any]) -> dict[str, Any]:
     """Collate of a loader whose sampler yields whole batches: the one item, as tensors.
 
     Examples

@@ -7,19 +7,68 @@ assembled; a model's module owns one and asks it for tokens.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 from ._genes import highly_variable, nonzero_medians
 from ._peaks import peak_idf
 from ._sequences import fixed_gene_tokens, join_modalities, perturbation_tokens
-from ._tokenizer import MOD_ATAC, MOD_CLS, MOD_RNA, TokenizedBatch, Tokenizer
+from ._tokenizer import MOD_ATAC, MOD_CLS, MOD_RNA, Sample, Ties, TokenizedBatch, Tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ._types import Matrix
 
 #: view codes of multimodal training rows (:meth:`CellTokenizer.generative_views`): the
 #: cell itself, its RNA alone, its ATAC alone
 VIEW_JOINT, VIEW_RNA, VIEW_ATAC = 0, 1, 2
+
+
+class _TokenizerSettings(Protocol):
+    """The fields of :class:`celltx.nn.ScGPTConfig` that a :class:`CellTokenizer` reads."""
+
+    @property
+    def max_seq_len(self) -> int: ...
+
+    @property
+    def gene_selection(self) -> str: ...
+
+    @property
+    def n_hvg(self) -> int: ...
+
+    @property
+    def random_token_fraction(self) -> float: ...
+
+    @property
+    def n_bins(self) -> int | None: ...
+
+    @property
+    def pad_value(self) -> float: ...
+
+    @property
+    def zero_fraction(self) -> float | None: ...
+
+    @property
+    def mask_ratio(self) -> Sequence[float]: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def max_peaks(self) -> int: ...
+
+    @property
+    def peak_selection(self) -> str: ...
+
+    @property
+    def atac_zero_fraction(self) -> float: ...
+
+    @property
+    def atac_values(self) -> str: ...
 
 
 class CellTokenizer(torch.nn.Module):
@@ -68,16 +117,25 @@ class CellTokenizer(torch.nn.Module):
     (torch.Size([1, 3]), [3, 4])
     """
 
+    # buffers (registered in __init__)
+    mask_ratio: torch.Tensor
+    gene_ids: torch.Tensor
+    atac_ids: torch.Tensor
+    gene_medians: torch.Tensor
+    rank_linear: torch.Tensor
+    peak_idf: torch.Tensor
+    gene_hvg: torch.Tensor
+
     def __init__(
         self,
-        config,
+        config: _TokenizerSettings,
         n_tokens: int,
         pad_id: int,
         cls_id: int,
-        gene_ids: Sequence[int] | torch.Tensor,
+        gene_ids: Sequence[int] | np.ndarray | torch.Tensor,
         *,
         modalities: Sequence[str] = ("rna",),
-        atac_ids: Sequence[int] | torch.Tensor | None = None,
+        atac_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     ):
         super().__init__()
         modalities = tuple(modalities)
@@ -104,7 +162,7 @@ class CellTokenizer(torch.nn.Module):
             seed=c.seed,
         )
         #: the ATAC tokenizer (``None`` without an ATAC part)
-        self.atac = None
+        self.atac: Tokenizer | None = None
         if "atac" in modalities:
             self.atac = Tokenizer(
                 max_seq_len=c.max_peaks + 1,
@@ -147,7 +205,9 @@ class CellTokenizer(torch.nn.Module):
         """``zero_fraction`` when the config leaves it ``None``: 0.25 for multiome, else 0."""
         return 0.25 if len(tuple(modalities)) > 1 else 0.0
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         if self.gene_selection in ("rank", "hvg"):
             # a checkpoint without medians / HVGs (a published scGPT one) keeps the data's
             if prefix + "gene_medians" in state_dict:
@@ -207,7 +267,9 @@ class CellTokenizer(torch.nn.Module):
 
     # --- the panel and its statistics ---------------------------------------------------
     @contextmanager
-    def panel(self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None):
+    def panel(
+        self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None
+    ) -> Iterator[CellTokenizer]:
         """Temporarily use another column -> vocabulary-id mapping (other data)."""
         old, old_atac = self.gene_ids, self.atac_ids
         if gene_ids is not None:
@@ -225,7 +287,7 @@ class CellTokenizer(torch.nn.Module):
         rna = ("rna",) if self.gene_selection in ("rank", "hvg") else ()
         return rna + (("atac",) if self.peak_selection == "idf" else ())
 
-    def fit(self, x=None, x_atac=None) -> None:
+    def fit(self, x: Matrix | None = None, x_atac: Matrix | None = None) -> None:
         """Learn the selection statistics of the panel's columns from training cells.
 
         ``x`` (cells × RNA columns) gives the genes' non-zero medians (``gene_selection``
@@ -258,7 +320,7 @@ class CellTokenizer(torch.nn.Module):
         keep = (ids >= 0) & torch.isfinite(val)
         self.peak_idf[ids[keep]] = val[keep]
 
-    def set_gene_hvg(self, ids: torch.Tensor, mask) -> None:
+    def set_gene_hvg(self, ids: torch.Tensor, mask: np.ndarray | torch.Tensor) -> None:
         """Mark the genes ``ids`` whose ``mask`` is true as highly variable (the others not)."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.gene_hvg.device)
         flag = torch.as_tensor(mask, dtype=torch.float32, device=self.gene_hvg.device)
@@ -301,7 +363,7 @@ class CellTokenizer(torch.nn.Module):
         sample: str | None = None,
         max_seq_len: int | None = None,
         x_atac: torch.Tensor | None = None,
-        **rna_kwargs,
+        **rna_kwargs: Any,
     ) -> TokenizedBatch:
         """Tokenize ``x`` ``(B, G)`` (and ``x_atac`` ``(B, P)`` for an ATAC part).
 
@@ -323,12 +385,18 @@ class CellTokenizer(torch.nn.Module):
                 stacklevel=2,
             )
             ids = self.gene_ids if gene_ids is None else gene_ids
+            if x is None:
+                raise ValueError("Pass the expression (x) to tokenize.")
             return self.rna(
-                x, ids, sample=sample or "random", max_seq_len=max_seq_len, **rna_kwargs
+                x,
+                ids,
+                sample=cast(Sample, sample or "random"),
+                max_seq_len=max_seq_len,
+                **rna_kwargs,
             )
         if sample is None:
             sample = "random" if self.training else "hash"
-        rank = {}
+        rank: dict[str, Any] = {}
         if self.gene_selection in ("rank", "hvg") and sample in ("random", "hash"):
             rank = {
                 "scale": self.rank_scale(),
@@ -337,12 +405,18 @@ class CellTokenizer(torch.nn.Module):
                 "linear": bool(self.rank_linear),
             }
             sample = "rank"
+        how = cast(Sample, sample)  # the Tokenizer refuses other values with a ValueError
         if "atac" not in self.modalities:
-            return self.rna(x, self.gene_ids, sample=sample, max_seq_len=max_seq_len, **rank)
+            if x is None:
+                raise ValueError("This model tokenizes RNA: pass the expression (x).")
+            return self.rna(x, self.gene_ids, sample=how, max_seq_len=max_seq_len, **rank)
         if x_atac is None:
             raise ValueError("This model has an ATAC part: pass the peak counts (x_atac).")
+        if self.atac is None:  # built with every model that has an ATAC part
+            raise ValueError("This tokenizer has no ATAC part.")
         xa = self.atac_input(x_atac)
-        peak_sample, peak_rank = sample, {}
+        peak_sample = how
+        peak_rank: dict[str, Any] = {}
         if self.peak_selection == "idf" and sample in ("random", "hash", "rank"):
             # TF-IDF rank: a cell's rarest open peaks first (reproducible, as gene ranks)
             peak_sample, peak_rank = "rank", {"scale": self.peak_scale()}
@@ -352,7 +426,7 @@ class CellTokenizer(torch.nn.Module):
         if "rna" in self.modalities:
             if x is None:
                 raise ValueError("This model has an RNA part: pass the expression (x).")
-            rna = self.rna(x, self.gene_ids, sample=sample, max_seq_len=max_seq_len, **rank)
+            rna = self.rna(x, self.gene_ids, sample=how, max_seq_len=max_seq_len, **rank)
             has_rna = (x[:, self.gene_ids >= 0] > 0).any(1)
         return join_modalities(
             rna, atac, has_rna, has_atac, pad_id=self.pad_id, pad_value=self.pad_value
@@ -375,7 +449,7 @@ class CellTokenizer(torch.nn.Module):
         The whole panel, nothing sampled; see :func:`perturbation_tokens`. Returns the
         tokens and the panel columns they stand for.
         """
-        return perturbation_tokens(self.rna, x, self.gene_ids, pert_ids, ties=ties)
+        return perturbation_tokens(self.rna, x, self.gene_ids, pert_ids, ties=cast(Ties, ties))
 
     # --- the generative split -------------------------------------------------------------
     def split_known(

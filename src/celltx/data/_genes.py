@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,10 @@ from anndata import AnnData
 from scipy import sparse
 
 from ._vocab import GeneVocab
+
+if TYPE_CHECKING:
+    from ._types import Matrix
+
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,8 @@ class GeneMatch:
     @property
     def unmatched(self) -> list[str]:
         """Names of the columns that are not in the vocabulary."""
-        return self.names[self.ids < 0].tolist()
+        names: list[str] = self.names[self.ids < 0].tolist()
+        return names
 
 
 def gene_names(adata: AnnData, gene_symbols: str | None = None) -> pd.Index:
@@ -140,7 +147,7 @@ def match_genes(
     return match
 
 
-def check_expression(x, what: str = "adata.X") -> None:
+def check_expression(x: Matrix, what: str = "adata.X") -> None:
     """Raise a :class:`ValueError` if ``x`` has NaN, infinite or negative values.
 
     Works on dense arrays and scipy sparse matrices without densifying, in chunks for
@@ -148,13 +155,13 @@ def check_expression(x, what: str = "adata.X") -> None:
     """
     if sparse.issparse(x):
         data = x.data
-        chunks = [data]
+        chunks: Iterable[np.ndarray | sparse.spmatrix] = [data]
     elif isinstance(x, np.ndarray):
         chunks = [x]
     else:  # backed dataset (h5py / zarr array, anndata's sparse dataset): scan by rows
         step = 10_000
 
-        def _rows(i):
+        def _rows(i: int) -> np.ndarray | sparse.spmatrix:
             chunk = x[i : i + step]
             return chunk if sparse.issparse(chunk) else np.asarray(chunk)
 
@@ -203,7 +210,9 @@ def _linear_rows(m: sparse.csr_matrix) -> sparse.csr_matrix:
     return m
 
 
-def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0, linear: bool = False) -> np.ndarray:
+def nonzero_medians(
+    x: Matrix, max_cells: int = 20_000, seed: int = 0, linear: bool = False
+) -> np.ndarray:
     """Each column's median over its non-zero values (1 where a column is never non-zero).
 
     The per-gene normaliser of rank-value gene selection (Geneformer's non-zero median).
@@ -242,7 +251,7 @@ def nonzero_medians(x, max_cells: int = 20_000, seed: int = 0, linear: bool = Fa
     return out
 
 
-def _sampled_rows(x, max_cells: int, seed: int) -> sparse.csr_matrix:
+def _sampled_rows(x: Matrix, max_cells: int, seed: int) -> sparse.csr_matrix:
     """At most ``max_cells`` rows of ``x`` (a reproducible random subset, in row order) as CSR.
 
     Backed data is read in row order, 5,000 rows at a time.
@@ -257,7 +266,9 @@ def _sampled_rows(x, max_cells: int, seed: int) -> sparse.csr_matrix:
     return sparse.vstack(parts).tocsr() if parts else sparse.csr_matrix(x.shape, dtype=np.float64)
 
 
-def highly_variable(x, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0) -> np.ndarray:
+def highly_variable(
+    x: Matrix, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0
+) -> np.ndarray:
     """Boolean mask of the ``n_top`` most variable columns of ``x`` (all when there are fewer).
 
     scanpy's ``highly_variable_genes`` (``"seurat"`` flavour: normalised dispersion in bins
@@ -286,10 +297,11 @@ def highly_variable(x, n_top: int = 2000, max_cells: int = 20_000, seed: int = 0
         sc.pp.normalize_total(a, target_sum=1e4)
         sc.pp.log1p(a)
     sc.pp.highly_variable_genes(a, n_top_genes=int(n_top))
-    return a.var["highly_variable"].to_numpy(dtype=bool)
+    mask: np.ndarray = a.var["highly_variable"].to_numpy(dtype=bool)
+    return mask
 
 
-def sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
+def sample_values(x: Matrix, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
     """Up to ``n`` stored values of ``x`` drawn at random (non-zero ones for dense data).
 
     What :func:`is_counts` (and the benchmarks' input checks) judge ``x`` on.
@@ -326,13 +338,14 @@ def sample_values(x, n: int = N_SAMPLE, seed: int = 0) -> np.ndarray:
     if v.size > n:
         v = v[rng.integers(0, v.size, n)]
     v = np.asarray(v)
-    return v[v != 0]
+    out: np.ndarray = v[v != 0]
+    return out
 
 
 _sample_values = sample_values  # the name it had before it was public
 
 
-def is_counts(x) -> bool:
+def is_counts(x: Matrix) -> bool:
     """Whether ``x`` holds raw counts: non-negative integers.
 
     Judged on a random sample of up to a million stored non-zero values.

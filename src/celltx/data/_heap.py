@@ -10,7 +10,7 @@ import sys
 _M_MMAP_THRESHOLD = -3
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -6,14 +6,20 @@ scvi-tools registers fully paired data: every cell in every modality.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+if TYPE_CHECKING:
+    from mudata import MuData
 
-def modality_presence(mdata) -> pd.DataFrame:
+    from ._types import Matrix
+
+
+def modality_presence(mdata: MuData) -> pd.DataFrame:
     """Which modalities each cell of ``mdata`` was measured in.
 
     Returns
@@ -38,7 +44,7 @@ def modality_presence(mdata) -> pd.DataFrame:
     return pd.DataFrame(out, index=mdata.obs_names.copy())
 
 
-def place_rows(x, pos: np.ndarray, n: int):
+def place_rows(x: Matrix, pos: np.ndarray, n: int) -> sparse.csr_matrix:
     """Rows of ``x`` placed at rows ``pos`` of an ``n``-row sparse matrix (zeros elsewhere).
 
     Parameters
@@ -71,7 +77,7 @@ def place_rows(x, pos: np.ndarray, n: int):
     return (place.astype(x.dtype) @ x).tocsr()
 
 
-def pad_mosaic(mdata, modality_key: str = "modality"):
+def pad_mosaic(mdata: MuData, modality_key: str = "modality") -> MuData:
     """Give every modality of a mosaic MuData every cell, as scvi-tools registers data.
 
     A mosaic MuData holds cells measured in only some modalities (e.g. an RNA-only and an

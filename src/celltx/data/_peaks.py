@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import sparse
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._types import Matrix
 
 PEAK_PANEL_BY = ("accessible", "variable")
 
 
-def _csr(x) -> sparse.csr_matrix:
+def _csr(x: Matrix) -> sparse.csr_matrix:
     return sparse.csr_matrix(x) if not sparse.issparse(x) else sparse.csr_matrix(x)
 
 
-def peak_idf(x) -> np.ndarray:
+def peak_idf(x: Matrix) -> np.ndarray:
     """Inverse document frequency of each peak: ``log(1 + n / (1 + n_open))``.
 
     ``n`` is the number of cells with at least one open peak (cells without ATAC, e.g.
@@ -48,7 +55,9 @@ def peak_idf(x) -> np.ndarray:
     return np.log1p(n / (1.0 + n_open)).astype(np.float32)
 
 
-def peak_panel(adata, n_top: int = 20_000, by: str = "accessible", layer: str | None = None):
+def peak_panel(
+    adata: AnnData, n_top: int = 20_000, by: str = "accessible", layer: str | None = None
+) -> np.ndarray:
     """A data-driven peak panel: the ``n_top`` most accessible or most variable peaks.
 
     ``by="accessible"``: the peaks open (count > 0) in the most cells (as Signac's

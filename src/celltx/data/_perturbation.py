@@ -16,7 +16,7 @@ import pandas as pd
 __all__ = ["parse_condition", "condition_name", "parse_conditions"]
 
 
-def _is_missing(value) -> bool:
+def _is_missing(value: object) -> bool:
     if value is None:
         return True
     try:

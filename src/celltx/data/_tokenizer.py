@@ -21,6 +21,8 @@ from ._binning import (
 )
 
 Ties = Literal["random", "hash", "middle"]
+#: how :class:`Tokenizer` picks the genes of a cell (its ``sample`` argument)
+Sample = Literal["random", "hash", "rank", "first"]
 
 
 @dataclass
@@ -50,7 +52,7 @@ class TokenizedBatch:
     modality: torch.Tensor | None = None
     pert_flags: torch.Tensor | None = None
 
-    def to(self, device) -> TokenizedBatch:
+    def to(self, device: torch.device | str) -> TokenizedBatch:
         return TokenizedBatch(
             self.gene_ids.to(device),
             self.values.to(device),
@@ -152,6 +154,8 @@ class Tokenizer:
             gene_ids = torch.arange(x.shape[1], device=x.device)
         x_sorted, _ = torch.sort(x, dim=1)
         n_nz = (x > 0).sum(1)
+        if self.n_bins is None:
+            raise ValueError("This tokenizer does not bin (n_bins=None); build it with n_bins.")
         edges = quantile_edges(x_sorted, n_nz, self.n_bins)
         u = self._tie_u(x, gene_ids.to(x.device), ties)
         return torch.where(x > 0, digitize(x, edges, u), 0)
@@ -220,7 +224,7 @@ class Tokenizer:
         x: torch.Tensor,
         gene_ids: torch.Tensor,
         *,
-        sample: Literal["random", "hash", "rank", "first"] = "random",
+        sample: Sample = "random",
         max_seq_len: int | None = None,
         ties: Ties | None = None,
         scale: torch.Tensor | None = None,

@@ -182,9 +182,9 @@ class GeneVocab:
 
         Vectorized through a :class:`pandas.Index`, so 60k-token lookups take milliseconds.
         """
-        tokens = pd.Index([str(t) for t in tokens])
-        ids = self._index.get_indexer(tokens).astype(np.int64)
-        special = tokens.isin(SPECIAL_TOKENS)
+        index = pd.Index([str(t) for t in tokens])
+        ids: np.ndarray = self._index.get_indexer(index).astype(np.int64)
+        special = index.isin(SPECIAL_TOKENS)
         ids[special] = -1
         return ids
 

@@ -13,7 +13,9 @@ import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, cast
 
 import anndata as ad
 import numpy as np
@@ -333,6 +335,7 @@ def _extract_gears(archive: Path, dataset: str, dest_dir: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".h5ad.part")
+    open_member: Callable[[str], IO[bytes]]
     with contextlib.ExitStack() as stack:
         if zipfile.is_zipfile(archive):
             zf = stack.enter_context(zipfile.ZipFile(archive))
@@ -340,7 +343,8 @@ def _extract_gears(archive: Path, dataset: str, dest_dir: Path) -> Path:
         elif tarfile.is_tarfile(archive):
             tf = stack.enter_context(tarfile.open(archive))
             names = [m.name for m in tf.getmembers() if m.isfile()]
-            open_member = tf.extractfile
+            # regular files only: extractfile returns a file object for each
+            open_member = cast(Callable[[str], IO[bytes]], tf.extractfile)
         else:
             raise ValueError(
                 f"{archive} is neither a zip nor a tar archive nor an .h5ad file; pass the GEARS "

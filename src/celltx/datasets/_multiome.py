@@ -100,7 +100,7 @@ def _mosaic_fractions(mosaic) -> tuple[float, float, float] | None:
             "mosaic must be False, True or three non-negative fractions (paired, rna-only, "
             f"atac-only) that sum to 1, e.g. (0.4, 0.3, 0.3); got {mosaic!r}."
         )
-    return tuple(float(f) for f in fr)
+    return float(fr[0]), float(fr[1]), float(fr[2])
 
 
 def _standardize(x: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ import torch
 from anndata import AnnData
 
 from ._docs import doc_params
+from ._host import ModelHost
 
 
-class AnnotationMixin:
+class AnnotationMixin(ModelHost):
     """Cell-type annotation with the classifier head."""
 
     @doc_params

@@ -305,7 +305,8 @@ def resolve_device(accelerator: str = "auto", device: int | str | list = "auto")
         if len(device) != 1:
             raise ValueError(f"device={device!r}: a model lives on one device; pass one index.")
         device = device[0]
-    index = 0 if device in ("auto", None, -1) else int(device)
+    # (a list or tuple is its one index by now)
+    index = 0 if device in ("auto", None, -1) else int(device)  # type: ignore[arg-type]
     if not 0 <= index < torch.cuda.device_count():
         raise ValueError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices.")
     return f"cuda:{index}"

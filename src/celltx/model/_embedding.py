@@ -13,12 +13,13 @@ from anndata import AnnData
 from lightning.pytorch import LightningDataModule
 
 from ._docs import doc_params
+from ._host import ModelHost
 
 #: batches between two returns of the C heap's free pages to the system (``trim_heap``)
 TRIM_EVERY = 16
 
 
-class EmbeddingMixin:
+class EmbeddingMixin(ModelHost):
     """Cell and gene embeddings and the held-out generation score."""
 
     @doc_params
@@ -153,8 +154,8 @@ class EmbeddingMixin:
     def score_generation(
         self,
         adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        reference_indices: Sequence[int] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        reference_indices: Sequence[int] | np.ndarray | None = None,
         batch_size: int | None = None,
         seed: int = 0,
     ) -> dict[str, float]:

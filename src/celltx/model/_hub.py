@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._host import ModelHost
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from scvi.hub import HubModel
@@ -75,7 +77,7 @@ def check_hub_dir(
         )
 
 
-class HubMixin:
+class HubMixin(ModelHost):
     """Push models to and pull them from the Hugging Face hub through scvi-tools' hub.
 
     A hub directory holds the safe save of :meth:`save` (safetensors + JSON, nothing is

@@ -10,9 +10,10 @@ import torch
 from anndata import AnnData
 
 from ._docs import doc_params
+from ._host import ModelHost
 
 
-class ImputationMixin:
+class ImputationMixin(ModelHost):
     """:meth:`get_normalized_expression`, scvi-tools' name for a model's denoised expression."""
 
     @doc_params

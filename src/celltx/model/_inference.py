@@ -9,7 +9,7 @@ come back concatenated on the CPU, in the order of the cells asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing, contextmanager
 
 import numpy as np
@@ -31,12 +31,13 @@ from celltx.module import ATAC_KEY
 
 from ._checks import check_batch_size, check_indices
 from ._datamodule import inference_loader
+from ._host import ModelHost
 
 #: values of :attr:`InferenceMixin.inference_precision`
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-class InferenceMixin:
+class InferenceMixin(ModelHost):
     """The loader and the loop behind every query of the model (:meth:`_run_inference`)."""
 
     # --- the loop -----------------------------------------------------------------------
@@ -92,7 +93,7 @@ class InferenceMixin:
         max_seq_len: int | None = None,
         datamodule=None,
         trim_every: int | None = None,
-    ) -> tuple[Iterator[dict], np.ndarray | None]:
+    ) -> tuple[Generator[dict, None, None], np.ndarray | None]:
         """The module inputs of each batch of cells, and the order they come in.
 
         Checks ``indices`` and ``batch_size`` now (:meth:`_query_loader`, which also
@@ -198,12 +199,16 @@ class InferenceMixin:
 
     def _sequence_lengths(self, adata, rows=None, max_seq_len=None) -> np.ndarray:
         """Tokens of each cell (``rows``: only these) under the tokenizer's rules."""
-        known = self._gene_ids(adata) >= 0
+        ids = self._gene_ids(adata)
+        assert ids is not None  # token budgets are for RNA models (the callers check)
+        known = ids >= 0
         x = self.get_anndata_manager(adata).get_from_registry(REGISTRY_KEYS.X_KEY)
         # only the requested cells are read (a caller embedding block by block reads each once)
         expressed = expressed_counts(x, known, rows=rows)
         L = self.config.max_seq_len if max_seq_len is None else int(max_seq_len)
-        return sequence_lengths(expressed, int(known.sum()), L, self.config.zero_fraction)
+        zero_fraction = self.config.zero_fraction
+        assert zero_fraction is not None  # the module's config has it resolved
+        return sequence_lengths(expressed, int(known.sum()), L, zero_fraction)
 
     def _inputs(self, tensors) -> dict:
         """The module's data inputs of a loader batch (``x``, ``x_atac``), on the model's device."""

@@ -13,6 +13,7 @@ from anndata import AnnData
 from scvi import REGISTRY_KEYS
 
 from ._docs import doc_params
+from ._host import ModelHost
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 _ATTENTION_ELEMENTS = 1 << 26
 
 
-class InteractionMixin:
+class InteractionMixin(ModelHost):
     """:meth:`get_gene_interactions`: attention between genes, per group of cells."""
 
     @doc_params

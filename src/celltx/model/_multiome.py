@@ -15,9 +15,10 @@ from celltx.module import ATAC_KEY
 from ._checks import check_mudata, registration_undone_on_failure
 from ._docs import doc_params
 from ._fields import mudata_setup_fields
+from ._host import ModelHost
 
 
-class MultiomeMixin:
+class MultiomeMixin(ModelHost):
     """Multiome registration (:meth:`setup_mudata`) and cross-modal prediction."""
 
     @classmethod
@@ -156,6 +157,7 @@ class MultiomeMixin:
         mdata = self._validate_anndata(mdata)
         key = REGISTRY_KEYS.X_KEY if target == "rna" else ATAC_KEY
         target_mod = self._modality(mdata, key)
+        assert target_mod is not None  # a multiome model's data has both modalities
         rows = self._cells(mdata, indices)
         panel = {}
 

@@ -13,8 +13,10 @@ from scvi import REGISTRY_KEYS
 from celltx.data import condition_name, parse_condition, parse_conditions
 from celltx.module import PERTURBATION_KEY
 
+from ._host import ModelHost
 
-class PerturbationMixin:
+
+class PerturbationMixin(ModelHost):
     """Genetic perturbation: conditions, control cells and predicted responses."""
 
     def _registered_conditions(self) -> list[str] | None:

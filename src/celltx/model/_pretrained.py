@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 from anndata import AnnData
 
@@ -13,6 +13,7 @@ from celltx import io
 from celltx.module import SCVI_UUID_KEY
 
 from ._checks import registration_undone_on_failure, resolve_device
+from ._host import ModelHost
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ._scgpt import ScGPT
 
 
-class PretrainedMixin:
+class PretrainedMixin(ModelHost):
     """Published scGPT checkpoints: :meth:`load_pretrained` and :meth:`export_scgpt`."""
 
     #: load_pretrained overrides that do not change the architecture (ScGPTConfig fields, and
@@ -181,12 +182,12 @@ class PretrainedMixin:
             f"\nLoaded from {ckpt.path} ({ckpt.layout} layout): {report.summary()}"
         )
         model.to_device(resolve_device(accelerator, device))
-        return model
+        return cast("ScGPT", model)
 
     def export_scgpt(
         self,
         out_dir: str | os.PathLike,
-        layout: str = "official",
+        layout: Literal["official", "torch", "fa2"] = "official",
         *,
         safetensors: bool = False,
         overwrite: bool = False,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._checks import registration_undone_on_failure, resolve_device
 from ._docs import doc_params
+from ._host import ModelHost
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class QueryMixin:
+class QueryMixin(ModelHost):
     """:meth:`load_query_data`: new batches on a trained model, as scvi-tools' ``ArchesMixin``."""
 
     @classmethod
@@ -105,7 +106,8 @@ class QueryMixin:
             target = resolve_device(accelerator, device)
         # the reference's weights, parts with one entry per batch grown for the new batches
         model.module.load_grown_state(reference.module)
-        model.module.set_objective(**reference.module.objective)
+        # the objective's keys are part names (weights), none of set_objective's settings
+        model.module.set_objective(**reference.module.objective)  # type: ignore[arg-type]
         n_ref = reference.summary_stats.n_batch if setup.get("batch_key") else 0
         model._query_restore = reference.module.batch_state()
         trainable = _freeze_for_query(model.module, unfrozen)
@@ -125,7 +127,7 @@ class QueryMixin:
                 "The reference has no batch-specific parts: the query is embedded as it is."
             )
         model.to_device(target)
-        return model
+        return cast("ScGPT", model)
 
     @classmethod
     def _reference_from_dir(cls, path, prefix):

@@ -35,6 +35,7 @@ import numpy as np
 from celltx.io import CorruptJSON, UnsupportedValue, from_json, to_json
 
 from ._checks import resolve_device
+from ._host import ModelHost
 
 FORMAT = "celltx.model"
 FORMAT_VERSION = 1
@@ -191,7 +192,7 @@ def _warn_if_var_names_differ(model, saved) -> None:
         )
 
 
-class SafeSaveMixin:
+class SafeSaveMixin(ModelHost):
     """``save`` / ``load`` / ``load_registry`` for scvi-tools models without pickles.
 
     Put it first among the bases of a :class:`~scvi.model.base.BaseModelClass` subclass.
@@ -263,7 +264,7 @@ class SafeSaveMixin:
         from mudata import MuData
         from safetensors.torch import save_file
 
-        if rank_zero_only.rank != 0:
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # set by Lightning at import
             # a DDP script runs on every rank after training; the weights are the same on
             # all of them, and two processes writing one file would corrupt it
             return
@@ -319,6 +320,7 @@ class SafeSaveMixin:
         save_file(
             tensors, str(wpath), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}
         )
+        celltx_version: str | None
         try:
             from celltx import __version__ as celltx_version
         except ImportError:  # pragma: no cover

@@ -27,6 +27,7 @@ from celltx.module import PARTS
 from celltx.train import ContrastivePlan, EveryNEpochs, StepCheckpoint
 
 from ._datamodule import check_datamodule, has_validation
+from ._host import ModelHost
 from ._tasks import get_task, provide
 
 _DDP_FIND_UNUSED = {
@@ -214,7 +215,7 @@ class NeighbourSplitter(DataSplitter):
         )
 
 
-class TrainingMixin:
+class TrainingMixin(ModelHost):
     """The steps of :meth:`ScGPT.train`: arguments, task, plan, splitter, validation, run."""
 
     def _n_validation(self, train_size, validation_size, batch_size, datasplitter_kwargs) -> int:
@@ -243,7 +244,8 @@ class TrainingMixin:
         if datamodule is not None:
             check_datamodule(datamodule, self.gene_column)
             self._check_datamodule_model()
-            if task is not None and not get_task(task).datamodule:
+            picked = get_task(task)  # None for task=None
+            if picked is not None and not picked.datamodule:
                 raise ValueError(
                     f"task={task!r}: training from a datamodule supports task='generative' "
                     "(labels, batches and perturbations come with an AnnData: "

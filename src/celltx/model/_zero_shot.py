@@ -10,6 +10,7 @@ import torch
 from anndata import AnnData
 
 from ._docs import doc_params
+from ._host import ModelHost
 
 
 def _check_candidates(candidates) -> tuple[list[str], list[str] | None]:
@@ -82,7 +83,7 @@ def _neighbour_mean(scores: np.ndarray, rep: np.ndarray, k: int) -> np.ndarray:
     return (scores + scores[idx].sum(axis=1)) / (k + 1)
 
 
-class ZeroShotMixin:
+class ZeroShotMixin(ModelHost):
     """Cell–text alignment (``train(task="cell_text")``) and zero-shot annotation."""
 
     # --- text side ------------------------------------------------------------------------

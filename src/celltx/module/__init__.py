@@ -23,7 +23,7 @@ __all__ = [
 _MOVED = {"TASKS": "TASKS", "TASK_OPTIONS": "TASK_OPTIONS"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     """``celltx.module.TASKS`` / ``TASK_OPTIONS``: deprecated views of the task registry."""
     if name in _MOVED:
         import importlib

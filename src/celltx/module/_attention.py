@@ -6,8 +6,10 @@ import torch
 
 from celltx.data import MOD_CLS, MOD_RNA
 
+from ._host import ModuleHost
 
-class AttentionMixin:
+
+class AttentionMixin(ModuleHost):
     """:meth:`gene_attention`: one layer's attention among a fixed list of genes."""
 
     @torch.inference_mode()

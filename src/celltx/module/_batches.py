@@ -7,10 +7,14 @@ the module's submodules or state-dict keys.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
+from ._host import ModuleHost
 
-class BatchPartsMixin:
+
+class BatchPartsMixin(ModuleHost):
     """Grow, freeze and restore the parts of the module that hold one entry per batch."""
 
     def _batch_parts(self) -> list[torch.nn.Module]:
@@ -42,7 +46,7 @@ class BatchPartsMixin:
                 else:  # a grown table: the reference rows come first
                     target[: ref.shape[0]].copy_(ref.to(target.device))
 
-    def load_grown_state(self, reference) -> None:
+    def load_grown_state(self, reference: BatchPartsMixin) -> None:
         """Load a reference module's state into this module, which has more batches.
 
         Same-shape tensors are copied, tables with one row per batch grown (reference rows
@@ -70,7 +74,7 @@ class BatchPartsMixin:
         if dsbn is None or ref_dsbn is None:
             return
         with torch.no_grad():
-            for bn in list(dsbn.bns)[len(ref_dsbn.bns) :]:
+            for bn in cast(list[torch.nn.BatchNorm1d], list(dsbn.bns)[len(ref_dsbn.bns) :]):
                 for p, name in ((bn.weight, "weight"), (bn.bias, "bias")):
                     peers = [getattr(r, name).float() for r in ref_dsbn.bns]
                     p.copy_(torch.stack(peers).mean(0).to(p.dtype))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput
 
+from ._host import ModuleHost
 from ._objectives import PARTS, SPLIT, encoder_pass
 
+if TYPE_CHECKING:
+    from ._scgpt import ScGPTModule
 
-class ObjectiveMixin:
+
+class ObjectiveMixin(ModuleHost):
     """Objective of :class:`~celltx.module.ScGPTModule`: one configured copy of every part.
 
     :attr:`parts` (built by the module from its config) holds each part's weight and
@@ -40,7 +47,8 @@ class ObjectiveMixin:
         if bad or sum(weights.values()) <= 0:
             raise ValueError(f"Loss weights must be >= 0 with at least one > 0, got {weights}.")
         for name, w in weights.items():
-            why = PARTS[name].available(self) if w > 0 else None
+            # the mixin is ScGPTModule's only
+            why = PARTS[name].available(cast("ScGPTModule", self)) if w > 0 else None
             if why:
                 raise ValueError(why)
         if not 0.0 <= label_smoothing < 1.0:
@@ -72,7 +80,13 @@ class ObjectiveMixin:
             if flag is not None:
                 getattr(self, flag).fill_(True)
 
-    def loss(self, tensors, inference_outputs, generative_outputs, skip=()) -> LossOutput:
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, Any],
+        generative_outputs: dict[str, torch.Tensor],
+        skip: Iterable[str] = (),
+    ) -> LossOutput:
         """Weighted sum of the losses of the objective's parts (:attr:`parts`).
 
         Parts named in ``skip`` are left out (a divide-and-conquer plan computes them over
@@ -91,7 +105,7 @@ class ObjectiveMixin:
         inference = {**inference_outputs, "rows": rows}
         row_loss = cell_emb.new_zeros(R, dtype=torch.float32)
         loss = cell_emb.new_zeros((), dtype=torch.float32)
-        metrics = {}
+        metrics: dict[str, Any] = {}
         skip = set(skip) | self.skip_parts
         for name, weight in self.objective.items():
             part = self.parts[name]
@@ -99,7 +113,7 @@ class ObjectiveMixin:
                 continue
             if part.pass_ == SPLIT and inference_outputs.get("known") is None:
                 continue  # e.g. an evaluation pass without a split
-            out = part(self, tensors, inference, generative_outputs)
+            out = part(cast("ScGPTModule", self), tensors, inference, generative_outputs)
             loss = loss + weight * out.loss
             if out.rows is not None:
                 row_loss = row_loss + weight * out.rows
@@ -121,7 +135,7 @@ class ObjectiveMixin:
 
 
 def _setting_property(part: str, setting: str) -> property:
-    def fset(self, value):
+    def fset(self: ObjectiveMixin, value: object) -> None:
         setattr(self.parts[part], setting, value)
 
     return property(

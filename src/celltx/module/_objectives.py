@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from celltx.data import MOD_ATAC, MOD_RNA, PARTNER_KEY, augment_views
 from celltx.nn import ScGPTConfig
 
 from ._losses import alignment_loss, cell_text_loss, contrastive_loss
+
+if TYPE_CHECKING:
+    from ._scgpt import ScGPTModule
 
 #: encoder passes: whole cells; cells with a known / unknown split under the generative
 #: mask; control cells encoded under a perturbation
@@ -50,7 +53,7 @@ class PartLoss:
 
     loss: torch.Tensor
     rows: torch.Tensor | None = None
-    metrics: dict = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor | None] = field(default_factory=dict)
 
 
 class Part:
@@ -107,21 +110,23 @@ class Part:
     def __init__(self, weight: float = 0.0):
         self.weight = float(weight)
 
-    def configure(self, config) -> None:
+    def configure(self, config: ScGPTConfig) -> None:
         """Set the part's settings to their defaults in ``config`` (a :class:`~celltx.nn.ScGPTConfig`)."""
 
-    def configured(self, config, weight: float = 0.0) -> Part:
+    def configured(self, config: ScGPTConfig, weight: float = 0.0) -> Part:
         """A copy with ``weight`` and the settings of ``config``."""
         part = copy.copy(self)
         part.weight = float(weight)
         part.configure(config)
         return part
 
-    def available(self, module) -> str | None:
+    def available(self, module: ScGPTModule) -> str | None:
         """``None`` when ``module`` can compute this part, else why not (with the fix)."""
         return None
 
-    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None):
+    def augment(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
         """Counts of the :attr:`views` of each cell of ``x``, augmented; ``None``: no augmentation.
 
         Called in training before the cells are tokenized; returns ``views`` stacked copies
@@ -129,7 +134,13 @@ class Part:
         """
         return None
 
-    def __call__(self, module, tensors: dict, inference: dict, predictions: dict) -> PartLoss:
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         """The part's loss for one minibatch."""
         raise NotImplementedError
 
@@ -161,16 +172,27 @@ def register_part(part: Part) -> Part:
     return part
 
 
-def _unknown(inference: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _unknown(inference: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Float mask of the unknown real tokens and the rows that have any."""
     tokens = inference["tokens"]
     unknown = (~inference["known"] & ~tokens.padding_mask).float()
     return unknown, unknown.sum(1)
 
 
+def _codes(module: ScGPTModule, tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """The minibatch's registered ``key`` codes (``labels``, ``batch``), which a part needs."""
+    codes = module._codes(tensors, key)
+    if codes is None:
+        raise ValueError(
+            f"This loss needs the {key} codes, which the minibatch lacks: set up the AnnData "
+            f"with {key}_key and build the model again."
+        )
+    return codes
+
+
 def _masked_rows(
     pred: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor, n_unk: torch.Tensor
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row mean squared error over the unknown tokens, its mean over rows with any."""
     sq = (pred.float() - target) ** 2
     per_row = (sq * unknown).sum(1) / n_unk.clamp(min=1.0)
@@ -191,11 +213,17 @@ class GenePrompt(Part):
     heads = ("expr",)
     metrics = ("gep_mse", "rna_mse", "atac_mse")
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         tokens = inference["tokens"]
         unknown, n_unk = _unknown(inference)
         sq, rows, loss = _masked_rows(predictions["expr"], tokens.values, unknown, n_unk)
-        metrics = {"gep_mse": loss.detach()}
+        metrics: dict[str, torch.Tensor | None] = {"gep_mse": loss.detach()}
         if tokens.modality is not None:  # gene-prompt error per modality, over tokens
             for key, code in (("rna_mse", MOD_RNA), ("atac_mse", MOD_ATAC)):
                 sel = unknown * (tokens.modality == code).float()
@@ -216,7 +244,13 @@ class CellPrompt(Part):
     heads = ("mvc",)
     metrics = ("mvc_mse",)
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         unknown, n_unk = _unknown(inference)
         _, rows, loss = _masked_rows(predictions["mvc"], inference["tokens"].values, unknown, n_unk)
         return PartLoss(loss, rows, {"mvc_mse": loss.detach()})
@@ -233,10 +267,10 @@ class Classification(Part):
     metrics = ("cls_loss", "cls_accuracy")
     trained_flag = "cls_trained"
 
-    def configure(self, config):
+    def configure(self, config: ScGPTConfig) -> None:
         self.label_smoothing = 0.0
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if module.transformer.cls_decoder is None:
             return (
                 "A classification loss needs labels: set up the AnnData with labels_key and "
@@ -244,8 +278,14 @@ class Classification(Part):
             )
         return None
 
-    def __call__(self, module, tensors, inference, predictions):
-        labels = module._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
+        labels = _codes(module, tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
         logits = predictions["cls"].float()
         ce = F.cross_entropy(
             logits,
@@ -258,7 +298,7 @@ class Classification(Part):
         w = module.class_weights[labels.clamp(min=0)] * lab
         loss = (ce * lab).sum() / w.sum().clamp(min=1e-8)
         correct = (logits.argmax(1) == labels).float() * lab
-        metrics = {
+        metrics: dict[str, torch.Tensor | None] = {
             "cls_loss": loss.detach(),
             "cls_accuracy": correct.sum().detach() / lab.sum().clamp(min=1.0),
         }
@@ -276,10 +316,16 @@ class ElasticCellSimilarity(Part):
     metrics = ("ecs_loss",)
     from_datamodule = True
 
-    def configure(self, config):
+    def configure(self, config: ScGPTConfig) -> None:
         self.threshold = config.ecs_threshold
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         cell_emb = inference["cell_emb"]
         R = cell_emb.shape[0]
         if R < 2:
@@ -301,13 +347,19 @@ class BatchAdversarial(Part):
     heads = ("dab",)
     metrics = ("dab_loss",)
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if module.transformer.grad_reverse_discriminator is None:
             return "A DAB loss needs a model built with dab=True (and a batch_key)."
         return None
 
-    def __call__(self, module, tensors, inference, predictions):
-        batch = module._codes(tensors, REGISTRY_KEYS.BATCH_KEY)[inference["rows"]]
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
+        batch = _codes(module, tensors, REGISTRY_KEYS.BATCH_KEY)[inference["rows"]]
         loss = F.cross_entropy(predictions["dab"].float(), batch)
         return PartLoss(loss, None, {"dab_loss": loss.detach()})
 
@@ -324,10 +376,10 @@ class ModalityAlignment(Part):
     metrics = ("align_loss",)
     joins = "gep"
 
-    def configure(self, config):
+    def configure(self, config: ScGPTConfig) -> None:
         self.temperature = config.align_temperature
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if not module.multimodal:
             return (
                 "An alignment loss needs RNA and ATAC: set up a MuData with "
@@ -335,7 +387,13 @@ class ModalityAlignment(Part):
             )
         return None
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         cell_emb = inference["cell_emb"]
         view = inference.get("view")
         loss = (
@@ -360,7 +418,7 @@ class PerturbationResponse(Part):
     needs = ("controls",)
     trained_flag = "pert_trained"
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if module.pert_decoder is None:
             return (
                 "A perturbation loss needs perturbation conditions: set up the AnnData with "
@@ -368,7 +426,13 @@ class PerturbationResponse(Part):
             )
         return None
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         err = (inference["pert_pred"].float() - inference["pert_target"]) ** 2
         rows = err.mean(1)
         return PartLoss(rows.mean(), rows, {"pert_mse": rows.mean().detach()})
@@ -396,28 +460,38 @@ class Contrastive(Part):
     after = ("cell_offset",)
     chunked = True
 
-    def configure(self, config):
+    def configure(self, config: ScGPTConfig) -> None:
         self.temperature = config.contrast_temperature
         self.filter = config.contrast_filter
         self.thinning = config.contrast_thinning
         self.gene_dropout = config.contrast_gene_dropout
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if module.multimodal:
             return "The contrastive loss is for RNA-only models (multiome models align views)."
         return None
 
-    def augment(self, x, generator=None):
+    def augment(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
         if self.thinning <= 0 and self.gene_dropout <= 0:
             return None
         x = x.to_dense() if x.is_sparse else x
         return augment_views(x.repeat(self.views, 1), self.thinning, self.gene_dropout, generator)
 
-    def pair_loss(self, z1, z2, partner=None) -> torch.Tensor:
+    def pair_loss(
+        self, z1: torch.Tensor, z2: torch.Tensor, partner: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:func:`contrastive_loss` of the two views with this part's settings."""
         return contrastive_loss(z1, z2, self.temperature, partner, self.filter)
 
-    def __call__(self, module, tensors, inference, predictions):
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
         cell_emb = inference["cell_emb"]
         half = cell_emb.shape[0] // 2
         loss = self.pair_loss(cell_emb[:half], cell_emb[half:], tensors.get(PARTNER_KEY))
@@ -438,7 +512,7 @@ class CellText(Part):
     needs = ("label_texts",)
     trained_flag = "text_trained"
 
-    def available(self, module):
+    def available(self, module: ScGPTModule) -> str | None:
         if module.text_head is None or not len(module.label_text):
             return (
                 "A cell–text loss needs labels and their texts: set up the AnnData with "
@@ -446,9 +520,17 @@ class CellText(Part):
             )
         return None
 
-    def __call__(self, module, tensors, inference, predictions):
-        labels = module._codes(tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
+        labels = _codes(module, tensors, REGISTRY_KEYS.LABELS_KEY)[inference["rows"]]
         lab = labels >= 0
+        if module.text_head is None:
+            raise ValueError("A cell–text loss needs the text head: train with task='cell_text'.")
         logits = module.text_head.logits(inference["cell_emb"][lab], module.label_text)
         loss = cell_text_loss(logits, labels[lab], weight=module.class_weights)
         acc = (logits.argmax(1) == labels[lab]).float().mean() if lab.any() else None

@@ -6,8 +6,10 @@ import torch
 
 from celltx.data import TokenizedBatch
 
+from ._host import ModuleHost
 
-class PerturbationMixin:
+
+class PerturbationMixin(ModuleHost):
     """Registered conditions, stored control cells and the perturbation response."""
 
     def set_conditions(self, condition_genes: torch.Tensor) -> None:
@@ -75,6 +77,7 @@ class PerturbationMixin:
         stand for.
         """
         tokens, cols = self.tokenizer.perturbation(x_ctrl, pert_ids, ties=ties)
+        assert tokens.pert_flags is not None  # perturbation tokens always carry their flags
         return tokens, tokens.pert_flags, cols
 
     @torch.inference_mode()
@@ -92,9 +95,12 @@ class PerturbationMixin:
         the control cells' mean. Returns ``(C, N, G')`` predictions over the panel columns
         ``(G',)`` that are in the vocabulary, computed ``batch_size`` cells at a time.
         """
+        if not len(condition_ids):
+            raise ValueError("No conditions to predict (condition_ids is empty).")
         use_batch = self._batch(batch) is not None
         base = x_ctrl.mean(0)
-        out, cols = [], None
+        out: list[torch.Tensor] = []
+        cols: torch.Tensor | None = None
         for ids in condition_ids:
             rows = []
             for lo in range(0, len(x_ctrl), batch_size):
@@ -104,6 +110,7 @@ class PerturbationMixin:
                 rows.append(res["pert_pred"].float())
                 cols = res["columns"]
             out.append(torch.cat(rows))
+        assert cols is not None  # condition_ids is not empty
         return torch.stack(out), cols
 
     def perturb(

@@ -7,15 +7,19 @@ the gene-prompt decoder.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
-from celltx.data import MOD_ATAC, MOD_RNA, append_queries
+from celltx.data import MOD_ATAC, MOD_RNA, TokenizedBatch, append_queries
+
+from ._host import ModuleHost
 
 #: cell embeddings :meth:`GenerationMixin.cell_embedding` can return
 POOLINGS = ("cls", "mean", "weighted", "concat")
 
 
-class GenerationMixin:
+class GenerationMixin(ModuleHost):
     """Held-out predictions, per-gene means, cross-modal prediction and imputation."""
 
     @torch.inference_mode()
@@ -124,25 +128,27 @@ class GenerationMixin:
         genes[:, 0] = False
         n = self.transformer.encoder.embedding.num_embeddings
         ids = tokens.gene_ids[genes]
-        sums = torch.zeros(n, device=x.device, dtype=torch.float64)
-        counts = torch.zeros(n, device=x.device, dtype=torch.float64)
+        dev = tokens.gene_ids.device  # x's (x_atac's for a cell without RNA: x may be None)
+        sums = torch.zeros(n, device=dev, dtype=torch.float64)
+        counts = torch.zeros(n, device=dev, dtype=torch.float64)
         sums.index_add_(0, ids, tokens.values[genes].double())
         counts.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
         return sums, counts
 
     @torch.inference_mode()
-    def mean_token_values(self, batches) -> torch.Tensor:
+    def mean_token_values(self, batches: Iterable[dict[str, torch.Tensor | None]]) -> torch.Tensor:
         """Per-vocabulary-token mean input value over the minibatches ``batches``.
 
         ``batches`` are dicts of ``x`` / ``x_atac``; tokens never seen get the overall mean.
         The per-gene mean-bin baseline of :meth:`heldout_squared_errors`.
         """
-        sums = counts = None
+        sums: torch.Tensor | None = None
+        counts: torch.Tensor | None = None
         for inputs in batches:
             s, c = self.token_value_sums(**inputs)
             sums = s if sums is None else sums + s
             counts = c if counts is None else counts + c
-        if sums is None:
+        if sums is None or counts is None:
             raise ValueError("No reference cells to compute the per-gene means from.")
         overall = sums.sum() / counts.sum().clamp(min=1)
         return torch.where(counts > 0, sums / counts.clamp(min=1), overall)
@@ -198,6 +204,8 @@ class GenerationMixin:
             raise ValueError("Cross-modal prediction needs a model with RNA and ATAC parts.")
         if target not in ("rna", "atac"):
             raise ValueError(f"target={target!r}; use 'rna' or 'atac'.")
+        if x is None or x_atac is None:
+            raise ValueError("Cross-modal prediction needs both x and x_atac (the cells' values).")
         if target == "rna":
             source = self.tokenize(torch.zeros_like(x), "hash", x_atac=x_atac)
             panel, code = self.panel_gene_ids, MOD_RNA
@@ -227,7 +235,14 @@ class GenerationMixin:
         source = self.tokenize(x, "hash", x_atac=x_atac)
         return self._generate(source, self.panel_gene_ids, MOD_RNA, batch, chunk_size)
 
-    def _generate(self, source, panel, code, batch, chunk_size):
+    def _generate(
+        self,
+        source: TokenizedBatch,
+        panel: torch.Tensor,
+        code: int,
+        batch: torch.Tensor | None,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gene-prompt predictions for every ``panel`` feature appended as queries to ``source``."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any, cast
 
+import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, auto_move_data
@@ -104,15 +106,15 @@ class ScGPTModule(
         n_tokens: int,
         pad_id: int,
         cls_id: int,
-        gene_ids: Sequence[int] | torch.Tensor,
+        gene_ids: Sequence[int] | np.ndarray | torch.Tensor,
         *,
         config: ScGPTConfig | None = None,
         n_labels: int | None = None,
         n_batch: int = 0,
         perturbation: bool = False,
         modalities: Sequence[str] = ("rna",),
-        atac_ids: Sequence[int] | torch.Tensor | None = None,
-        **settings,
+        atac_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        **settings: Any,
     ):
         super().__init__()
         config = ScGPTConfig.from_dict(settings) if config is None else replace(config, **settings)
@@ -149,8 +151,9 @@ class ScGPTModule(
             # input: the gene's output token, the perturbation summary (+ the batch embedding)
             self.pert_decoder = ExprDecoder(d_model, (3 if config.batch_token else 2) * d_model)
             # the response starts at "no change": the prediction is the control cell itself
-            torch.nn.init.zeros_(self.pert_decoder.fc[-1].weight)
-            torch.nn.init.zeros_(self.pert_decoder.fc[-1].bias)
+            last = cast(torch.nn.Linear, self.pert_decoder.fc[-1])
+            torch.nn.init.zeros_(last.weight)
+            torch.nn.init.zeros_(last.bias)
         # cell–text alignment (LangCell): built by add_text_head, or from a saved config
         self.text_head = None
         if config.text_dim is not None:
@@ -158,7 +161,8 @@ class ScGPTModule(
         # the text embedding of each label (set before cell–text training; saved with the model)
         self.register_buffer("label_text", torch.zeros(0, config.text_dim or 0))
         if n_bins is not None:  # start the gene prompt at the middle bin: faster early training
-            torch.nn.init.constant_(self.transformer.decoder.fc[-1].bias, (n_bins - 1) / 2)
+            last = cast(torch.nn.Linear, self.transformer.decoder.fc[-1])
+            torch.nn.init.constant_(last.bias, (n_bins - 1) / 2)
         #: the objective: a configured copy of every part (weight and settings, the
         #: defaults from ``config``), in the order of :data:`~celltx.module.PARTS`
         self.parts = {name: part.configured(config) for name, part in PARTS.items()}
@@ -188,7 +192,9 @@ class ScGPTModule(
             gep=config.gep_weight, mvc=config.mvc_weight, align=1.0 if self.multimodal else 0.0
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         self._map_tokenizer_keys(state_dict, prefix)  # saves from before CellTokenizer
         # models saved before the head-state flags existed (trusted legacy saves): their heads
         # count as trained, as they were treated then
@@ -244,7 +250,8 @@ class ScGPTModule(
 
     def gene_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Gene token embeddings (embedding + LayerNorm) of vocabulary ``ids``."""
-        return self.transformer.encoder(ids)
+        emb: torch.Tensor = self.transformer.encoder(ids)
+        return emb
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each transformer layer's activations in the backward pass (or stop).
@@ -254,7 +261,7 @@ class ScGPTModule(
         """
         self.transformer.transformer_encoder.gradient_checkpointing = bool(enabled)
 
-    def compile_encoder(self, **kwargs) -> None:
+    def compile_encoder(self, **kwargs: Any) -> None:
         """Compile the transformer layers in place with :func:`torch.compile`.
 
         ``kwargs`` go to :meth:`torch.nn.Module.compile` (default ``dynamic=True``: sequence
@@ -321,12 +328,14 @@ class ScGPTModule(
 
     # --- scvi-tools module interface -------------------------------------------------
     @staticmethod
-    def _codes(tensors, key: str) -> torch.Tensor | None:
+    def _codes(tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
         t = tensors.get(key)
         return None if t is None else t.reshape(-1).long()
 
-    def _get_inference_input(self, tensors, **kwargs):
-        inputs = {
+    def _get_inference_input(
+        self, tensors: dict[str, torch.Tensor], **kwargs: Any
+    ) -> dict[str, torch.Tensor | None]:
+        inputs: dict[str, torch.Tensor | None] = {
             "x": tensors.get(REGISTRY_KEYS.X_KEY),
             "batch": self._codes(tensors, REGISTRY_KEYS.BATCH_KEY),
         }
@@ -337,7 +346,9 @@ class ScGPTModule(
             inputs["labels"] = self._codes(tensors, REGISTRY_KEYS.LABELS_KEY)
         return inputs
 
-    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+    def _get_generative_input(
+        self, tensors: dict[str, torch.Tensor], inference_outputs: dict[str, Any], **kwargs: Any
+    ) -> dict[str, torch.Tensor | None]:
         batch = self._codes(tensors, REGISTRY_KEYS.BATCH_KEY)
         rows = inference_outputs.get("rows")
         if batch is not None and rows is not None:
@@ -400,11 +411,12 @@ class ScGPTModule(
         if views and self.training:
             part = next(self.parts[n] for n in self.objective if self.parts[n].views == n_views)
             # each view augmented on its own before its tokens are chosen (None: no augmentation)
-            out = part.augment(x, generator)
-            augment = out is not None
-            x = out if augment else x
+            augmented = part.augment(x, generator)
+            augment = augmented is not None
+            x = augmented if augmented is not None else x
         tokens = self.tokenize(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
         rows = view = None
+        known: torch.Tensor | None
         if generative and self.multimodal:
             tokens, known, rows, view = self.generative_views(tokens, generator)
             batch = None if batch is None else batch[rows]
@@ -454,13 +466,15 @@ class ScGPTModule(
             else {}
         )
         if "cls" in heads:
+            assert t.cls_decoder is not None  # set_objective refuses "cls" without the head
             out["cls"] = t.cls_decoder(h[:, 0])
         if "dab" in heads:
+            assert t.grad_reverse_discriminator is not None  # as "dab" without it
             out["dab"] = t.grad_reverse_discriminator(h[:, 0])
         return out
 
     @torch.inference_mode()
-    def sample(self, *args, **kwargs):
+    def sample(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError("ScGPTModule is not a generative count model; use generative().")
 
     # --- what the model's queries ask (no submodule or buffer named outside) -----------

@@ -7,11 +7,19 @@ they were before the tokenizer moved to :mod:`celltx.data`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from celltx.data import CellTokenizer, TokenizedBatch, Tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
+    from scipy import sparse
+
+from ._host import ModuleHost
 
 #: buffers that moved from the module into its tokenizer (old state-dict key -> new one)
 _MOVED = ("gene_medians", "rank_linear", "peak_idf", "gene_hvg")
@@ -21,13 +29,13 @@ def _tokenizer_attribute(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.tokenizer, name), doc=doc)
 
 
-class TokenizationMixin:
+class TokenizationMixin(ModuleHost):
     """The module's tokenization, asked of its :class:`~celltx.data.CellTokenizer`."""
 
     tokenizer: CellTokenizer
 
     @staticmethod
-    def _map_tokenizer_keys(state_dict, prefix: str) -> None:
+    def _map_tokenizer_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
         """Saves from before the tokenizer was a submodule hold its buffers at the top."""
         for name in _MOVED:
             if prefix + name in state_dict:
@@ -64,7 +72,9 @@ class TokenizationMixin:
     gene_hvg = _tokenizer_attribute("gene_hvg", "1 for each highly variable vocabulary gene.")
 
     @contextmanager
-    def gene_panel(self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None):
+    def gene_panel(
+        self, gene_ids: torch.Tensor | None, atac_ids: torch.Tensor | None = None
+    ) -> Iterator[TokenizationMixin]:
         """Temporarily use another column -> vocabulary-id mapping (other data)."""
         with self.tokenizer.panel(gene_ids, atac_ids):
             yield self
@@ -74,7 +84,11 @@ class TokenizationMixin:
         """Modalities whose training cells :meth:`fit_tokenizer` needs (may be empty)."""
         return tuple(self.tokenizer.learns_from)
 
-    def fit_tokenizer(self, x=None, x_atac=None) -> None:
+    def fit_tokenizer(
+        self,
+        x: np.ndarray | sparse.spmatrix | None = None,
+        x_atac: np.ndarray | sparse.spmatrix | None = None,
+    ) -> None:
         """Learn the tokenizer's selection statistics from training cells.
 
         See :meth:`celltx.data.CellTokenizer.fit`.
@@ -89,7 +103,7 @@ class TokenizationMixin:
         """Store the IDF of the peaks ``ids`` (TF-IDF peak selection)."""
         self.tokenizer.set_peak_idf(ids, idf)
 
-    def set_gene_hvg(self, ids: torch.Tensor, mask) -> None:
+    def set_gene_hvg(self, ids: torch.Tensor, mask: np.ndarray | torch.Tensor) -> None:
         """Mark the genes ``ids`` whose ``mask`` is true as highly variable (the others not)."""
         self.tokenizer.set_gene_hvg(ids, mask)
 
@@ -123,7 +137,10 @@ class TokenizationMixin:
         """
         if sample is None:
             sample = "random" if self.training else "hash"
-        return self.tokenizer(x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac)
+        tokens: TokenizedBatch = self.tokenizer(
+            x, sample=sample, max_seq_len=max_seq_len, x_atac=x_atac
+        )
+        return tokens
 
     def generative_views(
         self, tokens: TokenizedBatch, generator: torch.Generator | None = None

@@ -9,6 +9,8 @@ tokens, D model width, H heads.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,7 +59,8 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, L, Dh)
-        return self.out_proj(y.transpose(1, 2).reshape(B, L, D))
+        out: torch.Tensor = self.out_proj(y.transpose(1, 2).reshape(B, L, D))
+        return out
 
     def attention_weights(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None
@@ -117,7 +120,10 @@ class TransformerEncoderLayer(nn.Module):
         self.norm_first = norm_first
 
     def _ff(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        out: torch.Tensor = self.dropout2(
+            self.linear2(self.dropout(self.activation(self.linear1(x))))
+        )
+        return out
 
     def attention_weights(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None
@@ -130,7 +136,8 @@ class TransformerEncoderLayer(nn.Module):
             x = x + self.dropout1(self.self_attn(self.norm1(x), attn_mask))
             return x + self._ff(self.norm2(x))
         x = self.norm1(x + self.dropout1(self.self_attn(x, attn_mask)))
-        return self.norm2(x + self._ff(x))
+        out: torch.Tensor = self.norm2(x + self._ff(x))
+        return out
 
 
 class TransformerEncoder(nn.Module):
@@ -143,7 +150,7 @@ class TransformerEncoder(nn.Module):
     without gradients are unaffected.
     """
 
-    def __init__(self, n_layers: int, **layer_kwargs):
+    def __init__(self, n_layers: int, **layer_kwargs: Any) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(**layer_kwargs) for _ in range(n_layers)
@@ -172,7 +179,7 @@ class TransformerEncoder(nn.Module):
         layer %= n
         for block in self.layers[:layer]:
             x = block(x, attn_mask)
-        return self.layers[layer].attention_weights(x, attn_mask)
+        return cast(TransformerEncoderLayer, self.layers[layer]).attention_weights(x, attn_mask)
 
 
 def padding_attn_mask(padding_mask: torch.Tensor) -> torch.Tensor:

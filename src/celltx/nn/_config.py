@@ -201,7 +201,7 @@ class ScGPTConfig:
     align_temperature: float = 0.1
     text_temperature: float = 0.07
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "mask_ratio", tuple(float(r) for r in self.mask_ratio))
         _validate(self)
 
@@ -297,11 +297,11 @@ def config_default(value: Any, name: str) -> Any:
     return getattr(ScGPTConfig, name) if value is None else value
 
 
-def _is_int(v) -> bool:
+def _is_int(v: object) -> bool:
     return not isinstance(v, bool) and isinstance(v, Integral)
 
 
-def _is_number(v) -> bool:
+def _is_number(v: object) -> bool:
     return not isinstance(v, bool) and isinstance(v, Real)
 
 

@@ -30,7 +30,8 @@ class GeneEncoder(nn.Module):
         self.enc_norm = nn.LayerNorm(d_model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
-        return self.enc_norm(self.embedding(ids))
+        out: torch.Tensor = self.enc_norm(self.embedding(ids))
+        return out
 
 
 class ContinuousValueEncoder(nn.Module):
@@ -60,7 +61,8 @@ class ContinuousValueEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
         x = torch.clamp(x.unsqueeze(-1), max=self.max_value)
         x = self.linear2(self.activation(self.linear1(x)))
-        return self.dropout(self.norm(x))
+        out: torch.Tensor = self.dropout(self.norm(x))
+        return out
 
 
 class CategoryValueEncoder(nn.Module):
@@ -77,7 +79,8 @@ class CategoryValueEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
         ids = torch.where(x < 0, self.n_bins, x.round().long().clamp(0, self.n_bins - 1))
-        return self.enc_norm(self.embedding(ids))
+        out: torch.Tensor = self.enc_norm(self.embedding(ids))
+        return out
 
 
 class DomainSpecificBatchNorm(nn.Module):
@@ -114,4 +117,5 @@ class BatchLabelEncoder(nn.Module):
         self.enc_norm = nn.LayerNorm(d_model)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, D)
-        return self.enc_norm(self.embedding(batch))
+        out: torch.Tensor = self.enc_norm(self.embedding(batch))
+        return out

@@ -12,6 +12,7 @@ come from, not settings. Shapes in comments: B batch, L tokens, D model width.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,8 @@ class ExprDecoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L)
-        return self.fc(x).squeeze(-1)
+        out: torch.Tensor = self.fc(x)
+        return out.squeeze(-1)
 
 
 class MVCDecoder(nn.Module):
@@ -82,17 +84,18 @@ class ClsDecoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, n_classes)
         for layer in self._decoder:
             x = layer(x)
-        return self.out_layer(x)
+        out: torch.Tensor = self.out_layer(x)
+        return out
 
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lambd):
+    def forward(ctx: Any, x: torch.Tensor, lambd: float) -> torch.Tensor:
         ctx.lambd = lambd
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.lambd * grad, None
 
 
@@ -102,7 +105,8 @@ def grad_reverse(x: torch.Tensor, lambd: float | None = None) -> torch.Tensor:
     For domain-adversarial training (Ganin & Lempitsky 2015). ``lambd`` ``None``:
     :data:`GRAD_REVERSE_LAMBDA`.
     """
-    return _GradReverse.apply(x, GRAD_REVERSE_LAMBDA if lambd is None else lambd)
+    out: torch.Tensor = _GradReverse.apply(x, GRAD_REVERSE_LAMBDA if lambd is None else lambd)
+    return out
 
 
 class AdversarialDiscriminator(nn.Module):
@@ -136,7 +140,8 @@ class AdversarialDiscriminator(nn.Module):
         x = grad_reverse(x, self.lambd)
         for layer in self._decoder:
             x = layer(x)
-        return self.out_layer(x)
+        out: torch.Tensor = self.out_layer(x)
+        return out
 
 
 class CellTextHead(nn.Module):

@@ -134,7 +134,7 @@ class ScGPTTransformer(nn.Module):
         **legacy_kwargs: Any,
     ):
         super().__init__()
-        data = {
+        data: dict[str, Any] = {
             "n_tokens": n_tokens,
             "pad_id": pad_id,
             "n_cls": n_cls,
@@ -162,9 +162,11 @@ class ScGPTTransformer(nn.Module):
             raise ValueError("dsbn, dab and batch_token need n_batches (a registered batch_key).")
         d_model = self.d_model = c.d_model
         self.encoder = GeneEncoder(n_tokens, d_model, padding_idx=pad_id)
+        self.value_encoder: ContinuousValueEncoder | CategoryValueEncoder
         if c.input_emb_style == "continuous":
             self.value_encoder = ContinuousValueEncoder(d_model, c.dropout)
         else:  # "category" (the config checked it, and that it has n_bins)
+            assert c.n_bins is not None  # _validate refuses "category" without n_bins
             self.value_encoder = CategoryValueEncoder(c.n_bins, d_model)
         self.transformer_encoder = TransformerEncoder(
             c.n_layers,
@@ -194,14 +196,16 @@ class ScGPTTransformer(nn.Module):
             nn.init.zeros_(self.mod_encoder.weight)
 
     @staticmethod
-    def _from_keywords(first, args, kwargs, data):
+    def _from_keywords(
+        first: object, args: tuple[Any, ...], kwargs: dict[str, Any], data: dict[str, Any]
+    ) -> tuple[ScGPTConfig, dict[str, Any], bool]:
         """Config, data sizes and ``do_mvc`` of the deprecated keyword form."""
         if first is not None and (isinstance(first, bool) or not isinstance(first, int)):
             raise ValueError(
                 f"ScGPTTransformer's first argument is a ScGPTConfig, not {type(first).__name__}"
                 ": ScGPTTransformer(ScGPTConfig.preset('small'), n_tokens=..., pad_id=...)."
             )
-        given = {} if first is None else {"n_tokens": first}
+        given: dict[str, Any] = {} if first is None else {"n_tokens": first}
         if len(args) > len(_LEGACY_ORDER) - 1:
             raise TypeError(f"ScGPTTransformer takes at most {len(_LEGACY_ORDER)} settings.")
         given.update(zip(_LEGACY_ORDER[1:], args, strict=False))
@@ -335,7 +339,16 @@ class ScGPTTransformer(nn.Module):
         )
         return self.transformer_encoder.attention_weights(x, mask, layer)
 
-    def _encoder_input(self, gene_ids, values, padding_mask, known, batch, pert_flags, modality):
+    def _encoder_input(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        padding_mask: torch.Tensor,
+        known: torch.Tensor | None,
+        batch: torch.Tensor | None,
+        pert_flags: torch.Tensor | None,
+        modality: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token embeddings after batch normalisation, gene embeddings and attention mask."""
         x, gene_emb = self.embed(gene_ids, values, known, pert_flags, modality)
         if self.dsbn is not None:

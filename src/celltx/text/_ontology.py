@@ -122,6 +122,7 @@ class CellOntology:
                     ids.append(i)
             self._names, self._name_ids = names, ids
             self._name_emb = encoder.encode_cached(names, "cell-ontology")
+        assert self._name_ids is not None  # set with _name_emb
         return self._name_ids, self._name_emb
 
     def match(self, queries: Sequence[str]) -> pd.DataFrame:

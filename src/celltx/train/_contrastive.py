@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -58,13 +59,13 @@ def gather_rows(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     n = torch.tensor([z.shape[0]], device=z.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = z.new_zeros((max(sizes), *z.shape[1:]))
+    counts = [int(s) for s in sizes]
+    padded = z.new_zeros((max(counts), *z.shape[1:]))
     padded[: z.shape[0]] = z
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
-    rows = torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)])
-    return rows, sum(sizes[:rank])
+    rows = torch.cat([p[:k] for p, k in zip(parts, counts, strict=True)])
+    return rows, sum(counts[:rank])
 
 
 def divide_and_conquer_step(
@@ -110,16 +111,16 @@ def divide_and_conquer_step(
     chunks = _chunks(tensors, chunk_size)
     n = sum(len(c[REGISTRY_KEYS.X_KEY]) for c in chunks)
     device = next(module.parameters()).device
-    states, z1, z2 = [], [], []
+    states, views1, views2 = [], [], []
     with torch.no_grad():
         for chunk in chunks:
             states.append(_rng_state(device))
             inf = module.inference(**module._get_inference_input(chunk))
             emb = inf["cell_emb"].float()
             half = emb.shape[0] // 2
-            z1.append(emb[:half])
-            z2.append(emb[half:])
-    z1, z2 = torch.cat(z1), torch.cat(z2)
+            views1.append(emb[:half])
+            views2.append(emb[half:])
+    z1, z2 = torch.cat(views1), torch.cat(views2)
     _, world = _world()
     (a1, start), (a2, _) = gather_rows(z1), gather_rows(z2)
     a1, a2 = a1.requires_grad_(True), a2.requires_grad_(True)
@@ -146,7 +147,7 @@ def divide_and_conquer_step(
         ).sum()
         backward(out.loss * (c / n) + weight * surrogate)
         total = total + out.loss.detach() * (c / n)
-        rec = out.reconstruction_loss  # LossOutput keeps it as a dict of named terms
+        rec: Any = out.reconstruction_loss  # LossOutput keeps it as a dict of named terms
         rec = sum(rec.values()) if isinstance(rec, dict) else rec
         per_cell.append(rec.detach())
         metrics = {k: v for k, v in out.extra_metrics.items()}

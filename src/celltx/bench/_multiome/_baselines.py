@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -248,7 +249,7 @@ def _train_multivi(
     obs = pd.DataFrame(index=mdata.obs_names.copy())
     obs["_modality"] = pd.Categorical(modality)
     mosaic = obs["_modality"].nunique() > 1
-    setup = {}
+    setup: dict[str, Any] = {}
     if batch_key is not None:
         if batch_key not in mdata.obs:
             raise ValueError(f"batch_key={batch_key!r} is not a column of mdata.obs.")

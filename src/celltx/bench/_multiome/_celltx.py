@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from mudata import MuData
 from scipy import sparse
@@ -13,7 +15,7 @@ from ._mudata import _scatter_rows
 
 #: the celltx recipe of :func:`multiome` (``methods=("celltx", ...)``): trained from scratch
 #: on the (padded) MuData; the multiome page of the docs has the measurements behind it
-MULTIOME_CELLTX_DEFAULTS = {
+MULTIOME_CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset("small", max_seq_len=201, max_peaks=200, dropout=0.1),
     "epochs": 30,
     "lr": 1e-2,

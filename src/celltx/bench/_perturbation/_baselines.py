@@ -6,6 +6,10 @@ cell and ``log1p``-transformed first) and predicts one mean profile per conditio
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 import logging
 from collections.abc import Sequence
 
@@ -85,7 +89,7 @@ class PerturbationBaseline:
         self.control_value = control_value
         self.layer = layer
 
-    def fit(self, adata: AnnData) -> PerturbationBaseline:
+    def fit(self, adata: AnnData) -> Self:
         """Learn from the training cells.
 
         Parameters
@@ -371,6 +375,7 @@ def _gene_pca(
         block = block.toarray() if sparse.issparse(block) else np.asarray(block)
         block = block.astype(np.float64, copy=False)
         if group_means is not None:
+            assert codes is not None  # group means are per code
             block = block - group_means[codes[start : start + step]]
         gram += block.T @ block
         total += block.sum(axis=0)

@@ -444,7 +444,7 @@ def run_cell_eval(
         raise ImportError(
             "cell-eval is not installed: pip install cell-eval (Python >= 3.11), or "
             "pip install 'celltx[cell-eval]'. Without it, run on the exported files: "
-            + cell_eval_command(*paths, outdir, pert_col, control_label, profile)
+            + cell_eval_command(paths[0], paths[1], outdir, pert_col, control_label, profile)
         )
     from cell_eval import MetricsEvaluator
 

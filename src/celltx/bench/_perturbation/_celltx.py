@@ -10,10 +10,15 @@ single cells (``return_type="cells"``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,14 +29,14 @@ from celltx.bench._inputs import is_counts, log1p_cp10k, lognorm_expression
 from celltx.data import parse_conditions
 from celltx.nn import preset
 
-from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding, PerturbationBaseline
+from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding
 from ._residual import PerturbationResidual, _scaled
 from ._split import _conditions_of
 
 logger = logging.getLogger(__package__)
 
 #: celltx settings of :func:`celltx_perturbation_model` (override any by keyword)
-CELLTX_PERTURBATION_DEFAULTS = {
+CELLTX_PERTURBATION_DEFAULTS: dict[str, Any] = {
     "mode": "residual",  # condition means: prior + residual; "cells": the cell-level model
     # residual features from the pretrained model; ("embedding",) measured best of celltx's
     # own features on the simulated screens (docs/perturbation.md), attention hurt on pairs
@@ -494,7 +499,7 @@ class CelltxGeneEmbeddingLinear(LinearGeneEmbedding):
         )
         self.celltx = dict(celltx or {})
 
-    def fit(self, adata: AnnData) -> PerturbationBaseline:
+    def fit(self, adata: AnnData) -> Self:
         """Pretrain celltx on the control cells (or reuse it), then fit the linear model."""
         kw = {"features": ("embedding", "attention"), **self.celltx}
         self.gene_embedding, self.pretrain_seconds_ = celltx_gene_features(

@@ -139,6 +139,9 @@ class PerturbationResidual(PerturbationBaseline):
     (1, 50)
     """
 
+    #: seconds spent pretraining the embeddings it was built from (set by the benchmark)
+    pretrain_seconds_: float
+
     name = "celltx_residual"
 
     def __init__(
@@ -196,7 +199,8 @@ class PerturbationResidual(PerturbationBaseline):
         k = self.G_.shape[1]
         self.W_single_ = np.zeros((k, k))
         self.W_pair_ = np.zeros((k, k))
-        self.ridge_, self.cv_error_ = {}, {}
+        self.ridge_: dict[str, float] = {}
+        self.cv_error_: dict[str, dict[str, float] | dict[float, float]] = {}
         # singles: residual over train mean + own knock-down (+ the profile term)
         self.profile_scale_ = 0.0
         prof_singles = [(i, g[0]) for i, g in enumerate(cond_genes) if len(g) == 1]
