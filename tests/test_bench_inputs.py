@@ -239,6 +239,9 @@ class _FakeBenchmarker:
     def __init__(self, adata, batch_key, label_key, embedding_obsm_keys, **kwargs):
         self.adata, self.label_key, self.keys = adata, label_key, embedding_obsm_keys
 
+    def prepare(self, neighbor_computer=None):
+        self.neighbor_computer = neighbor_computer
+
     def benchmark(self):
         from sklearn.metrics import silhouette_score
 
