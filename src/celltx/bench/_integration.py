@@ -85,11 +85,13 @@ def exact_neighbors(x: np.ndarray, k: int):
     every fresh process; for data of benchmark size the exact search is faster and gives
     the graphs the approximation aims at.
     """
-    from scib_metrics.nearest_neighbors import NeighborsResults
+    from scib_metrics.nearest_neighbors import NeighborsResults, pynndescent
     from sklearn.neighbors import NearestNeighbors
 
     x = np.asarray(x, dtype=np.float32)
-    dist, idx = NearestNeighbors(n_neighbors=min(k, len(x))).fit(x).kneighbors(x)
+    if k >= len(x):  # fewer cells than neighbours: scib-metrics' own search pads the rows
+        return pynndescent(x, n_neighbors=k, random_state=0)
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
     return NeighborsResults(indices=idx, distances=dist)
 
 
