@@ -11,8 +11,7 @@ import torch
 
 import celltx
 from celltx.data import Tokenizer, fixed_gene_tokens
-from celltx.nn import preset
-from celltx.nn._layers import SelfAttention, TransformerEncoder, padding_attn_mask
+from celltx.nn import SelfAttention, TransformerEncoder, padding_attn_mask, preset
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
