@@ -2,6 +2,13 @@ from __future__ import annotations
 
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs as `pytest -n 2` (README): one process per core. Each worker must use one
+    # thread, or two multi-threaded torch / BLAS / numba processes fight over the two cores and
+    # run many times slower. Set before torch, numpy or numba are imported by this process.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import matplotlib
 import pytest
 import torch
@@ -10,6 +17,8 @@ from _helpers import SMALL
 
 matplotlib.use("Agg")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
