@@ -18,6 +18,10 @@ from _helpers import SMALL
 matplotlib.use("Agg")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    # numpy may already be loaded (by a pytest plugin) with its BLAS pool sized to every core
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
