@@ -104,8 +104,19 @@ def peak_gene_weights(
 
     Returns
     -------
-    The weights (``peaks x genes``; a gene with several start sites takes the largest
-    weight of each peak) and the genes (symbols) of its columns.
+    tuple of scipy.sparse.csr_matrix and pandas.Index
+        The weights (``peaks x genes``; a gene with several start sites takes the largest
+        weight of each peak) and the genes (symbols) of its columns.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from celltx.data import peak_gene_weights
+    >>> peaks = pd.DataFrame({"chrom": ["chr1"], "start": [900], "end": [1100]})
+    >>> tss = pd.DataFrame({"chrom": ["chr1", "chr1"], "tss": [1000, 11000], "symbol": ["A", "B"]})
+    >>> w, genes = peak_gene_weights(peaks, tss, decay=10_000)
+    >>> list(genes), w.toarray().round(2).tolist()
+    (['A', 'B'], [[1.0, 0.5]])
     """
     genes = pd.Index(pd.unique(tss["symbol"].to_numpy()))
     gene_of = genes.get_indexer(tss["symbol"].to_numpy())
@@ -179,8 +190,9 @@ def gene_activity(
 
     Returns
     -------
-    AnnData (cells x genes with at least one peak; ``X`` sparse ``float32``), ``obs`` copied
-    from ``atac``, ``var["n_peaks"]`` the peaks that feed each gene.
+    anndata.AnnData
+        Cells x genes with at least one peak (``X`` sparse ``float32``), ``obs`` copied from
+        ``atac``, ``var["n_peaks"]`` the peaks that feed each gene.
 
     Examples
     --------

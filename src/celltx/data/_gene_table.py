@@ -81,7 +81,8 @@ def gene_id_table(species: str = "human") -> pd.Series:
 
     Returns
     -------
-    A :class:`pandas.Series` of symbols indexed by unversioned Ensembl gene IDs.
+    pandas.Series
+        Symbols, indexed by unversioned Ensembl gene IDs.
 
     Examples
     --------
@@ -126,7 +127,8 @@ def ensembl_to_symbol(
 
     Returns
     -------
-    A :class:`pandas.Series` of symbols, indexed by the IDs as given.
+    pandas.Series
+        Symbols, indexed by the IDs as given.
 
     Examples
     --------
@@ -199,8 +201,9 @@ def tss_table(genome: str = "hg19") -> pd.DataFrame:
 
     Returns
     -------
-    A :class:`pandas.DataFrame` with ``chrom``, ``tss`` (0-based), ``strand`` and ``symbol``;
-    a gene with several start sites has several rows.
+    pandas.DataFrame
+        ``chrom``, ``tss`` (0-based), ``strand`` and ``symbol``; a gene with several start
+        sites has several rows.
 
     Examples
     --------
