@@ -24,6 +24,8 @@ from ._batching import (
 )
 from ._binning import digitize, quantile_edges
 from ._cell_tokenizer import VIEW_ATAC, VIEW_JOINT, VIEW_RNA, CellTokenizer
+from ._gene_activity import gene_activity, peak_coordinates, peak_gene_weights
+from ._gene_table import ensembl_to_symbol, gene_id_table, tss_table
 from ._genes import (
     GeneMatch,
     check_expression,
@@ -44,6 +46,12 @@ from ._tokenizer import MOD_ATAC, MOD_CLS, MOD_RNA, PERT_PAD, TokenizedBatch, To
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
+    "ensembl_to_symbol",
+    "gene_id_table",
+    "tss_table",
+    "gene_activity",
+    "peak_coordinates",
+    "peak_gene_weights",
     "PARTNER_KEY",
     "NeighbourBatchSampler",
     "augment_views",

@@ -135,7 +135,7 @@ def match_genes(
             f"Only {n} of {adata.n_vars} genes in {where} are in the model's vocabulary "
             f"({len(vocab.genes)} genes, e.g. {vocab.genes[:3]}); at least {need} are needed. "
             "Check that the names are of the same kind (symbols vs Ensembl IDs); if symbols "
-            "are in a var column, pass gene_symbols='<column>'."
+            "are in a var column, pass gene_symbols='<column>'." + _ensembl_hint(names)
         )
     if n < adata.n_vars:
         logger.info(
@@ -145,6 +145,17 @@ def match_genes(
             match.unmatched[:5],
         )
     return match
+
+
+def _ensembl_hint(names: pd.Index) -> str:
+    """A pointer to :func:`ensembl_to_symbol` when most names are Ensembl gene IDs."""
+    if len(names) and names.str.match(r"^ENS[A-Z]*G\d{11}").mean() > 0.5:
+        return (
+            " These names are Ensembl IDs: write symbols to a column with "
+            "adata.var['symbol'] = celltx.data.ensembl_to_symbol(adata.var_names).to_numpy() "
+            "and pass gene_symbols='symbol'."
+        )
+    return ""
 
 
 def check_expression(x: Matrix, what: str = "adata.X") -> None:

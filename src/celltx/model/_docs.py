@@ -32,7 +32,10 @@ PARAMS = {
     Column with cell-type labels (NaN = unlabelled).""",
     "gene_symbols": """gene_symbols
     ``var`` column (of the RNA modality) with gene symbols, when ``var_names`` are not the
-    names the vocabulary uses (e.g. Ensembl IDs).""",
+    names the vocabulary uses (e.g. Ensembl IDs). For Ensembl IDs without such a column,
+    make one offline: ``adata.var["symbol"] =
+    celltx.data.ensembl_to_symbol(adata.var_names).to_numpy()`` and pass
+    ``gene_symbols="symbol"`` (see :func:`celltx.data.ensembl_to_symbol`).""",
     # the parameters of ScGPT.train
     "train": """max_epochs
     Epochs; ``None`` uses scvi-tools' heuristic from the number of cells.

@@ -1,0 +1,296 @@
+"""Unpaired RNA -> ATAC label transfer: Kang 2018 PBMC RNA -> Granja 2019 bone-marrow scATAC.
+
+The two experiments share no cells; they are linked by gene activity (each ATAC cell's peaks
+summed onto nearby genes by distance to the TSS, ``celltx.data.gene_activity`` with the hg19
+table). Kang has no labels: it is labelled with a marker-gene rule on Leiden clusters
+(``label_kang``, below). Labels are transferred RNA -> ATAC on the types both sets share
+(B, CD14 monocytes, CD4 T, CD8 T, NK) and scored against Granja's own labels.
+
+Methods (every one a kNN vote, k = 15, from the labelled RNA cells to the ATAC cells):
+
+- ``pca_joint``: log-normalised RNA and gene activity on the shared genes (RNA's 2,000 most
+  variable), each scaled within its dataset, one PCA (30 PCs) over both: the baseline.
+- ``pca_project``: the same, PCA fitted on RNA and the ATAC cells projected into it.
+- ``celltx``: an ScGPT trained from scratch on both sets' shared genes (the integration task:
+  contrastive ``<cls>`` with mutual-nearest-neighbour positives across the two modalities,
+  ``modality`` as the batch), then both embedded and the kNN vote taken in its space.
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/unpaired.py [--seeds 0 1 2] [--cells N]
+
+Needs the shared data (../shared/data) and the TSS table
+(``pip install --no-deps celloracle==0.20.0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.neighbors import KNeighborsClassifier
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_TYPES = ("B", "CD14 Mono", "CD4 T", "CD8 T", "NK")
+#: Granja 2019's clusters -> the shared types (others, e.g. progenitors, are not scored)
+GRANJA_TYPES = {
+    "17_B": "B",
+    "11_CD14.Mono.1": "CD14 Mono",
+    "12_CD14.Mono.2": "CD14 Mono",
+    "20_CD4.N1": "CD4 T",
+    "21_CD4.N2": "CD4 T",
+    "22_CD4.M": "CD4 T",
+    "19_CD8.N": "CD8 T",
+    "23_CD8.EM": "CD8 T",
+    "24_CD8.CM": "CD8 T",
+    "25_NK": "NK",
+}
+#: marker sets of the labelling rule (z-scored log expression, averaged per Leiden cluster)
+MARKERS = {
+    "B": ["MS4A1", "CD79A", "CD79B"],
+    "CD14 Mono": ["CD14", "LYZ", "S100A9"],
+    "FCGR3A Mono": ["FCGR3A", "MS4A7"],
+    "T": ["CD3D", "CD3E"],
+    "NK": ["GNLY", "NKG7", "KLRD1"],
+    "DC": ["FCER1A", "CLEC10A"],
+    "Megakaryocyte": ["PPBP", "PF4"],
+    "pDC": ["LILRA4", "IL3RA"],
+}
+CD8 = ["CD8A", "CD8B"]
+
+#: the celltx recipe of this benchmark (the representation recipe's model, integration task)
+UNPAIRED_CELLTX_DEFAULTS = {
+    "model": {
+        "d_model": 64,
+        "n_layers": 2,
+        "n_heads": 4,
+        "max_seq_len": 256,
+        "dropout": 0.0,
+        "gene_selection": "rank",
+    },
+    "task": "integration",
+    "inputs": "scaled",  # or "counts"
+    "epochs": 10,
+    "lr": 1e-2,
+    "batch_size": 32,
+    "accelerator": "cpu",
+}
+
+
+def label_kang(rna: ad.AnnData, seed: int = 0) -> tuple[pd.Series, pd.DataFrame]:
+    """Marker-gene labels for Kang 2018: Leiden clusters, each named by its best marker set.
+
+    Log-normalised counts, 2,000 HVGs, 30 PCs, Leiden (resolution 1); each cluster takes the
+    marker set with the highest mean z-scored expression (``MARKERS``), but T whenever the T
+    score (CD3D/CD3E) is above 0.5 (cytotoxic T cells also score high on NK markers), and none
+    ("unassigned") when no set reaches 0.3; a T cluster is CD8 T when its mean z-score of
+    CD8A/CD8B is above 0.5, else CD4 T. Returns the labels and the
+    per-cluster scores (for the docs).
+    """
+    a = rna.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    log = a.copy()
+    sc.pp.highly_variable_genes(a, n_top_genes=2000)
+    a = a[:, a.var["highly_variable"]].copy()
+    sc.pp.scale(a, max_value=10)
+    sc.pp.pca(a, n_comps=30, random_state=seed)
+    sc.pp.neighbors(a, random_state=seed, transformer="sklearn")
+    sc.tl.leiden(
+        a, resolution=1.0, random_state=seed, flavor="igraph", n_iterations=2, directed=False
+    )
+    genes = sorted({g for m in [*MARKERS.values(), CD8] for g in m} & set(log.var_names))
+    x = np.asarray(log[:, genes].X.toarray() if hasattr(log.X, "toarray") else log[:, genes].X)
+    z = pd.DataFrame((x - x.mean(0)) / (x.std(0) + 1e-8), columns=genes, index=log.obs_names)
+    means = z.groupby(a.obs["leiden"].to_numpy()).mean()
+    scores = pd.DataFrame(
+        {k: means[[g for g in m if g in genes]].mean(1) for k, m in MARKERS.items()}
+    )
+    scores["CD8"] = means[[g for g in CD8 if g in genes]].mean(1)
+    best = scores[list(MARKERS)].idxmax(1)
+    best[scores["T"] > 0.5] = "T"  # CD3+ cytotoxic cells (NKG7+, GNLY+) are T cells, not NK
+    best[scores[list(MARKERS)].max(1) < 0.3] = "unassigned"  # no marker set stands out
+    best[(best == "T") & (scores["CD8"] > 0.5)] = "CD8 T"
+    best[best == "T"] = "CD4 T"
+    scores["label"] = best
+    scores["cells"] = a.obs["leiden"].value_counts().reindex(scores.index)
+    return pd.Series(
+        best.reindex(a.obs["leiden"].to_numpy()).to_numpy(), index=rna.obs_names
+    ), scores
+
+
+def prepare(n_cells: int | None, seed: int, cache: Path | None = None):
+    """Labelled Kang RNA and Granja gene activity on their shared genes (log-normalised)."""
+    from celltx.data import gene_activity
+
+    if cache is not None and (cache / "ga.h5ad").exists():
+        rna = ad.read_h5ad(cache / "rna.h5ad")
+        ga = ad.read_h5ad(cache / "ga.h5ad")
+        scores = pd.read_csv(cache / "scores.csv", index_col=0)
+        ga_seconds = float(ga.uns["seconds"])
+    else:
+        rna = ad.read_h5ad(DATA / "kang2018_ifnb.h5ad")
+        labels, scores = label_kang(rna, seed=0)
+        rna.obs["cell_type"] = labels.to_numpy()
+        rna = rna[rna.obs["cell_type"].isin(SHARED_TYPES)].copy()
+        atac = ad.read_h5ad(DATA / "granja2019_bmmc_scatac.h5ad")
+        atac.obs["shared_type"] = atac.obs["cell_type"].map(GRANJA_TYPES)
+        atac = atac[atac.obs["shared_type"].notna()].copy()
+        t0 = time.perf_counter()
+        ga = gene_activity(atac, genome="hg19")
+        ga_seconds = time.perf_counter() - t0
+        ga.uns["seconds"] = ga_seconds
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            rna.write_h5ad(cache / "rna.h5ad")
+            ga.write_h5ad(cache / "ga.h5ad")
+            scores.to_csv(cache / "scores.csv")
+    rng = np.random.default_rng(seed)
+    if n_cells is not None:
+        rna = rna[np.sort(rng.choice(rna.n_obs, min(n_cells, rna.n_obs), replace=False))].copy()
+        ga = ga[np.sort(rng.choice(ga.n_obs, min(n_cells, ga.n_obs), replace=False))].copy()
+    shared = rna.var_names.intersection(ga.var_names)
+    rna, ga = rna[:, shared].copy(), ga[:, shared].copy()
+    for a in (rna, ga):
+        a.layers["counts"] = a.X.copy()
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    return rna, ga, scores, ga_seconds
+
+
+def _knn(ref, y, query, k=15):
+    return KNeighborsClassifier(n_neighbors=k).fit(ref, y).predict(query)
+
+
+def _scaled(a, genes):
+    x = a[:, genes].X
+    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+    return np.clip((x - x.mean(0)) / (x.std(0) + 1e-8), -10, 10)
+
+
+def run_pca(rna, ga, seed, project=False):
+    hvg = sc.pp.highly_variable_genes(rna, n_top_genes=2000, inplace=False)
+    genes = rna.var_names[hvg["highly_variable"].to_numpy()]
+    xr, xa = _scaled(rna, genes), _scaled(ga, genes)
+    pca = PCA(30, random_state=seed).fit(xr if project else np.vstack([xr, xa]))
+    return _knn(pca.transform(xr), rna.obs["cell_type"].to_numpy(), pca.transform(xa))
+
+
+def scaled_inputs(rna, ga, n_genes=2000):
+    """Each dataset's log-normalised values z-scored per gene within it, clipped to [0, 10].
+
+    Gene activity and expression differ gene by gene (a gene with many peaks nearby has high
+    activity in every cell); after scaling within each dataset a cell's tokens are the genes
+    that are *above their dataset's mean* in it, which the two modalities share. On RNA's
+    ``n_genes`` most variable genes, as the PCA baseline.
+    """
+    hvg = sc.pp.highly_variable_genes(rna, n_top_genes=n_genes, inplace=False)
+    genes = rna.var_names[hvg["highly_variable"].to_numpy()]
+    out = []
+    for a in (rna, ga):
+        b = ad.AnnData(np.clip(_scaled(a, genes), 0, 10).astype(np.float32), obs=a.obs.copy())
+        b.var_names = genes
+        out.append(b)
+    return out
+
+
+def run_celltx(rna, ga, seed, settings):
+    import scvi
+
+    from celltx.model import ScGPT
+
+    cfg = {**UNPAIRED_CELLTX_DEFAULTS, **settings}
+    if cfg["inputs"] == "scaled":
+        rna, ga = scaled_inputs(rna, ga)
+    else:
+        rna, ga = rna.copy(), ga.copy()
+        rna.X, ga.X = rna.layers["counts"], ga.layers["counts"]
+    both = ad.concat({"rna": rna, "atac": ga}, label="modality", index_unique="-")
+    both.obs = both.obs[["modality"]].copy()
+    supervised = cfg["task"] == "annotation"
+    if supervised:  # RNA cells labelled, ATAC cells not (NaN)
+        both.obs["label"] = pd.Categorical(
+            np.concatenate(
+                [
+                    rna.obs["cell_type"].astype(object).to_numpy(),
+                    np.full(ga.n_obs, np.nan, dtype=object),
+                ]
+            )
+        )
+    scvi.settings.seed = seed
+    ScGPT.setup_anndata(both, batch_key="modality", labels_key="label" if supervised else None)
+    model = ScGPT(both, **cfg["model"])
+    model.train(
+        max_epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        accelerator=cfg["accelerator"],
+        task=cfg["task"],
+        enable_progress_bar=False,
+    )
+    is_rna = (both.obs["modality"] == "rna").to_numpy()
+    if supervised:
+        return np.asarray(model.predict(both, indices=np.flatnonzero(~is_rna)))
+    z = model.get_latent_representation()
+    return _knn(z[is_rna], rna.obs["cell_type"].to_numpy(), z[~is_rna])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cells", type=int, default=2000, help="cells per dataset (None: all)")
+    parser.add_argument("--methods", nargs="+", default=["pca_joint", "pca_project", "celltx"])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--task", default=None, help="celltx task (default: integration)")
+    parser.add_argument("--inputs", default=None, choices=["scaled", "counts"])
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder to keep the prepared data in"
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    settings = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.task is not None:
+        settings["task"] = args.task
+    if args.inputs is not None:
+        settings["inputs"] = args.inputs
+    rows = []
+    for seed in args.seeds:
+        rna, ga, scores, ga_seconds = prepare(args.cells or None, seed, args.cache)
+        if seed == args.seeds[0]:
+            print(scores.round(2).to_string())
+            print(f"RNA {rna.shape}, gene activity {ga.shape} ({ga_seconds:.1f} s)")
+            print(rna.obs["cell_type"].value_counts().to_string())
+        truth = ga.obs["shared_type"].to_numpy()
+        for method in args.methods:
+            t0 = time.perf_counter()
+            if method == "celltx":
+                pred = run_celltx(rna, ga, seed, settings)
+            else:
+                pred = run_pca(rna, ga, seed, project=method == "pca_project")
+            seconds = time.perf_counter() - t0
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "accuracy": float((pred == truth).mean()),
+                    "balanced_accuracy": float(balanced_accuracy_score(truth, pred)),
+                    "seconds": seconds,
+                }
+            )
+            print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    print(
+        table.groupby("method")[["accuracy", "balanced_accuracy", "seconds"]]
+        .agg(["mean", "std"])
+        .round(3)
+    )
+
+
+if __name__ == "__main__":
+    main()
