@@ -38,12 +38,15 @@ logger = logging.getLogger(__package__)
 #: celltx settings of :func:`celltx_perturbation_model` (override any by keyword)
 CELLTX_PERTURBATION_DEFAULTS: dict[str, Any] = {
     "mode": "residual",  # condition means: prior + residual; "cells": the cell-level model
-    # residual features from the pretrained model; ("embedding",) measured best of celltx's
-    # own features on the simulated screens (docs/perturbation.md), attention hurt on pairs
-    "features": ("embedding",),
+    # residual features: celltx's token embeddings plus the classical co-expression profile
+    # (each gene regressed on the target in the control cells), measured best on the
+    # simulated screens (docs/perturbation.md); attention hurt on pairs
+    "features": ("embedding", "coexpression"),
     "pretrain_cells": 2000,  # control cells for the generative pretraining (residual mode)
     "attention_cells": 256,  # control cells whose attention is averaged (residual mode)
     "folds": 5,  # inner cross-validation of the residual's ridge penalty
+    # the single-gene prior: chosen by that cross-validation among SINGLE_PRIORS, or one
+    "single_prior": "auto",
     # the small shape; the sequence length follows the data's genes (no max_seq_len)
     "model": {k: v for k, v in preset("small", dropout=0.0).items() if k != "max_seq_len"},
     "pretrain_epochs": 3,  # generative pretraining (gene co-expression); "cells" mode: 10
@@ -267,6 +270,7 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
 #: settings that do not change the pretrained model
 _NOT_PRETRAINING = (
     "folds",
+    "single_prior",
     "mode",
     "features",
     "attention_cells",
@@ -337,6 +341,7 @@ def _fit_residual(train: AnnData, cfg: dict) -> PerturbationResidual:
         feats if emb else None,
         gene_profiles=profiles,
         folds=cfg["folds"],
+        single_prior=cfg["single_prior"],
         perturbation_key=cfg.get("perturbation_key", "condition"),
         control_value=cfg.get("control_value", "ctrl"),
     ).fit(train)
