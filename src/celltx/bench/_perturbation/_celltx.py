@@ -30,7 +30,7 @@ from celltx.data import parse_conditions
 from celltx.nn import preset
 
 from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding
-from ._residual import PerturbationResidual, _scaled
+from ._residual import SINGLE_PRIORS, PerturbationResidual, _scaled
 from ._split import _conditions_of
 
 logger = logging.getLogger(__package__)
@@ -128,6 +128,10 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
             f"Unknown celltx settings {sorted(unknown)}; use {sorted(CELLTX_PERTURBATION_DEFAULTS)}."
         )
 
+    if cfg["single_prior"] != "auto" and cfg["single_prior"] not in SINGLE_PRIORS:
+        raise ValueError(
+            f"single_prior must be 'auto' or one of {SINGLE_PRIORS}, got {cfg['single_prior']!r}."
+        )
     if cfg["mode"] not in ("residual", "cells"):
         raise ValueError(f"mode must be 'residual' or 'cells', got {cfg['mode']!r}.")
     bad = set(cfg["features"]) - {*_EMBEDDING_FEATURES, *_PROFILE_FEATURES}
