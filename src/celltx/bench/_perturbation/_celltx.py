@@ -83,8 +83,10 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
     ``pretrain_epochs`` on up to ``pretrain_cells`` of the control cells
     (:func:`celltx_gene_features`; one pretraining per benchmark run, shared with the
     ``linear_celltx`` baseline), and :class:`PerturbationResidual` predicts condition
-    means as the best simple prior (training mean + own knock-down for singles, additive
-    for pairs) plus a residual from ``features``: ``"embedding"`` (token embeddings),
+    means as the best simple prior (for singles ``single_prior``, by default chosen by
+    cross-validation among the training mean, own knock-down and the linear PCA model;
+    additive for pairs) plus a residual from ``features`` (default: embedding and
+    co-expression): ``"embedding"`` (token embeddings),
     ``"attention"`` (gene × gene attention) and at most one profile term,
     ``"insilico"`` (:class:`InSilicoProfiles`, in-silico knock-downs with the pretrained
     model) or ``"coexpression"`` (a classical statistic, not learned by celltx: the
@@ -102,7 +104,8 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
     ----------
     **kwargs
         Overrides of :data:`CELLTX_PERTURBATION_DEFAULTS`: ``mode``, ``features``,
-        ``pretrain_cells``, ``attention_cells``, ``folds``, ``model`` (ScGPT arguments),
+        ``pretrain_cells``, ``attention_cells``, ``folds``, ``single_prior``, ``model``
+        (ScGPT arguments),
         ``pretrain_epochs``, ``pretrain_lr``, ``epochs``, ``lr``, ``freeze_layers``,
         ``batch_size``, ``n_cells``, ``accelerator``, and ``perturbation_key`` /
         ``control_value``.

@@ -102,20 +102,31 @@ def _scaled(e: pd.DataFrame) -> pd.DataFrame:
 class PerturbationResidual(PerturbationBaseline):
     """Condition-level perturbation model: a simple prior plus a residual from gene embeddings.
 
-    For a single gene ``t`` the prior is the mean of all perturbed training cells with
-    ``t``'s own expression moved by the typical knock-down (:class:`OwnKnockdown`); for a
-    pair it is additive: control plus the two single-gene changes, each the observed
-    training single where there is one, else the gene-specific part of this model's
-    single-gene prediction (the prediction minus the perturbed mean; the shift that every
-    perturbation shares is counted once). The
-    residuals of the training conditions over their prior (genes × conditions, ``R``) are
-    fitted as ``R ≈ G W Pᵀ`` by ridge regression, ``G`` the gene embeddings of the panel
-    and ``P`` the perturbed genes' embeddings (summed for a pair), one model for singles and
-    one for pairs. The penalty is chosen by ``folds``-fold cross-validation over the
-    training conditions among :data:`RESIDUAL_RIDGES`, which include ``inf`` (no residual):
-    when the embeddings do not predict held-out training conditions better than the prior,
-    the model *is* the prior. ``ridge_`` holds the choice and ``cv_error_`` the
-    cross-validated errors. Perturbed genes without an embedding get the prior.
+    For a single gene ``t`` the prior is, with ``single_prior="auto"``, the one of
+    ``"own_knockdown"`` (the mean of all perturbed training cells with ``t``'s own
+    expression moved by the typical knock-down, :class:`OwnKnockdown`), ``"train_mean"``,
+    ``"linear"`` (the linear model on PCA gene embeddings of the training cells,
+    :class:`LinearGeneEmbedding`) and ``"linear_knockdown"`` (that with ``t``'s own
+    expression moved by the typical knock-down) that predicts the training singles best
+    out of fold: ``folds``-fold cross-validation over the training singles, the linear
+    model refitted without the fold's singles and without the training pairs containing
+    them, scored by the Pearson of the changes from the perturbed mean (Systema-style).
+    ``single_prior_`` holds the choice and ``cv_error_["prior"]`` each candidate's
+    ``1 − Pearson``. For a pair the prior is additive: control plus the two single-gene
+    changes, each the observed training single where there is one, else the gene-specific
+    part of this model's single-gene prediction (the prediction minus the perturbed mean;
+    the shift that every perturbation shares is counted once). The residuals of the
+    training conditions over their prior (genes × conditions, ``R``; for singles over the
+    out-of-fold prior, so the residual learns what an unseen single misses) are fitted as
+    ``R ≈ G W Pᵀ`` by ridge regression, ``G`` the gene embeddings of the panel and ``P``
+    the perturbed genes' embeddings (summed for a pair), one model for singles and one for
+    pairs. The penalty is chosen by ``folds``-fold cross-validation over the training
+    conditions among :data:`RESIDUAL_RIDGES`, which include ``inf`` (no residual), with
+    the one-standard-error rule (the strongest penalty within one standard error of the
+    best): when the embeddings do not predict held-out training conditions clearly better
+    than the prior, the model *is* the prior. ``ridge_`` holds the choice and
+    ``cv_error_`` the cross-validated errors. Perturbed genes without an embedding get the
+    prior.
 
     Parameters
     ----------
@@ -134,7 +145,14 @@ class PerturbationResidual(PerturbationBaseline):
     ridges
         Penalties tried (default :data:`RESIDUAL_RIDGES`).
     seed
-        Seed of the folds.
+        Seed of the folds (and of the PCA's cell subset).
+    single_prior
+        ``"auto"`` (chosen by cross-validation, above) or one of ``"own_knockdown"``,
+        ``"train_mean"``, ``"linear"``, ``"linear_knockdown"``.
+    n_components
+        Dimension of the PCA gene embedding of the linear priors.
+    linear_ridge
+        Ridge penalty of the linear priors (as :class:`LinearGeneEmbedding`'s).
     perturbation_key
         The obs column with the GEARS-style condition of each cell.
     control_value
@@ -152,6 +170,8 @@ class PerturbationResidual(PerturbationBaseline):
     >>> m = PerturbationResidual(emb).fit(adata)
     >>> m.predict(["G001+ctrl"]).shape
     (1, 50)
+    >>> m.single_prior_ in m.cv_error_["prior"]
+    True
     """
 
     #: seconds spent pretraining the embeddings it was built from (set by the benchmark)
