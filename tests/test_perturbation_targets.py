@@ -132,3 +132,20 @@ def test_bad_single_prior_refused():
         PerturbationResidual(single_prior="pca")
     with pytest.raises(ValueError, match="single_prior"):
         celltx_perturbation_model(single_prior="pca")
+
+
+@pytest.mark.slow
+def test_one_pretraining_whether_or_not_the_condition_column_is_spelled_out():
+    """The benchmark's celltx methods share one pretraining: the ``perturbation_key`` /
+    ``control_value`` defaults given explicitly or not must not start a second one."""
+    from celltx.bench import celltx_gene_features
+    from celltx.bench._perturbation import _celltx
+
+    data = _screen(coupled=True, n_genes=20, n_targets=6)
+    kw = {"pretrain_epochs": 1, "pretrain_cells": 64, "features": ("embedding",)}
+    _celltx._CACHE.clear()
+    a, _ = celltx_gene_features(data, perturbation_key="condition", control_value="ctrl", **kw)
+    first = next(iter(_celltx._CACHE.values()))["model"]
+    b, _ = celltx_gene_features(data, **kw)
+    assert next(iter(_celltx._CACHE.values()))["model"] is first
+    pd.testing.assert_frame_equal(a, b)

@@ -236,7 +236,13 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
     >>> adata = simulate_perturbseq(n_genes=30, n_perturbations=4, n_combos=0)  # doctest: +SKIP
     >>> feats, seconds = celltx_gene_features(adata, pretrain_epochs=1)  # doctest: +SKIP
     """
-    cfg = {**CELLTX_PERTURBATION_DEFAULTS, **kwargs}
+    # the obs column and control label spelled out or left at their defaults: one pretraining
+    cfg = {
+        "perturbation_key": "condition",
+        "control_value": "ctrl",
+        **CELLTX_PERTURBATION_DEFAULTS,
+        **kwargs,
+    }
     cfg["model"] = {**CELLTX_PERTURBATION_DEFAULTS["model"], **kwargs.get("model", {})}
     ctrl = _control_cells(train, cfg)
     digest = hashlib.sha1("\n".join(ctrl.obs_names).encode() + repr(ctrl.shape).encode())
