@@ -218,9 +218,9 @@ def test_residual_learns_signal_and_falls_back_without():
     genes = data.var_names
     kd = {"single_prior": "own_knockdown"}  # the prior these assertions compare with
     good = PerturbationResidual(pd.DataFrame(E, index=genes), **kd).fit(train)
-    noise = PerturbationResidual(
-        pd.DataFrame(rng.normal(size=(40, 4)), index=genes), **kd
-    ).fit(train)
+    noise = PerturbationResidual(pd.DataFrame(rng.normal(size=(40, 4)), index=genes), **kd).fit(
+        train
+    )
     prior = PerturbationResidual(None, **kd).fit(train)
     own = OwnKnockdown().fit(train)
     assert np.isfinite(good.ridge_["single"]) and noise.ridge_["single"] == np.inf
