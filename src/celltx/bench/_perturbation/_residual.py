@@ -331,9 +331,9 @@ class PerturbationResidual(PerturbationBaseline):
             for p in want
             if singles and all(t in self._oof[p] for _, t in singles)
         }
-        self.cv_error_ = {"prior": err}
+        self.cv_error_: dict[str, dict[str, float] | dict[float, float]] = {"prior": err}
         if self.single_prior == "auto":
-            self.single_prior_ = min(err, key=err.get) if err else "own_knockdown"
+            self.single_prior_ = min(err, key=lambda p: err[p]) if err else "own_knockdown"
         else:
             self.single_prior_ = self.single_prior
 
