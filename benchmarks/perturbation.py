@@ -68,6 +68,16 @@ class _Variant:
         return self.model.predict(conditions)
 
 
+def _variant_settings(spec: str) -> dict:
+    """``"embedding,coexpression,prior=linear"`` -> features and the single-gene prior."""
+    parts = [f for f in spec.split(",") if f]
+    prior = [f.split("=", 1)[1] for f in parts if f.startswith("prior=")]
+    out = {"features": tuple(f for f in parts if not f.startswith("prior="))}
+    if prior:
+        out["single_prior"] = prior[0]
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--h5ad", help="GEARS-format h5ad (default: simulated screen)")
@@ -85,7 +95,10 @@ def main(argv=None) -> None:
     )
     p.add_argument("--split-dir", default="benchmarks/perturbation_splits")
     p.add_argument("--mode", default="residual", choices=["residual", "cells"])
-    p.add_argument("--features", default="embedding")
+    p.add_argument("--features", default=None, help="celltx's features (default: its own)")
+    p.add_argument(
+        "--single-prior", default=None, help="celltx's single-gene prior (default: auto)"
+    )
     p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-cells", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=20, help="perturbation epochs (mode cells)")
@@ -95,7 +108,8 @@ def main(argv=None) -> None:
         nargs="*",
         default=[],
         help="more celltx residual variants, each a comma-separated feature list "
-        "(embedding, attention, insilico, coexpression); they share the pretraining",
+        "(embedding, attention, insilico, coexpression) and optionally prior=<single-gene "
+        "prior>; they share the pretraining",
     )
     p.add_argument("--no-celltx", action="store_true")
     p.add_argument("--accelerator", default="cpu")
@@ -132,9 +146,14 @@ def main(argv=None) -> None:
                 )
             model = None
             if not a.no_celltx:
+                chosen = {}
+                if a.features is not None:
+                    chosen["features"] = tuple(f for f in a.features.split(",") if f)
+                if a.single_prior is not None:
+                    chosen["single_prior"] = a.single_prior
                 model = celltx.bench.celltx_perturbation_model(
                     mode=a.mode,
-                    features=tuple(f for f in a.features.split(",") if f),
+                    **chosen,
                     pretrain_epochs=a.pretrain_epochs,
                     pretrain_cells=a.pretrain_cells,
                     epochs=a.epochs,
@@ -143,8 +162,8 @@ def main(argv=None) -> None:
                     control_value=a.control,
                 )
             variants = {
-                f"celltx[{v.replace(',', '+')}]": _Variant(
-                    features=tuple(f for f in v.split(",") if f),
+                f"celltx[{v.replace(',', ' + ')}]": _Variant(
+                    **_variant_settings(v),
                     pretrain_epochs=a.pretrain_epochs,
                     pretrain_cells=a.pretrain_cells,
                     accelerator=a.accelerator,

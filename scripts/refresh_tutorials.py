@@ -66,7 +66,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "02_annotation": {"CELLTX_TUTORIAL_EPOCHS": "15"},
     # quick variant (400 cells, 2 layers, fast metrics, no scVI) for 15 epochs (full: 30)
     "03_integration": {"CELLTX_TUTORIAL_EPOCHS": "15"},
-    # quick screen (60 genes, 10 + 6 conditions) for 30 + 30 epochs (full: 200 genes, 10 + 20)
+    # quick screen (60 genes, 20 + 6 conditions) for 30 + 30 epochs (full: 200 genes, 10 + 20)
     "04_perturbation": {"CELLTX_TUTORIAL_EPOCHS": "30"},
     # quick mosaic (200 cells, no MULTIVI) for 40 epochs (full: 600 cells, 30, MULTIVI)
     "05_multiome": {"CELLTX_TUTORIAL_EPOCHS": "40"},

@@ -216,9 +216,12 @@ def test_residual_learns_signal_and_falls_back_without():
     train = data[data.obs["condition"].isin(train_conds).to_numpy()].copy()
     truth = _Oracle_means(data, test_conds)
     genes = data.var_names
-    good = PerturbationResidual(pd.DataFrame(E, index=genes)).fit(train)
-    noise = PerturbationResidual(pd.DataFrame(rng.normal(size=(40, 4)), index=genes)).fit(train)
-    prior = PerturbationResidual(None).fit(train)
+    kd = {"single_prior": "own_knockdown"}  # the prior these assertions compare with
+    good = PerturbationResidual(pd.DataFrame(E, index=genes), **kd).fit(train)
+    noise = PerturbationResidual(pd.DataFrame(rng.normal(size=(40, 4)), index=genes), **kd).fit(
+        train
+    )
+    prior = PerturbationResidual(None, **kd).fit(train)
     own = OwnKnockdown().fit(train)
     assert np.isfinite(good.ridge_["single"]) and noise.ridge_["single"] == np.inf
     np.testing.assert_allclose(noise.predict(test_conds), own.predict(test_conds))

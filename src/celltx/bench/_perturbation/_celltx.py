@@ -30,7 +30,7 @@ from celltx.data import parse_conditions
 from celltx.nn import preset
 
 from ._baselines import PERTURBATION_BASELINES, LinearGeneEmbedding
-from ._residual import PerturbationResidual, _scaled
+from ._residual import SINGLE_PRIORS, PerturbationResidual, _scaled
 from ._split import _conditions_of
 
 logger = logging.getLogger(__package__)
@@ -38,12 +38,15 @@ logger = logging.getLogger(__package__)
 #: celltx settings of :func:`celltx_perturbation_model` (override any by keyword)
 CELLTX_PERTURBATION_DEFAULTS: dict[str, Any] = {
     "mode": "residual",  # condition means: prior + residual; "cells": the cell-level model
-    # residual features from the pretrained model; ("embedding",) measured best of celltx's
-    # own features on the simulated screens (docs/perturbation.md), attention hurt on pairs
-    "features": ("embedding",),
+    # residual features: celltx's token embeddings plus the classical co-expression profile
+    # (each gene regressed on the target in the control cells), measured best on the
+    # simulated screens (docs/perturbation.md); attention hurt on pairs
+    "features": ("embedding", "coexpression"),
     "pretrain_cells": 2000,  # control cells for the generative pretraining (residual mode)
     "attention_cells": 256,  # control cells whose attention is averaged (residual mode)
     "folds": 5,  # inner cross-validation of the residual's ridge penalty
+    # the single-gene prior: chosen by that cross-validation among SINGLE_PRIORS, or one
+    "single_prior": "auto",
     # the small shape; the sequence length follows the data's genes (no max_seq_len)
     "model": {k: v for k, v in preset("small", dropout=0.0).items() if k != "max_seq_len"},
     "pretrain_epochs": 3,  # generative pretraining (gene co-expression); "cells" mode: 10
@@ -80,8 +83,10 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
     ``pretrain_epochs`` on up to ``pretrain_cells`` of the control cells
     (:func:`celltx_gene_features`; one pretraining per benchmark run, shared with the
     ``linear_celltx`` baseline), and :class:`PerturbationResidual` predicts condition
-    means as the best simple prior (training mean + own knock-down for singles, additive
-    for pairs) plus a residual from ``features``: ``"embedding"`` (token embeddings),
+    means as the best simple prior (for singles ``single_prior``, by default chosen by
+    cross-validation among the training mean, own knock-down and the linear PCA model;
+    additive for pairs) plus a residual from ``features`` (default: embedding and
+    co-expression): ``"embedding"`` (token embeddings),
     ``"attention"`` (gene × gene attention) and at most one profile term,
     ``"insilico"`` (:class:`InSilicoProfiles`, in-silico knock-downs with the pretrained
     model) or ``"coexpression"`` (a classical statistic, not learned by celltx: the
@@ -99,7 +104,8 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
     ----------
     **kwargs
         Overrides of :data:`CELLTX_PERTURBATION_DEFAULTS`: ``mode``, ``features``,
-        ``pretrain_cells``, ``attention_cells``, ``folds``, ``model`` (ScGPT arguments),
+        ``pretrain_cells``, ``attention_cells``, ``folds``, ``single_prior``, ``model``
+        (ScGPT arguments),
         ``pretrain_epochs``, ``pretrain_lr``, ``epochs``, ``lr``, ``freeze_layers``,
         ``batch_size``, ``n_cells``, ``accelerator``, and ``perturbation_key`` /
         ``control_value``.
@@ -125,6 +131,10 @@ def celltx_perturbation_model(**kwargs) -> Callable[[AnnData], object]:
             f"Unknown celltx settings {sorted(unknown)}; use {sorted(CELLTX_PERTURBATION_DEFAULTS)}."
         )
 
+    if cfg["single_prior"] != "auto" and cfg["single_prior"] not in SINGLE_PRIORS:
+        raise ValueError(
+            f"single_prior must be 'auto' or one of {SINGLE_PRIORS}, got {cfg['single_prior']!r}."
+        )
     if cfg["mode"] not in ("residual", "cells"):
         raise ValueError(f"mode must be 'residual' or 'cells', got {cfg['mode']!r}.")
     bad = set(cfg["features"]) - {*_EMBEDDING_FEATURES, *_PROFILE_FEATURES}
@@ -226,7 +236,13 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
     >>> adata = simulate_perturbseq(n_genes=30, n_perturbations=4, n_combos=0)  # doctest: +SKIP
     >>> feats, seconds = celltx_gene_features(adata, pretrain_epochs=1)  # doctest: +SKIP
     """
-    cfg = {**CELLTX_PERTURBATION_DEFAULTS, **kwargs}
+    # the obs column and control label spelled out or left at their defaults: one pretraining
+    cfg = {
+        "perturbation_key": "condition",
+        "control_value": "ctrl",
+        **CELLTX_PERTURBATION_DEFAULTS,
+        **kwargs,
+    }
     cfg["model"] = {**CELLTX_PERTURBATION_DEFAULTS["model"], **kwargs.get("model", {})}
     ctrl = _control_cells(train, cfg)
     digest = hashlib.sha1("\n".join(ctrl.obs_names).encode() + repr(ctrl.shape).encode())
@@ -267,6 +283,7 @@ def celltx_gene_features(train: AnnData, **kwargs) -> tuple[pd.DataFrame, float]
 #: settings that do not change the pretrained model
 _NOT_PRETRAINING = (
     "folds",
+    "single_prior",
     "mode",
     "features",
     "attention_cells",
@@ -337,6 +354,7 @@ def _fit_residual(train: AnnData, cfg: dict) -> PerturbationResidual:
         feats if emb else None,
         gene_profiles=profiles,
         folds=cfg["folds"],
+        single_prior=cfg["single_prior"],
         perturbation_key=cfg.get("perturbation_key", "condition"),
         control_value=cfg.get("control_value", "ctrl"),
     ).fit(train)
