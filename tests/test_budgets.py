@@ -77,10 +77,10 @@ def test_fit_celltx_trains_the_budgeted_epochs(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(ScGPT, "train", lambda self, **kw: seen.update(kw))
-    adata = celltx.datasets.pbmc68k()[:400].copy()
+    adata = celltx.datasets.pbmc68k()[:200].copy()
     recipe = {"model": TINY, "epochs": 8, "lr": 1e-3, "batch_size": 32, "accelerator": "cpu"}
-    fit_celltx(adata, recipe, {"budget_cells": 100}, seed=0)
-    assert seen["max_epochs"] == train_budget(400, 8, ref_cells=100) == 4
+    fit_celltx(adata, recipe, {"budget_cells": 50}, seed=0)
+    assert seen["max_epochs"] == train_budget(200, 8, ref_cells=50) == 4
     fit_celltx(adata, recipe, {"budget_cells": None}, seed=0)
     assert seen["max_epochs"] == 8
 
@@ -109,7 +109,22 @@ def test_hidden_bins_match_the_full_prediction(untrained):
     from celltx.bench._imputation import _hidden_bins, _mask
 
     x = _dense(untrained.adata.X)
-    rows, cols = _mask(x, 0.1, seed=0)
-    full = untrained.get_normalized_expression(return_numpy=True)
+    rows, cols = _mask(x[:12], 0.1, seed=0)
+    full = untrained.get_normalized_expression(indices=np.arange(12), return_numpy=True)
     got = _hidden_bins(untrained, rows, cols, chunk_size=64)
     np.testing.assert_allclose(got, full[rows, cols], atol=1e-4)
+
+
+def test_annotation_budgets_both_stages(monkeypatch):
+    from celltx.bench._annotation_methods import _celltx
+
+    seen = []
+    monkeypatch.setattr(ScGPT, "train", lambda self, **kw: seen.append(kw["max_epochs"]))
+    monkeypatch.setattr(ScGPT, "predict", lambda self, indices: np.zeros(len(indices), str))
+    adata = celltx.datasets.pbmc68k()[:400].copy()
+    y = adata.obs["cell_type"].astype(str).to_numpy()
+    train, test = np.arange(100), np.arange(100, 400)
+    kw = {"model": TINY, "pretrain_epochs": 8, "finetune_epochs": 8, "budget_cells": 50}
+    _celltx(adata, y, train, test, 0, **kw, accelerator="cpu")
+    # pretraining on all 400 cells, fine-tuning on the 100 labelled ones
+    assert seen == [train_budget(400, 8, 50), train_budget(100, 8, 50)] == [3, 6]
