@@ -100,7 +100,9 @@ def _cell_groups(rows: np.ndarray, cols: np.ndarray, max_genes: int) -> list[np.
     order = np.argsort(rows, kind="stable")
     cells, starts = np.unique(rows[order], return_index=True)
     genes_of = np.split(cols[order], starts[1:])
-    groups, group, union = [], [], set()
+    groups: list[np.ndarray] = []
+    group: list[int] = []
+    union: set[int] = set()
     for cell, genes in zip(cells, genes_of, strict=True):
         grown = union | set(genes.tolist())
         if group and len(grown) > max_genes:
