@@ -81,6 +81,8 @@ def test_fit_celltx_trains_the_budgeted_epochs(monkeypatch):
     recipe = {"model": TINY, "epochs": 8, "lr": 1e-3, "batch_size": 32, "accelerator": "cpu"}
     fit_celltx(adata, recipe, {"budget_cells": 50}, seed=0)
     assert seen["max_epochs"] == train_budget(200, 8, ref_cells=50) == 4
+    fit_celltx(adata, recipe, {"budget_cells": 50, "budget_exponent": 1.0}, seed=0)
+    assert seen["max_epochs"] == 2  # constant cell passes: 8 epochs x 50 cells
     fit_celltx(adata, recipe, {"budget_cells": None}, seed=0)
     assert seen["max_epochs"] == 8
 

@@ -19,8 +19,9 @@ def fit_celltx(
 
     ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
     key by key), ``epochs``, ``lr``, ``batch_size``, ``accelerator`` and optionally
-    ``budget_cells`` (``epochs`` apply up to that many cells, fewer above:
-    :func:`~celltx.model.train_budget`; ``None``: exactly ``epochs``),
+    ``budget_cells`` and ``budget_exponent`` (``epochs`` apply up to ``budget_cells`` cells,
+    fewer above: :func:`~celltx.model.train_budget`, exponent 0.5 unless given; ``None``:
+    exactly ``epochs``),
     ``task``, ``loss_weights``, ``chunk_size`` and ``class_weight`` (of
     :meth:`~celltx.model.ScGPT.train`) and ``label_texts`` (of
     :meth:`~celltx.model.ScGPT.set_label_texts`);
@@ -41,7 +42,9 @@ def fit_celltx(
     if cfg.get("label_texts") is not None:  # cell–text alignment: how labels become texts
         model.set_label_texts(**cfg["label_texts"])
     model.train(
-        max_epochs=train_budget(a.n_obs, cfg["epochs"], cfg.get("budget_cells")),
+        max_epochs=train_budget(
+            a.n_obs, cfg["epochs"], cfg.get("budget_cells"), cfg.get("budget_exponent", 0.5)
+        ),
         lr=cfg["lr"],
         batch_size=cfg["batch_size"],
         accelerator=cfg["accelerator"],
