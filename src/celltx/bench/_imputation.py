@@ -25,7 +25,10 @@ IMPUTATION_METHODS = ("celltx", "knn", "scvi", "mean")
 IMPUTATION_CELLTX_DEFAULTS = {
     "model": preset("small", dropout=0.1),
     "epochs": 80,
-    "budget_cells": 1_000,  # fewer epochs above: celltx.model.train_budget
+    # above 700 cells (pbmc68k, where 80 epochs were measured) a constant number of cell
+    # passes, 56,000 (~1,750 steps): 19 epochs on 2,900 cells (celltx.model.train_budget)
+    "budget_cells": 700,
+    "budget_exponent": 1.0,
     "lr": 3e-3,
     "batch_size": 32,
     "accelerator": "auto",
