@@ -26,7 +26,7 @@ IMPUTATION_CELLTX_DEFAULTS = {
     "model": preset("small", dropout=0.1),
     "epochs": 80,
     # above 700 cells (pbmc68k, where 80 epochs were measured) a constant number of cell
-    # passes, 56,000 (~1,750 steps): 19 epochs on 2,900 cells (celltx.model.train_budget)
+    # passes, 56,000 (~1,600 steps): 19 epochs on 2,900 cells (celltx.model.train_budget)
     "budget_cells": 700,
     "budget_exponent": 1.0,
     "lr": 3e-3,
