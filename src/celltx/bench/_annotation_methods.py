@@ -32,6 +32,8 @@ CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset("small", max_seq_len=512, dropout=0.1),
     "pretrained": None,  # a scGPT model directory to start from instead of a new model
     "pretrain_epochs": 20,  # pretraining on all cells of the fold (no labels)
+    # both stages' epochs apply up to this many cells, fewer above (celltx.model.train_budget)
+    "budget_cells": 1_000,
     "pretrain_task": "generative",  # or "contrastive" (the representation recipe's)
     "pretrain_lr": 1e-2,
     "finetune_epochs": 40,
@@ -133,10 +135,15 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
 
     import scvi
 
-    from celltx.model import ScGPT
+    from celltx.model import ScGPT, train_budget
 
     cfg = {**CELLTX_DEFAULTS, **kw}
     cfg["model"] = {**CELLTX_DEFAULTS["model"], **kw.get("model", {})}
+    if cfg["pretrain_epochs"]:  # pretraining sees every cell, fine-tuning the labelled ones
+        cfg["pretrain_epochs"] = train_budget(
+            data.n_obs, cfg["pretrain_epochs"], cfg["budget_cells"]
+        )
+    cfg["finetune_epochs"] = train_budget(len(train), cfg["finetune_epochs"], cfg["budget_cells"])
     a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
     a.var_names = data.var_names.copy()
     lab = pd.Series(np.nan, index=a.obs_names, dtype=object)

@@ -19,6 +19,9 @@ def fit_celltx(
 
     ``defaults`` and ``settings`` hold ``model`` (keyword arguments of the model, merged
     key by key), ``epochs``, ``lr``, ``batch_size``, ``accelerator`` and optionally
+    ``budget_cells`` and ``budget_exponent`` (``epochs`` apply up to ``budget_cells`` cells,
+    fewer above: :func:`~celltx.model.train_budget`, exponent 0.5 unless given; ``None``:
+    exactly ``epochs``),
     ``task``, ``loss_weights``, ``chunk_size`` and ``class_weight`` (of
     :meth:`~celltx.model.ScGPT.train`) and ``label_texts`` (of
     :meth:`~celltx.model.ScGPT.set_label_texts`);
@@ -28,7 +31,7 @@ def fit_celltx(
     """
     import scvi
 
-    from celltx.model import ScGPT
+    from celltx.model import ScGPT, train_budget
 
     cfg = {**defaults, **settings}
     cfg["model"] = {**defaults.get("model", {}), **settings.get("model", {})}
@@ -39,7 +42,9 @@ def fit_celltx(
     if cfg.get("label_texts") is not None:  # cell–text alignment: how labels become texts
         model.set_label_texts(**cfg["label_texts"])
     model.train(
-        max_epochs=cfg["epochs"],
+        max_epochs=train_budget(
+            a.n_obs, cfg["epochs"], cfg.get("budget_cells"), cfg.get("budget_exponent", 0.5)
+        ),
         lr=cfg["lr"],
         batch_size=cfg["batch_size"],
         accelerator=cfg["accelerator"],

@@ -39,6 +39,7 @@ INTEGRATION_CELLTX_DEFAULTS = {
     "model": preset("small", dropout=0.0, gene_selection="rank", contrast_k=20),
     "task": "integration",
     "epochs": 10,
+    "budget_cells": 1_500,  # fewer epochs above: celltx.model.train_budget
     "lr": 1e-2,
     "batch_size": 32,
     "accelerator": "auto",

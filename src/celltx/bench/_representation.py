@@ -24,6 +24,7 @@ EMBED_CELLTX_DEFAULTS = {
     "model": preset("small", dropout=0.0, gene_selection="rank"),
     "task": "contrastive",
     "epochs": 20,
+    "budget_cells": 1_500,  # fewer epochs above: celltx.model.train_budget
     "lr": 1e-2,
     "batch_size": 32,
     "accelerator": "auto",

@@ -3,7 +3,7 @@
 from ._fields import GeneLayerField, LabelsField, PerturbationField
 from ._scgpt import ScGPT
 from ._tasks import TASK_OPTIONS, TASK_REGISTRY, TASKS, Task, register_task
-from ._training import TokenBudgetSplitter
+from ._training import TokenBudgetSplitter, train_budget
 
 __all__ = [
     "ScGPT",
@@ -11,6 +11,7 @@ __all__ = [
     "LabelsField",
     "PerturbationField",
     "TokenBudgetSplitter",
+    "train_budget",
     "Task",
     "TASK_REGISTRY",
     "register_task",

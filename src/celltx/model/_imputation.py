@@ -70,9 +70,16 @@ class ImputationMixin(ModelHost):
         var_names = adata.var_names if not symbols else pd.Index(adata.var[symbols].astype(str))
         rows = self._cells(adata, indices)
         panel = {}
+        subset = None
+        if gene_list is not None:  # generate only the listed genes (the cost scales with them)
+            pos = pd.Index(np.asarray(var_names).astype(str)).get_indexer(
+                [str(g) for g in gene_list]
+            )
+            if (pos >= 0).any():  # none known: the full panel, and the error below names them
+                subset = torch.as_tensor(np.unique(pos[pos >= 0]), dtype=torch.long)
 
         def impute(b):
-            pred, panel["cols"] = self.module.impute(**b, chunk_size=chunk_size)
+            pred, panel["cols"] = self.module.impute(**b, chunk_size=chunk_size, genes=subset)
             return pred.float()
 
         X = self._run_inference(adata, rows, batch_size, impute).numpy().astype(np.float32)

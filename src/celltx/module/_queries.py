@@ -221,6 +221,7 @@ class GenerationMixin(ModuleHost):
         batch: torch.Tensor | None = None,
         chunk_size: int = 512,
         x_atac: torch.Tensor | None = None,
+        genes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every gene of the panel predicted from the rest of the cell (denoising, imputation).
 
@@ -230,10 +231,15 @@ class GenerationMixin(ModuleHost):
         so the result does not depend on the chunking). A gene that is among the cell's known
         tokens sees its own value: it is reconstructed, not imputed; a zero (or hidden) value
         is imputed. Returns ``(B, G')`` predictions on the value-bin scale and the panel
-        columns ``G'``.
+        columns ``G'``. ``genes`` (panel column indices) generates only those columns: the
+        cost is proportional to the number of genes generated.
         """
         source = self.tokenize(x, "hash", x_atac=x_atac)
-        return self._generate(source, self.panel_gene_ids, MOD_RNA, batch, chunk_size)
+        if genes is None:
+            return self._generate(source, self.panel_gene_ids, MOD_RNA, batch, chunk_size)
+        genes = torch.as_tensor(genes, dtype=torch.long, device=self.panel_gene_ids.device)
+        pred, cols = self._generate(source, self.panel_gene_ids[genes], MOD_RNA, batch, chunk_size)
+        return pred, genes[cols]
 
     def _generate(
         self,
