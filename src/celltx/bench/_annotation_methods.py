@@ -205,3 +205,98 @@ def _set_rng(state: tuple) -> None:
 
 def _same_shapes(a: Mapping, b: Mapping) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+# --- few-label heads: a classifier on the pretrained embedding (and the genes) ------------
+# ``fn(emb, genes, y, train, test, seed)``: ``emb`` the pretrained celltx embedding of every
+# cell (it read no label), ``genes`` the log-normalised expression of every cell; trained on
+# the labelled ``train`` cells (the others may be used unlabelled), predicts ``test``.
+
+
+def _scaled(emb: np.ndarray) -> np.ndarray:
+    """Embedding columns standardised over all cells (label-free, as the embedding)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    sd = emb.std(0)
+    return (emb - emb.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _logreg_proba(x, y, train, seed, C=1.0):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000, C=C, random_state=seed).fit(x[train], y[train])
+    return clf, clf.predict_proba(x)
+
+
+def _with_genes(emb: np.ndarray, genes) -> np.ndarray:
+    """``[embedding, genes]``, the standardised embedding block given the genes' total variance."""
+    g = dense(genes, np.float64)
+    e = _scaled(emb)
+    scale = np.sqrt(g.var(0).sum() / e.shape[1])
+    return np.hstack([e * scale, g])
+
+
+def _spread(x, y, train, n_neighbors=15, alpha=0.2):
+    """Label spreading over the kNN graph of ``x`` (all cells; only ``train`` labelled)."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    classes = np.unique(y[train])
+    code = np.full(len(y), -1)
+    code[train] = np.searchsorted(classes, y[train])
+    ls = LabelSpreading(kernel="knn", n_neighbors=n_neighbors, alpha=alpha, max_iter=100)
+    ls.fit(x, code)
+    dist = ls.label_distributions_
+    dist = np.nan_to_num(dist / np.maximum(dist.sum(1, keepdims=True), 1e-12))
+    return classes, dist
+
+
+def _head_probe(emb, genes, y, train, test, seed):
+    clf, p = _logreg_proba(_scaled(emb), y, train, seed)
+    return clf.classes_[p[test].argmax(1)]
+
+
+def _head_probe_genes(emb, genes, y, train, test, seed):
+    clf, p = _logreg_proba(_with_genes(emb, genes), y, train, seed)
+    return clf.classes_[p[test].argmax(1)]
+
+
+def _head_spread(emb, genes, y, train, test, seed):
+    classes, d = _spread(_scaled(emb), y, train)
+    return classes[d[test].argmax(1)]
+
+
+def _head_stack(emb, genes, y, train, test, seed):
+    """Average of the probabilities of logistic regression on genes and the embedding probe."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    _, pe = _logreg_proba(_scaled(emb), y, train, seed)
+    return g.classes_[(pg + pe)[test].argmax(1)]
+
+
+def _head_stack_spread(emb, genes, y, train, test, seed):
+    """Average of logistic regression on genes and label spreading over the embedding."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    classes, d = _spread(_scaled(emb), y, train)
+    assert np.array_equal(classes, g.classes_)
+    return classes[(pg + d)[test].argmax(1)]
+
+
+def _head_selftrain(emb, genes, y, train, test, seed, threshold=0.9):
+    """Self-training: the probe on ``[embedding, genes]`` labels the confident unlabelled cells
+    (probability >= ``threshold``) and is refitted on them and the labelled cells, once."""
+    x = _with_genes(emb, genes)
+    clf, p = _logreg_proba(x, y, train, seed)
+    yy = y.copy()
+    pseudo = np.setdiff1d(np.flatnonzero(p.max(1) >= threshold), train)
+    yy[pseudo] = clf.classes_[p[pseudo].argmax(1)]
+    clf2, p2 = _logreg_proba(x, yy, np.union1d(train, pseudo), seed)
+    return clf2.classes_[p2[test].argmax(1)]
+
+
+#: few-label heads on a pretrained celltx embedding (``fn(emb, genes, y, train, test, seed)``)
+FEW_LABEL_HEADS = {
+    "probe": _head_probe,
+    "probe_genes": _head_probe_genes,
+    "spread": _head_spread,
+    "stack": _head_stack,
+    "stack_spread": _head_stack_spread,
+    "selftrain": _head_selftrain,
+}
