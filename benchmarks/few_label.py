@@ -110,6 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (all recipes)")
     p.add_argument("--finetune", action="store_true")
     p.add_argument("--out", help="CSV of the per-fold rows")
+    p.add_argument("--emb-dir", help="keep (and reuse) each pretraining's embedding here")
     a = p.parse_args(argv)
     for name in ("scvi", "lightning", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -137,9 +138,18 @@ def main(argv=None) -> None:
         for r in a.recipes:
             t = time.perf_counter()
             settings = {} if a.epochs is None else {"epochs": a.epochs}
+            tag = f"{a.data}_{adata.n_obs}_{r}_e{a.epochs}_s{seed}"
+            saved = None if a.emb_dir is None else Path(a.emb_dir) / f"{tag}.npz"
+            if saved is not None and saved.exists():  # an earlier run's pretraining
+                with np.load(saved) as f:
+                    embs[r], pre_s[r] = f["emb"], float(f["seconds"])
+                continue
             model = fit_celltx(given, RECIPES[r], settings, seed)
             embs[r] = model.get_latent_representation()
             pre_s[r] = time.perf_counter() - t
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(saved, emb=embs[r], seconds=pre_s[r])
             print(f"seed {seed}: pretrained {r} in {pre_s[r]:.0f} s", flush=True)
         for fold, (train, test) in enumerate(folds):
             t = time.perf_counter()

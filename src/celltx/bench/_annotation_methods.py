@@ -280,8 +280,10 @@ def _head_stack_spread(emb, genes, y, train, test, seed):
 
 
 def _head_selftrain(emb, genes, y, train, test, seed, threshold=0.9):
-    """Self-training: the probe on ``[embedding, genes]`` labels the confident unlabelled cells
-    (probability >= ``threshold``) and is refitted on them and the labelled cells, once."""
+    """Self-training: ``probe_genes`` refitted once with its confident pseudo-labels.
+
+    The unlabelled cells it predicts with probability >= ``threshold`` join the labelled ones.
+    """
     x = _with_genes(emb, genes)
     clf, p = _logreg_proba(x, y, train, seed)
     yy = y.copy()
@@ -289,6 +291,28 @@ def _head_selftrain(emb, genes, y, train, test, seed, threshold=0.9):
     yy[pseudo] = clf.classes_[p[pseudo].argmax(1)]
     clf2, p2 = _logreg_proba(x, yy, np.union1d(train, pseudo), seed)
     return clf2.classes_[p2[test].argmax(1)]
+
+
+def _pca_all(genes, seed, n_comps=50) -> np.ndarray:
+    """Principal components of every cell's log-normalised genes (label-free)."""
+    g = dense(genes, np.float64)
+    return fitted_pca(n_comps, g, seed).fit_transform(g)
+
+
+def _head_stack3(emb, genes, y, train, test, seed):
+    """Logistic regression on genes + label spreading over the PCA graph + over the embedding's graph."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    _, dp = _spread(_pca_all(genes, seed), y, train)
+    _, de = _spread(_scaled(emb), y, train)
+    return g.classes_[(pg + dp + de)[test].argmax(1)]
+
+
+def _head_joint_spread(emb, genes, y, train, test, seed):
+    """Logistic regression on genes + label spreading over the kNN graph of [PCA, embedding]."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    z = np.hstack([_scaled(_pca_all(genes, seed)), _scaled(emb)])
+    _, d = _spread(z, y, train)
+    return g.classes_[(pg + d)[test].argmax(1)]
 
 
 #: few-label heads on a pretrained celltx embedding (``fn(emb, genes, y, train, test, seed)``)
@@ -299,4 +323,6 @@ FEW_LABEL_HEADS = {
     "stack": _head_stack,
     "stack_spread": _head_stack_spread,
     "selftrain": _head_selftrain,
+    "stack3": _head_stack3,
+    "joint_spread": _head_joint_spread,
 }
