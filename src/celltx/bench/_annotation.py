@@ -20,6 +20,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from ._annotation_methods import (
     CELLTX_DEFAULTS,
+    FEW_LABEL_CELLTX_DEFAULTS,
+    FEW_LABEL_HEADS,
     _celltx,
     _celltypist,
     _knn_pca,
@@ -168,7 +170,21 @@ def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> d
                 f"method_kwargs[{m!r}] has unknown settings {bad}; {m} reads {sorted(_SETTINGS[m])}."
             )
         out[m] = kw
+    head = out.get("celltx", {}).get("head", "finetune")
+    if "celltx" in methods and head != "finetune" and head not in FEW_LABEL_HEADS:
+        raise ValueError(
+            f"method_kwargs['celltx']['head']={head!r} is not a celltx head; choose "
+            f"'finetune' or one of {sorted(FEW_LABEL_HEADS)}."
+        )
     return out
+
+
+def _celltx_settings(kw: Mapping, few_labels: bool) -> dict:
+    """The celltx settings: the caller's over ``FEW_LABEL_CELLTX_DEFAULTS`` with few labels."""
+    if not few_labels:
+        return dict(kw)
+    model = {**FEW_LABEL_CELLTX_DEFAULTS["model"], **kw.get("model", {})}
+    return {**FEW_LABEL_CELLTX_DEFAULTS, **kw, "model": model}
 
 
 def annotation(
@@ -367,7 +383,9 @@ def annotation(
 
     def run(m, fold):
         train, test = folds[fold]
-        kw = {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {})
+        kw = kwargs.get(m, {})
+        if m == "celltx":
+            kw = {**_celltx_settings(kw, label_fraction is not None), "cache": cache}
         return _fold_scores(_RUNNERS[m], data[m], y, train, test, seed, classes, kw)
 
     for fold, (train, _) in enumerate(folds):

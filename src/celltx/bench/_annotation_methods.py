@@ -26,6 +26,7 @@ from ._baselines import (
     train_scanvi,
     train_scvi,
 )
+from ._inputs import log_normalized
 
 #: celltx settings of :func:`annotation` (override any with ``celltx_kwargs``)
 CELLTX_DEFAULTS: dict[str, Any] = {
@@ -40,6 +41,16 @@ CELLTX_DEFAULTS: dict[str, Any] = {
     "class_weight": "balanced",
     "label_smoothing": 0.1,
     "freeze_layers": 0,
+    # "finetune": train the transformer's classifier on the labelled cells; or a few-label
+    # head of FEW_LABEL_HEADS on the pretrained embedding of every cell (no fine-tuning)
+    "head": "finetune",
+}
+
+#: celltx settings of :func:`annotation` with ``label_fraction < 1`` (over ``CELLTX_DEFAULTS``)
+FEW_LABEL_CELLTX_DEFAULTS: dict[str, Any] = {
+    "model": preset("small", dropout=0.0, gene_selection="rank"),
+    "pretrain_task": "contrastive",  # the representation recipe
+    "head": "stack_spread",
 }
 
 
@@ -156,6 +167,9 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
         model = ScGPT.load_pretrained(cfg["pretrained"], a, **over)
     else:
         model = ScGPT(a, **cfg["model"])
+    head = cfg["head"]
+    if head != "finetune" and cache is not None and "emb" in cache:
+        return _few_label_head(head, cache, data, y, train, test, seed)
     if cfg["pretrain_epochs"]:
         label_free = cfg["pretrain_task"] in ("generative", "contrastive")
         state = (cache or {}).get("pretrained") if label_free else None
@@ -173,6 +187,12 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
             if cache is not None and label_free:
                 cache["pretrained"] = copy.deepcopy(model.module.state_dict())
                 cache["rng"] = _get_rng()
+    if head != "finetune":  # a head on the embedding of every cell, no fine-tuning
+        # shared by the folds only when no label was read to make it
+        label_free = cfg["pretrain_task"] in ("generative", "contrastive")
+        store = cache if cache is not None and label_free else {}
+        store["emb"] = model.get_latent_representation()
+        return _few_label_head(head, store, data, y, train, test, seed)
     model.train(
         max_epochs=cfg["finetune_epochs"],
         lr=cfg["finetune_lr"],
@@ -183,6 +203,15 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
         **train_kw,
     )
     return np.asarray(model.predict(indices=test), dtype=str)
+
+
+def _few_label_head(head, cache, data, y, train, test, seed) -> np.ndarray:
+    """``FEW_LABEL_HEADS[head]`` on the cached embedding and log-normalised genes."""
+    if "genes" not in cache:
+        cache["genes"] = log_normalized(data.X)
+    return np.asarray(
+        FEW_LABEL_HEADS[head](cache["emb"], cache["genes"], y, train, test, seed), dtype=str
+    )
 
 
 def _get_rng() -> tuple:
