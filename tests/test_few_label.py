@@ -209,3 +209,14 @@ def test_spreading_heads_use_the_unlabelled_cells(head):
     f1 = f1_score(y[test], pred, average="macro")
     base = LogisticRegression(max_iter=1000).fit(genes[train], y[train]).predict(genes[test])
     assert f1 > 0.95 > f1_score(y[test], base, average="macro") + 0.2
+
+
+def test_logreg_spread_baseline_gets_the_same_labels(pbmc):
+    """The semi-supervised baseline: same labelled cells as logreg, plus the unlabelled ones."""
+    df = celltx.bench.annotation(
+        pbmc, "cell_type", methods=["logreg", "logreg_spread"], label_fraction=0.1
+    )
+    assert df["error"].isna().all() and df["macro_f1"].between(0, 1).all()
+    by = df.pivot(index="fold", columns="method", values="n_labelled")
+    assert (by["logreg"] == by["logreg_spread"]).all()
+    assert "logreg_spread" in celltx.bench.ANNOTATION_METHODS

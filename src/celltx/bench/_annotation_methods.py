@@ -69,6 +69,18 @@ def _knn_pca(data, y, train, test, seed, **kw):
     return knn_classify(pca.transform(xt), y[train], pca.transform(X[test]), n_neighbors)
 
 
+def _logreg_spread(data, y, train, test, seed, **kw):
+    """Logistic regression on genes + label spreading over the PCA kNN graph of all cells.
+
+    The semi-supervised baseline: it sees the same unlabelled cells as celltx and scANVI.
+    """
+    g = dense(data.X, np.float64)
+    clf, pg = _logreg_proba(g, y, train, seed, C=kw.get("C", 1.0))
+    z = fitted_pca(kw.get("n_comps", 50), g, seed).fit_transform(g)  # label-free, all cells
+    classes, d = _spread(z, y, train, n_neighbors=kw.get("n_neighbors", 15))
+    return classes[(pg + d)[test].argmax(1)]
+
+
 def _masked(data, y, train, unlabeled="<unlabeled>"):
     a = AnnData(X=data.X.copy(), obs=pd.DataFrame(index=data.obs_names.copy()))
     a.var_names = data.var_names.copy()
