@@ -50,7 +50,7 @@ CELLTX_DEFAULTS: dict[str, Any] = {
 FEW_LABEL_CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset("small", dropout=0.0, gene_selection="rank"),
     "pretrain_task": "contrastive",  # the representation recipe
-    "head": "stack_spread",
+    "head": "stack3",  # the best celltx head measured (docs: representation, "Few labels")
 }
 
 
