@@ -88,6 +88,7 @@ def test_celltx_pretrains_on_all_and_finetunes_on_few_labels(pbmc):
                 "pretrain_task": "contrastive",
                 "pretrain_epochs": 1,
                 "finetune_epochs": 1,
+                "head": "finetune",
                 "accelerator": "cpu",
             }
         },
@@ -220,3 +221,19 @@ def test_logreg_spread_baseline_gets_the_same_labels(pbmc):
     by = df.pivot(index="fold", columns="method", values="n_labelled")
     assert (by["logreg"] == by["logreg_spread"]).all()
     assert "logreg_spread" in celltx.bench.ANNOTATION_METHODS
+
+
+@pytest.mark.slow
+def test_few_label_default_trains_end_to_end(pbmc):
+    """The few-label default for real: kNN-positive contrastive pretraining, one head."""
+    df = celltx.bench.annotation(
+        pbmc[::2].copy(),
+        "cell_type",
+        methods=["celltx"],
+        n_splits=2,
+        label_fraction=0.3,
+        method_kwargs={"celltx": {"model": {**SMALL}, "pretrain_epochs": 1, "accelerator": "cpu"}},
+    )
+    assert df["error"].isna().all(), df["error"].tolist()
+    assert df["macro_f1"].between(0, 1).all()
+    assert df["seconds"].iloc[1] < df["seconds"].iloc[0]  # fold 1 reuses fold 0's embedding

@@ -231,9 +231,10 @@ def annotation(
         graph), ``"joint_spread"`` (genes + spreading over the graph of [PCA, embedding]),
         ``"selftrain"`` (``probe_genes`` refitted with its confident pseudo-labels). With
         ``label_fraction`` below 1, ``celltx.bench.FEW_LABEL_CELLTX_DEFAULTS`` comes
-        between the two: the representation recipe's contrastive pretraining and the head
-        that measured best with 10 % of the labels (see "Few labels" in the
-        representation docs); ``{"head": "finetune"}`` fine-tunes instead.
+        between the two: the representation recipe's contrastive pretraining with kNN
+        positives (``contrast_positives="knn"``) and the head that measured best with
+        10 % of the labels (see "Few labels" in the representation docs);
+        ``{"head": "finetune"}`` fine-tunes instead.
     ``"logreg"``
         scikit-learn logistic regression on log-normalised expression (``C=1``).
     ``"knn_pca"``

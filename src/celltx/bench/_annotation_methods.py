@@ -48,9 +48,10 @@ CELLTX_DEFAULTS: dict[str, Any] = {
 
 #: celltx settings of :func:`annotation` with ``label_fraction < 1`` (over ``CELLTX_DEFAULTS``)
 FEW_LABEL_CELLTX_DEFAULTS: dict[str, Any] = {
-    "model": preset("small", dropout=0.0, gene_selection="rank"),
-    "pretrain_task": "contrastive",  # the representation recipe
-    "head": "stack3",  # the best celltx head measured (docs: representation, "Few labels")
+    # the representation recipe with neighbour positives (NNCLR-style kNN of the embedding)
+    "model": preset("small", dropout=0.0, gene_selection="rank", contrast_positives="knn"),
+    "pretrain_task": "contrastive",
+    "head": "probe_genes",  # the best celltx head measured (docs: representation, "Few labels")
 }
 
 
