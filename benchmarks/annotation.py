@@ -1,5 +1,7 @@
-"""Cell-type annotation benchmark: celltx next to logistic regression, kNN on PCA, scANVI
-and celltypist, on the same stratified folds (:func:`celltx.bench.annotation`).
+"""Cell-type annotation benchmark: celltx next to the baselines, on the same stratified folds.
+
+Logistic regression, kNN on PCA, logistic regression + label spreading, scANVI and
+celltypist (:func:`celltx.bench.annotation`).
 
 Default data: scanpy's ``pbmc68k_reduced`` (700 PBMCs, log-normalized ``.raw``, 765
 genes, ``bulk_labels``: 10 FACS-sorted types), 5 folds, seed 0. celltx settings are
@@ -18,7 +20,11 @@ Run from the repository root::
     python benchmarks/annotation.py --label-fraction 0.1 --methods celltx logreg knn_pca
 
 ``--label-fraction F`` keeps a stratified fraction F of each fold's training labels (the
-same cells for every method; celltx and scANVI still pretrain on all cells, unlabelled).
+same cells for every method; celltx, logreg_spread and scANVI still see all cells,
+unlabelled). With F below 1 celltx uses :data:`celltx.bench.FEW_LABEL_CELLTX_DEFAULTS`
+(representation-recipe pretraining and a head on its embedding instead of fine-tuning;
+``--celltx '{"head": "finetune"}'`` fine-tunes). ``benchmarks/few_label.py`` compares the
+heads and pretraining recipes.
 
 The data may hold raw counts or log-normalised values: each method gets what it needs
 (celltypist, logreg, kNN: log1p-CP10k; scANVI: counts, from ``--counts-layer`` when X is
@@ -84,7 +90,8 @@ def main(argv=None) -> None:
         f"\n{adata.n_obs} cells, {adata.obs[a.labels].nunique()} labels, {a.splits} folds, seed {a.seed}"
         + ("" if a.label_fraction is None else f", label fraction {a.label_fraction:g}")
     )
-    print("celltx settings:", {**celltx.bench.CELLTX_DEFAULTS, **cx})
+    few = {} if a.label_fraction in (None, 1) else celltx.bench.FEW_LABEL_CELLTX_DEFAULTS
+    print("celltx settings:", {**celltx.bench.CELLTX_DEFAULTS, **few, **cx})
     print()
     print(
         celltx.bench.summarize(df).to_markdown() if _has_tabulate() else celltx.bench.summarize(df)

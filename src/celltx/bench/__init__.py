@@ -10,7 +10,13 @@ Harmony, logistic regression, kNN: written once), ``_embedding`` (the embedding 
 expression input: layer or ``.X``, counts or log-normalised values).
 """
 
-from ._annotation import ANNOTATION_METHODS, CELLTX_DEFAULTS, annotation, summarize
+from ._annotation import (
+    ANNOTATION_METHODS,
+    CELLTX_DEFAULTS,
+    FEW_LABEL_CELLTX_DEFAULTS,
+    annotation,
+    summarize,
+)
 from ._embedding import embedding_scores, knn_accuracy, leiden_scores
 from ._genes import gene_program_scores
 from ._imputation import IMPUTATION_CELLTX_DEFAULTS, IMPUTATION_METHODS, imputation
@@ -83,6 +89,7 @@ __all__ = [
     "summarize",
     "ANNOTATION_METHODS",
     "CELLTX_DEFAULTS",
+    "FEW_LABEL_CELLTX_DEFAULTS",
     "integration",
     "pca_embedding",
     "scvi_embedding",

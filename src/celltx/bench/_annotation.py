@@ -20,10 +20,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from ._annotation_methods import (
     CELLTX_DEFAULTS,
+    FEW_LABEL_CELLTX_DEFAULTS,
+    FEW_LABEL_HEADS,
     _celltx,
     _celltypist,
     _knn_pca,
     _logreg,
+    _logreg_spread,
     _scanvi,
 )
 from ._inputs import (
@@ -39,12 +42,13 @@ from ._runner import method_rows
 logger = logging.getLogger(__name__)
 
 #: the methods of :func:`~celltx.bench.annotation`
-ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "scanvi", "celltypist")
+ANNOTATION_METHODS = ("celltx", "logreg", "knn_pca", "logreg_spread", "scanvi", "celltypist")
 
 _RUNNERS: dict[str, Callable] = {
     "celltx": _celltx,
     "logreg": _logreg,
     "knn_pca": _knn_pca,
+    "logreg_spread": _logreg_spread,
     "scanvi": _scanvi,
     "celltypist": _celltypist,
 }
@@ -54,6 +58,7 @@ _SETTINGS = {
     "celltx": frozenset(CELLTX_DEFAULTS) | {"accelerator", "enable_progress_bar"},
     "logreg": frozenset({"max_iter", "C"}),
     "knn_pca": frozenset({"n_comps", "n_neighbors"}),
+    "logreg_spread": frozenset({"C", "n_comps", "n_neighbors"}),
     "scanvi": frozenset(
         {
             "scvi_epochs",
@@ -72,6 +77,7 @@ _INPUT = {
     "celltx": "given",
     "logreg": "lognorm",
     "knn_pca": "lognorm",
+    "logreg_spread": "lognorm",
     "scanvi": "counts",
     "celltypist": "lognorm",
 }
@@ -168,7 +174,21 @@ def _check_method_kwargs(methods: list[str], method_kwargs: Mapping | None) -> d
                 f"method_kwargs[{m!r}] has unknown settings {bad}; {m} reads {sorted(_SETTINGS[m])}."
             )
         out[m] = kw
+    head = out.get("celltx", {}).get("head", "finetune")
+    if "celltx" in methods and head != "finetune" and head not in FEW_LABEL_HEADS:
+        raise ValueError(
+            f"method_kwargs['celltx']['head']={head!r} is not a celltx head; choose "
+            f"'finetune' or one of {sorted(FEW_LABEL_HEADS)}."
+        )
     return out
+
+
+def _celltx_settings(kw: Mapping, few_labels: bool) -> dict:
+    """The celltx settings: the caller's over ``FEW_LABEL_CELLTX_DEFAULTS`` with few labels."""
+    if not few_labels:
+        return dict(kw)
+    model = {**FEW_LABEL_CELLTX_DEFAULTS["model"], **kw.get("model", {})}
+    return {**FEW_LABEL_CELLTX_DEFAULTS, **kw, "model": model}
 
 
 def annotation(
@@ -200,12 +220,31 @@ def annotation(
         ``train(task="annotation")`` on the labelled cells, then
         :meth:`~celltx.model.ScGPT.predict`. Settings: ``celltx.bench.CELLTX_DEFAULTS``,
         overridden by ``method_kwargs["celltx"]`` (e.g. ``{"pretrained": "scGPT_human",
-        "pretrain_epochs": 0}`` to fine-tune a published checkpoint).
+        "pretrain_epochs": 0}`` to fine-tune a published checkpoint). The setting ``head``
+        replaces the fine-tuning by a classifier on the pretrained ``<cls>`` embedding of
+        every cell (computed once, shared by the folds when pretraining read no label):
+        ``"probe"`` (logistic regression on the embedding), ``"probe_genes"`` (on
+        [embedding, log-normalised genes]), ``"spread"`` (label spreading over the
+        embedding's kNN graph), ``"stack"`` / ``"stack_spread"`` (logistic regression on
+        the genes, its probabilities averaged with the probe's / the spreading's),
+        ``"stack3"`` (genes + spreading over the PCA graph + spreading over the embedding's
+        graph), ``"joint_spread"`` (genes + spreading over the graph of [PCA, embedding]),
+        ``"selftrain"`` (``probe_genes`` refitted with its confident pseudo-labels). With
+        ``label_fraction`` below 1, ``celltx.bench.FEW_LABEL_CELLTX_DEFAULTS`` comes
+        between the two: the representation recipe's contrastive pretraining with kNN
+        positives (``contrast_positives="knn"``) and the head that measured best with
+        10 % of the labels (see "Few labels" in the representation docs);
+        ``{"head": "finetune"}`` fine-tunes instead.
     ``"logreg"``
         scikit-learn logistic regression on log-normalised expression (``C=1``).
     ``"knn_pca"``
         kNN (15 neighbours) on 50 principal components of log-normalised expression,
         fitted on the training cells.
+    ``"logreg_spread"``
+        the semi-supervised baseline: logistic regression on log-normalised expression,
+        its class probabilities averaged with scikit-learn's ``LabelSpreading`` over the
+        15-nearest-neighbour graph of 50 principal components of all cells (held-out labels
+        hidden): it sees the same unlabelled cells as celltx and scANVI.
     ``"scanvi"``
         scvi-tools' scVI (100 epochs) then scANVI (20 epochs) on all cells with held-out
         labels hidden, on raw counts (negative-binomial likelihood). Without counts (the
@@ -218,7 +257,7 @@ def annotation(
         celltypist is not installed; with scikit-learn >= 1.8, celltypist 1.7.1 can only
         train its SGD variant, which is then used.
 
-    Log-normalised values for logreg, kNN and celltypist are made from counts (as for
+    Log-normalised values for logreg, kNN, logreg_spread and celltypist are made from counts (as for
     celltypist) when the input holds counts. A method that fails on a fold does not stop
     the benchmark: its row gets NaN scores and the exception in ``error`` (with a
     warning), and the other rows are kept. Each row is logged (logger
@@ -234,7 +273,8 @@ def annotation(
     labels_key
         ``obs`` column with the cell types.
     methods
-        Any of ``"celltx"``, ``"logreg"``, ``"knn_pca"``, ``"scanvi"``, ``"celltypist"``.
+        Any of ``"celltx"``, ``"logreg"``, ``"knn_pca"``, ``"logreg_spread"``,
+        ``"scanvi"``, ``"celltypist"``.
     n_splits
         Folds (capped by the smallest class).
     seed
@@ -244,7 +284,8 @@ def annotation(
     method_kwargs
         ``{method: {setting: value}}`` overrides (epochs, ``accelerator``, …): celltx
         reads the keys of ``CELLTX_DEFAULTS``, ``accelerator`` and ``enable_progress_bar``;
-        logreg ``max_iter``, ``C``; knn_pca ``n_comps``, ``n_neighbors``; scanvi
+        logreg ``max_iter``, ``C``; knn_pca ``n_comps``, ``n_neighbors``; logreg_spread
+        ``C``, ``n_comps``, ``n_neighbors``; scanvi
         ``scvi_epochs``, ``scanvi_epochs``, ``n_latent``, ``gene_likelihood``,
         ``accelerator``, ``enable_progress_bar``; celltypist ``max_iter``,
         ``feature_selection``.
@@ -268,8 +309,8 @@ def annotation(
     Raises
     ------
     ValueError
-        Before any training: an unknown method or setting, a missing ``labels_key`` or
-        layer, fewer than 2 cell types or a type with a single cell, values that are
+        Before any training: an unknown method, setting or celltx ``head``, a missing
+        ``labels_key`` or layer, fewer than 2 cell types or a type with a single cell, values that are
         neither raw counts nor log-normalised (negative, NaN, or non-integers above 30),
         a ``counts_layer`` without counts, a ``label_fraction`` outside (0, 1], or one
         that leaves a label without a labelled cell in a fold (the error names it).
@@ -367,7 +408,9 @@ def annotation(
 
     def run(m, fold):
         train, test = folds[fold]
-        kw = {**kwargs.get(m, {}), "cache": cache} if m == "celltx" else kwargs.get(m, {})
+        kw = kwargs.get(m, {})
+        if m == "celltx":
+            kw = {**_celltx_settings(kw, label_fraction is not None), "cache": cache}
         return _fold_scores(_RUNNERS[m], data[m], y, train, test, seed, classes, kw)
 
     for fold, (train, _) in enumerate(folds):

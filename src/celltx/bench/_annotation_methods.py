@@ -26,6 +26,7 @@ from ._baselines import (
     train_scanvi,
     train_scvi,
 )
+from ._inputs import log_normalized
 
 #: celltx settings of :func:`annotation` (override any with ``celltx_kwargs``)
 CELLTX_DEFAULTS: dict[str, Any] = {
@@ -42,6 +43,17 @@ CELLTX_DEFAULTS: dict[str, Any] = {
     "class_weight": "balanced",
     "label_smoothing": 0.1,
     "freeze_layers": 0,
+    # "finetune": train the transformer's classifier on the labelled cells; or a few-label
+    # head of FEW_LABEL_HEADS on the pretrained embedding of every cell (no fine-tuning)
+    "head": "finetune",
+}
+
+#: celltx settings of :func:`annotation` with ``label_fraction < 1`` (over ``CELLTX_DEFAULTS``)
+FEW_LABEL_CELLTX_DEFAULTS: dict[str, Any] = {
+    # the representation recipe with neighbour positives (NNCLR-style kNN of the embedding)
+    "model": preset("small", dropout=0.0, gene_selection="rank", contrast_positives="knn"),
+    "pretrain_task": "contrastive",
+    "head": "probe_genes",  # the best celltx head measured (docs: representation, "Few labels")
 }
 
 
@@ -58,6 +70,18 @@ def _knn_pca(data, y, train, test, seed, **kw):
     pca = fitted_pca(kw.get("n_comps", 50), xt, seed).fit(xt)  # on the fold's training cells
     n_neighbors = kw.get("n_neighbors", 15)
     return knn_classify(pca.transform(xt), y[train], pca.transform(X[test]), n_neighbors)
+
+
+def _logreg_spread(data, y, train, test, seed, **kw):
+    """Logistic regression on genes + label spreading over the PCA kNN graph of all cells.
+
+    The semi-supervised baseline: it sees the same unlabelled cells as celltx and scANVI.
+    """
+    g = dense(data.X, np.float64)
+    clf, pg = _logreg_proba(g, y, train, seed, C=kw.get("C", 1.0))
+    z = fitted_pca(kw.get("n_comps", 50), g, seed).fit_transform(g)  # label-free, all cells
+    classes, d = _spread(z, y, train, n_neighbors=kw.get("n_neighbors", 15))
+    return classes[(pg + d)[test].argmax(1)]
 
 
 def _masked(data, y, train, unlabeled="<unlabeled>"):
@@ -163,6 +187,9 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
         model = ScGPT.load_pretrained(cfg["pretrained"], a, **over)
     else:
         model = ScGPT(a, **cfg["model"])
+    head = cfg["head"]
+    if head != "finetune" and cache is not None and "emb" in cache:
+        return _few_label_head(head, cache, data, y, train, test, seed)
     if cfg["pretrain_epochs"]:
         label_free = cfg["pretrain_task"] in ("generative", "contrastive")
         state = (cache or {}).get("pretrained") if label_free else None
@@ -180,6 +207,12 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
             if cache is not None and label_free:
                 cache["pretrained"] = copy.deepcopy(model.module.state_dict())
                 cache["rng"] = _get_rng()
+    if head != "finetune":  # a head on the embedding of every cell, no fine-tuning
+        # shared by the folds only when no label was read to make it
+        label_free = cfg["pretrain_task"] in ("generative", "contrastive")
+        store = cache if cache is not None and label_free else {}
+        store["emb"] = model.get_latent_representation()
+        return _few_label_head(head, store, data, y, train, test, seed)
     model.train(
         max_epochs=cfg["finetune_epochs"],
         lr=cfg["finetune_lr"],
@@ -190,6 +223,15 @@ def _celltx(data, y, train, test, seed, cache: dict | None = None, **kw):
         **train_kw,
     )
     return np.asarray(model.predict(indices=test), dtype=str)
+
+
+def _few_label_head(head, cache, data, y, train, test, seed) -> np.ndarray:
+    """``FEW_LABEL_HEADS[head]`` on the cached embedding and log-normalised genes."""
+    if "genes" not in cache:
+        cache["genes"] = log_normalized(data.X)
+    return np.asarray(
+        FEW_LABEL_HEADS[head](cache["emb"], cache["genes"], y, train, test, seed), dtype=str
+    )
 
 
 def _get_rng() -> tuple:
@@ -212,3 +254,124 @@ def _set_rng(state: tuple) -> None:
 
 def _same_shapes(a: Mapping, b: Mapping) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+# --- few-label heads: a classifier on the pretrained embedding (and the genes) ------------
+# ``fn(emb, genes, y, train, test, seed)``: ``emb`` the pretrained celltx embedding of every
+# cell (it read no label), ``genes`` the log-normalised expression of every cell; trained on
+# the labelled ``train`` cells (the others may be used unlabelled), predicts ``test``.
+
+
+def _scaled(emb: np.ndarray) -> np.ndarray:
+    """Embedding columns standardised over all cells (label-free, as the embedding)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    sd = emb.std(0)
+    return (emb - emb.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _logreg_proba(x, y, train, seed, C=1.0):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000, C=C, random_state=seed).fit(x[train], y[train])
+    return clf, clf.predict_proba(x)
+
+
+def _with_genes(emb: np.ndarray, genes) -> np.ndarray:
+    """``[embedding, genes]``, the standardised embedding block given the genes' total variance."""
+    g = dense(genes, np.float64)
+    e = _scaled(emb)
+    scale = np.sqrt(g.var(0).sum() / e.shape[1])
+    return np.hstack([e * scale, g])
+
+
+def _spread(x, y, train, n_neighbors=15, alpha=0.2):
+    """Label spreading over the kNN graph of ``x`` (all cells; only ``train`` labelled)."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    classes = np.unique(y[train])
+    code = np.full(len(y), -1)
+    code[train] = np.searchsorted(classes, y[train])
+    ls = LabelSpreading(kernel="knn", n_neighbors=n_neighbors, alpha=alpha, max_iter=100)
+    ls.fit(x, code)
+    dist = ls.label_distributions_
+    dist = np.nan_to_num(dist / np.maximum(dist.sum(1, keepdims=True), 1e-12))
+    return classes, dist
+
+
+def _head_probe(emb, genes, y, train, test, seed):
+    clf, p = _logreg_proba(_scaled(emb), y, train, seed)
+    return clf.classes_[p[test].argmax(1)]
+
+
+def _head_probe_genes(emb, genes, y, train, test, seed):
+    clf, p = _logreg_proba(_with_genes(emb, genes), y, train, seed)
+    return clf.classes_[p[test].argmax(1)]
+
+
+def _head_spread(emb, genes, y, train, test, seed):
+    classes, d = _spread(_scaled(emb), y, train)
+    return classes[d[test].argmax(1)]
+
+
+def _head_stack(emb, genes, y, train, test, seed):
+    """Average of the probabilities of logistic regression on genes and the embedding probe."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    _, pe = _logreg_proba(_scaled(emb), y, train, seed)
+    return g.classes_[(pg + pe)[test].argmax(1)]
+
+
+def _head_stack_spread(emb, genes, y, train, test, seed):
+    """Average of logistic regression on genes and label spreading over the embedding."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    classes, d = _spread(_scaled(emb), y, train)
+    assert np.array_equal(classes, g.classes_)
+    return classes[(pg + d)[test].argmax(1)]
+
+
+def _head_selftrain(emb, genes, y, train, test, seed, threshold=0.9):
+    """Self-training: ``probe_genes`` refitted once with its confident pseudo-labels.
+
+    The unlabelled cells it predicts with probability >= ``threshold`` join the labelled ones.
+    """
+    x = _with_genes(emb, genes)
+    clf, p = _logreg_proba(x, y, train, seed)
+    yy = y.copy()
+    pseudo = np.setdiff1d(np.flatnonzero(p.max(1) >= threshold), train)
+    yy[pseudo] = clf.classes_[p[pseudo].argmax(1)]
+    clf2, p2 = _logreg_proba(x, yy, np.union1d(train, pseudo), seed)
+    return clf2.classes_[p2[test].argmax(1)]
+
+
+def _pca_all(genes, seed, n_comps=50) -> np.ndarray:
+    """Principal components of every cell's log-normalised genes (label-free)."""
+    g = dense(genes, np.float64)
+    return fitted_pca(n_comps, g, seed).fit_transform(g)
+
+
+def _head_stack3(emb, genes, y, train, test, seed):
+    """Logistic regression on genes + label spreading over the PCA graph + over the embedding's graph."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    _, dp = _spread(_pca_all(genes, seed), y, train)
+    _, de = _spread(_scaled(emb), y, train)
+    return g.classes_[(pg + dp + de)[test].argmax(1)]
+
+
+def _head_joint_spread(emb, genes, y, train, test, seed):
+    """Logistic regression on genes + label spreading over the kNN graph of [PCA, embedding]."""
+    g, pg = _logreg_proba(dense(genes, np.float64), y, train, seed)
+    z = np.hstack([_scaled(_pca_all(genes, seed)), _scaled(emb)])
+    _, d = _spread(z, y, train)
+    return g.classes_[(pg + d)[test].argmax(1)]
+
+
+#: few-label heads on a pretrained celltx embedding (``fn(emb, genes, y, train, test, seed)``)
+FEW_LABEL_HEADS = {
+    "probe": _head_probe,
+    "probe_genes": _head_probe_genes,
+    "spread": _head_spread,
+    "stack": _head_stack,
+    "stack_spread": _head_stack_spread,
+    "selftrain": _head_selftrain,
+    "stack3": _head_stack3,
+    "joint_spread": _head_joint_spread,
+}
