@@ -20,6 +20,7 @@ from celltx.nn import preset
 
 from ._baselines import (
     dense,
+    fitted_logistic_regression,
     fitted_pca,
     knn_classify,
     logistic_regression,
@@ -270,9 +271,7 @@ def _scaled(emb: np.ndarray) -> np.ndarray:
 
 
 def _logreg_proba(x, y, train, seed, C=1.0):
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=1000, C=C, random_state=seed).fit(x[train], y[train])
+    clf = fitted_logistic_regression(x[train], y[train], C=C, seed=seed)
     return clf, clf.predict_proba(x)
 
 

@@ -44,15 +44,21 @@ def fitted_pca(n_comps: int, x, seed: int):
     return PCA(n_components=n, random_state=seed)
 
 
+def fitted_logistic_regression(
+    x_train, y_train, max_iter: int = 1000, C: float = 1.0, seed: int | None = None
+):
+    """scikit-learn's logistic regression fitted on the training rows (the classifier)."""
+    from sklearn.linear_model import LogisticRegression
+
+    kw = {} if seed is None else {"random_state": seed}
+    return LogisticRegression(max_iter=max_iter, C=C, **kw).fit(x_train, y_train)
+
+
 def logistic_regression(
     x_train, y_train, x_test, max_iter: int = 1000, C: float = 1.0, seed: int | None = None
 ) -> np.ndarray:
     """scikit-learn's logistic regression fitted on the training rows; test predictions."""
-    from sklearn.linear_model import LogisticRegression
-
-    kw = {} if seed is None else {"random_state": seed}
-    clf = LogisticRegression(max_iter=max_iter, C=C, **kw).fit(x_train, y_train)
-    return clf.predict(x_test)
+    return fitted_logistic_regression(x_train, y_train, max_iter, C, seed).predict(x_test)
 
 
 def knn_classify(z_train, y_train, z_test, n_neighbors: int = 15) -> np.ndarray:
