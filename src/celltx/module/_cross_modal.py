@@ -39,7 +39,7 @@ class CrossModal(Part):
     Settings: ``temperature`` (the config's ``contrast_temperature``), ``thinning``,
     ``dropout`` (the config's ``contrast_thinning`` / ``contrast_gene_dropout`` when set,
     else 0.5 / 0.2) and ``gap`` (the weight of the scale-free pull of each pair together,
-    which InfoNCE alone leaves at a constant offset between modalities; 1.0). After
+    which InfoNCE alone leaves at a constant offset between modalities; 2.0). After
     training the mean ``<cls>`` output is stored (``cell_offset``), as for the RNA
     contrastive part.
     """
@@ -53,7 +53,7 @@ class CrossModal(Part):
         self.temperature = config.contrast_temperature
         self.thinning = config.contrast_thinning or 0.5
         self.dropout = config.contrast_gene_dropout or 0.2
-        self.gap = 1.0
+        self.gap = 2.0
 
     def available(self, module: ScGPTModule) -> str | None:
         if not module.multimodal:

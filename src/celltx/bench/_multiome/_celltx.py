@@ -32,7 +32,7 @@ MULTIOME_CELLTX_DEFAULTS: dict[str, Any] = {
         atac_zero_fraction=0.0,
     ),
     "task": "multiome",
-    "steps": 400,
+    "steps": 300,
     "epochs": 50,
     "peak_panel": 20_000,
     "lr": 1e-2,
@@ -54,7 +54,7 @@ def multiome_recipe_epochs(
     --------
     >>> from celltx.bench import multiome_recipe_epochs
     >>> multiome_recipe_epochs(600), multiome_recipe_epochs(2600)
-    (45, 11)
+    (34, 9)
     """
     cfg = {**MULTIOME_CELLTX_DEFAULTS, **dict(settings or {})}
     if cfg.get("steps") is None:
