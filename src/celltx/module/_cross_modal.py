@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from celltx.data import augment_views
 from celltx.nn import ScGPTConfig
 
-from ._constants import ATAC_KEY
+from ._constants import ATAC_KEY, VIEW_JOINT
 from ._losses import cross_modal_loss
 from ._objectives import WHOLE, Part, PartLoss, register_part
 
@@ -35,6 +35,11 @@ class CrossModal(Part):
       views; for an RNA-only (ATAC-only) cell of a mosaic, a within-modality two-view term
       (its unaugmented and its augmented RNA), so that such cells are embedded by the same
       objective and land in the same space.
+
+    With generation in the objective too (``train(task="multiome", loss_weights={"gep":
+    1.0})``, so that :meth:`~celltx.model.ScGPT.predict_rna_from_atac` is trained), the
+    joint view is the generative pass's row of each whole cell (its held-out tokens
+    hidden).
 
     Settings: ``temperature`` (the config's ``contrast_temperature``), ``thinning``,
     ``dropout`` (the config's ``contrast_thinning`` / ``contrast_gene_dropout`` when set,
@@ -98,6 +103,9 @@ class CrossModal(Part):
         has_rna = (x[:, module.tokenizer.gene_ids >= 0] > 0).any(1)
         has_atac = (xa[:, module.tokenizer.atac_ids >= 0] > 0).any(1)
         joint = inference["cell_emb"]
+        view = inference.get("view")
+        if view is not None:  # a generative pass beside it (gep): its whole-cell rows
+            joint = joint[view == VIEW_JOINT]
         rna = self._view(
             module,
             augment_views(x, self.thinning, self.dropout),
