@@ -12,7 +12,7 @@ from celltx.nn import ScGPTConfig
 
 from ._constants import ATAC_KEY, VIEW_JOINT
 from ._losses import cross_modal_loss
-from ._objectives import WHOLE, Part, PartLoss, register_part
+from ._objectives import PARTS, WHOLE, Part, PartLoss, register_part
 
 if TYPE_CHECKING:
     from ._scgpt import ScGPTModule
@@ -47,6 +47,16 @@ class CrossModal(Part):
     which InfoNCE alone leaves at a constant offset between modalities; 2.0). After
     training the mean ``<cls>`` output is stored (``cell_offset``), as for the RNA
     contrastive part.
+
+    Examples
+    --------
+    >>> from celltx.module import PARTS
+    >>> part = PARTS["cross_modal"]
+    >>> part.temperature, part.gap
+    (0.1, 2.0)
+    >>> from celltx.model import TASKS
+    >>> TASKS["multiome"]
+    {'cross_modal': 1.0}
     """
 
     name = "cross_modal"
@@ -126,4 +136,5 @@ class CrossModal(Part):
         )
 
 
-register_part(CrossModal().configured(ScGPTConfig()))
+if CrossModal.name not in PARTS:  # a second import of this file (doctest collection)
+    register_part(CrossModal().configured(ScGPTConfig()))
