@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--celltx",
         default=None,
-        help='train a celltx multiome model first: JSON {"model": {...}, "epochs": 30, "lr": 1e-2}',
+        help='train a celltx multiome model first: JSON {"model": {...}, "steps": 400, "lr": 1e-2}',
     )
     p.add_argument(
         "--resolution",
@@ -155,16 +155,16 @@ def main(argv=None) -> None:
         celltx.model.ScGPT.setup_mudata(padded)
         torch.manual_seed(args.seed)
         model = celltx.model.ScGPT(padded, **model_kw)
+        epochs = celltx.bench.multiome_recipe_epochs(padded.n_obs, cfg)
         model.train(
-            max_epochs=cfg["epochs"],
+            max_epochs=epochs,
+            task=cfg.get("task"),
             lr=cfg["lr"],
             batch_size=cfg["batch_size"],
             accelerator=args.accelerator,
             enable_progress_bar=False,
         )
-        print(
-            f"celltx {model_kw}, {cfg['epochs']} epochs at lr {cfg['lr']}: {time.time() - t:.0f} s"
-        )
+        print(f"celltx {model_kw}, {epochs} epochs at lr {cfg['lr']}: {time.time() - t:.0f} s")
         embeddings = celltx.bench.celltx_multiome_embeddings(model, padded)
     table = celltx.bench.multiome(
         mdata,

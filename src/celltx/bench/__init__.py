@@ -37,7 +37,11 @@ from ._multiome._baselines import (
     multivi_embedding,
     wnn_graph,
 )
-from ._multiome._celltx import MULTIOME_CELLTX_DEFAULTS, celltx_multiome_embeddings
+from ._multiome._celltx import (
+    MULTIOME_CELLTX_DEFAULTS,
+    celltx_multiome_embeddings,
+    multiome_recipe_epochs,
+)
 from ._multiome._metrics import foscttm
 from ._multiome._runner import multiome
 from ._network import NETWORK_CELLTX_DEFAULTS, NETWORK_METHODS, gene_network
@@ -106,6 +110,7 @@ __all__ += [
     "MULTIOME_BASELINES",
     "MULTIOME_METHODS",
     "MULTIOME_CELLTX_DEFAULTS",
+    "multiome_recipe_epochs",
     "celltx_multiome_embeddings",
     "foscttm",
     "wnn_graph",

@@ -318,6 +318,8 @@ for _task in (
     ),
     Task("perturbation", {"pert": 1.0}, requires=("perturbation_key",)),
     Task("contrastive", {"contrast": 1.0}),
+    # multiome: a cell's RNA and ATAC views are a positive pair (celltx.module.CrossModal)
+    Task("multiome", {"cross_modal": 1.0}, requires=("multimodal",)),
     Task("cell_text", {"text": 1.0}),
 ):
     register_task(_task)

@@ -1,7 +1,8 @@
 """scvi-tools modules (tensors only): tokenizer + transformer + objectives as parts."""
 
 from ._constants import ATAC_KEY, PERTURBATION_KEY, SCVI_UUID_KEY
-from ._losses import cell_text_loss, contrastive_loss
+from ._cross_modal import CrossModal
+from ._losses import cell_text_loss, contrastive_loss, cross_modal_loss
 from ._objectives import PARTS, Part, PartLoss, register_part
 from ._scgpt import ScGPTModule
 
@@ -16,6 +17,8 @@ __all__ = [
     "register_part",
     "contrastive_loss",
     "cell_text_loss",
+    "cross_modal_loss",
+    "CrossModal",
 ]
 
 #: names that moved to :mod:`celltx.model` with the task registry (tasks check the AnnData

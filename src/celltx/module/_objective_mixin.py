@@ -122,7 +122,8 @@ class ObjectiveMixin(ModuleHost):
         nan = torch.full((), float("nan"), device=cell_emb.device)
         names = [m for part in PARTS.values() for m in part.metrics]
         if "atac" not in self.modalities:
-            names = [m for m in names if m not in ("rna_mse", "atac_mse", "align_loss")]
+            multiome = ("rna_mse", "atac_mse", "align_loss", "cross_modal_loss", "cross_modal_nce")
+            names = [m for m in names if m not in multiome]
         for key in names:
             if metrics.get(key) is None:
                 metrics[key] = nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,52 @@ from celltx.nn import preset
 from ._mudata import _scatter_rows
 
 #: the celltx recipe of :func:`multiome` (``methods=("celltx", ...)``): trained from scratch
-#: on the (padded) MuData; the multiome page of the docs has the measurements behind it
+#: on the (padded) MuData with the cross-modal contrastive task (``task="multiome"``,
+#: :class:`celltx.module.CrossModal`); 100 genes (top-ranked) and 128 open peaks (rarest
+#: first, TF-IDF) per cell, from a data-chosen panel of the ``peak_panel`` most accessible
+#: peaks (:func:`celltx.data.peak_panel`; ``None``: every peak); a step budget (``steps``
+#: optimiser steps, at most ``epochs`` epochs) rather than a number of epochs, so that
+#: larger data trains fewer epochs. The multiome page of the docs has the measurements.
 MULTIOME_CELLTX_DEFAULTS: dict[str, Any] = {
-    "model": preset("small", max_seq_len=201, max_peaks=200, dropout=0.1),
-    "epochs": 30,
+    "model": preset(
+        "small",
+        max_seq_len=101,
+        max_peaks=128,
+        dropout=0.0,
+        gene_selection="rank",
+        peak_selection="idf",
+        atac_zero_fraction=0.0,
+    ),
+    "task": "multiome",
+    "steps": 300,
+    "epochs": 50,
+    "peak_panel": 20_000,
     "lr": 1e-2,
-    "batch_size": 32,
+    "batch_size": 64,
     "accelerator": "auto",
 }
+
+
+def multiome_recipe_epochs(
+    n_cells: int, settings: dict | None = None, train_size: float = 0.9
+) -> int:
+    """Epochs of the multiome recipe on ``n_cells`` cells: its step budget, at most ``epochs``.
+
+    ``ceil(steps / steps per epoch)`` with ``ceil(train_size * n_cells / batch_size)``
+    steps per epoch, between 1 and ``epochs`` (``settings`` override
+    :data:`MULTIOME_CELLTX_DEFAULTS`; ``steps=None``: ``epochs``).
+
+    Examples
+    --------
+    >>> from celltx.bench import multiome_recipe_epochs
+    >>> multiome_recipe_epochs(600), multiome_recipe_epochs(2600)
+    (34, 9)
+    """
+    cfg = {**MULTIOME_CELLTX_DEFAULTS, **dict(settings or {})}
+    if cfg.get("steps") is None:
+        return int(cfg["epochs"])
+    per_epoch = max(math.ceil(train_size * n_cells / int(cfg["batch_size"])), 1)
+    return int(min(max(math.ceil(int(cfg["steps"]) / per_epoch), 1), int(cfg["epochs"])))
 
 
 def fit_celltx_multiome(
@@ -37,12 +76,14 @@ def fit_celltx_multiome(
 
     ``settings`` override :data:`MULTIOME_CELLTX_DEFAULTS` key by key (``model`` merged).
     A mosaic is padded with :func:`celltx.data.pad_mosaic` (scvi-tools registers fully
-    paired data); ``mdata`` is not modified.
+    paired data); with more peaks than ``peak_panel`` the copy keeps the panel
+    (:func:`celltx.data.peak_panel`); ``mdata`` is not modified. The model records the
+    epochs it trained in its history (:func:`multiome_recipe_epochs`).
     """
     import scvi
     import torch
 
-    from celltx.data import pad_mosaic
+    from celltx.data import pad_mosaic, peak_panel
     from celltx.model import ScGPT
 
     settings = dict(settings or {})
@@ -50,13 +91,20 @@ def fit_celltx_multiome(
     cfg["model"] = {**MULTIOME_CELLTX_DEFAULTS["model"], **dict(settings.get("model", {}))}
     key = "_celltx_modality"
     padded = pad_mosaic(mdata, modality_key=key)
+    n_top = cfg.get("peak_panel")
+    if n_top is not None and padded.mod[atac_mod].n_vars > int(n_top):
+        atac = padded.mod[atac_mod]
+        keep = peak_panel(atac, n_top=int(n_top), layer=atac_layer)
+        padded.mod[atac_mod] = atac[:, keep].copy()
+        padded.update()
     mods = {"rna_layer": rna_mod, "atac_layer": atac_mod}
     ScGPT.setup_mudata(padded, rna_layer=rna_layer, atac_layer=atac_layer, modalities=mods)
     scvi.settings.seed = seed
     torch.manual_seed(seed)
     model = ScGPT(padded, **cfg["model"])
     model.train(
-        max_epochs=cfg["epochs"],
+        max_epochs=multiome_recipe_epochs(padded.n_obs, cfg),
+        task=cfg.get("task"),
         lr=cfg["lr"],
         batch_size=cfg["batch_size"],
         accelerator=cfg["accelerator"],

@@ -30,9 +30,9 @@ from ._baselines import (
     wnn_graph,
 )
 from ._celltx import (
-    MULTIOME_CELLTX_DEFAULTS,
     celltx_multiome_embeddings,
     fit_celltx_multiome,
+    multiome_recipe_epochs,
 )
 from ._metrics import _modality_groups, _modality_scores, _silhouette_label, foscttm, graph_scores
 from ._mudata import _get_mod
@@ -295,9 +295,7 @@ def multiome(
         if err is None:
             model, padded = fitted
             seconds["celltx_joint"] = time.perf_counter() - start
-            epochs["celltx_joint"] = int(
-                (celltx_kwargs or {}).get("epochs", MULTIOME_CELLTX_DEFAULTS["epochs"])
-            )
+            epochs["celltx_joint"] = multiome_recipe_epochs(padded.n_obs, dict(celltx_kwargs or {}))
             start = time.perf_counter()
             emb, err = guarded(
                 "celltx embeddings", celltx_multiome_embeddings, model, padded, rna_mod, atac_mod
