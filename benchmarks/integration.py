@@ -1,5 +1,6 @@
 """Batch-integration benchmark: celltx (scGPT's integration recipe) next to unintegrated
-PCA, Harmony and scVI, scored with scib-metrics (:func:`celltx.bench.integration`).
+PCA, Harmony, scVI and scANVI (given the labels), scored with scib-metrics
+(:func:`celltx.bench.integration`).
 
 Default data: CellBench (``../shared/data/cellbench_5batches.h5ad``: 5 lung-adenocarcinoma
 cell lines in 5 batches, 2 technologies; doublets dropped), raw counts, 2,000 highly

@@ -28,6 +28,7 @@ from ._integration import (
     harmony_embedding,
     integration,
     pca_embedding,
+    scanvi_embedding,
     scvi_embedding,
 )
 from ._multiome._baselines import (
@@ -98,6 +99,7 @@ __all__ = [
     "pca_embedding",
     "scvi_embedding",
     "harmony_embedding",
+    "scanvi_embedding",
     "INTEGRATION_BASELINES",
     "INTEGRATION_METHODS",
     "INTEGRATION_CELLTX_DEFAULTS",

@@ -1,6 +1,6 @@
 """Batch-integration benchmark: scib-metrics on celltx and baseline embeddings.
 
-The baselines (unintegrated PCA, scVI, Harmony) are those of ``_baselines``;
+The baselines (unintegrated PCA, scVI, Harmony, scANVI) are those of ``_baselines``;
 :func:`integration` scores them next to celltx's recipe and the caller's embeddings.
 """
 
@@ -18,14 +18,23 @@ from anndata import AnnData
 
 from celltx.nn import preset
 
-from ._baselines import harmony_embedding, pca_embedding, scvi_embedding
-from ._inputs import expression_kind, get_expression, layer_label, skip_note
+from ._baselines import (
+    harmony_embedding,
+    pca_embedding,
+    scvi_embedding,
+    train_scanvi,
+    train_scvi,
+)
+from ._inputs import expression_kind, get_expression, is_counts, layer_label, skip_note
 from ._runner import run_methods
 
 logger = logging.getLogger(__name__)
 
 #: the baselines of :func:`~celltx.bench.integration`
-INTEGRATION_BASELINES = ("pca", "scvi", "harmony")
+INTEGRATION_BASELINES = ("pca", "scvi", "harmony", "scanvi")
+
+#: the table's row of each baseline that is not PCA, in the order they run
+_BASELINE_ROWS = (("harmony", "Harmony"), ("scvi", "scVI"), ("scanvi", "scANVI"))
 
 #: the methods of :func:`~celltx.bench.integration`: celltx's recipe and the baselines
 INTEGRATION_METHODS = ("celltx", *INTEGRATION_BASELINES)
@@ -75,6 +84,62 @@ def celltx_integration_embedding(
     return model.get_latent_representation()
 
 
+def scanvi_embedding(
+    adata: AnnData,
+    batch_key: str,
+    labels_key: str,
+    layer: str | None = None,
+    seed: int = 0,
+    scvi_kwargs: Mapping | None = None,
+    **kwargs,
+) -> np.ndarray:
+    """Latent space of scvi-tools' scANVI, started from scVI, with the labels of ``labels_key``.
+
+    scVI is trained as :func:`~celltx.bench.scvi_embedding` trains it (raw counts, 2,000
+    highly variable genes per batch, ``scvi_kwargs``: ``n_latent`` 30, ``max_epochs``, …),
+    then scANVI from it (``SCANVI.from_scvi_model``; ``kwargs`` go to ``SCANVI.train``,
+    e.g. ``max_epochs``). Cells without a label are scANVI's unlabelled cells. scANVI sees
+    the labels it is scored on (as in scib's benchmarks): its bio conservation is that of
+    a supervised method.
+
+    Returns ``(n_cells, n_latent)`` float32 latent means; the data is not modified.
+
+    Examples
+    --------
+    >>> emb = celltx.bench.scanvi_embedding(adata, "batch", "cell_type")  # doctest: +SKIP
+    >>> emb.shape  # doctest: +SKIP
+    (1021, 30)
+    """
+    import scanpy as sc
+
+    x = get_expression(adata, layer)
+    if not is_counts(x):
+        raise ValueError(
+            "scANVI needs raw counts (non-negative integers); pass the layer that holds them "
+            "(counts_layer=...) or leave 'scanvi' out of the baselines."
+        )
+    labels = adata.obs[labels_key].astype(object)
+    known = set(labels.dropna().astype(str))
+    unlabeled = next(u for u in ("unlabeled", "<unlabeled>", "<no label>") if u not in known)
+    a = AnnData(X=x.copy(), obs=adata.obs[[batch_key]].copy())
+    a.var_names = adata.var_names.copy()
+    a.obs["_scanvi_label"] = np.where(labels.isna(), unlabeled, labels.astype(str))
+    kw = dict(scvi_kwargs or {})
+    n_top = kw.pop("n_top_genes", 2000)
+    if a.n_vars > n_top:
+        sc.pp.highly_variable_genes(
+            a, n_top_genes=n_top, flavor="seurat_v3", batch_key=batch_key, subset=True
+        )
+    n_latent = kw.pop("n_latent", 30)
+    vae = train_scvi(
+        a, batch_key=batch_key, labels_key="_scanvi_label", seed=seed, n_latent=n_latent, **kw
+    )
+    if "accelerator" in kw:
+        kwargs.setdefault("accelerator", kw["accelerator"])
+    model = train_scanvi(vae, "_scanvi_label", unlabeled, **kwargs)
+    return model.get_latent_representation().astype(np.float32)
+
+
 #: Up to this many cells, scib-metrics' neighbour graphs are exact (scikit-learn)
 EXACT_NEIGHBORS_MAX = 50_000
 
@@ -117,13 +182,14 @@ def integration(
     The embeddings are scored next to baselines computed here. Wraps scib-metrics'
     :class:`~scib_metrics.benchmark.Benchmarker`. The baselines: ``"pca"``
     (unintegrated; also the pre-integration reference of the PCR comparison),
-    ``"scvi"`` (scvi-tools' scVI with ``batch_key``, on counts) and ``"harmony"``
-    (harmonypy on that PCA, when installed).
+    ``"scvi"`` (scvi-tools' scVI with ``batch_key``, on counts), ``"harmony"``
+    (harmonypy on that PCA, when installed) and ``"scanvi"`` (scANVI started from scVI and
+    given the labels of ``labels_key``, on counts; :func:`scanvi_embedding`).
 
     The expression (``X`` or ``counts_layer``) may hold raw counts or log-normalised values
     (told apart on a sample of the values): PCA normalises counts (10,000 per cell, log1p)
-    and takes log-normalised values as they are; scVI needs counts and is skipped (with a
-    warning and a row saying why) when there are none. A baseline that fails (Harmony,
+    and takes log-normalised values as they are; scVI and scANVI need counts and are
+    skipped (with a warning and a row saying why) when there are none. A baseline that fails (Harmony,
     scVI) does not stop the benchmark: its row has NaN scores and the exception in
     ``error``, with a warning. Bad arguments raise before anything is trained.
 
@@ -133,26 +199,31 @@ def integration(
         Cells × genes with raw counts or log-normalised expression; not modified.
     batch_key, labels_key
         ``obs`` columns with batches and cell types. Cells with a missing label are left
-        out (with a warning).
+        out of the scores (with a warning); scANVI trains on them as unlabelled cells.
     embeddings
         ``{name: obsm key or (n_cells, d) array}`` to score, e.g. ``{"celltx":
         "X_scgpt"}``.
     baselines
-        Any of ``"pca"``, ``"scvi"``, ``"harmony"`` (ignored when ``methods`` is given).
+        Any of ``"pca"``, ``"scvi"``, ``"harmony"``, ``"scanvi"`` (ignored when ``methods``
+        is given).
     methods
-        Any of ``"celltx"``, ``"pca"``, ``"scvi"``, ``"harmony"``: the baselines plus
+        Any of ``"celltx"``, ``"pca"``, ``"scvi"``, ``"harmony"``, ``"scanvi"``: the
+        baselines plus
         ``"celltx"``, celltx's integration recipe trained from scratch here
         (:func:`celltx_integration_embedding`, :data:`INTEGRATION_CELLTX_DEFAULTS`).
     method_kwargs
         ``{"celltx": settings}``: overrides of the recipe (``epochs``, ``lr``,
-        ``batch_size``, ``accelerator``, ``model``: keyword arguments of the model).
+        ``batch_size``, ``accelerator``, ``model``: keyword arguments of the model);
+        ``{"scanvi": kwargs}``: arguments of scANVI's ``SCANVI.train`` (``max_epochs``, …;
+        its scVI model takes ``scvi_kwargs``).
     counts_layer
         Layer with the expression for PCA / scVI (default ``X``): raw counts (needed by
         scVI) or log-normalised values.
     seed
         Seed of the baselines.
     scvi_kwargs
-        Arguments of :func:`scvi_embedding` (``max_epochs``, ``n_latent``, …).
+        Arguments of :func:`scvi_embedding` (``max_epochs``, ``n_latent``, …), also those
+        of the scVI model scANVI starts from.
     fast
         Skip the slowest metrics (kBET, isolated labels) — for tests and quick looks.
     plot_dir
@@ -165,8 +236,8 @@ def integration(
     pandas.DataFrame
         scib-metrics' results (``Benchmarker.get_results(min_max_scale=False)``): one row
         per embedding, metric columns, aggregate ``Bio conservation``, ``Batch
-        correction`` and ``Total``, ``seconds`` (time to compute the embedding; NaN for
-        embeddings passed in), and ``error`` (``None``, or why a baseline failed or
+        correction`` and ``Total``, ``seconds`` (time to compute the embedding, scANVI's
+        with its scVI pretraining; NaN for embeddings passed in), and ``error`` (``None``, or why a baseline failed or
         was skipped: its scores are then NaN); the last row, ``Metric Type``, names each
         column's group. With ``return_embeddings``, ``(table, embeddings)`` (the
         embeddings that were computed).
@@ -196,9 +267,11 @@ def integration(
     unknown = [b for b in baselines if b not in INTEGRATION_BASELINES]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {list(INTEGRATION_BASELINES)}.")
-    extra = set(method_kwargs or {}) - {"celltx"}
+    extra = set(method_kwargs or {}) - {"celltx", "scanvi"}
     if extra:
-        raise ValueError(f"method_kwargs takes settings of 'celltx' only; got {sorted(extra)}.")
+        raise ValueError(
+            f"method_kwargs takes settings of 'celltx' and 'scanvi' only; got {sorted(extra)}."
+        )
     for key, arg in ((batch_key, "batch_key"), (labels_key, "labels_key")):
         if key not in adata.obs:
             raise ValueError(f"{arg}={key!r} is not a column of adata.obs.")
@@ -238,25 +311,26 @@ def integration(
     kind = expression_kind(get_expression(adata, layer), where)
     errors: dict[str, str] = {}  # failed or skipped baselines
     no_harmony = "harmony" in baselines and importlib.util.find_spec("harmonypy") is None
-    no_scvi = (
-        f"scVI needs raw counts and {where} holds log-normalised values; pass counts_layer= "
+    no_counts = {  # the baselines that need raw counts, where there are none
+        b: f"{n} needs raw counts and {where} holds log-normalised values; pass counts_layer= "
         "naming a layer of raw counts to include it."
-        if "scvi" in baselines and kind != "counts"
-        else None
-    )
-    runnable = [
-        b
-        for b in baselines
-        if not (b == "harmony" and no_harmony) and not (b == "scvi" and no_scvi)
-    ]
+        for b, n in (("scvi", "scVI"), ("scanvi", "scANVI"))
+        if b in baselines and kind != "counts"
+    }
+    runnable = [b for b in baselines if not (b == "harmony" and no_harmony) and b not in no_counts]
     if not arrays and not runnable:
-        why = "harmonypy is not installed" if no_harmony and not no_scvi else no_scvi
+        why = (
+            "harmonypy is not installed"
+            if no_harmony and not no_counts
+            else next(iter(no_counts.values()))
+        )
         raise ValueError(f"Nothing to score: {why}; pass embeddings or other baselines.")
     if no_harmony:
         warnings.warn("harmonypy is not installed; leaving Harmony out.", UserWarning, stacklevel=2)
         baselines.remove("harmony")
-    if no_scvi:
-        errors["scVI"] = skip_note("scVI", no_scvi)
+    for b, n in _BASELINE_ROWS:
+        if b in no_counts:
+            errors[n] = skip_note(n, no_counts[b])
     seconds: dict[str, float] = {}
 
     def _keep(runs) -> None:  # the embeddings of the runs that worked, the others' errors
@@ -284,20 +358,25 @@ def integration(
         arrays["PCA (unintegrated)"] = x_pca
         seconds["PCA (unintegrated)"] = t_pca
     order = (["celltx"] if train_celltx and "celltx" in errors else []) + list(arrays)
-    order += [n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines]
+    rows = [n for b, n in _BASELINE_ROWS if b in baselines]
+    order += rows
 
     def run(method, _seed):
         if method == "Harmony":
             return harmony_embedding(x_pca, adata.obs[[batch_key]].copy(), batch_key, seed)
+        if method == "scANVI":
+            return scanvi_embedding(
+                adata,
+                batch_key,
+                labels_key,
+                layer,
+                seed,
+                scvi_kwargs,
+                **dict((method_kwargs or {}).get("scanvi", {})),
+            )
         return scvi_embedding(adata, batch_key, layer, seed, **dict(scvi_kwargs or {}))
 
-    _keep(
-        run_methods(
-            [n for b, n in (("harmony", "Harmony"), ("scvi", "scVI")) if b in baselines],
-            run,
-            skipped={n: errors[n] for n in ("scVI",) if n in errors},
-        )
-    )
+    _keep(run_methods(rows, run, skipped={n: errors[n] for n in ("scVI", "scANVI") if n in errors}))
     if "Harmony" in seconds:
         seconds["Harmony"] += t_pca  # Harmony corrects the PCA
     if not arrays:  # every baseline failed at run time
