@@ -7,6 +7,7 @@ The methods (celltx and the baselines, each trained and applied on one fold) are
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -347,9 +348,8 @@ def annotation(
     else:
         counts = x if kind == "counts" else None
     if "celltypist" in methods:
-        try:
-            import celltypist  # noqa: F401
-        except ImportError:
+        # found, not imported: celltypist's import silences every later UserWarning
+        if importlib.util.find_spec("celltypist") is None:
             warnings.warn("celltypist is not installed; leaving it out.", UserWarning, stacklevel=2)
             methods.remove("celltypist")
     reasons = {}

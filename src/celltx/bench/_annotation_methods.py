@@ -120,7 +120,11 @@ def _scanvi(data, y, train, test, seed, **kw):
 
 
 def _celltypist(data, y, train, test, seed, **kw):
-    import celltypist
+    with warnings.catch_warnings():
+        # celltypist's classifier module calls warnings.simplefilter("ignore", UserWarning)
+        # (and FutureWarning, RuntimeWarning) at import, which would silence every later
+        # warning of the user's session; the filters are restored when this block ends
+        import celltypist
 
     X = data.X  # log1p-CP10k (or the caller's log-normalised values)
     with warnings.catch_warnings():
