@@ -66,9 +66,16 @@ def main() -> None:
         cpu = time.process_time()
         df = celltx.bench.imputation(adata, methods=methods, method_kwargs=settings, seed=args.seed)
         epochs = settings.get("celltx", {}).get("epochs")
-        if epochs is None:  # the recipe: its budgeted epochs
+        if "celltx" not in methods:  # baselines: celltx's epochs do not apply
+            epochs = float("nan")
+        elif epochs is None:  # the recipe: its budgeted epochs
             defaults = celltx.bench.IMPUTATION_CELLTX_DEFAULTS
-            epochs = train_budget(adata.n_obs, defaults["epochs"], defaults["budget_cells"])
+            epochs = train_budget(
+                adata.n_obs,
+                defaults["epochs"],
+                defaults["budget_cells"],
+                exponent=defaults.get("budget_exponent", 0.5),
+            )
         df.insert(1, "epochs", epochs)
         # CPU seconds of the whole call (one thread: about its time on an idle core)
         df["cpu_seconds_all_methods"] = time.process_time() - cpu
