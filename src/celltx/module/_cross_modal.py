@@ -12,7 +12,7 @@ from celltx.nn import ScGPTConfig
 
 from ._constants import ATAC_KEY, VIEW_JOINT
 from ._losses import cross_modal_loss
-from ._objectives import PARTS, WHOLE, Part, PartLoss, register_part
+from ._objectives import PARTS, WHOLE, Part, PartLoss, needs_rna_and_atac, register_part
 
 if TYPE_CHECKING:
     from ._scgpt import ScGPTModule
@@ -71,12 +71,7 @@ class CrossModal(Part):
         self.gap = 2.0
 
     def available(self, module: ScGPTModule) -> str | None:
-        if not module.multimodal:
-            return (
-                "The cross-modal loss needs RNA and ATAC: set up a MuData with "
-                "ScGPT.setup_mudata(mdata, ...) and build the model again."
-            )
-        return None
+        return needs_rna_and_atac(module, "The cross-modal loss")
 
     def _view(
         self,

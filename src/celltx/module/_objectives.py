@@ -172,6 +172,16 @@ def register_part(part: Part) -> Part:
     return part
 
 
+def needs_rna_and_atac(module: ScGPTModule, what: str) -> str | None:
+    """``Part.available`` of a part that needs both modalities: why not, or ``None``."""
+    if not module.multimodal:
+        return (
+            f"{what} needs RNA and ATAC: set up a MuData with "
+            "ScGPT.setup_mudata(mdata, ...) and build the model again."
+        )
+    return None
+
+
 def _unknown(inference: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Float mask of the unknown real tokens and the rows that have any."""
     tokens = inference["tokens"]
@@ -380,12 +390,7 @@ class ModalityAlignment(Part):
         self.temperature = config.align_temperature
 
     def available(self, module: ScGPTModule) -> str | None:
-        if not module.multimodal:
-            return (
-                "An alignment loss needs RNA and ATAC: set up a MuData with "
-                "ScGPT.setup_mudata(mdata, ...) and build the model again."
-            )
-        return None
+        return needs_rna_and_atac(module, "An alignment loss")
 
     def __call__(
         self,
