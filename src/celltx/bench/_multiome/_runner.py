@@ -43,7 +43,7 @@ logger = logging.getLogger(__package__)
 
 def multiome(
     mdata: MuData,
-    labels_key: str,
+    labels_key: str | None,
     embeddings: Mapping[str, np.ndarray | str] | None = None,
     baselines: Sequence[str] = MULTIOME_BASELINES,
     modality_key: str | None = None,
@@ -96,6 +96,12 @@ def multiome(
     accuracy as the edge-weighted vote of each cell's graph neighbours) and covers the
     cells measured in both modalities; its silhouette, FOSCTTM and mixing scores are NaN.
 
+    Without labels (``labels_key=None``, e.g. the 10x Multiome PBMC subset) only the
+    label-free scores are computed: ``foscttm``, ``seconds``, ``epochs`` and, with
+    ``modality_key``, ``modality_mixing``; the label columns (Leiden, silhouette, kNN
+    accuracy, ``cross_modality_label_agreement``) are NaN, ``n_clusters`` 0, and
+    ``n_cells`` counts the cells the embedding covers.
+
     With ``modality_key`` (mosaic data; values ``"paired"``, ``"rna"``/``"expression"``,
     ``"atac"``/``"accessibility"``), two more, NaN when the embedding covers no RNA-only or
     no ATAC-only cell:
@@ -130,7 +136,8 @@ def multiome(
         MuData with RNA and ATAC modalities (raw counts, or log-normalised RNA, for the
         baselines); not modified.
     labels_key
-        Column of ``mdata.obs`` with cell types.
+        Column of ``mdata.obs`` with cell types; ``None`` for data without labels
+        (label-free scores only, see above).
     embeddings
         ``{name: array (n_obs, d) or key of mdata.obsm}``; NaN rows mark uncovered cells.
     baselines
@@ -216,10 +223,11 @@ def multiome(
         run_celltx = False
     if celltx_kwargs is not None and not run_celltx:
         raise ValueError('celltx_kwargs is given but "celltx" is not among methods.')
-    if labels_key not in mdata.obs:
+    if labels_key is not None and labels_key not in mdata.obs:
         raise ValueError(
             f"labels_key={labels_key!r} is not a column of mdata.obs (columns: "
-            f"{list(mdata.obs.columns)}); if it lives in a modality, call mdata.pull_obs()."
+            f"{list(mdata.obs.columns)}); if it lives in a modality, call mdata.pull_obs(); "
+            "for data without labels pass labels_key=None (label-free scores only)."
         )
     if modality_key is not None and modality_key not in mdata.obs:
         raise ValueError(f"modality_key={modality_key!r} is not a column of mdata.obs.")
@@ -350,9 +358,14 @@ def multiome(
         stem = name[: -len("_joint")] if name.endswith("_joint") else None
         if stem and f"{stem}_rna" in arrays and f"{stem}_atac" in arrays:
             pairs[name] = (arrays[f"{stem}_rna"], arrays[f"{stem}_atac"])
-    labels_all = mdata.obs[labels_key]
-    has_label = labels_all.notna().to_numpy()
-    labels_all = labels_all.astype(str).to_numpy()
+    labelled = labels_key is not None
+    if labelled:
+        labels_all = mdata.obs[labels_key]
+        has_label = labels_all.notna().to_numpy()
+        labels_all = labels_all.astype(str).to_numpy()
+    else:  # label-free scores only: every cell counts, the label columns stay NaN
+        has_label = np.ones(n, dtype=bool)
+        labels_all = np.zeros(n, dtype=str)
 
     def _empty() -> dict[str, float]:
         return dict(
@@ -367,25 +380,31 @@ def multiome(
         keep = has_label & np.isfinite(arr).all(axis=1)
         X, labels = arr[keep], labels_all[keep]
         row: dict[str, float] = {"n_cells": int(keep.sum())}
-        if keep.sum() < 3:
+        if keep.sum() < 3 or not labelled:
             row.update(_empty())
         else:
             row.update(leiden_scores(X, labels, resolutions, seed=seed))
             row["silhouette_label"] = _silhouette_label(X, labels)
         if knn:
             try:
-                row["knn_accuracy"] = float(knn_accuracy(X, labels, seed=seed).mean())
+                row["knn_accuracy"] = (
+                    float(knn_accuracy(X, labels, seed=seed).mean()) if labelled else np.nan
+                )
             except ValueError:
                 row["knn_accuracy"] = float("nan")
         if group is not None:
             row.update(_modality_scores(X, labels, group[keep], n_neighbors))
+            if not labelled:
+                row["cross_modality_label_agreement"] = np.nan
         return row
 
     def _graph_scores(graph, rows) -> dict[str, float]:
         keep = has_label[rows]
         G = graph[keep][:, keep]
         row: dict[str, float] = {"n_cells": int(keep.sum()), **_empty()}
-        if keep.sum() >= 3:
+        if knn:
+            row["knn_accuracy"] = np.nan
+        if keep.sum() >= 3 and labelled:
             row.update(graph_scores(G, labels_all[rows][keep], resolutions, seed=seed, knn=knn))
         return row
 
