@@ -81,17 +81,9 @@ class CrossModal(Part):
         batch: torch.Tensor | None,
     ) -> torch.Tensor:
         """``<cls>`` output of cells tokenized from ``x`` / ``x_atac`` (all-zero: not measured)."""
-        tokens = module.tokenize(x, x_atac=x_atac)
-        h = module.transformer.encode(
-            tokens.gene_ids,
-            tokens.values,
-            tokens.padding_mask,
-            None,
-            module._batch(batch),
-            modality=tokens.modality,
-        )
-        assert isinstance(h, torch.Tensor)
-        return h[:, 0]
+        # the module's own non-generative pass: every token known, as for an embedding
+        emb: torch.Tensor = module.inference(x, batch, generative=False, x_atac=x_atac)["cell_emb"]
+        return emb
 
     def __call__(
         self,
