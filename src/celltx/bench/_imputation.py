@@ -127,7 +127,6 @@ def _hidden_bins(model, rows: np.ndarray, cols: np.ndarray, chunk_size: int = 51
     """
     names = np.asarray(model.adata.var_names).astype(str)
     out = np.empty(len(rows), dtype=np.float64)
-    lookup = {(r, c): i for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True))}
     for group in _cell_groups(rows, cols, chunk_size):
         in_group = np.isin(rows, group)
         genes = np.unique(cols[in_group])
@@ -138,10 +137,10 @@ def _hidden_bins(model, rows: np.ndarray, cols: np.ndarray, chunk_size: int = 51
             chunk_size=chunk_size,
             return_numpy=True,
         )
-        gpos = {g: j for j, g in enumerate(genes.tolist())}
-        cpos = {c: j for j, c in enumerate(group.tolist())}
-        for r, c in zip(rows[in_group].tolist(), cols[in_group].tolist(), strict=True):
-            out[lookup[(r, c)]] = pred[cpos[r], gpos[c]]
+        # group (ascending cells) and genes (np.unique) are sorted: positions by search
+        out[in_group] = pred[
+            np.searchsorted(group, rows[in_group]), np.searchsorted(genes, cols[in_group])
+        ]
     return out
 
 
