@@ -397,9 +397,11 @@ class TrainingMixin(ModelHost):
         plan_cls = self._training_plan_cls if spec is None or spec.plan is None else spec.plan
         if chunk_size is not None:
             if not any(self.module.parts[p].chunked for p in self.module.objective):
+                chunked = ", ".join(n for n, p in self.module.parts.items() if p.chunked)
                 raise ValueError(
-                    "chunk_size is for divide-and-conquer contrastive training: pass "
-                    "task='contrastive' (or loss_weights={'contrast': 1.0})."
+                    "chunk_size is for divide-and-conquer contrastive training, which needs a "
+                    f"chunked part ({chunked}) in the objective: pass task='contrastive' (or "
+                    "loss_weights={'contrast': 1.0}), or task='multiome' for RNA + ATAC."
                 )
             plan_cls = ContrastivePlan
             plan_kwargs["chunk_size"] = int(chunk_size)
