@@ -46,7 +46,11 @@ class CrossModal(Part):
     else 0.5 / 0.2) and ``gap`` (the weight of the scale-free pull of each pair together,
     which InfoNCE alone leaves at a constant offset between modalities; 2.0). After
     training the mean ``<cls>`` output is stored (``cell_offset``), as for the RNA
-    contrastive part.
+    contrastive part. The part is :attr:`~celltx.module.Part.chunked`
+    (:meth:`embed`: a chunk's three ``<cls>`` and its masks of measured modalities;
+    :meth:`batch_loss`: the loss over the whole batch), so ``train(task="multiome",
+    chunk_size=...)`` trains it with CellLM's divide-and-conquer step, a contrastive batch
+    larger than memory.
 
     Examples
     --------
