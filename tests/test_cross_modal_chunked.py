@@ -50,6 +50,15 @@ def _batch(model, padded, n: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> bool:
+    """Equal up to float32 rounding: entries near zero against the gradients' ``scale``.
+
+    (Some gradients are zero but for rounding, e.g. of biases that the centred loss
+    cancels: about 1e-7, against gradients of order 1.)
+    """
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
 def _grads(module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
@@ -76,8 +85,9 @@ def test_divide_and_conquer_equals_the_plain_step_on_the_whole_batch():
         out = divide_and_conquer_step(m, tensors, chunk_size=7)
         dc = _grads(m)
     assert len(dc) == len(ref) > 10
+    scale = max(float(b.abs().max()) for b in ref)
     for a, b in zip(dc, ref, strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert _close(a, b, scale)
     torch.testing.assert_close(out.loss, plain.loss.detach(), rtol=1e-5, atol=1e-6)
     for key in ("cross_modal_loss", "cross_modal_nce"):
         torch.testing.assert_close(out.extra_metrics[key], plain.extra_metrics[key])
@@ -125,8 +135,9 @@ def test_divide_and_conquer_with_augmentation_and_generation_equals_one_graph():
         (cm + gen).backward()
         ref = _grads(m)
     assert len(dc) == len(ref) > 10
+    scale = max(float(b.abs().max()) for b in ref)
     for a, b in zip(dc, ref, strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert _close(a, b, scale)
     torch.testing.assert_close(out.loss, (cm + gen).detach(), rtol=1e-5, atol=1e-6)
 
 
