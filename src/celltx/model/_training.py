@@ -177,9 +177,9 @@ def train_budget(
             "of optimiser steps of batch_size cells), the cell-pass form neither."
         )
     if steps is not None:
-        for name, value in (("steps", steps), ("batch_size", batch_size)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive whole number.")
+        for key, count in (("steps", steps), ("batch_size", batch_size)):
+            if isinstance(count, bool) or count is None or int(count) != count or count < 1:
+                raise ValueError(f"{key}={count!r} must be a positive whole number.")
     elif ref_cells is not None and (isinstance(ref_cells, bool) or ref_cells < 1):
         raise ValueError(f"ref_cells={ref_cells!r} must be a positive number of cells or None.")
     if not 0 <= exponent <= 1:
