@@ -55,6 +55,57 @@ def test_train_budget_bad_input(kwargs):
         train_budget(**kwargs)
 
 
+def test_train_budget_steps_form_is_a_constant_number_of_steps():
+    # steps of batch_size cells, at most `epochs` epochs: rounded up so the budget is reached
+    assert train_budget(540, 50, steps=300, batch_size=64) == 34  # 9 steps an epoch
+    assert train_budget(2_340, 50, steps=300, batch_size=64) == 9  # 37 steps an epoch
+    assert train_budget(100, 50, steps=300, batch_size=64) == 50  # 2 steps an epoch: capped
+    assert train_budget(10**6, 50, steps=300, batch_size=64) == 1  # never below min_epochs
+    assert train_budget(10**6, 50, steps=300, batch_size=64, min_epochs=3) == 3
+    for n in range(50, 20_000, 37):
+        epochs = train_budget(n, 50, steps=300, batch_size=64)
+        per_epoch = -(-n // 64)
+        assert 1 <= epochs <= 50
+        # at least the budget's steps (unless capped), and one epoch fewer would fall short
+        assert epochs == 50 or (epochs * per_epoch >= 300 > (epochs - 1) * per_epoch)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_obs": 10, "epochs": 5, "steps": 100},
+        {"n_obs": 10, "epochs": 5, "steps": 0, "batch_size": 8},
+        {"n_obs": 10, "epochs": 5, "steps": 100, "batch_size": 0},
+        {"n_obs": 10, "epochs": 5, "batch_size": 8},
+    ],
+)
+def test_train_budget_steps_form_bad_input(kwargs):
+    with pytest.raises(ValueError, match="steps|batch_size"):
+        train_budget(**kwargs)
+
+
+def test_multiome_recipe_epochs_is_the_steps_form_of_train_budget():
+    import math
+
+    from celltx.bench import MULTIOME_CELLTX_DEFAULTS, multiome_recipe_epochs
+
+    def step_budget(n_cells, cfg, train_size):  # the recipe's rule, written out
+        per_epoch = max(math.ceil(train_size * n_cells / cfg["batch_size"]), 1)
+        return min(max(math.ceil(cfg["steps"] / per_epoch), 1), cfg["epochs"])
+
+    assert (multiome_recipe_epochs(600), multiome_recipe_epochs(2_600)) == (34, 9)
+    for settings in ({}, {"steps": 500, "batch_size": 32}, {"steps": 64, "epochs": 7}):
+        cfg = {**MULTIOME_CELLTX_DEFAULTS, **settings}
+        for train_size in (0.9, 1.0, 0.75):
+            for n in (*range(10, 3_000, 13), 10_000, 123_457):
+                got = multiome_recipe_epochs(n, settings, train_size)
+                n_train = math.ceil(train_size * n)
+                kw = dict(steps=cfg["steps"], batch_size=cfg["batch_size"])
+                assert got == train_budget(n_train, cfg["epochs"], **kw)
+                assert got == step_budget(n, cfg, train_size), (n, settings, train_size)
+    assert multiome_recipe_epochs(10**6, {"steps": None, "epochs": 12}) == 12  # no budget
+
+
 def test_recipes_carry_a_budget():
     from celltx.bench import CELLTX_DEFAULTS as ANNOTATION
     from celltx.bench import (

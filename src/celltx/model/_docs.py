@@ -87,11 +87,12 @@ freeze_layers
     Keep the gene / value embeddings and the first ``freeze_layers`` transformer
     layers fixed during this call (``-1``: all of them, train only the heads).
 chunk_size
-    With the contrastive part: CellLM's divide-and-conquer training
-    (:class:`~celltx.train.ContrastivePlan`). Each ``batch_size`` minibatch is the
-    contrastive batch (every pair of its cells is compared), encoded ``chunk_size``
-    cells at a time, so memory follows ``chunk_size`` and the contrastive batch can be
-    thousands of cells. ``None``: one pass per minibatch.
+    With a contrastive part (``task="contrastive"``, ``"integration"``, or ``"multiome"``:
+    the RNA ``contrast`` part or the cross-modal ``cross_modal`` one): CellLM's
+    divide-and-conquer training (:class:`~celltx.train.ContrastivePlan`). Each
+    ``batch_size`` minibatch is the contrastive batch (every pair of its cells is
+    compared), encoded ``chunk_size`` cells at a time, so memory follows ``chunk_size``
+    and the contrastive batch can be thousands of cells. ``None``: one pass per minibatch.
 gradient_checkpointing
     Recompute each transformer layer's activations in the backward pass instead of
     keeping them (for long sequences or large batches): less memory, about a third

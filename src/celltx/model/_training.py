@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -102,6 +104,9 @@ def train_budget(
     ref_cells: int | None = 1_000,
     exponent: float = 0.5,
     min_epochs: int = 1,
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
 ) -> int:
     """Epochs for ``n_obs`` cells under a budget of cell passes that grows sub-linearly.
 
@@ -120,12 +125,24 @@ def train_budget(
     size. Below ``ref_cells`` epochs are never raised: small data (tests, smoke runs) trains
     exactly ``epochs``. ``ref_cells=None`` switches the budget off (``epochs`` as given).
 
+    **Steps form** (``steps`` and ``batch_size``; the multiome recipe's,
+    :func:`celltx.bench.multiome_recipe_epochs`): the same rule counted in optimiser steps
+    instead of cells, with ``exponent=1``: the size is the steps of an epoch,
+    ``ceil(n_obs / batch_size)``, and the reference is ``steps / epochs`` of them, so that
+    above it every size trains about ``steps`` steps, below it ``epochs`` epochs. Rounded
+    up, so that the budget is reached:
+
+    ``max_epochs = max(min_epochs, min(epochs, ceil(steps / ceil(n_obs / batch_size))))``
+
+    ``ref_cells`` and ``exponent`` do not apply to it.
+
     Parameters
     ----------
     n_obs
         Number of training cells.
     epochs
-        Epochs at ``ref_cells`` cells and below (a recipe's ``epochs``).
+        Epochs at ``ref_cells`` cells and below (a recipe's ``epochs``; the steps form's
+        most epochs).
     ref_cells
         Cells up to which ``epochs`` apply unchanged; ``None``: no budget.
     exponent
@@ -133,6 +150,10 @@ def train_budget(
         cell passes constant above ``ref_cells``.
     min_epochs
         Never fewer epochs than this.
+    steps
+        A budget of optimiser steps instead of cell passes (with ``batch_size``).
+    batch_size
+        Cells per optimiser step (the steps form's).
 
     Returns
     -------
@@ -144,19 +165,38 @@ def train_budget(
     >>> from celltx.model import train_budget
     >>> train_budget(700, 20), train_budget(4_000, 20), train_budget(100_000, 20)
     (20, 10, 2)
+    >>> train_budget(540, 50, steps=300, batch_size=64)  # 9 steps an epoch
+    34
     """
     for name, value in (("n_obs", n_obs), ("epochs", epochs), ("min_epochs", min_epochs)):
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive whole number.")
-    if ref_cells is not None and (isinstance(ref_cells, bool) or ref_cells < 1):
+    if (steps is None) != (batch_size is None):
+        raise ValueError(
+            f"steps={steps!r}, batch_size={batch_size!r}: the steps form needs both (a budget "
+            "of optimiser steps of batch_size cells), the cell-pass form neither."
+        )
+    if steps is not None:
+        for key, count in (("steps", steps), ("batch_size", batch_size)):
+            if isinstance(count, bool) or count is None or int(count) != count or count < 1:
+                raise ValueError(f"{key}={count!r} must be a positive whole number.")
+    elif ref_cells is not None and (isinstance(ref_cells, bool) or ref_cells < 1):
         raise ValueError(f"ref_cells={ref_cells!r} must be a positive number of cells or None.")
     if not 0 <= exponent <= 1:
         raise ValueError(
             f"exponent={exponent!r} must be in [0, 1] (0: fixed epochs, 1: fixed cell passes)."
         )
-    if ref_cells is None or n_obs <= ref_cells:
+    if steps is not None and batch_size is not None:
+        # the size counted in steps; exponent 1, exact (a fraction), rounded up
+        size = -(-int(n_obs) // int(batch_size))
+        ref: Fraction | int | None = Fraction(int(steps), int(epochs))
+    else:
+        size, ref = int(n_obs), ref_cells
+    if ref is None or size <= ref:
         return int(epochs)
-    return max(int(min_epochs), round(epochs * (ref_cells / n_obs) ** exponent))
+    if isinstance(ref, Fraction):
+        return max(int(min_epochs), math.ceil(epochs * ref / size))
+    return max(int(min_epochs), round(epochs * (ref / size) ** exponent))
 
 
 def uses_ddp(strategy) -> bool:
@@ -397,9 +437,11 @@ class TrainingMixin(ModelHost):
         plan_cls = self._training_plan_cls if spec is None or spec.plan is None else spec.plan
         if chunk_size is not None:
             if not any(self.module.parts[p].chunked for p in self.module.objective):
+                chunked = ", ".join(n for n, p in self.module.parts.items() if p.chunked)
                 raise ValueError(
-                    "chunk_size is for divide-and-conquer contrastive training: pass "
-                    "task='contrastive' (or loss_weights={'contrast': 1.0})."
+                    "chunk_size is for divide-and-conquer contrastive training, which needs a "
+                    f"chunked part ({chunked}) in the objective: pass task='contrastive' (or "
+                    "loss_weights={'contrast': 1.0}), or task='multiome' for RNA + ATAC."
                 )
             plan_cls = ContrastivePlan
             plan_kwargs["chunk_size"] = int(chunk_size)

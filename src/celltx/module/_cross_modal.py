@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from scvi import REGISTRY_KEYS
 
-from celltx.data import augment_views
+from celltx.data import PARTNER_KEY, augment_views
 from celltx.nn import ScGPTConfig
 
 from ._constants import ATAC_KEY, VIEW_JOINT
@@ -46,7 +46,11 @@ class CrossModal(Part):
     else 0.5 / 0.2) and ``gap`` (the weight of the scale-free pull of each pair together,
     which InfoNCE alone leaves at a constant offset between modalities; 2.0). After
     training the mean ``<cls>`` output is stored (``cell_offset``), as for the RNA
-    contrastive part.
+    contrastive part. The part is :attr:`~celltx.module.Part.chunked`
+    (:meth:`embed`: a chunk's three ``<cls>`` and its masks of measured modalities;
+    :meth:`batch_loss`: the loss over the whole batch), so ``train(task="multiome",
+    chunk_size=...)`` trains it with CellLM's divide-and-conquer step, a contrastive batch
+    larger than memory.
 
     Examples
     --------
@@ -63,6 +67,7 @@ class CrossModal(Part):
     pass_ = WHOLE
     metrics = ("cross_modal_loss", "cross_modal_nce")
     after = ("cell_offset",)
+    chunked = True
 
     def configure(self, config: ScGPTConfig) -> None:
         self.temperature = config.contrast_temperature
@@ -85,13 +90,15 @@ class CrossModal(Part):
         emb: torch.Tensor = module.inference(x, batch, generative=False, x_atac=x_atac)["cell_emb"]
         return emb
 
-    def __call__(
-        self,
-        module: ScGPTModule,
-        tensors: dict[str, torch.Tensor],
-        inference: dict[str, Any],
-        predictions: dict[str, torch.Tensor],
-    ) -> PartLoss:
+    def embed(
+        self, module: ScGPTModule, tensors: dict[str, torch.Tensor], inference: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The joint, RNA-view and ATAC-view ``<cls>`` of each cell, and which it was measured in.
+
+        ``joint`` is the encoder pass's (``inference``; with generation beside it, its
+        whole-cell rows); ``rna`` / ``atac`` encode each modality alone, augmented (random:
+        drawn from the global random state); ``has_rna`` / ``has_atac``: boolean masks.
+        """
         x = tensors[REGISTRY_KEYS.X_KEY]
         xa = tensors[ATAC_KEY]
         x = (x.to_dense() if x.is_sparse else x).float()
@@ -115,12 +122,42 @@ class CrossModal(Part):
             augment_views(xa, self.thinning, self.dropout),
             batch,
         )
+        return {
+            "joint": joint.float(),
+            "rna": rna.float(),
+            "atac": atac.float(),
+            "has_rna": has_rna,
+            "has_atac": has_atac,
+        }
+
+    def batch_loss(
+        self, embeddings: dict[str, torch.Tensor], partner: torch.Tensor | None = None
+    ) -> PartLoss:
+        """:func:`~celltx.module.cross_modal_loss` of :meth:`embed`'s rows of a whole batch."""
+        e = embeddings
+        extra = {} if partner is None else {"partner": partner}
         loss, nce = cross_modal_loss(
-            joint, rna, atac, has_rna, has_atac, self.temperature, self.gap
+            e["joint"],
+            e["rna"],
+            e["atac"],
+            e["has_rna"],
+            e["has_atac"],
+            self.temperature,
+            self.gap,
+            **extra,
         )
         return PartLoss(
             loss, None, {"cross_modal_loss": loss.detach(), "cross_modal_nce": nce.detach()}
         )
+
+    def __call__(
+        self,
+        module: ScGPTModule,
+        tensors: dict[str, torch.Tensor],
+        inference: dict[str, Any],
+        predictions: dict[str, torch.Tensor],
+    ) -> PartLoss:
+        return self.batch_loss(self.embed(module, tensors, inference), tensors.get(PARTNER_KEY))
 
 
 if CrossModal.name not in PARTS:  # a second import of this file (doctest collection)

@@ -104,7 +104,8 @@ class Part:
     #: whether it can train from a datamodule (reads no registry field but the counts)
     from_datamodule: ClassVar[bool] = False
     #: whether a divide-and-conquer plan computes its loss over the whole batch
-    #: (:class:`~celltx.train.ContrastivePlan`)
+    #: (:class:`~celltx.train.ContrastivePlan`); such a part splits its loss into
+    #: :meth:`embed` (a chunk's embeddings) and :meth:`batch_loss` (over the whole batch)
     chunked: ClassVar[bool] = False
 
     def __init__(self, weight: float = 0.0):
@@ -143,6 +144,30 @@ class Part:
     ) -> PartLoss:
         """The part's loss for one minibatch."""
         raise NotImplementedError
+
+    def embed(
+        self, module: ScGPTModule, tensors: dict[str, torch.Tensor], inference: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """A :attr:`chunked` part's embeddings of the cells of ``tensors``, by name.
+
+        ``inference``: the module's encoder pass of those cells. Every value has one row per
+        cell, in the order of ``tensors``: floating-point values are embeddings (a
+        divide-and-conquer step backpropagates into them), others (boolean masks, codes)
+        carry no gradient. Any random draws must come from the global random state, which
+        the step records and restores to encode a chunk again. :meth:`batch_loss` of the
+        rows of every chunk, concatenated, is the part's loss over the whole batch.
+        """
+        raise NotImplementedError(f"The {self.name!r} part is not chunked.")
+
+    def batch_loss(
+        self, embeddings: dict[str, torch.Tensor], partner: torch.Tensor | None = None
+    ) -> PartLoss:
+        """A :attr:`chunked` part's loss over a whole batch of :meth:`embed` rows.
+
+        ``partner``: each row's positive partner, a row of the same batch (``-1``: none), when
+        the batch carries :data:`~celltx.data.PARTNER_KEY`.
+        """
+        raise NotImplementedError(f"The {self.name!r} part is not chunked.")
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -490,6 +515,21 @@ class Contrastive(Part):
         """:func:`contrastive_loss` of the two views with this part's settings."""
         return contrastive_loss(z1, z2, self.temperature, partner, self.filter)
 
+    def embed(
+        self, module: ScGPTModule, tensors: dict[str, torch.Tensor], inference: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The two views' ``<cls>`` of each cell: ``z1`` (rows ``0..B-1``), ``z2`` (``B..2B-1``)."""
+        cell_emb = inference["cell_emb"].float()
+        half = cell_emb.shape[0] // 2
+        return {"z1": cell_emb[:half], "z2": cell_emb[half:]}
+
+    def batch_loss(
+        self, embeddings: dict[str, torch.Tensor], partner: torch.Tensor | None = None
+    ) -> PartLoss:
+        """:meth:`pair_loss` of the two views."""
+        loss = self.pair_loss(embeddings["z1"], embeddings["z2"], partner)
+        return PartLoss(loss, None, {"contrast_loss": loss.detach()})
+
     def __call__(
         self,
         module: ScGPTModule,
@@ -497,10 +537,7 @@ class Contrastive(Part):
         inference: dict[str, Any],
         predictions: dict[str, torch.Tensor],
     ) -> PartLoss:
-        cell_emb = inference["cell_emb"]
-        half = cell_emb.shape[0] // 2
-        loss = self.pair_loss(cell_emb[:half], cell_emb[half:], tensors.get(PARTNER_KEY))
-        return PartLoss(loss, None, {"contrast_loss": loss.detach()})
+        return self.batch_loss(self.embed(module, tensors, inference), tensors.get(PARTNER_KEY))
 
 
 class CellText(Part):

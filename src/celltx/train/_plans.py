@@ -91,13 +91,15 @@ class ContrastivePlan(PretrainingPlan):
 
     Each training step takes the loader's whole minibatch as the contrastive batch and runs
     :func:`~celltx.train.divide_and_conquer_step` on it, ``chunk_size`` cells at a time
-    (Lightning's manual optimisation): the contrastive loss sees every pair of the batch,
+    (Lightning's manual optimisation): the contrastive loss (the RNA two-view ``contrast``
+    or the multiome ``cross_modal``) sees every pair of the batch,
     memory grows with ``chunk_size`` only. Validation is as in :class:`PretrainingPlan`.
 
     Parameters
     ----------
     module
-        A :class:`~celltx.module.ScGPTModule` whose objective includes ``contrast``.
+        A :class:`~celltx.module.ScGPTModule` whose objective includes a chunked part
+        (:attr:`celltx.module.Part.chunked`: ``contrast`` or ``cross_modal``).
     chunk_size
         Cells encoded with gradients at a time.
     **kwargs

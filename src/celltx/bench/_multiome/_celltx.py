@@ -46,8 +46,9 @@ def multiome_recipe_epochs(
 ) -> int:
     """Epochs of the multiome recipe on ``n_cells`` cells: its step budget, at most ``epochs``.
 
-    ``ceil(steps / steps per epoch)`` with ``ceil(train_size * n_cells / batch_size)``
-    steps per epoch, between 1 and ``epochs`` (``settings`` override
+    The steps form of :func:`celltx.model.train_budget` (kept as a thin wrapper with the
+    recipe's settings): ``ceil(steps / steps per epoch)`` with ``ceil(train_size * n_cells
+    / batch_size)`` steps per epoch, between 1 and ``epochs`` (``settings`` override
     :data:`MULTIOME_CELLTX_DEFAULTS`; ``steps=None``: ``epochs``).
 
     Examples
@@ -56,11 +57,16 @@ def multiome_recipe_epochs(
     >>> multiome_recipe_epochs(600), multiome_recipe_epochs(2600)
     (34, 9)
     """
+    from celltx.model import train_budget
+
     cfg = {**MULTIOME_CELLTX_DEFAULTS, **dict(settings or {})}
     if cfg.get("steps") is None:
         return int(cfg["epochs"])
-    per_epoch = max(math.ceil(train_size * n_cells / int(cfg["batch_size"])), 1)
-    return int(min(max(math.ceil(int(cfg["steps"]) / per_epoch), 1), int(cfg["epochs"])))
+    # ceil(ceil(a) / b) = ceil(a / b): the training cells, rounded up, give the same steps
+    n_train = max(math.ceil(train_size * n_cells), 1)
+    return train_budget(
+        n_train, int(cfg["epochs"]), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"])
+    )
 
 
 def fit_celltx_multiome(
