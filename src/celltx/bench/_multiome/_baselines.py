@@ -23,9 +23,10 @@ from ._mudata import _get_mod, _positions, _scatter_rows
 MULTIOME_BASELINES = ("rna_pca", "atac_lsi", "multivi")
 """Baselines of :func:`multiome`: RNA PCA, ATAC LSI and scvi-tools' MULTIVI."""
 
-MULTIOME_METHODS = ("celltx", "rna_pca", "atac_lsi", "wnn", "multivi")
+MULTIOME_METHODS = ("celltx", "rna_pca", "atac_lsi", "wnn", "multivi", "glue")
 """Methods of :func:`multiome` (``methods=``): celltx trained with
-:data:`MULTIOME_CELLTX_DEFAULTS`, RNA PCA, ATAC LSI, muon's WNN graph and MULTIVI."""
+:data:`MULTIOME_CELLTX_DEFAULTS`, RNA PCA, ATAC LSI, muon's WNN graph, MULTIVI and GLUE
+(``scglue``, the optional extra ``celltx[glue]``)."""
 
 
 def atac_lsi_embedding(
@@ -540,37 +541,54 @@ def _window_links(
     return np.concatenate(gi), np.concatenate(pi), np.concatenate(dist).astype(np.int64)
 
 
-def _glue_guidance(
+_GLUE_OPTIONS = (
+    "max_seconds",
+    "max_epochs",
+    "genome",
+    "gene_symbols",
+    "extend_range",
+    "promoter_len",
+    "n_comps",
+    "n_top_genes",
+    "init_kws",
+    "fit_kws",
+)
+"""Keys of ``glue_kwargs`` in :func:`multiome`."""
+_GLUE_MISSING = "scglue is not installed; pip install 'celltx[glue]' to include GLUE."
+_LINK_KEYS = ("genome", "gene_symbols", "extend_range", "promoter_len")
+
+
+def _link_kwargs(glue_kwargs: Mapping | None) -> dict[str, Any]:
+    """The entries of ``glue_kwargs`` that shape the guidance graph."""
+    return {k: v for k, v in dict(glue_kwargs or {}).items() if k in _LINK_KEYS}
+
+
+def _glue_links(
     rna: AnnData,
     atac: AnnData,
     genome: str | None = None,
     gene_symbols: str | None = None,
     extend_range: int = GLUE_EXTEND_RANGE,
     promoter_len: int = 2000,
-):
-    """GLUE's guidance graph of ``rna``'s genes and ``atac``'s peaks, from coordinates only.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gene–peak pairs of GLUE's guidance graph (:func:`_glue_guidance`), from coordinates.
 
-    What ``scglue.genomics.rna_anchored_guidance_graph`` builds: each gene's region (the
-    gene body of :func:`_gene_coordinates`, or its start site, extended ``promoter_len``
-    bp upstream) is linked to every peak (``celltx.data.peak_coordinates``: ``var``
-    columns or ``chr:start-end`` names) within ``extend_range`` bp of it (overlap:
-    weight 1; else scglue's ``dist_power_decay``), in both directions (``type`` ``fwd``
-    / ``rev``, ``sign`` 1), plus a self-loop on every feature. The pairs come from
-    :func:`_window_links` (scglue's own builder needs the ``bedtools`` program). Only
-    coordinates are used, never a simulation's ground truth (``var["linked_gene"]``).
-    ``atac.var["highly_variable"]`` is set, in place, to the peaks linked to a highly
-    variable gene (``rna.var["highly_variable"]``, all genes if absent), as scglue's
-    ``propagate_highly_variable`` does.
+    Each gene's region (the gene body of :func:`_gene_coordinates`, or its start site,
+    extended ``promoter_len`` bp upstream) is paired with every peak
+    (``celltx.data.peak_coordinates``: ``var`` columns or ``chr:start-end`` names) within
+    ``extend_range`` bp of it (:func:`_window_links`).
 
-    Returns
-    -------
-    tuple
-        ``(graph, n_links)``: a ``networkx.MultiDiGraph`` and the number of gene–peak pairs.
+    Raises
+    ------
+    ValueError
+        If genes or peaks have no coordinates, or no peak lies near any gene.
     """
-    import networkx as nx
-
     from celltx.data import peak_coordinates
 
+    if not extend_range >= 0 or not promoter_len >= 0:
+        raise ValueError(
+            f"extend_range and promoter_len must be >= 0; got {extend_range!r}, {promoter_len!r}."
+        )
     genes = _gene_coordinates(rna, genome, gene_symbols)
     peaks = peak_coordinates(atac)
     minus = (genes["strand"] == "-").to_numpy()
@@ -587,6 +605,30 @@ def _glue_guidance(
             "genes placed). Check the genome build (glue_kwargs={'genome': ...}) or widen "
             "glue_kwargs={'extend_range': ...}."
         )
+    return g, p, d
+
+
+def _glue_guidance(rna: AnnData, atac: AnnData, **kwargs):
+    """GLUE's guidance graph of ``rna``'s genes and ``atac``'s peaks, from coordinates only.
+
+    What ``scglue.genomics.rna_anchored_guidance_graph`` builds, on the pairs of
+    :func:`_glue_links` (``**kwargs``: its settings): an edge from each gene to each of
+    its peaks and back (``type`` ``fwd`` / ``rev``, ``sign`` 1, ``weight`` 1 for an
+    overlap, else scglue's ``dist_power_decay`` of the distance), plus a self-loop on
+    every feature. scglue's own builder needs the ``bedtools`` program. Only coordinates
+    are used, never a simulation's ground truth (``var["linked_gene"]``).
+    ``atac.var["highly_variable"]`` is set, in place, to the peaks linked to a highly
+    variable gene (``rna.var["highly_variable"]``, all genes if absent), as scglue's
+    ``propagate_highly_variable`` does.
+
+    Returns
+    -------
+    tuple
+        ``(graph, n_links)``: a ``networkx.MultiDiGraph`` and the number of gene–peak pairs.
+    """
+    import networkx as nx
+
+    g, p, d = _glue_links(rna, atac, **kwargs)
     gene_names = rna.var_names.to_numpy()[g]
     peak_names = atac.var_names.to_numpy()[p]
     weight = ((d + 1000) / 1000) ** (-0.75)  # scglue.genomics.dist_power_decay
@@ -619,6 +661,7 @@ def _glue_run(
     genome: str | None = None,
     gene_symbols: str | None = None,
     extend_range: int = GLUE_EXTEND_RANGE,
+    promoter_len: int = 2000,
     n_comps: int = 100,
     n_top_genes: int = 2000,
     init_kws: Mapping | None = None,
@@ -685,7 +728,14 @@ def _glue_run(
         sc.tl.pca(rna, n_comps=k, mask_var="highly_variable", random_state=seed)
         k = int(min(n_comps, atac.n_obs - 1, atac.n_vars - 1))
         scglue.data.lsi(atac, n_components=k, n_iter=15, random_state=seed)
-    graph, _ = _glue_guidance(rna, atac, genome, gene_symbols, extend_range)
+    graph, _ = _glue_guidance(
+        rna,
+        atac,
+        genome=genome,
+        gene_symbols=gene_symbols,
+        extend_range=extend_range,
+        promoter_len=promoter_len,
+    )
     hvf = [*rna.var_names[rna.var["highly_variable"]], *atac.var_names[atac.var["highly_variable"]]]
     graph = graph.subgraph(hvf).copy()
     for ad, rep, layer in ((rna, "X_pca", "counts"), (atac, "X_lsi", None)):
