@@ -781,39 +781,50 @@ def _glue_run(
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0; got {max_seconds!r}.")
         half, end = start + max_seconds / 2, start + float(max_seconds)
-    logging.getLogger("scglue").setLevel(logging.INFO if _GLUE_DEBUG else logging.WARNING)
     vertices = sorted(graph.nodes)
     # scglue.models.fit_SCGLUE's three steps, written out to give each stage its share of
     # the budget and to fall back to equal weights when the balancing weights are not
     # finite (scglue divides by zero when no RNA cluster matches an ATAC cluster with
     # cosine >= 0.5, e.g. after a short pretraining)
-    with tempfile.TemporaryDirectory(prefix="celltx-glue-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pretrain = scglue.models.SCGLUEModel(adatas, vertices, **{**init, "shared_batches": False})
-        pretrain.compile()
-        _stage(
-            pretrain,
-            half,
-            **{"directory": f"{tmp}/pretrain", **fit, "align_burnin": np.inf, "safe_burnin": False},
-        )
-        for key, ad in adatas.items():
-            ad.obsm["X_glue_pretrain"] = pretrain.encode_data(key, ad)
-        scglue.data.estimate_balancing_weight(
-            rna, atac, use_rep="X_glue_pretrain", key_added="balancing_weight"
-        )
-        balanced = all(np.isfinite(ad.obs["balancing_weight"]).all() for ad in adatas.values())
-        for ad in adatas.values():
-            del ad.obsm["X_glue_pretrain"]
-            if balanced:
-                ad.uns[scglue.config.ANNDATA_KEY]["use_dsc_weight"] = "balancing_weight"
-        if not balanced:
-            logger.warning("GLUE's balancing weights are not finite; using equal weights.")
-        model = scglue.models.SCGLUEModel(adatas, vertices, **init)
-        model.adopt_pretrained_model(pretrain)
-        model.compile()
-        model.random_seed += 1  # as fit_SCGLUE: not the pretraining's data order
-        _stage(model, end, **{"directory": f"{tmp}/fine-tune", **fit})
-        z = {key: model.encode_data(key, ad) for key, ad in adatas.items()}
+    level = scglue.log.console_log_level
+    scglue.log.console_log_level = logging.INFO if _GLUE_DEBUG else logging.WARNING
+    try:
+        with tempfile.TemporaryDirectory(prefix="celltx-glue-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pretrain = scglue.models.SCGLUEModel(
+                adatas, vertices, **{**init, "shared_batches": False}
+            )
+            pretrain.compile()
+            _stage(
+                pretrain,
+                half,
+                **{
+                    "directory": f"{tmp}/pretrain",
+                    **fit,
+                    "align_burnin": np.inf,
+                    "safe_burnin": False,
+                },
+            )
+            for key, ad in adatas.items():
+                ad.obsm["X_glue_pretrain"] = pretrain.encode_data(key, ad)
+            scglue.data.estimate_balancing_weight(
+                rna, atac, use_rep="X_glue_pretrain", key_added="balancing_weight"
+            )
+            balanced = all(np.isfinite(ad.obs["balancing_weight"]).all() for ad in adatas.values())
+            for ad in adatas.values():
+                del ad.obsm["X_glue_pretrain"]
+                if balanced:
+                    ad.uns[scglue.config.ANNDATA_KEY]["use_dsc_weight"] = "balancing_weight"
+            if not balanced:
+                logger.warning("GLUE's balancing weights are not finite; using equal weights.")
+            model = scglue.models.SCGLUEModel(adatas, vertices, **init)
+            model.adopt_pretrained_model(pretrain)
+            model.compile()
+            model.random_seed += 1  # as fit_SCGLUE: not the pretraining's data order
+            _stage(model, end, **{"directory": f"{tmp}/fine-tune", **fit})
+            z = {key: model.encode_data(key, ad) for key, ad in adatas.items()}
+    finally:
+        scglue.log.console_log_level = level
     n = mdata.n_obs
     per_mod = {
         key: _scatter_rows(np.asarray(z[key], dtype=np.float32), _positions(mdata, a), n)

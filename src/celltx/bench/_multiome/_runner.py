@@ -261,12 +261,12 @@ def multiome(
     if "glue" in baselines:
         import importlib.util
 
+        # no coordinates, or no peak near a gene: raise before anything trains
+        _glue_links(
+            _get_mod(mdata, rna_mod), _get_mod(mdata, atac_mod), **_link_kwargs(glue_kwargs)
+        )
         if importlib.util.find_spec("scglue") is None:
             errors_early = {"glue": skip_note("glue", _GLUE_MISSING)}
-        else:  # no coordinates, or no peak near a gene: raise before anything trains
-            _glue_links(
-                _get_mod(mdata, rna_mod), _get_mod(mdata, atac_mod), **_link_kwargs(glue_kwargs)
-            )
     if labels_key is not None and labels_key not in mdata.obs:
         raise ValueError(
             f"labels_key={labels_key!r} is not a column of mdata.obs (columns: "
