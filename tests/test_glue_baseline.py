@@ -154,7 +154,7 @@ def test_glue_rows_on_a_tiny_mosaic_with_budget():
         "cell_type",
         methods=("glue",),
         modality_key="modality",
-        glue_kwargs={"max_seconds": 4, "max_epochs": 10_000},
+        glue_kwargs={"max_seconds": 2, "max_epochs": 10_000},
         return_embeddings=True,
         knn=False,
     )
