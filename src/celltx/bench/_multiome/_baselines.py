@@ -425,7 +425,6 @@ def wnn_graph(
 # GLUE (scglue)
 # --------------------------------------------------------------------------------------
 logger = logging.getLogger(__name__)
-_GLUE_DEBUG = False
 GLUE_EXTEND_RANGE = 20_000
 """Window (bp) beyond a gene's region in which GLUE's guidance graph links peaks to it.
 
@@ -787,7 +786,7 @@ def _glue_run(
     # finite (scglue divides by zero when no RNA cluster matches an ATAC cluster with
     # cosine >= 0.5, e.g. after a short pretraining)
     level = scglue.log.console_log_level
-    scglue.log.console_log_level = logging.INFO if _GLUE_DEBUG else logging.WARNING
+    scglue.log.console_log_level = logging.WARNING
     try:
         with tempfile.TemporaryDirectory(prefix="celltx-glue-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
