@@ -672,7 +672,7 @@ def _glue_run(
     variable genes (scanpy's ``seurat_v3``), normalised, log1p, scaled, PCA (``n_comps``,
     the encoder's input); ATAC → ``scglue.data.lsi`` (``n_comps``); both modelled with a
     negative binomial; guidance graph :func:`_glue_guidance` restricted to the highly
-    variable genes and the peaks linked to them; ``scglue.models.fit_SCGLUE``
+    variable genes and the peaks linked to them; the steps of ``scglue.models.fit_SCGLUE``
     (pretraining, balancing weights, fine-tuning) with ``random_seed=seed``; each
     modality's cells encoded by ``encode_data`` (latent means). GLUE treats the two
     modalities as unpaired: it never sees which RNA profile belongs to which ATAC profile.
@@ -692,11 +692,11 @@ def _glue_run(
 
     rna_all, atac_all = _get_mod(mdata, rna_mod), _get_mod(mdata, atac_mod)
     ads = {}
-    for key, a, layer, what in (
-        ("rna", rna_all, rna_layer, "RNA"),
-        ("atac", atac_all, atac_layer, "ATAC"),
+    for key, mod, a, layer, what in (
+        ("rna", rna_mod, rna_all, rna_layer, "RNA"),
+        ("atac", atac_mod, atac_all, atac_layer, "ATAC"),
     ):
-        x = get_expression(a, layer, f"mdata.mod[{key!r}]")
+        x = get_expression(a, layer, f"mdata.mod[{mod!r}]")
         if not is_counts(x):
             raise ValueError(
                 f"GLUE needs raw {what} counts (non-negative integers); pass the layer that "
