@@ -111,7 +111,7 @@ def test_foscttm_of_a_callers_joint_rna_atac_triple(tiny):
 
 def test_methods_bad_input(tiny):
     with pytest.raises(ValueError, match="Unknown methods"):
-        celltx.bench.multiome(tiny, "cell_type", methods=("glue",))
+        celltx.bench.multiome(tiny, "cell_type", methods=("scbasset",))
     with pytest.raises(ValueError, match="celltx_kwargs"):
         celltx.bench.multiome(tiny, "cell_type", methods=("rna_pca",), celltx_kwargs={})
 

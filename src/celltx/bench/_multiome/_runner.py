@@ -22,9 +22,14 @@ from celltx.bench._inputs import (
 from celltx.bench._runner import run_methods
 
 from ._baselines import (
+    _GLUE_MISSING,
+    _GLUE_OPTIONS,
     MULTIOME_BASELINES,
     MULTIOME_METHODS,
     _atac_lsi,
+    _glue_links,
+    _glue_run,
+    _link_kwargs,
     _multivi_run,
     _rna_pca,
     wnn_graph,
@@ -59,6 +64,7 @@ def multiome(
     return_embeddings: bool = False,
     methods: Sequence[str] | None = None,
     celltx_kwargs: Mapping | None = None,
+    glue_kwargs: Mapping | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Score joint (and single-modality) embeddings of RNA + ATAC cells next to baselines.
 
@@ -82,14 +88,15 @@ def multiome(
 
     * ``foscttm``: for a method with an embedding of each modality alone in one space
       (celltx: ``celltx_rna`` / ``celltx_atac``; MULTIVI: its expression and
-      accessibility latents; a caller's ``<name>_rna`` / ``<name>_atac`` embeddings), the
-      FOSCTTM (:func:`foscttm`) of the two over the cells measured in both, on the row of
-      the joint embedding (``celltx_joint``, ``multivi``, ``<name>_joint``); NaN elsewhere.
+      accessibility latents; GLUE: its RNA and ATAC encoders' embeddings; a caller's
+      ``<name>_rna`` / ``<name>_atac`` embeddings), the FOSCTTM (:func:`foscttm`) of the
+      two over the cells measured in both, on the row of the joint embedding
+      (``celltx_joint``, ``multivi``, ``glue``, ``<name>_joint``); NaN elsewhere.
       Lower is better (0: every cell's RNA is nearest its own ATAC).
     * ``seconds``: wall-clock time to compute the embedding (training included; celltx's
       training is counted on ``celltx_joint``, the single-modality rows have their own
       inference time); NaN for embeddings passed in. ``epochs``: epochs trained (celltx,
-      MULTIVI), else NaN.
+      MULTIVI; GLUE: pretraining plus fine-tuning), else NaN.
 
     ``"wnn"`` (muon's weighted-nearest-neighbour graph, :func:`wnn_graph`) is a graph,
     not an embedding: it is scored on the graph itself (Leiden on the WNN graph; kNN
@@ -122,6 +129,20 @@ def multiome(
     ``"atac_lsi"`` (:func:`atac_lsi_embedding`, 30 components) and ``"multivi"``
     (:func:`multivi_embedding` with ``multivi_kwargs``). RNA PCA covers only cells with RNA
     and ATAC LSI only cells with ATAC; MULTIVI covers all.
+
+    ``"glue"`` (with ``methods=``; needs ``scglue``, ``pip install celltx[glue]``) is GLUE
+    (Cao & Gao 2022) by scglue's standard recipe: RNA PCA and ATAC LSI (100 components) as
+    the encoders' inputs, negative-binomial decoders, a guidance graph linking each gene
+    (body and 2 kb promoter) to the peaks within ``extend_range`` (default 20 kb, scglue's
+    distance-decayed weights), ``fit_SCGLUE``'s pretraining, balancing and fine-tuning,
+    then each modality's cells encoded by its own encoder. Its row ``glue`` is the mean of
+    a cell's RNA and ATAC embeddings (the one it has, in a mosaic), with the ``foscttm`` of
+    the two. GLUE never sees which profiles are paired. The graph is built from
+    coordinates only: genes from ``rna.var`` columns ``chrom``, ``start``, ``end`` (as
+    :func:`~celltx.datasets.simulate_multiome` writes them) or, with ``glue_kwargs={"genome":
+    "hg38"}``, their start sites in the offline TSS table (:func:`~celltx.data.tss_table`,
+    by symbol); peaks from ``var`` columns or ``chr:start-end`` names. Data without
+    coordinates, or whose peaks lie near no gene, get an error row saying so.
 
     Inputs: RNA PCA takes raw counts (normalised as above) or log-normalised values (used
     as they are; told apart on a sample of the values); ATAC LSI takes counts or binary
@@ -166,7 +187,7 @@ def multiome(
         Also return the ``{name: array}`` embeddings that were scored.
     methods
         The methods to run, instead of ``baselines``: any of :data:`MULTIOME_METHODS`
-        (``"celltx"``, ``"rna_pca"``, ``"atac_lsi"``, ``"wnn"``, ``"multivi"``).
+        (``"celltx"``, ``"rna_pca"``, ``"atac_lsi"``, ``"wnn"``, ``"multivi"``, ``"glue"``).
         ``"celltx"`` trains an :class:`~celltx.model.ScGPT` from scratch with
         :data:`MULTIOME_CELLTX_DEFAULTS` (overridden by ``celltx_kwargs``, e.g.
         ``{"epochs": 10, "model": {"max_peaks": 400}}``) on a padded copy of ``mdata`` and
@@ -174,6 +195,14 @@ def multiome(
         (:func:`celltx_multiome_embeddings`).
     celltx_kwargs
         Settings of the celltx recipe (see ``methods``).
+    glue_kwargs
+        Settings of GLUE (``"glue"`` in ``methods``): ``max_seconds`` (a wall-clock budget
+        of training: half for pretraining at most, the rest for fine-tuning, each ending
+        after the epoch in which it runs out), ``max_epochs`` (a cap per stage; default
+        scglue's, from the data size, with early stopping), ``genome`` and
+        ``gene_symbols`` (gene start sites from the TSS table), ``extend_range``,
+        ``n_comps``, ``n_top_genes``, ``init_kws`` / ``fit_kws`` (of scglue's
+        ``SCGLUEModel`` and its ``fit``).
 
     Returns
     -------
@@ -223,6 +252,21 @@ def multiome(
         run_celltx = False
     if celltx_kwargs is not None and not run_celltx:
         raise ValueError('celltx_kwargs is given but "celltx" is not among methods.')
+    if glue_kwargs is not None and "glue" not in baselines:
+        raise ValueError('glue_kwargs is given but "glue" is not among methods.')
+    unknown = sorted(set(glue_kwargs or {}) - set(_GLUE_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown glue_kwargs {unknown}; choose from {list(_GLUE_OPTIONS)}.")
+    errors_early: dict[str, str] = {}
+    if "glue" in baselines:
+        import importlib.util
+
+        # no coordinates, or no peak near a gene: raise before anything trains
+        _glue_links(
+            _get_mod(mdata, rna_mod), _get_mod(mdata, atac_mod), **_link_kwargs(glue_kwargs)
+        )
+        if importlib.util.find_spec("scglue") is None:
+            errors_early = {"glue": skip_note("glue", _GLUE_MISSING)}
     if labels_key is not None and labels_key not in mdata.obs:
         raise ValueError(
             f"labels_key={labels_key!r} is not a column of mdata.obs (columns: "
@@ -255,13 +299,14 @@ def multiome(
             )
         arrays[name] = arr
     group = _modality_groups(mdata.obs[modality_key], modality_key) if modality_key else None
-    errors: dict[str, str] = {}  # failed or skipped baselines
-    kinds, multivi_reason = {}, None
+    errors: dict[str, str] = dict(errors_early)  # failed or skipped baselines
+    kinds: dict[str, str] = {}
+    count_reasons: dict[str, str] = {}  # methods that need raw counts and lack them
     for b, mod, layer, what in (
         ("rna_pca", rna_mod, rna_layer, "RNA"),
         ("atac_lsi", atac_mod, atac_layer, "ATAC"),
     ):
-        if b in baselines or "multivi" in baselines or "wnn" in baselines:
+        if b in baselines or {"multivi", "wnn", "glue"} & set(baselines):
             owner = f"mdata.mod[{mod!r}]"
             where = layer_label(layer, owner)
             x = get_expression(_get_mod(mdata, mod), layer, owner)
@@ -271,15 +316,17 @@ def multiome(
                 if what == "RNA"
                 else ("counts" if is_counts(x) else "other")
             )
-            if kinds[what] != "counts" and "multivi" in baselines and multivi_reason is None:
-                multivi_reason = (
-                    f"MULTIVI needs raw counts and {where} does not hold them; pass "
-                    f"{'rna' if what == 'RNA' else 'atac'}_layer= naming a layer of raw counts to include it."
-                )
-    if multivi_reason is not None:
-        if not arrays and baselines == ["multivi"]:
-            raise ValueError(f"Nothing to score: {multivi_reason}")
-        errors["multivi"] = skip_note("multivi", multivi_reason)
+            for m, label in (("multivi", "MULTIVI"), ("glue", "GLUE")):
+                if kinds[what] != "counts" and m in baselines and m not in count_reasons:
+                    count_reasons[m] = (
+                        f"{label} needs raw counts and {where} does not hold them; pass "
+                        f"{'rna' if what == 'RNA' else 'atac'}_layer= naming a layer of raw "
+                        "counts to include it."
+                    )
+    for m, reason in count_reasons.items():
+        if not arrays and baselines == [m]:
+            raise ValueError(f"Nothing to score: {reason}")
+        errors[m] = skip_note(m, reason)
     seconds: dict[str, float] = {}
     epochs: dict[str, int] = {}
     graphs: dict[str, tuple] = {}  # name: (connectivities, rows in mdata.obs_names)
@@ -336,6 +383,14 @@ def multiome(
             atac_mod=atac_mod,
             **{"seed": seed, **dict(multivi_kwargs or {})},
         ),
+        "glue": lambda: _glue_run(
+            mdata,
+            rna_layer=rna_layer,
+            atac_layer=atac_layer,
+            rna_mod=rna_mod,
+            atac_mod=atac_mod,
+            **{"seed": seed, **dict(glue_kwargs or {})},
+        ),
     }
     todo = [b for b in baselines if b not in errors]
     for r in run_methods(todo, lambda b, _seed: runs[b]()):
@@ -346,7 +401,7 @@ def multiome(
         seconds[b] = r.seconds
         if b == "wnn":
             graphs[b] = out
-        elif b == "multivi":
+        elif b in ("multivi", "glue"):
             joint, per_mod, n_epochs = out
             arrays[b] = joint
             pairs[b] = (per_mod["rna"], per_mod["atac"])
@@ -445,6 +500,7 @@ def multiome(
     table["error"] = table["error"].astype(object).where(table["error"].notna(), None)
     for col in ("n_cells", "n_clusters"):
         table[col] = table[col].fillna(0).astype(int)
-    if return_embeddings and "multivi" in pairs:
-        arrays["multivi_rna"], arrays["multivi_atac"] = pairs["multivi"]
+    for m in ("multivi", "glue"):
+        if return_embeddings and m in pairs:
+            arrays[f"{m}_rna"], arrays[f"{m}_atac"] = pairs[m]
     return (table, arrays) if return_embeddings else table
