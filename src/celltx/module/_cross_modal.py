@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from scvi import REGISTRY_KEYS
 
-from celltx.data import augment_views
+from celltx.data import PARTNER_KEY, augment_views
 from celltx.nn import ScGPTConfig
 
 from ._constants import ATAC_KEY, VIEW_JOINT
@@ -41,6 +41,14 @@ class CrossModal(Part):
     joint view is the generative pass's row of each whole cell (its held-out tokens
     hidden).
 
+    Neighbour positives (the config's ``contrast_positives="knn"``): the training loader
+    puts a partner of each anchor cell in its batch (:data:`~celltx.data.PARTNER_KEY`),
+    chosen once from strong priors — a paired cell's neighbours in both RNA PCA and ATAC
+    LSI; on a mosaic, an RNA-only cell's ATAC-only cells reached through paired cells (the
+    bridge) and the reverse, plus its within-modality neighbours — and the loss makes the
+    partner a further positive (:func:`~celltx.module.cross_modal_loss`'s ``partner``;
+    guard: ``contrast_filter``).
+
     Settings: ``temperature`` (the config's ``contrast_temperature``), ``thinning``,
     ``dropout`` (the config's ``contrast_thinning`` / ``contrast_gene_dropout`` when set,
     else 0.5 / 0.2) and ``gap`` (the weight of the scale-free pull of each pair together,
@@ -69,6 +77,7 @@ class CrossModal(Part):
         self.thinning = config.contrast_thinning or 0.5
         self.dropout = config.contrast_gene_dropout or 0.2
         self.gap = 2.0
+        self.filter = config.contrast_filter
 
     def available(self, module: ScGPTModule) -> str | None:
         return needs_rna_and_atac(module, "The cross-modal loss")
@@ -116,7 +125,15 @@ class CrossModal(Part):
             batch,
         )
         loss, nce = cross_modal_loss(
-            joint, rna, atac, has_rna, has_atac, self.temperature, self.gap
+            joint,
+            rna,
+            atac,
+            has_rna,
+            has_atac,
+            self.temperature,
+            self.gap,
+            tensors.get(PARTNER_KEY),
+            self.filter,
         )
         return PartLoss(
             loss, None, {"cross_modal_loss": loss.detach(), "cross_modal_nce": nce.detach()}

@@ -103,6 +103,14 @@ def contrastive_loss(
     return (nce(logits) + nce(logits.T)) / 2
 
 
+def _partners_within(partner: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``partner`` of rows ``idx``, as positions within ``idx`` (``-1``: none or not in ``idx``)."""
+    pos = torch.full_like(partner, -1)
+    pos[idx] = torch.arange(len(idx), device=partner.device)
+    sub = partner[idx]
+    return torch.where(sub >= 0, pos[sub.clamp(min=0)], torch.full_like(sub, -1))
+
+
 def alignment_loss(
     cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
 ) -> torch.Tensor | None:
@@ -150,6 +158,8 @@ def cross_modal_loss(
     has_atac: torch.Tensor,
     temperature: float,
     gap: float = 1.0,
+    partner: torch.Tensor | None = None,
+    filter_fraction: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contrastive alignment of the joint, RNA-alone and ATAC-alone ``<cls>`` of ``B`` cells.
 
@@ -165,6 +175,16 @@ def cross_modal_loss(
     distance relative to the spread of the embeddings (scale-free), weighted by ``gap``.
     Returns ``(loss, nce)``: the mean over the terms of InfoNCE + gap, and of InfoNCE
     alone; zeros when no term applies.
+
+    ``partner`` ``(B,)``: neighbour positives, each row's partner row in the batch (``-1``:
+    none; :data:`~celltx.data.PARTNER_KEY`), as :func:`contrastive_loss` treats them: in
+    each term a partner measured in that term's modalities is a further positive of its
+    anchor (view ↔ view), and a fourth term, joint ↔ joint over every cell, makes each
+    cell's partner a positive of its joint embedding (InfoNCE only, no gap: the pair are two
+    cells). The fourth term is what links an RNA-only cell to an ATAC-only partner of a
+    mosaic, which no view term can. ``filter_fraction``: :func:`contrastive_loss`'s guard
+    (the least similar fraction of the partner pairs left out). No partner (``None`` or
+    all ``-1``): the loss above, unchanged.
 
     Examples
     --------
@@ -182,15 +202,24 @@ def cross_modal_loss(
     centre = raw[has].mean(0, keepdim=True) if bool(has.any()) else raw.mean(0, keepdim=True)
     spread = (raw[has] - centre).pow(2).sum(1).mean().clamp(min=1e-8)
     views = raw.split(B)
+    if partner is not None:
+        partner = partner.to(raw.device).long()
+        if not bool((partner >= 0).any()):
+            partner = None
     nces, losses = [], []
     for a, b, cells in ((1, 2, has_rna & has_atac), (0, 1, has_rna), (0, 2, has_atac)):
         idx = torch.nonzero(cells).squeeze(1)
         if len(idx) < 2:
             continue
         za, zb = views[a][idx], views[b][idx]
-        nce = contrastive_loss(za, zb, temperature)
+        sub = None if partner is None else _partners_within(partner, idx)
+        nce = contrastive_loss(za, zb, temperature, sub, filter_fraction)
         nces.append(nce)
         losses.append(nce + gap * (za - zb).pow(2).sum(1).mean() / spread)
+    if partner is not None and B >= 2:  # joint ↔ joint: the partner, whatever it measured
+        nce = contrastive_loss(views[0], views[0], temperature, partner, filter_fraction)
+        nces.append(nce)
+        losses.append(nce)
     if not losses:
         zero = joint.float().sum() * 0.0
         return zero, zero.detach()
