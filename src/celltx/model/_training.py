@@ -293,8 +293,7 @@ def multiome_pairs(
             for i, c in enumerate(cells):
                 out[c].append(within[i])
     return [
-        np.unique(np.concatenate(o)).astype(np.int64) if o else np.zeros(0, np.int64)
-        for o in out
+        np.unique(np.concatenate(o)).astype(np.int64) if o else np.zeros(0, np.int64) for o in out
     ]
 
 
