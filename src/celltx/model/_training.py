@@ -227,10 +227,14 @@ def multiome_pairs(
     --------
     >>> import numpy as np
     >>> from celltx.model._training import multiome_pairs
-    >>> emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], dtype=np.float32)
-    >>> both = np.ones(4, dtype=bool)
-    >>> [p.tolist() for p in multiome_pairs(emb, emb, both, both, k=1)]
-    [[1], [0], [3], [2]]
+    >>> rna = np.array([[1, 0], [1, 0.1], [1, -0.1], [0, 1], [0.1, 1], [-0.1, 1]], "float32")
+    >>> both = np.ones(6, dtype=bool)
+    >>> [p.tolist() for p in multiome_pairs(rna, rna, both, both, k=1)]
+    [[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]]
+    >>> atac = rna.copy()
+    >>> atac[2] = [0.05, 1]  # cell 2 is with cells 0, 1 in RNA, with cells 3-5 in ATAC
+    >>> [p.tolist() for p in multiome_pairs(rna, atac, both, both, k=1)]
+    [[1], [0], [], [4], [3], [3]]
     """
     has_rna, has_atac = np.asarray(has_rna, bool), np.asarray(has_atac, bool)
     n = len(has_rna)
