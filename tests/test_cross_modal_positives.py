@@ -146,3 +146,28 @@ def test_cross_modal_part_reads_the_partner(monkeypatch):
     assert PARTS["cross_modal"].name == "cross_modal"
     assert np.isfinite(model.history["cross_modal_loss_train"].to_numpy(dtype=float)).all()
     assert PARTNER_KEY == "contrast_partner"
+
+
+def test_bridge_only_pairs_cross_modalities():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30, 4)).astype(np.float32)
+    has_rna, has_atac = (
+        np.arange(30) < 20,
+        np.arange(30) >= 10,
+    )  # 10 RNA-only, 10 paired, 10 ATAC-only
+    pairs = multiome_pairs(emb, emb, has_rna, has_atac, k=3, within=False)
+    for c in range(10):
+        assert len(pairs[c]) and (~has_rna[pairs[c]]).all()  # ATAC-only partners only
+    for c in range(20, 30):
+        assert len(pairs[c]) and (~has_atac[pairs[c]]).all()
+
+
+def test_partner_gap_pulls_partners_together():
+    g = torch.Generator().manual_seed(1)
+    joint, rna, atac = (torch.randn(6, 4, generator=g) for _ in range(3))
+    both = torch.ones(6, dtype=torch.bool)
+    partner = torch.tensor([3, -1, -1, 0, -1, -1])
+    args = (joint, rna, atac, both, both, 0.1, 2.0, partner)
+    plain, nce = cross_modal_loss(*args)
+    pulled, nce_pulled = cross_modal_loss(*args, partner_gap=1.0)
+    assert torch.allclose(nce, nce_pulled) and pulled > plain

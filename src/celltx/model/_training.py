@@ -206,6 +206,7 @@ def multiome_pairs(
     has_rna: np.ndarray,
     has_atac: np.ndarray,
     k: int = 10,
+    within: bool = True,
 ) -> list[np.ndarray]:
     """Candidate positives of RNA + ATAC cells for the cross-modal loss, from strong priors.
 
@@ -216,8 +217,9 @@ def multiome_pairs(
     precision; none when they share no neighbour). On a mosaic, the **bridge**: an RNA-only
     cell's ATAC profile is imputed as the mean ATAC LSI of its ``k`` nearest paired cells
     in RNA PCA, and its candidates are the ``k`` ATAC-only cells nearest that profile; an
-    ATAC-only cell's likewise through RNA; plus, for every single-modality cell, its ``k``
-    nearest cells of the same modality (paired ones included). Without paired cells there is
+    ATAC-only cell's likewise through RNA; plus (``within=True``), for every
+    single-modality cell, its ``k`` nearest cells of the same modality (paired ones
+    included). Without paired cells there is
     no bridge: single-modality cells keep their within-modality neighbours only (logged).
     Cosine similarity throughout.
 
@@ -283,6 +285,8 @@ def multiome_pairs(
             bridge = other[_nearest(imputed, other_emb[other], k)]
             for i, c in enumerate(cells):
                 out[c].append(bridge[i])
+        if not within and len(paired) and len(other):
+            continue
         same = np.flatnonzero(has_own)
         pos = np.full(n, -1)
         pos[same] = np.arange(len(same))
@@ -293,9 +297,9 @@ def multiome_pairs(
         s[torch.arange(len(cells)), torch.from_numpy(pos[cells])] = -float("inf")
         kk = min(k, len(same) - 1)
         if kk > 0:
-            within = same[s.topk(kk, dim=1).indices.numpy()]
+            near = same[s.topk(kk, dim=1).indices.numpy()]
             for i, c in enumerate(cells):
-                out[c].append(within[i])
+                out[c].append(near[i])
     return [
         np.unique(np.concatenate(o)).astype(np.int64) if o else np.zeros(0, np.int64) for o in out
     ]

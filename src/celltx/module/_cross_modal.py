@@ -78,6 +78,7 @@ class CrossModal(Part):
         self.dropout = config.contrast_gene_dropout or 0.2
         self.gap = 2.0
         self.filter = config.contrast_filter
+        self.partner_gap = 0.0
 
     def available(self, module: ScGPTModule) -> str | None:
         return needs_rna_and_atac(module, "The cross-modal loss")
@@ -134,6 +135,7 @@ class CrossModal(Part):
             self.gap,
             tensors.get(PARTNER_KEY),
             self.filter,
+            self.partner_gap,
         )
         return PartLoss(
             loss, None, {"cross_modal_loss": loss.detach(), "cross_modal_nce": nce.detach()}

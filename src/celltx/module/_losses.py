@@ -160,6 +160,7 @@ def cross_modal_loss(
     gap: float = 1.0,
     partner: torch.Tensor | None = None,
     filter_fraction: float = 0.0,
+    partner_gap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contrastive alignment of the joint, RNA-alone and ATAC-alone ``<cls>`` of ``B`` cells.
 
@@ -180,7 +181,8 @@ def cross_modal_loss(
     none; :data:`~celltx.data.PARTNER_KEY`), as :func:`contrastive_loss` treats them: in
     each term a partner measured in that term's modalities is a further positive of its
     anchor (view ↔ view), and a fourth term, joint ↔ joint over every cell, makes each
-    cell's partner a positive of its joint embedding (InfoNCE only, no gap: the pair are two
+    cell's partner a positive of its joint embedding (InfoNCE, plus ``partner_gap`` times
+    the pairs' mean squared distance relative to the spread: 0 by default, the pair are two
     cells). The fourth term is what links an RNA-only cell to an ATAC-only partner of a
     mosaic, which no view term can. ``filter_fraction``: :func:`contrastive_loss`'s guard
     (the least similar fraction of the partner pairs left out). No partner (``None`` or
@@ -219,7 +221,9 @@ def cross_modal_loss(
     if partner is not None and B >= 2:  # joint ↔ joint: the partner, whatever it measured
         nce = contrastive_loss(views[0], views[0], temperature, partner, filter_fraction)
         nces.append(nce)
-        losses.append(nce)
+        linked = torch.nonzero(partner >= 0).squeeze(1)
+        pull = (views[0][linked] - views[0][partner[linked]]).pow(2).sum(1).mean() / spread
+        losses.append(nce + partner_gap * pull)
     if not losses:
         zero = joint.float().sum() * 0.0
         return zero, zero.detach()
