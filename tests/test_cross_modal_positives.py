@@ -40,10 +40,9 @@ def test_bridge_partners_cross_modalities_on_a_mosaic():
     mods = np.asarray(padded.obs["modality"])
     for own, other in (("rna", "atac"), ("atac", "rna")):
         cells = np.flatnonzero(mods == own)
-        # every single-modality cell reaches cells of the other modality through the bridge
-        assert all((mods[pairs[c]] == other).any() for c in cells)
-        # and its within-modality neighbours: never a cell without its modality
-        assert not any((mods[pairs[c]] == other).all() for c in cells)
+        # every single-modality cell's partners are cells of the other modality only,
+        # reached through the paired cells (the bridge)
+        assert all(len(pairs[c]) and (mods[pairs[c]] == other).all() for c in cells)
     # paired cells pair with paired cells only (neighbours in both modalities)
     for c in np.flatnonzero(mods == "paired"):
         assert (mods[pairs[c]] == "paired").all()
@@ -148,18 +147,21 @@ def test_cross_modal_part_reads_the_partner(monkeypatch):
     assert PARTNER_KEY == "contrast_partner"
 
 
-def test_bridge_only_pairs_cross_modalities():
+def test_bridge_pairs_with_within_modality_neighbours():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(30, 4)).astype(np.float32)
     has_rna, has_atac = (
         np.arange(30) < 20,
         np.arange(30) >= 10,
     )  # 10 RNA-only, 10 paired, 10 ATAC-only
-    pairs = multiome_pairs(emb, emb, has_rna, has_atac, k=3, within=False)
-    for c in range(10):
-        assert len(pairs[c]) and (~has_rna[pairs[c]]).all()  # ATAC-only partners only
+    bridge = multiome_pairs(emb, emb, has_rna, has_atac, k=3)
+    both = multiome_pairs(emb, emb, has_rna, has_atac, k=3, within=True)
+    for c in range(10):  # RNA-only: ATAC-only partners, plus cells with RNA when within
+        assert len(bridge[c]) and (~has_rna[bridge[c]]).all()
+        assert set(bridge[c]) < set(both[c]) and has_rna[both[c]].any()
     for c in range(20, 30):
-        assert len(pairs[c]) and (~has_atac[pairs[c]]).all()
+        assert len(bridge[c]) and (~has_atac[bridge[c]]).all()
+        assert set(bridge[c]) < set(both[c]) and has_atac[both[c]].any()
 
 
 def test_partner_gap_pulls_partners_together():

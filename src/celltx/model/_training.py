@@ -206,7 +206,7 @@ def multiome_pairs(
     has_rna: np.ndarray,
     has_atac: np.ndarray,
     k: int = 10,
-    within: bool = True,
+    within: bool = False,
 ) -> list[np.ndarray]:
     """Candidate positives of RNA + ATAC cells for the cross-modal loss, from strong priors.
 
@@ -217,10 +217,11 @@ def multiome_pairs(
     precision; none when they share no neighbour). On a mosaic, the **bridge**: an RNA-only
     cell's ATAC profile is imputed as the mean ATAC LSI of its ``k`` nearest paired cells
     in RNA PCA, and its candidates are the ``k`` ATAC-only cells nearest that profile; an
-    ATAC-only cell's likewise through RNA; plus (``within=True``), for every
+    ATAC-only cell's likewise through RNA; with ``within=True`` also, for every
     single-modality cell, its ``k`` nearest cells of the same modality (paired ones
-    included). Without paired cells there is
-    no bridge: single-modality cells keep their within-modality neighbours only (logged).
+    included) — measured, they lower the mosaic's modality mixing (docs: "Neighbour
+    positives"), so the default is the bridge alone. Without paired cells there is
+    no bridge: single-modality cells get their within-modality neighbours instead (logged).
     Cosine similarity throughout.
 
     Returns a list of ``n`` integer arrays (candidate partners of each cell; may be empty).

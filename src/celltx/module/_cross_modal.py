@@ -45,9 +45,10 @@ class CrossModal(Part):
     puts a partner of each anchor cell in its batch (:data:`~celltx.data.PARTNER_KEY`),
     chosen once from strong priors — a paired cell's neighbours in both RNA PCA and ATAC
     LSI; on a mosaic, an RNA-only cell's ATAC-only cells reached through paired cells (the
-    bridge) and the reverse, plus its within-modality neighbours — and the loss makes the
-    partner a further positive (:func:`~celltx.module.cross_modal_loss`'s ``partner``;
-    guard: ``contrast_filter``).
+    bridge) and the reverse — and the loss makes the partner a further positive
+    (:func:`~celltx.module.cross_modal_loss`'s ``partner``, with ``partner_gap`` 2, the
+    scale-free pull of each partner pair together; guard: ``contrast_filter``). The
+    multiome recipe (:data:`celltx.bench.MULTIOME_CELLTX_DEFAULTS`) trains with them.
 
     Settings: ``temperature`` (the config's ``contrast_temperature``), ``thinning``,
     ``dropout`` (the config's ``contrast_thinning`` / ``contrast_gene_dropout`` when set,
@@ -78,7 +79,7 @@ class CrossModal(Part):
         self.dropout = config.contrast_gene_dropout or 0.2
         self.gap = 2.0
         self.filter = config.contrast_filter
-        self.partner_gap = 0.0
+        self.partner_gap = 2.0
 
     def available(self, module: ScGPTModule) -> str | None:
         return needs_rna_and_atac(module, "The cross-modal loss")
