@@ -41,6 +41,15 @@ class CrossModal(Part):
     joint view is the generative pass's row of each whole cell (its held-out tokens
     hidden).
 
+    Neighbour positives (the config's ``contrast_positives="knn"``): the training loader
+    puts a partner of each anchor cell in its batch (:data:`~celltx.data.PARTNER_KEY`),
+    chosen once from strong priors — a paired cell's neighbours in both RNA PCA and ATAC
+    LSI; on a mosaic, an RNA-only cell's ATAC-only cells reached through paired cells (the
+    bridge) and the reverse — and the loss makes the partner a further positive
+    (:func:`~celltx.module.cross_modal_loss`'s ``partner``, with ``partner_gap`` 2, the
+    scale-free pull of each partner pair together; guard: ``contrast_filter``). The
+    multiome recipe (:data:`celltx.bench.MULTIOME_CELLTX_DEFAULTS`) trains with them.
+
     Settings: ``temperature`` (the config's ``contrast_temperature``), ``thinning``,
     ``dropout`` (the config's ``contrast_thinning`` / ``contrast_gene_dropout`` when set,
     else 0.5 / 0.2) and ``gap`` (the weight of the scale-free pull of each pair together,
@@ -74,6 +83,8 @@ class CrossModal(Part):
         self.thinning = config.contrast_thinning or 0.5
         self.dropout = config.contrast_gene_dropout or 0.2
         self.gap = 2.0
+        self.filter = config.contrast_filter
+        self.partner_gap = 2.0
 
     def available(self, module: ScGPTModule) -> str | None:
         return needs_rna_and_atac(module, "The cross-modal loss")
@@ -135,7 +146,6 @@ class CrossModal(Part):
     ) -> PartLoss:
         """:func:`~celltx.module.cross_modal_loss` of :meth:`embed`'s rows of a whole batch."""
         e = embeddings
-        extra = {} if partner is None else {"partner": partner}
         loss, nce = cross_modal_loss(
             e["joint"],
             e["rna"],
@@ -144,7 +154,9 @@ class CrossModal(Part):
             e["has_atac"],
             self.temperature,
             self.gap,
-            **extra,
+            partner=partner,
+            filter_fraction=self.filter,
+            partner_gap=self.partner_gap,
         )
         return PartLoss(
             loss, None, {"cross_modal_loss": loss.detach(), "cross_modal_nce": nce.detach()}

@@ -103,6 +103,48 @@ def contrastive_loss(
     return (nce(logits) + nce(logits.T)) / 2
 
 
+def _partner_nce(
+    z: torch.Tensor, partner: torch.Tensor, temperature: float, filter_fraction: float = 0.0
+) -> torch.Tensor:
+    """InfoNCE of each row's partner(s) among the other rows of one embedding ``(N, D)``.
+
+    Centred, L2-normalised, cosine / ``temperature``; a row is never its own candidate;
+    its positives are ``partner[i]`` and every row whose partner it is (SupCon's mean of
+    their ``-log`` probabilities); rows without any are left out. ``filter_fraction``: the
+    least similar fraction of the partner pairs left out (as :func:`contrastive_loss`).
+    """
+    n = z.shape[0]
+    z = F.normalize(z.float() - z.float().mean(0, keepdim=True), dim=1)
+    partner = partner.clone()
+    has = torch.nonzero(partner >= 0).squeeze(1)
+    if filter_fraction > 0 and len(has):
+        with torch.no_grad():
+            sim = (z[has] * z[partner[has]]).sum(1)
+            n_drop = int(filter_fraction * len(has))
+            if n_drop:
+                partner[has[sim.argsort()[:n_drop]]] = -1
+        has = torch.nonzero(partner >= 0).squeeze(1)
+    pos = torch.zeros(n, n, dtype=torch.bool, device=z.device)
+    pos[has, partner[has]] = True
+    pos = (pos | pos.T) & ~torch.eye(n, dtype=torch.bool, device=z.device)
+    rows = pos.any(1)
+    if not bool(rows.any()):
+        return z.sum() * 0.0
+    logits = (z @ z.T / temperature).masked_fill(
+        torch.eye(n, dtype=torch.bool, device=z.device), float("-inf")
+    )
+    logp = torch.log_softmax(logits[rows], 1).masked_fill(~pos[rows], 0.0)
+    return (-logp.sum(1) / pos[rows].sum(1)).mean()
+
+
+def _partners_within(partner: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``partner`` of rows ``idx``, as positions within ``idx`` (``-1``: none or not in ``idx``)."""
+    pos = torch.full_like(partner, -1)
+    pos[idx] = torch.arange(len(idx), device=partner.device)
+    sub = partner[idx]
+    return torch.where(sub >= 0, pos[sub.clamp(min=0)], torch.full_like(sub, -1))
+
+
 def alignment_loss(
     cell_emb: torch.Tensor, rows: torch.Tensor, view: torch.Tensor, temperature: float
 ) -> torch.Tensor | None:
@@ -150,6 +192,9 @@ def cross_modal_loss(
     has_atac: torch.Tensor,
     temperature: float,
     gap: float = 1.0,
+    partner: torch.Tensor | None = None,
+    filter_fraction: float = 0.0,
+    partner_gap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contrastive alignment of the joint, RNA-alone and ATAC-alone ``<cls>`` of ``B`` cells.
 
@@ -165,6 +210,18 @@ def cross_modal_loss(
     distance relative to the spread of the embeddings (scale-free), weighted by ``gap``.
     Returns ``(loss, nce)``: the mean over the terms of InfoNCE + gap, and of InfoNCE
     alone; zeros when no term applies.
+
+    ``partner`` ``(B,)``: neighbour positives, each row's partner row in the batch (``-1``:
+    none; :data:`~celltx.data.PARTNER_KEY`), as :func:`contrastive_loss` treats them: in
+    each term a partner measured in that term's modalities is a further positive of its
+    anchor (view ↔ view), and a fourth term, joint ↔ joint over every cell, makes each
+    cell's partner the positive of its joint embedding against the batch's other cells
+    (InfoNCE with the cell itself left out, SupCon / NNCLR-style, plus ``partner_gap`` times
+    the pairs' mean squared distance relative to the spread: 0 by default, the pair are two
+    cells). The fourth term is what links an RNA-only cell to an ATAC-only partner of a
+    mosaic, which no view term can. ``filter_fraction``: :func:`contrastive_loss`'s guard
+    (the least similar fraction of the partner pairs left out). No partner (``None`` or
+    all ``-1``): the loss above, unchanged.
 
     Examples
     --------
@@ -182,15 +239,26 @@ def cross_modal_loss(
     centre = raw[has].mean(0, keepdim=True) if bool(has.any()) else raw.mean(0, keepdim=True)
     spread = (raw[has] - centre).pow(2).sum(1).mean().clamp(min=1e-8)
     views = raw.split(B)
+    if partner is not None:
+        partner = partner.to(raw.device).long()
+        if not bool((partner >= 0).any()):
+            partner = None
     nces, losses = [], []
     for a, b, cells in ((1, 2, has_rna & has_atac), (0, 1, has_rna), (0, 2, has_atac)):
         idx = torch.nonzero(cells).squeeze(1)
         if len(idx) < 2:
             continue
         za, zb = views[a][idx], views[b][idx]
-        nce = contrastive_loss(za, zb, temperature)
+        sub = None if partner is None else _partners_within(partner, idx)
+        nce = contrastive_loss(za, zb, temperature, sub, filter_fraction)
         nces.append(nce)
         losses.append(nce + gap * (za - zb).pow(2).sum(1).mean() / spread)
+    if partner is not None and B >= 2:  # joint ↔ joint: the partner, whatever it measured
+        nce = _partner_nce(views[0], partner, temperature, filter_fraction)
+        nces.append(nce)
+        linked = torch.nonzero(partner >= 0).squeeze(1)
+        pull = (views[0][linked] - views[0][partner[linked]]).pow(2).sum(1).mean() / spread
+        losses.append(nce + partner_gap * pull)
     if not losses:
         zero = joint.float().sum() * 0.0
         return zero, zero.detach()

@@ -20,7 +20,11 @@ from ._mudata import _scatter_rows
 #: first, TF-IDF) per cell, from a data-chosen panel of the ``peak_panel`` most accessible
 #: peaks (:func:`celltx.data.peak_panel`; ``None``: every peak); a step budget (``steps``
 #: optimiser steps, at most ``epochs`` epochs) rather than a number of epochs, so that
-#: larger data trains fewer epochs. The multiome page of the docs has the measurements.
+#: larger data trains fewer epochs; neighbour positives (``contrast_positives="knn"``,
+#: ``contrast_k=20``): each cell's batch holds a partner, a paired cell's neighbour in both
+#: RNA PCA and ATAC LSI or, on a mosaic, a cell of the other modality reached through the
+#: paired cells (:class:`celltx.module.CrossModal`). The multiome page of the docs has the
+#: measurements.
 MULTIOME_CELLTX_DEFAULTS: dict[str, Any] = {
     "model": preset(
         "small",
@@ -30,6 +34,8 @@ MULTIOME_CELLTX_DEFAULTS: dict[str, Any] = {
         gene_selection="rank",
         peak_selection="idf",
         atac_zero_fraction=0.0,
+        contrast_positives="knn",
+        contrast_k=20,
     ),
     "task": "multiome",
     "steps": 300,
