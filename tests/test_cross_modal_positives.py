@@ -10,8 +10,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 import celltx
-from celltx.data import PARTNER_KEY
-from celltx.model._training import multiome_pairs
+from celltx.data import PARTNER_KEY, multiome_pairs
 from celltx.module import PARTS, cross_modal_loss
 
 

@@ -6,6 +6,7 @@ from ._augment import (
     augment_views,
     drop_genes,
     input_pca,
+    multiome_pairs,
     neighbour_pairs,
     partner_collate,
     partner_rows,
@@ -39,7 +40,7 @@ from ._genes import (
 from ._heap import fix_mmap_threshold, trim_heap
 from ._mosaic import modality_presence, pad_mosaic, place_rows
 from ._pbmc68k import pbmc68k
-from ._peaks import peak_idf, peak_panel
+from ._peaks import atac_lsi, peak_idf, peak_panel
 from ._perturbation import condition_name, parse_condition, parse_conditions
 from ._sequences import append_queries, fixed_gene_tokens, join_modalities, perturbation_tokens
 from ._tokenizer import MOD_ATAC, MOD_CLS, MOD_RNA, PERT_PAD, TokenizedBatch, Tokenizer
@@ -57,6 +58,7 @@ __all__ = [
     "augment_views",
     "drop_genes",
     "input_pca",
+    "multiome_pairs",
     "neighbour_pairs",
     "partner_collate",
     "partner_rows",
@@ -98,6 +100,7 @@ __all__ = [
     "gene_names",
     "check_expression",
     "nonzero_medians",
+    "atac_lsi",
     "peak_idf",
     "peak_panel",
     "highly_variable",

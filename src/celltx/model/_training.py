@@ -20,8 +20,10 @@ from celltx.data import (
     NeighbourBatchSampler,
     ShuffledTokenBudgetSampler,
     TokenBudgetSampler,
+    atac_lsi,
     first_item,
     input_pca,
+    multiome_pairs,
     neighbour_pairs,
     partner_collate,
     token_budget_batches,
@@ -201,149 +203,6 @@ def train_budget(
     if isinstance(ref, Fraction):
         return max(int(min_epochs), math.ceil(epochs * ref / size))
     return max(int(min_epochs), round(epochs * (ref / size) ** exponent))
-
-
-def _nearest(a: np.ndarray, b: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    """Indices into ``b`` of the ``k`` most cosine-similar rows of ``b`` for each row of ``a``."""
-    k = min(k, len(b) - (1 if exclude_self else 0))
-    if k <= 0 or len(a) == 0:
-        return np.zeros((len(a), 0), dtype=np.int64)
-    ta = torch.nn.functional.normalize(torch.from_numpy(np.asarray(a, np.float32)), dim=1)
-    tb = torch.nn.functional.normalize(torch.from_numpy(np.asarray(b, np.float32)), dim=1)
-    sim = ta @ tb.T
-    if exclude_self:
-        sim.fill_diagonal_(-float("inf"))
-    return sim.topk(k, dim=1).indices.numpy().astype(np.int64)
-
-
-def atac_lsi(x, n_comps: int = 30, seed: int = 0) -> np.ndarray:
-    """Latent semantic indexing of ATAC counts ``(n, P)``: TF-IDF, truncated SVD, first dropped.
-
-    ``log1p(counts / cell total × n / peak total × 10,000)`` (peaks without counts left
-    out), randomized SVD of ``n_comps + 1`` components, the first (depth) dropped; ``U·Σ``.
-    The prior space of the cross-modal neighbour positives (:func:`multiome_pairs`), as
-    :func:`celltx.data.input_pca` is for RNA.
-    """
-    from sklearn.utils.extmath import randomized_svd
-
-    m = sp.csr_matrix(x, dtype=np.float32)
-    m = m[:, np.asarray(m.sum(0)).ravel() > 0]
-    depth = np.asarray(m.sum(1)).ravel()
-    idf = m.shape[0] / np.asarray(m.sum(0)).ravel()
-    tf = sp.diags(1.0 / np.maximum(depth, 1e-8)) @ m
-    tfidf = (tf @ sp.diags(idf)).tocsr()
-    tfidf.data = np.log1p(tfidf.data * 1e4)
-    q = int(min(n_comps + 1, min(tfidf.shape) - 1))
-    if q < 2:
-        return np.zeros((m.shape[0], 1), dtype=np.float32)
-    u, sv, _ = randomized_svd(tfidf, q, random_state=seed)
-    return (u[:, 1:] * sv[1:]).astype(np.float32)
-
-
-def multiome_pairs(
-    rna_emb: np.ndarray,
-    atac_emb: np.ndarray,
-    has_rna: np.ndarray,
-    has_atac: np.ndarray,
-    k: int = 10,
-    within: bool = False,
-) -> list[np.ndarray]:
-    """Candidate positives of RNA + ATAC cells for the cross-modal loss, from strong priors.
-
-    ``rna_emb`` / ``atac_emb`` ``(n, d)``: each cell's RNA PCA and ATAC LSI (rows of cells
-    without that modality ignored); ``has_rna`` / ``has_atac`` ``(n,)``: what each cell
-    measured. A **paired** cell's candidates are the paired cells among its ``2k`` nearest
-    in RNA *and* its ``2k`` nearest in ATAC (both modalities agree: same type with high
-    precision; none when they share no neighbour). On a mosaic, the **bridge**: an RNA-only
-    cell's ATAC profile is imputed as the mean ATAC LSI of its ``k`` nearest paired cells
-    in RNA PCA, and its candidates are the ``k`` ATAC-only cells nearest that profile; an
-    ATAC-only cell's likewise through RNA; with ``within=True`` also, for every
-    single-modality cell, its ``k`` nearest cells of the same modality (paired ones
-    included): with the multiome recipe they raised NMI but lowered modality mixing on the
-    simulated mosaic (docs: "Neighbour positives"), so the default is the bridge alone. Without paired cells there is
-    no bridge: single-modality cells get their within-modality neighbours instead (logged).
-    Cosine similarity throughout.
-
-    Returns a list of ``n`` integer arrays (candidate partners of each cell; may be empty).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from celltx.model._training import multiome_pairs
-    >>> rna = np.array([[1, 0], [1, 0.1], [1, -0.1], [0, 1], [0.1, 1], [-0.1, 1]], "float32")
-    >>> both = np.ones(6, dtype=bool)
-    >>> [p.tolist() for p in multiome_pairs(rna, rna, both, both, k=1)]
-    [[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]]
-    >>> atac = rna.copy()
-    >>> atac[2] = [0.05, 1]  # cell 2 is with cells 0, 1 in RNA, with cells 3-5 in ATAC
-    >>> [p.tolist() for p in multiome_pairs(rna, atac, both, both, k=1)]
-    [[1], [0], [], [4], [3], [3]]
-    """
-    has_rna, has_atac = np.asarray(has_rna, bool), np.asarray(has_atac, bool)
-    n = len(has_rna)
-    for name, emb in (("rna_emb", rna_emb), ("atac_emb", atac_emb)):
-        if len(emb) != n or len(has_atac) != n:
-            raise ValueError(
-                f"{name} has {len(emb)} rows, has_rna {n} and has_atac {len(has_atac)}: one "
-                "row per cell in each."
-            )
-    paired = np.flatnonzero(has_rna & has_atac)
-    rna_only = np.flatnonzero(has_rna & ~has_atac)
-    atac_only = np.flatnonzero(~has_rna & has_atac)
-    out: list[list[np.ndarray]] = [[] for _ in range(n)]
-    if len(paired) > 1:
-        by_rna = _nearest(rna_emb[paired], rna_emb[paired], 2 * k, exclude_self=True)
-        by_atac = _nearest(atac_emb[paired], atac_emb[paired], 2 * k, exclude_self=True)
-        for i, c in enumerate(paired):
-            out[c].append(paired[np.intersect1d(by_rna[i], by_atac[i])])
-    single = len(rna_only) + len(atac_only)
-    if single and len(paired) == 0 and len(rna_only) and len(atac_only):
-        logger.warning(
-            "Cross-modal neighbour positives: no cell measured in both modalities, so no "
-            "bridge between the %d RNA-only and %d ATAC-only cells; they keep their "
-            "within-modality neighbours only.",
-            len(rna_only),
-            len(atac_only),
-        )
-    for cells, other, own_emb, other_emb, has_own in (
-        (rna_only, atac_only, rna_emb, atac_emb, has_rna),
-        (atac_only, rna_only, atac_emb, rna_emb, has_atac),
-    ):
-        if not len(cells):
-            continue
-        if len(paired) and len(other):  # the bridge, through the paired cells
-            via = paired[_nearest(own_emb[cells], own_emb[paired], k)]
-            imputed = np.stack(
-                [
-                    torch.nn.functional.normalize(
-                        torch.from_numpy(np.asarray(other_emb[v], np.float32)), dim=1
-                    )
-                    .mean(0)
-                    .numpy()
-                    for v in via
-                ]
-            )
-            bridge = other[_nearest(imputed, other_emb[other], k)]
-            for i, c in enumerate(cells):
-                out[c].append(bridge[i])
-        if not within and len(paired) and len(other):
-            continue
-        same = np.flatnonzero(has_own)
-        pos = np.full(n, -1)
-        pos[same] = np.arange(len(same))
-        sim = torch.nn.functional.normalize(
-            torch.from_numpy(np.asarray(own_emb[same], np.float32)), dim=1
-        )
-        s = sim[pos[cells]] @ sim.T
-        s[torch.arange(len(cells)), torch.from_numpy(pos[cells])] = -float("inf")
-        kk = min(k, len(same) - 1)
-        if kk > 0:
-            near = same[s.topk(kk, dim=1).indices.numpy()]
-            for i, c in enumerate(cells):
-                out[c].append(near[i])
-    return [
-        np.unique(np.concatenate(o)).astype(np.int64) if o else np.zeros(0, np.int64) for o in out
-    ]
 
 
 def uses_ddp(strategy) -> bool:
@@ -747,10 +606,10 @@ class TrainingMixin(ModelHost):
         return pairs
 
     def _multiome_pairs_fn(self, mode: str, x):
-        """Candidate partners for the cross-modal part: :func:`multiome_pairs` of the input.
+        """Candidate partners for the cross-modal part: :func:`~celltx.data.multiome_pairs`.
 
         RNA PCA (:func:`~celltx.data.input_pca`) of the cells with RNA and ATAC LSI
-        (:func:`atac_lsi`) of the cells with ATAC, computed once when the training loader
+        (:func:`~celltx.data.atac_lsi`) of the cells with ATAC, computed once when the training loader
         is built; ``contrast_positives="knn"`` only (the pairs cross modalities, not batches).
         """
         if mode != "knn":
@@ -780,7 +639,7 @@ class TrainingMixin(ModelHost):
                 e = input_pca(xr[has_rna], seed=seed)
                 rna = np.zeros((len(idx), e.shape[1]), np.float32)
                 rna[has_rna] = e
-            if has_atac.sum() > 2:
+            if has_atac.sum() > 2 and measured(xat[has_atac].T).sum() > 2:  # LSI's minimum
                 e = atac_lsi(xat[has_atac], seed=seed)
                 atac = np.zeros((len(idx), e.shape[1]), np.float32)
                 atac[has_atac] = e

@@ -50,7 +50,7 @@ def atac_lsi_embedding(
     peaks, 16 types) Leiden ARI is 0.47 unscaled against 0.37 scaled, and on
     :func:`celltx.datasets.simulate_multiome` 0.95 against 0.57. Peaks without counts are
     left out; cells without counts get the TF-IDF of an empty cell (all zero). All
-    sparse, vectorised.
+    sparse, vectorised (:func:`celltx.data.atac_lsi` of the AnnData's counts).
 
     Parameters
     ----------
@@ -85,36 +85,11 @@ def atac_lsi_embedding(
     >>> celltx.bench.atac_lsi_embedding(mdata.mod["atac"], n_comps=10).shape
     (200, 10)
     """
-    from sklearn.decomposition import TruncatedSVD
+    from celltx.data import atac_lsi
 
-    X = sparse.csr_matrix(get_expression(adata, layer), dtype=np.float64)
-    if X.nnz and X.data.min() < 0:
-        raise ValueError("ATAC counts must be non-negative; pass the layer with raw counts.")
-    if binarize:
-        X.data = (X.data > 0).astype(np.float64)
-    peak_total = np.asarray(X.sum(axis=0)).ravel()
-    X = X[:, peak_total > 0]
-    peak_total = peak_total[peak_total > 0]
-    n_cells, n_peaks = X.shape
-    if n_cells < 3 or n_peaks < 3:
-        raise ValueError(
-            f"ATAC LSI needs at least 3 cells and 3 peaks with counts; got {n_cells} × {n_peaks}."
-        )
-    cell_total = np.asarray(X.sum(axis=1)).ravel()
-    inv_cell = np.divide(1.0, cell_total, out=np.zeros_like(cell_total), where=cell_total > 0)
-    idf = n_cells / peak_total
-    tfidf = sparse.diags(inv_cell) @ X @ sparse.diags(idf)
-    tfidf = tfidf.tocsr()
-    tfidf.data = np.log1p(tfidf.data * 1e4)
-    k = int(min(n_comps, min(n_cells, n_peaks) - 2))
-    if k < 1:
-        raise ValueError("n_comps must be >= 1.")
-    svd = TruncatedSVD(n_components=k + 1, algorithm="randomized", n_iter=7, random_state=seed)
-    emb = svd.fit_transform(tfidf)[:, 1:]
-    if scale:
-        sd = emb.std(axis=0)
-        emb = (emb - emb.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return emb.astype(np.float32)
+    return atac_lsi(
+        get_expression(adata, layer), n_comps=n_comps, binarize=binarize, scale=scale, seed=seed
+    )
 
 
 def multivi_embedding(
