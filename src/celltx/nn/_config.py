@@ -89,7 +89,10 @@ class ScGPTConfig:
         ``"mnn"`` (mutual nearest neighbours across batches, CLAIRE-style; a cell without
         any keeps its within-batch neighbours; needs a ``batch_key``), ``"knn+mnn"``
         (both for every cell). ``None``: the task's choice (``"integration"``: ``"mnn"``; else
-        ``"self"``).
+        ``"self"``). For the cross-modal part (``task="multiome"``) ``"knn"`` means
+        neighbours from RNA PCA and ATAC LSI: a paired cell's neighbours in both
+        modalities, and on a mosaic a cell of the other modality reached through the paired
+        cells (:func:`~celltx.data.multiome_pairs`); ``"mnn"`` is refused there.
     contrast_k
         Neighbours per cell of ``contrast_positives``.
     contrast_filter
