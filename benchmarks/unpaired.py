@@ -364,6 +364,9 @@ def main():
         help="also score every method's labels after a majority vote over this many peak-LSI "
         "neighbours (0: no)",
     )
+    parser.add_argument(
+        "--save", type=Path, default=None, help="folder to write each run's predictions to"
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--task", default=None, help="celltx task (default: integration)")
     parser.add_argument("--inputs", default=None, choices=["scaled", "counts"])
@@ -395,6 +398,11 @@ def main():
             else:
                 pred = run_pca(rna, atac, seed, project=method == "pca_project")
             seconds = time.perf_counter() - t0
+            if args.save is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame({"truth": truth, "pred": pred}, index=ga.obs_names).to_csv(
+                    args.save / f"{method}_{bridge}_{seed}.csv"
+                )
             voted = {method: pred}
             if args.vote:
                 voted[f"{method}+vote{args.vote}"] = peak_vote(pred, atac, args.vote)
