@@ -228,12 +228,23 @@ def _scaled(a, genes):
     return np.clip((x - x.mean(0)) / (x.std(0) + 1e-8), -10, 10)
 
 
-def run_pca(rna, ga, seed, project=False):
+def run_pca(rna, ga, seed, project=False, harmony=False):
+    """kNN transfer in a PCA of both sets (``project``: fitted on RNA; ``harmony``: the joint
+    PCA corrected by Harmony with the dataset as the batch, harmonypy's defaults)."""
     hvg = sc.pp.highly_variable_genes(rna, n_top_genes=2000, inplace=False)
     genes = rna.var_names[hvg["highly_variable"].to_numpy()]
     xr, xa = _scaled(rna, genes), _scaled(ga, genes)
     pca = PCA(30, random_state=seed).fit(xr if project else np.vstack([xr, xa]))
-    return _knn(pca.transform(xr), rna.obs["cell_type"].to_numpy(), pca.transform(xa))
+    zr, za = pca.transform(xr), pca.transform(xa)
+    if harmony:
+        import harmonypy
+
+        meta = pd.DataFrame({"dataset": ["rna"] * len(zr) + ["atac"] * len(za)})
+        z = harmonypy.run_harmony(np.vstack([zr, za]), meta, "dataset", random_state=seed)
+        z = np.asarray(z.Z_corr)
+        z = z.T if z.shape[0] != len(meta) else z
+        zr, za = z[: len(zr)], z[len(zr) :]
+    return _knn(zr, rna.obs["cell_type"].to_numpy(), za)
 
 
 def scaled_inputs(rna, ga, n_genes=2000):
@@ -396,7 +407,13 @@ def main():
             elif method == "celltx_mosaic":
                 pred = run_mosaic(rna, atac, seed, settings)
             else:
-                pred = run_pca(rna, atac, seed, project=method == "pca_project")
+                pred = run_pca(
+                    rna,
+                    atac,
+                    seed,
+                    project=method == "pca_project",
+                    harmony=method == "pca_harmony",
+                )
             seconds = time.perf_counter() - t0
             if args.save is not None:
                 args.save.mkdir(parents=True, exist_ok=True)
