@@ -6,14 +6,25 @@ table). Kang has no labels: it is labelled with a marker-gene rule on Leiden clu
 (``label_kang``, below). Labels are transferred RNA -> ATAC on the types both sets share
 (B, CD14 monocytes, CD4 T, CD8 T, NK) and scored against Granja's own labels.
 
+The ATAC side (``--bridges``): ``raw``, each ATAC cell's own gene activity; ``smoothed``,
+its gene activity averaged over its 50 nearest ATAC cells in the LSI of its peaks
+(``smooth_bridge``: the peaks give the ATAC cells' structure, gene activity only the link to
+RNA). ``--vote K`` also scores every method after a majority vote of its labels over the
+ATAC cells' K nearest peak-LSI neighbours (``peak_vote``), the same for every method.
+
 Methods (every one a kNN vote, k = 15, from the labelled RNA cells to the ATAC cells):
 
 - ``pca_joint``: log-normalised RNA and gene activity on the shared genes (RNA's 2,000 most
-  variable), each scaled within its dataset, one PCA (30 PCs) over both: the baseline.
+  variable), each scaled within its dataset, one PCA (30 PCs) over both: the baseline
+  (with ``--bridges raw``).
 - ``pca_project``: the same, PCA fitted on RNA and the ATAC cells projected into it.
+- ``pca_harmony``: the joint PCA corrected by Harmony (harmonypy), the dataset as the batch.
 - ``celltx``: an ScGPT trained from scratch on both sets' shared genes (the integration task:
   contrastive ``<cls>`` with mutual-nearest-neighbour positives across the two modalities,
-  ``modality`` as the batch), then both embedded and the kNN vote taken in its space.
+  ``modality`` as the batch), then both embedded and the kNN vote taken in its space;
+  ``--task annotation``: the RNA cells labelled, the classifier's prediction.
+- ``celltx_mosaic``: celltx's multiome recipe on a mosaic (Kang RNA-only; Granja with its
+  gene activity as the RNA view and its peaks as ATAC), kNN in the joint embedding.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/unpaired.py [--seeds 0 1 2] [--cells N]
 
