@@ -44,6 +44,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -205,9 +206,11 @@ def smooth_bridge(ga: ad.AnnData, k: int = 50) -> ad.AnnData:
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # cosine
     k = min(int(k), ga.n_obs)
     idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)[1]
-    x = ga.X.toarray() if hasattr(ga.X, "toarray") else np.asarray(ga.X)
+    rows = np.repeat(np.arange(ga.n_obs), k)
+    w = sparse.csr_matrix((np.full(rows.size, 1.0 / k), (rows, idx.ravel())), (ga.n_obs,) * 2)
     out = ga.copy()
-    out.X = x[idx].mean(1).astype(np.float32)
+    x = w @ ga.X  # one sparse product: no cells x k x genes array
+    out.X = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
     return out
 
 
