@@ -373,11 +373,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--cells", type=int, default=2000, help="cells per dataset (None: all)")
-    parser.add_argument("--methods", nargs="+", default=["pca_joint", "pca_project", "celltx"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["pca_joint", "pca_project", "pca_harmony", "celltx"]
+    )
     parser.add_argument(
         "--bridges",
         nargs="+",
-        default=["raw"],
+        default=["raw", "smoothed"],
         choices=["raw", "smoothed"],
         help="ATAC side: gene activity as it is, or averaged over peak-LSI neighbours",
     )
