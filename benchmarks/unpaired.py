@@ -372,9 +372,12 @@ def run_mosaic(rna, ga, seed, settings):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--cells", type=int, default=2000, help="cells per dataset (None: all)")
+    parser.add_argument("--cells", type=int, default=2000, help="cells per dataset (0: all)")
     parser.add_argument(
-        "--methods", nargs="+", default=["pca_joint", "pca_project", "pca_harmony", "celltx"]
+        "--methods",
+        nargs="+",
+        default=["pca_joint", "pca_project", "pca_harmony", "celltx"],
+        choices=["pca_joint", "pca_project", "pca_harmony", "celltx", "celltx_mosaic"],
     )
     parser.add_argument(
         "--bridges",
