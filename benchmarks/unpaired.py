@@ -44,7 +44,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
-from scipy import sparse
 from sklearn.decomposition import PCA
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -200,18 +199,9 @@ def smooth_bridge(ga: ad.AnnData, k: int = 50) -> ad.AnnData:
     each cell the activity of its neighbourhood, as ArchR's MAGIC-smoothed gene scores do.
     Unsupervised (no labels), on the scored ATAC cells only. Returns a copy.
     """
-    from sklearn.neighbors import NearestNeighbors
+    from celltx.data import smooth_gene_activity
 
-    emb = ga.obsm["X_peaks_lsi"]
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # cosine
-    k = min(int(k), ga.n_obs)
-    idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)[1]
-    rows = np.repeat(np.arange(ga.n_obs), k)
-    w = sparse.csr_matrix((np.full(rows.size, 1.0 / k), (rows, idx.ravel())), (ga.n_obs,) * 2)
-    out = ga.copy()
-    x = w @ ga.X  # one sparse product: no cells x k x genes array
-    out.X = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
-    return out
+    return smooth_gene_activity(ga, emb=ga.obsm["X_peaks_lsi"], k=k)
 
 
 def peak_vote(pred: np.ndarray, ga: ad.AnnData, k: int = 15) -> np.ndarray:

@@ -93,3 +93,29 @@ def test_smoothed_bridge_classifies_granja_cells_better_than_raw_gene_activity(u
 
     raw, smoothed = knn(ga.X), knn(unpaired.smooth_bridge(ga, k=50).X)
     assert smoothed > raw + 0.1, (raw, smoothed)
+
+
+def test_smooth_gene_activity_from_peak_counts_and_bad_input():
+    """The library function: from the cells' own peak counts (LSI inside), and clear refusals."""
+    from anndata import AnnData
+
+    from celltx.data import smooth_gene_activity
+
+    rng = np.random.default_rng(0)
+    # two groups of 30 cells with disjoint open peaks; activity: group 0 has gene 0 in one
+    # cell only, which smoothing spreads over the group and keeps out of the other
+    peaks = np.zeros((60, 40))
+    peaks[:30, :20] = rng.binomial(1, 0.5, (30, 20))
+    peaks[30:, 20:] = rng.binomial(1, 0.5, (30, 20))
+    act = AnnData(np.zeros((60, 2), dtype=np.float32))
+    act.X[0, 0] = 30.0
+    out = smooth_gene_activity(act, peaks=peaks, k=10, n_comps=5)
+    assert act.X[0, 0] == 30.0  # the input is not modified
+    assert (out.X[:30, 0] > 0).sum() >= 10  # spread within the group
+    assert np.all(out.X[30:, 0] == 0)  # not into the other group
+    with pytest.raises(ValueError, match="one"):
+        smooth_gene_activity(act)
+    with pytest.raises(ValueError, match="same cells"):
+        smooth_gene_activity(act, emb=np.ones((5, 2)))
+    with pytest.raises(ValueError, match="positive"):
+        smooth_gene_activity(act, peaks=peaks, k=0)

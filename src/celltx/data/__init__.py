@@ -25,7 +25,12 @@ from ._batching import (
 )
 from ._binning import digitize, quantile_edges
 from ._cell_tokenizer import VIEW_ATAC, VIEW_JOINT, VIEW_RNA, CellTokenizer
-from ._gene_activity import gene_activity, peak_coordinates, peak_gene_weights
+from ._gene_activity import (
+    gene_activity,
+    peak_coordinates,
+    peak_gene_weights,
+    smooth_gene_activity,
+)
 from ._gene_table import ensembl_to_symbol, gene_id_table, tss_table
 from ._genes import (
     GeneMatch,
@@ -53,6 +58,7 @@ __all__ = [
     "gene_activity",
     "peak_coordinates",
     "peak_gene_weights",
+    "smooth_gene_activity",
     "PARTNER_KEY",
     "NeighbourBatchSampler",
     "augment_views",

@@ -246,3 +246,81 @@ def gene_activity(
         100 * near,
     )
     return out
+
+
+def smooth_gene_activity(
+    activity: AnnData,
+    peaks=None,
+    k: int = 50,
+    emb: np.ndarray | None = None,
+    n_comps: int = 30,
+    seed: int = 0,
+) -> AnnData:
+    """Gene activity averaged over each ATAC cell's ``k`` nearest cells in its own peaks.
+
+    A sparse scATAC cell has few open peaks (Granja 2019: a median of 136 of 10,000), so its
+    gene activity is noisy, while the peaks themselves still say which cells are alike.
+    Each cell's activity becomes the mean over its ``k`` nearest cells (itself included,
+    uniform weights) by cosine distance in the binarised LSI of the peaks
+    (:func:`~celltx.data.atac_lsi`, ``n_comps`` components), as ArchR smooths gene scores
+    (MAGIC) before integrating with RNA: the peaks give the structure, gene activity only
+    the link to genes. Unsupervised; one sparse product, no cells × k × genes array. On
+    Kang 2018 RNA → Granja 2019 label transfer it lifts the gene-activity + PCA + kNN
+    baseline from 0.43 to 0.64 accuracy (1,000 + 1,000 cells, 3 seeds; docs: multiome).
+
+    Parameters
+    ----------
+    activity
+        Cells × genes gene activity (:func:`gene_activity`, e.g. log-normalised).
+    peaks
+        The same cells' peak counts (cells × peaks matrix or AnnData, rows in the order of
+        ``activity``); or pass ``emb``.
+    k
+        Neighbours per cell (the cell included); capped at the number of cells.
+    emb
+        The cells' peak embedding instead of ``peaks`` (e.g. a stored LSI).
+    n_comps, seed
+        Components and seed of the LSI of ``peaks``.
+
+    Returns
+    -------
+    AnnData
+        A copy of ``activity`` with ``X`` smoothed (dense float32).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anndata import AnnData
+    >>> from celltx.data import smooth_gene_activity
+    >>> act = AnnData(np.eye(4, dtype="float32"))
+    >>> emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], dtype="float32")
+    >>> smooth_gene_activity(act, emb=emb, k=2).X[0].tolist()
+    [0.5, 0.5, 0.0, 0.0]
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    from ._peaks import atac_lsi
+
+    if (peaks is None) == (emb is None):
+        raise ValueError("Pass the cells' peak counts (peaks=) or their embedding (emb=), one.")
+    if emb is None:
+        x = peaks.X if isinstance(peaks, AnnData) else peaks
+        emb = atac_lsi(x, n_comps=n_comps, binarize=True, seed=seed)
+    emb = np.asarray(emb, dtype=np.float64)
+    if len(emb) != activity.n_obs:
+        raise ValueError(
+            f"The peak embedding has {len(emb)} cells, the gene activity {activity.n_obs}: "
+            "pass the same cells in the same order."
+        )
+    if int(k) < 1:
+        raise ValueError(f"k={k!r} must be a positive number of neighbours.")
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # cosine
+    k = min(int(k), activity.n_obs)
+    idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)[1]
+    rows = np.repeat(np.arange(activity.n_obs), k)
+    n = activity.n_obs
+    w = sparse.csr_matrix((np.full(rows.size, 1.0 / k), (rows, idx.ravel())), (n, n))
+    out = activity.copy()
+    x = w @ activity.X
+    out.X = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
+    return out
