@@ -19,11 +19,15 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+
+if TYPE_CHECKING:
+    from ._types import Matrix
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +254,7 @@ def gene_activity(
 
 def smooth_gene_activity(
     activity: AnnData,
-    peaks=None,
+    peaks: AnnData | Matrix | None = None,
     k: int = 50,
     emb: np.ndarray | None = None,
     n_comps: int = 30,

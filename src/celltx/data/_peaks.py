@@ -204,4 +204,5 @@ def atac_lsi(
     if scale:
         sd = emb.std(axis=0)
         emb = (emb - emb.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return emb.astype(np.float32)
+    out: np.ndarray = np.asarray(emb, dtype=np.float32)
+    return out
