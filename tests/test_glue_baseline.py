@@ -11,7 +11,7 @@ import pytest
 from scipy import sparse
 
 import celltx
-from celltx.bench._multiome._baselines import _gene_coordinates, _glue_guidance, _glue_links
+from celltx.bench._multiome._glue import _gene_coordinates, _glue_guidance, _glue_links
 
 HAS_SCGLUE = importlib.util.find_spec("scglue") is not None
 HAS_TSS = importlib.util.find_spec("celloracle") is not None

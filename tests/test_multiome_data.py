@@ -376,7 +376,7 @@ def test_multivi_paired_and_mosaic():
 
 def test_bench_bad_input(paired, mosaic):
     with pytest.raises(ValueError, match="Unknown baselines"):
-        celltx.bench.multiome(paired, "cell_type", baselines=("rna_pca", "glue"))
+        celltx.bench.multiome(paired, "cell_type", baselines=("rna_pca", "scbasset"))
     with pytest.raises(ValueError, match="labels_key"):
         celltx.bench.multiome(paired, "celltype", baselines=("rna_pca",))
     with pytest.raises(ValueError, match=r"expected \(600, d\)"):

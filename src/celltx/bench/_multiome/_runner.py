@@ -22,14 +22,9 @@ from celltx.bench._inputs import (
 from celltx.bench._runner import run_methods
 
 from ._baselines import (
-    _GLUE_MISSING,
-    _GLUE_OPTIONS,
     MULTIOME_BASELINES,
     MULTIOME_METHODS,
     _atac_lsi,
-    _glue_links,
-    _glue_run,
-    _link_kwargs,
     _multivi_run,
     _rna_pca,
     wnn_graph,
@@ -39,6 +34,7 @@ from ._celltx import (
     fit_celltx_multiome,
     multiome_recipe_epochs,
 )
+from ._glue import _GLUE_MISSING, _GLUE_OPTIONS, _glue_links, _glue_run, _link_kwargs
 from ._metrics import _modality_groups, _modality_scores, _silhouette_label, foscttm, graph_scores
 from ._mudata import _get_mod
 
