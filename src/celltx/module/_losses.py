@@ -42,6 +42,22 @@ def cell_text_loss(
     return (c2t + t2c) / 2
 
 
+def _drop_least_similar(cell: torch.Tensor, partner: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``partner`` with its ``fraction`` least similar pairs set to ``-1`` (the false-positive guard).
+
+    ``cell`` ``(N, D)``: unit-norm embeddings of the rows; the similarity of a pair is their
+    cosine, computed without gradient. Returns a copy.
+    """
+    partner = partner.clone()
+    has = torch.nonzero(partner >= 0).squeeze(1)
+    n_drop = int(fraction * len(has))
+    if n_drop:
+        with torch.no_grad():
+            sim = (cell[has] * cell[partner[has]]).sum(1)
+        partner[has[sim.argsort()[:n_drop]]] = -1
+    return partner
+
+
 def contrastive_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -82,15 +98,9 @@ def contrastive_loss(
     target = torch.arange(n, device=z.device)
     if partner is None or not bool((partner >= 0).any()):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    partner = partner.to(z.device).long().clone()
+    partner = partner.to(z.device).long()
     if filter_fraction > 0:
-        with torch.no_grad():
-            cell = F.normalize(z[:n] + z[n:], dim=1)
-            has = torch.nonzero(partner >= 0).squeeze(1)
-            sim = (cell[has] * cell[partner[has]]).sum(1)
-            n_drop = int(filter_fraction * len(has))
-            if n_drop:
-                partner[has[sim.argsort()[:n_drop]]] = -1
+        partner = _drop_least_similar(F.normalize(z[:n] + z[n:], dim=1), partner, filter_fraction)
     pos = torch.eye(n, dtype=torch.bool, device=z.device)
     has = torch.nonzero(partner >= 0).squeeze(1)
     pos[has, partner[has]] = True
@@ -115,15 +125,9 @@ def _partner_nce(
     """
     n = z.shape[0]
     z = F.normalize(z.float() - z.float().mean(0, keepdim=True), dim=1)
-    partner = partner.clone()
+    if filter_fraction > 0:
+        partner = _drop_least_similar(z, partner, filter_fraction)
     has = torch.nonzero(partner >= 0).squeeze(1)
-    if filter_fraction > 0 and len(has):
-        with torch.no_grad():
-            sim = (z[has] * z[partner[has]]).sum(1)
-            n_drop = int(filter_fraction * len(has))
-            if n_drop:
-                partner[has[sim.argsort()[:n_drop]]] = -1
-        has = torch.nonzero(partner >= 0).squeeze(1)
     pos = torch.zeros(n, n, dtype=torch.bool, device=z.device)
     pos[has, partner[has]] = True
     pos = (pos | pos.T) & ~torch.eye(n, dtype=torch.bool, device=z.device)
