@@ -118,17 +118,19 @@ def _window_links(
             continue
         on = on[np.argsort(p_start[on], kind="stable")]
         starts, ends = p_start[on], p_end[on]
-        for g in np.flatnonzero(g_chrom == chrom):
-            s, e = g_start[g], g_end[g]
-            lo = np.searchsorted(starts, s - window - widest, side="left")
-            hi = np.searchsorted(starts, e + window, side="right")
-            ps, pe = starts[lo:hi], ends[lo:hi]
-            gap = np.maximum(ps - e, s - pe)  # < 0: overlap
-            d = np.where(gap < 0, 0, gap + 1)
-            ok = d <= window
-            gi.append(np.full(int(ok.sum()), placed[g]))
-            pi.append(on[lo:hi][ok])
-            dist.append(d[ok])
+        gs = np.flatnonzero(g_chrom == chrom)
+        lo = np.searchsorted(starts, g_start[gs] - window - widest, side="left")
+        hi = np.searchsorted(starts, g_end[gs] + window, side="right")
+        n = hi - lo
+        # every (gene, peak) pair within reach: gene repeated n times, peaks lo..hi-1
+        g = np.repeat(gs, n)
+        p = np.repeat(lo, n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        gap = np.maximum(starts[p] - g_end[g], g_start[g] - ends[p])  # < 0: overlap
+        d = np.where(gap < 0, 0, gap + 1)
+        ok = d <= window
+        gi.append(placed[g[ok]])
+        pi.append(on[p[ok]])
+        dist.append(d[ok])
     if not gi:
         return (np.zeros(0, np.int64),) * 3
     return np.concatenate(gi), np.concatenate(pi), np.concatenate(dist).astype(np.int64)
