@@ -37,18 +37,12 @@ def atac_lsi_embedding(
 ) -> np.ndarray:
     """Latent semantic indexing of scATAC counts (TF-IDF + truncated SVD), as in Signac.
 
-    Term frequency ``TF = counts / total counts of the cell``; inverse document frequency
-    ``IDF = n_cells / total counts of the peak``; the matrix ``log1p(TF × IDF × 10,000)``
-    is decomposed by a truncated SVD (scikit-learn, randomized) into ``n_comps + 1``
-    components, the first of which (correlated with sequencing depth) is dropped. The cell
-    coordinates are ``U·Σ``, so components keep their weight (as in ArchR and scanpy's
-    PCA). ``scale=True`` standardises each component to mean 0 and variance 1 instead
-    (Signac's and muon's default), which gives the noisy trailing components as much
-    weight as the leading ones: on Granja et al. 2019 bone marrow (14,125 cells, 10,000
-    peaks, 16 types) Leiden ARI is 0.47 unscaled against 0.37 scaled, and on
-    :func:`celltx.datasets.simulate_multiome` 0.95 against 0.57. Peaks without counts are
-    left out; cells without counts get the TF-IDF of an empty cell (all zero). All
-    sparse, vectorised (:func:`celltx.data.atac_lsi` of the AnnData's counts).
+    :func:`celltx.data.atac_lsi` of the AnnData's counts (TF-IDF, ``log1p(TF × IDF ×
+    10,000)``, randomized SVD, the first component dropped, cells at ``U·Σ``).
+    ``scale=True`` standardises each component instead (Signac's and muon's default), which
+    gives the noisy trailing components as much weight as the leading ones: on Granja et
+    al. 2019 bone marrow (14,125 cells, 10,000 peaks, 16 types) Leiden ARI is 0.47 unscaled
+    against 0.37 scaled, and on :func:`celltx.datasets.simulate_multiome` 0.95 against 0.57.
 
     Parameters
     ----------
